@@ -1,0 +1,38 @@
+# The README's two commands: `make repro` (the demo pipeline) and `make test` (the test suite).
+# Both create or reuse the virtual environment in .venv (torch 2.13.0 CPU installed first, so that no CUDA
+# build is pulled in), install the package with its dependencies, then do their work.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+PIP_QUIET ?= -q
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: repro test install demo-corpus clean-work
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_QUIET) torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import medusa, torch, papermill, dvc, opensmile, espeakng_loader" # fail here if an install failed
+	touch $@
+
+install: $(VENV)/.installed
+
+# The demo corpus is rebuilt byte for byte from params.yaml (demo_corpus) when data/ is missing;
+# data.dvc records its hash, so `dvc repro` accepts it unchanged.
+data/Labels/labels_consensus.csv: | $(VENV)/.installed
+	$(BIN)/medusa demo-corpus data
+
+demo-corpus: data/Labels/labels_consensus.csv
+
+repro: $(VENV)/.installed demo-corpus
+	$(BIN)/dvc repro
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+clean-work:
+	rm -rf work

@@ -1,0 +1,1 @@
+"""Corpus readers and writers: MSP-Podcast (and its layout), the synthetic demo corpus, the manifest."""

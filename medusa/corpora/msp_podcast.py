@@ -1,0 +1,167 @@
+"""Read MSP-Podcast label files (challenge layout): consensus and detailed labels, CSV or JSON.
+
+Accepted files under `<corpus>/Labels/`, first match wins:
+- consensus: labels_consensus.csv, labels_concensus.csv (older releases' spelling), then the .json forms;
+- detailed:  labels_detailed.csv, then labels_detailed.json.
+Malformed rows raise CorpusError naming the file and the line (CSV) or the entry (JSON).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from medusa.labels import CONSENSUS_CODES, OTHER, primary_code
+
+CONSENSUS_NAMES = ("labels_consensus.csv", "labels_concensus.csv", "labels_consensus.json", "labels_concensus.json")
+DETAILED_NAMES = ("labels_detailed.csv", "labels_detailed.json")
+CONSENSUS_HEADER = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
+#: Columns of the tables the readers return.
+CONSENSUS_COLUMNS = ("file_name", "label", "arousal", "valence", "dominance", "speaker", "gender", "split_set")
+DETAILED_COLUMNS = ("file_name", "worker", "primary", "secondary", "arousal", "valence", "dominance")
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing or malformed; the message names the file (and line or entry)."""
+
+
+def find_label_file(label_dir: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (label_dir / name).is_file():
+            return label_dir / name
+    raise CorpusError(f"{label_dir}: none of {', '.join(names)} found")
+
+
+def _number(text: str, where: str, what: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise CorpusError(f"{where}: {what} is not a number: {text!r}") from None
+    if math.isnan(value):
+        raise CorpusError(f"{where}: {what} is NaN")
+    return value
+
+
+def _consensus_row(values: dict, where: str) -> tuple:
+    label = str(values["EmoClass"]).strip()
+    if label not in CONSENSUS_CODES:
+        raise CorpusError(f"{where}: EmoClass {label!r} is not one of {' '.join(CONSENSUS_CODES)}")
+    name = str(values["FileName"]).strip()
+    if not name:
+        raise CorpusError(f"{where}: empty FileName")
+    attrs = [_number(values[k], where, k) for k in ("EmoAct", "EmoVal", "EmoDom")]
+    return (name, label, *attrs, str(values["SpkrID"]).strip(), str(values["Gender"]).strip(),
+            str(values["Split_Set"]).strip())
+
+
+def read_consensus(path: str | Path) -> pd.DataFrame:
+    """One row per utterance: file_name, label (A..N, O, X), attributes, speaker, gender, split_set."""
+    path = Path(path)
+    rows = []
+    if path.suffix == ".json":
+        data = _load_json(path)
+        for name, entry in data.items():
+            where = f"{path}: entry {name!r}"
+            if not isinstance(entry, dict):
+                raise CorpusError(f"{where}: expected an object, got {type(entry).__name__}")
+            missing = [k for k in CONSENSUS_HEADER[1:] if k not in entry]
+            if missing:
+                raise CorpusError(f"{where}: missing {', '.join(missing)}")
+            rows.append(_consensus_row({**entry, "FileName": name}, where))
+    else:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = tuple(h.strip() for h in next(reader, ()))
+            missing = [k for k in CONSENSUS_HEADER if k not in header]
+            if missing:
+                raise CorpusError(f"{path}:1: header lacks {', '.join(missing)} (got {', '.join(header)})")
+            for line, fields in enumerate(reader, start=2):
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise CorpusError(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
+                rows.append(_consensus_row(dict(zip(header, fields)), f"{path}:{line}"))
+    table = pd.DataFrame(rows, columns=list(CONSENSUS_COLUMNS))
+    _reject_duplicates(table, path)
+    return table
+
+
+def parse_emo_detail(text: str, where: str) -> tuple[str, str, tuple[str, ...], float, float, float]:
+    """`WORKER00012; Angry; Frustrated,Annoyed; A:5.0; V:2.0; D:4.0;` -> (worker, code, secondary, a, v, d)."""
+    parts = [p.strip() for p in text.split(";")]
+    if parts and parts[-1] == "":
+        parts = parts[:-1]
+    if len(parts) != 6:
+        raise CorpusError(f"{where}: EmoDetail needs 6 ';'-separated fields "
+                          f"(worker; primary; secondary; A:x; V:x; D:x), got {len(parts)}: {text!r}")
+    worker, primary, secondary = parts[:3]
+    code = primary_code(primary)
+    if code is None:
+        raise CorpusError(f"{where}: unknown primary emotion {primary!r}")
+    ratings = []
+    for part, key in zip(parts[3:], "AVD"):
+        tag, _, value = part.partition(":")
+        if tag.strip() != key:
+            raise CorpusError(f"{where}: expected '{key}:<rating>', got {part!r}")
+        ratings.append(_number(value, where, f"rating {key}"))
+    return worker, code, tuple(s.strip() for s in secondary.split(",") if s.strip()), *ratings
+
+
+def read_detailed(path: str | Path) -> pd.DataFrame:
+    """One row per (utterance, annotator): primary is a class code or O (any `Other-...` answer)."""
+    path = Path(path)
+    rows = []
+    if path.suffix == ".json":
+        for name, workers in _load_json(path).items():
+            if not isinstance(workers, dict):
+                raise CorpusError(f"{path}: entry {name!r}: expected an object of workers")
+            for worker, v in workers.items():
+                where = f"{path}: entry {name!r} / {worker!r}"
+                if not isinstance(v, dict) or "EmoClass_Major" not in v:
+                    raise CorpusError(f"{where}: expected an object with EmoClass_Major, EmoAct, EmoVal, EmoDom")
+                code = primary_code(str(v["EmoClass_Major"]))
+                if code is None:
+                    raise CorpusError(f"{where}: unknown primary emotion {v['EmoClass_Major']!r}")
+                ratings = [_number(v.get(k), where, k) for k in ("EmoAct", "EmoVal", "EmoDom")]
+                rows.append((name, worker, code, (), *ratings))
+    else:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = tuple(h.strip() for h in next(reader, ()))
+            if header[:2] != ("FileName", "EmoDetail"):
+                raise CorpusError(f"{path}:1: expected header FileName,EmoDetail, got {','.join(header)}")
+            for line, fields in enumerate(reader, start=2):
+                if not fields:
+                    continue
+                if len(fields) != 2:
+                    raise CorpusError(f"{path}:{line}: expected 2 fields (FileName, EmoDetail), got {len(fields)}")
+                rows.append((fields[0].strip(), *parse_emo_detail(fields[1], f"{path}:{line}")))
+    return pd.DataFrame(rows, columns=list(DETAILED_COLUMNS))
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise CorpusError(f"{path}: expected an object keyed by file name")
+    return data
+
+
+def _reject_duplicates(table: pd.DataFrame, path: Path) -> None:
+    dup = table["file_name"][table["file_name"].duplicated()]
+    if len(dup):
+        raise CorpusError(f"{path}: {len(dup)} duplicated FileName entries, e.g. {dup.iloc[0]!r}")
+
+
+def votes_by_file(detailed: pd.DataFrame) -> dict[str, list[str]]:
+    """Primary votes (codes, O included) per file."""
+    return {name: list(group) for name, group in detailed.groupby("file_name", sort=False)["primary"]}
+
+
+__all__ = ["CorpusError", "read_consensus", "read_detailed", "parse_emo_detail", "find_label_file",
+           "votes_by_file", "CONSENSUS_NAMES", "DETAILED_NAMES", "OTHER"]

@@ -1,0 +1,65 @@
+"""Emotion classes, their codes, and the label arithmetic every stage shares.
+
+This module is the one source of truth for class order: MSP-Podcast's order A S H U F D C N.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: The 8 classes of the challenge's categorical task, in MSP-Podcast order.
+EMOTIONS: tuple[str, ...] = ("Angry", "Sad", "Happy", "Surprise", "Fear", "Disgust", "Contempt", "Neutral")
+#: One-letter codes, same order as EMOTIONS.
+CODES: tuple[str, ...] = ("A", "S", "H", "U", "F", "D", "C", "N")
+CODE_OF: dict[str, str] = dict(zip(EMOTIONS, CODES))
+EMOTION_OF: dict[str, str] = dict(zip(CODES, EMOTIONS))
+#: Consensus codes that are not one of the 8 classes: O = other, X = no agreement.
+OTHER, NO_AGREEMENT = "O", "X"
+CONSENSUS_CODES: tuple[str, ...] = CODES + (OTHER, NO_AGREEMENT)
+#: Manifest columns holding the soft targets, in class order.
+SOFT_TARGET_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CODES)
+#: Emotional attributes (MSP-Podcast EmoAct, EmoVal, EmoDom), rated 1..7.
+ATTRIBUTES: tuple[str, ...] = ("arousal", "valence", "dominance")
+
+# Spellings of the primary emotion seen in annotator files (full words, adjectives, codes). Anything starting
+# with "Other" is an Other vote; anything else is an error (see primary_code).
+_PRIMARY_SPELLINGS: dict[str, str] = {
+    **{e.lower(): c for e, c in CODE_OF.items()},
+    **{c.lower(): c for c in CODES},
+    "anger": "A", "sadness": "S", "happiness": "H", "surprised": "U", "afraid": "F", "fearful": "F",
+    "disgusted": "D", "contemptuous": "C", "neutrality": "N",
+}
+
+
+def primary_code(word: str) -> str | None:
+    """Map an annotator's primary emotion to a class code, OTHER for `Other-...`, None if unknown."""
+    w = word.strip().lower()
+    if w.startswith("other"):
+        return OTHER
+    return _PRIMARY_SPELLINGS.get(w)
+
+
+def vote_counts(codes: list[str]) -> np.ndarray:
+    """Count votes per class in class order; Other votes are not counted (they name no class)."""
+    counts = np.zeros(len(CODES), dtype=np.int64)
+    for c in codes:
+        if c in CODES:
+            counts[CODES.index(c)] += 1
+    return counts
+
+
+def soft_targets(counts: np.ndarray) -> np.ndarray:
+    """Normalise vote counts (..., 8) to distributions; rows with no class vote become NaN (no target)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, counts / np.where(total > 0, total, 1), np.nan)
+
+
+def plurality(codes: list[str]) -> str:
+    """Consensus by plurality over all primary votes (Other included): the top code, X when the top is tied."""
+    if not codes:
+        return NO_AGREEMENT
+    values, counts = np.unique(np.asarray(codes), return_counts=True)
+    top = counts.max()
+    winners = values[counts == top]
+    return str(winners[0]) if len(winners) == 1 else NO_AGREEMENT

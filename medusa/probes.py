@@ -1,0 +1,66 @@
+"""Quick channel probes of a corpus: how much of the label each channel carries on its own.
+
+- audio only: eGeMAPS v02 functionals (openSMILE, 88 values per utterance) + logistic regression;
+- text only: TF-IDF of the reference transcript (word 1-2 grams) + logistic regression;
+- both: late fusion, the mean of the two probes' log-probabilities (a joint model over 88 dense and
+  thousands of sparse columns lets one channel's regularisation starve the other).
+Trained on `train`, scored on `test` and `dev`, over utterances whose consensus is one of the 8 classes.
+Used by the prepare notebook to check the demo corpus's difficulty (and to size up a real corpus).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.preprocessing import StandardScaler
+
+from medusa.labels import CODES
+
+
+def egemaps_functionals(paths: list[str]) -> np.ndarray:
+    import opensmile
+
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                            feature_level=opensmile.FeatureLevel.Functionals,
+                            num_workers=os.cpu_count(), multiprocessing=True, verbose=True)  # verbose: a progress bar
+    return smile.process_files(paths).to_numpy(dtype=np.float64)
+
+
+def probe_sample(manifest: pd.DataFrame, max_utterances: int, seed: int) -> pd.DataFrame:
+    """Utterances of train, dev and test with a class label and a transcript, subsampled (seeded) if needed."""
+    rows = manifest[manifest["split"].isin(["train", "dev", "test"]) & manifest["label"].isin(CODES)
+                    & manifest["ref_text"].notna()]
+    if len(rows) > max_utterances:
+        rows = rows.sample(n=max_utterances, random_state=seed).sort_index()
+    return rows
+
+
+def run_probes(rows: pd.DataFrame, audio_features: np.ndarray, seed: int) -> pd.DataFrame:
+    """Macro-F1 and accuracy of the three probes on test and dev (rows as from probe_sample)."""
+    y = rows["label"].to_numpy()
+    train = (rows["split"] == "train").to_numpy()
+    audio = StandardScaler().fit(audio_features[train]).transform(audio_features)
+    audio = np.nan_to_num(audio)
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(rows["ref_text"][train])
+    text = tfidf.transform(rows["ref_text"])
+    log_probs = {}
+    for name, x, c in (("audio (eGeMAPS)", audio, 0.1), ("text (TF-IDF)", text, 1.0)):
+        clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
+        clf.fit(x[train], y[train])
+        log_probs[name] = pd.DataFrame(clf.predict_log_proba(x), columns=clf.classes_)
+    log_probs["audio + text"] = (log_probs["audio (eGeMAPS)"] + log_probs["text (TF-IDF)"]) / 2
+    results = []
+    for name, lp in log_probs.items():
+        for split in ("test", "dev"):
+            mask = (rows["split"] == split).to_numpy()
+            if not mask.any():
+                continue
+            pred = lp[mask].idxmax(axis=1).to_numpy()
+            results.append({"probe": name, "split": split, "n": int(mask.sum()),
+                            "macro_f1": f1_score(y[mask], pred, labels=list(CODES), average="macro", zero_division=0),
+                            "accuracy": accuracy_score(y[mask], pred)})
+    return pd.DataFrame(results)

@@ -1,0 +1,164 @@
+"""MSP-Podcast loader and manifest, on small corpora the tests write in the challenge layout."""
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from medusa.audio import AudioError
+from medusa.corpora.manifest import build_manifest, speaker_disjoint_cut
+from medusa.corpora.msp_podcast import CorpusError, read_consensus, read_detailed
+from medusa.labels import CODES, SOFT_TARGET_COLUMNS
+from medusa.params import PrepareParams
+
+# file, consensus, speaker, split set, votes (primary words)
+ROWS = [
+    ("MSP-PODCAST_0001_0001.wav", "A", "11", "Train", ["Angry", "Angry", "Disgust"]),
+    ("MSP-PODCAST_0001_0002.wav", "X", "11", "Train", ["Sad", "Neutral"]),
+    ("MSP-PODCAST_0002_0001.wav", "S", "12", "Train", ["Sad", "Sad", "Other-Tired", "Neutral"]),
+    ("MSP-PODCAST_0003_0001.wav", "O", "13", "Train", ["Other-Bored", "Other-Bored", "Happy"]),
+    ("MSP-PODCAST_0004_0001.wav", "H", "Unknown", "Train", ["Happy", "Happy"]),
+    ("MSP-PODCAST_0005_0001.wav", "N", "14", "Development", ["Neutral", "Neutral", "Contempt"]),
+    ("MSP-PODCAST_0006_0001.wav", "C", "15", "Test1", ["Contempt"]),
+]
+BLIND = ["MSP-PODCAST_test3_0001.wav"]
+
+
+def _detail(worker: int, word: str) -> str:
+    return f"WORKER{worker:05d}; {word}; Frustrated,Annoyed; A:5.0; V:2.0; D:4.0;"
+
+
+def write_corpus(root, form="csv", spelling="consensus", sample_rate=16000):
+    (root / "Audios").mkdir(parents=True)
+    (root / "Labels").mkdir()
+    (root / "Transcripts").mkdir()
+    rng = np.random.default_rng(0)
+    for name in [r[0] for r in ROWS] + BLIND:
+        sf.write(root / "Audios" / name, rng.uniform(-0.1, 0.1, sample_rate // 2), sample_rate, subtype="PCM_16")
+    for name, *_ in ROWS:
+        (root / "Transcripts" / name.replace(".wav", ".txt")).write_text(f"words of {name}\n")
+    stem = f"labels_{spelling}"
+    if form == "csv":
+        with (root / "Labels" / f"{stem}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"])
+            for name, label, spk, split, _ in ROWS:
+                w.writerow([name, label, 4.2, 3.0, 4.0, spk, "Female", split])
+        with (root / "Labels" / "labels_detailed.csv").open("w", newline="") as f:
+            w = csv.writer(f, quoting=csv.QUOTE_ALL)
+            w.writerow(["FileName", "EmoDetail"])
+            for name, *_, votes in ROWS:
+                for k, v in enumerate(votes):
+                    w.writerow([name, _detail(k + 1, v)])
+    else:
+        consensus = {name: {"EmoClass": label, "EmoAct": 4.2, "EmoVal": 3.0, "EmoDom": 4.0, "SpkrID": spk,
+                            "Gender": "Female", "Split_Set": split} for name, label, spk, split, _ in ROWS}
+        detailed = {name: {f"WORKER{k + 1:05d}": {"EmoClass_Major": v, "EmoAct": 5.0, "EmoVal": 2.0, "EmoDom": 4.0}
+                           for k, v in enumerate(votes)} for name, *_, votes in ROWS}
+        (root / "Labels" / f"{stem}.json").write_text(json.dumps(consensus))
+        (root / "Labels" / "labels_detailed.json").write_text(json.dumps(detailed))
+    return root
+
+
+def params(root, **kw):
+    base = dict(corpus_dir=str(root), train_sets=["Train"], dev_sets=["Development"], test_fraction=0.25,
+                seed=0, probe_max_utterances=100)
+    return PrepareParams(**{**base, **kw})
+
+
+@pytest.mark.parametrize("form", ["csv", "json"])
+@pytest.mark.parametrize("spelling", ["consensus", "concensus"])
+def test_loader_accepts_csv_and_json_and_both_spellings(tmp_path, form, spelling):
+    m = build_manifest(params(write_corpus(tmp_path, form, spelling)))
+    assert set(m["split"]) == {"train", "test", "dev", "blind"}
+    assert len(m) == len(ROWS) - 1 + len(BLIND)          # the Test1 row is left out
+    row = m.set_index("utt_id").loc["MSP-PODCAST_0002_0001"]
+    # Sad, Sad, Other, Neutral: the Other vote is dropped before normalising
+    assert row["p_S"] == pytest.approx(2 / 3) and row["p_N"] == pytest.approx(1 / 3)
+    assert row["agreement"] == pytest.approx(2 / 4) and row["n_votes"] == 4
+    assert row["ref_text"] == "words of MSP-PODCAST_0002_0001.wav"
+    assert row["duration_s"] == pytest.approx(0.5)
+
+
+def test_csv_and_json_forms_give_the_same_manifest(tmp_path):
+    a = build_manifest(params(write_corpus(tmp_path / "a", "csv")))
+    b = build_manifest(params(write_corpus(tmp_path / "b", "json", "concensus")))
+    cols = ["utt_id", "split", "label", "speaker", *SOFT_TARGET_COLUMNS, "arousal", "agreement"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_blind_and_other_rows(tmp_path):
+    m = build_manifest(params(write_corpus(tmp_path))).set_index("utt_id")
+    blind = m.loc["MSP-PODCAST_test3_0001"]
+    assert blind["split"] == "blind" and np.isnan(blind[list(SOFT_TARGET_COLUMNS)].astype(float)).all()
+    other = m.loc["MSP-PODCAST_0003_0001"]          # 2 Other + 1 Happy: O consensus, soft target all Happy
+    assert other["label"] == "O" and other["p_H"] == 1.0
+    soft = m.loc[m["split"] != "blind", list(SOFT_TARGET_COLUMNS)].astype(float)
+    assert np.allclose(soft.sum(axis=1), 1.0)
+
+
+def test_malformed_consensus_row_names_file_and_line(tmp_path):
+    root = write_corpus(tmp_path)
+    path = root / "Labels" / "labels_consensus.csv"
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace(",S,", ",Q,")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=r"labels_consensus\.csv:4: EmoClass 'Q'"):
+        read_consensus(path)
+    lines[3] = "MSP-PODCAST_0002_0001.wav,S,4.2"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=r"labels_consensus\.csv:4: expected 8 fields, got 3"):
+        read_consensus(path)
+
+
+def test_malformed_detailed_row_names_file_and_line(tmp_path):
+    root = write_corpus(tmp_path)
+    path = root / "Labels" / "labels_detailed.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace("A:5.0", "A:loud")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=r"labels_detailed\.csv:3: rating A is not a number: 'loud'"):
+        read_detailed(path)
+    lines[2] = '"MSP-PODCAST_0001_0001.wav","WORKER00002; Grumpy; ; A:5.0; V:2.0; D:4.0;"'
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=r"labels_detailed\.csv:3: unknown primary emotion 'Grumpy'"):
+        read_detailed(path)
+
+
+def test_malformed_json_entry_is_named(tmp_path):
+    root = write_corpus(tmp_path, "json")
+    path = root / "Labels" / "labels_consensus.json"
+    data = json.loads(path.read_text())
+    del data["MSP-PODCAST_0001_0002.wav"]["Split_Set"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(CorpusError, match=r"entry 'MSP-PODCAST_0001_0002.wav': missing Split_Set"):
+        read_consensus(path)
+
+
+def test_missing_labelled_audio_and_wrong_format_are_errors(tmp_path):
+    root = write_corpus(tmp_path)
+    (root / "Audios" / "MSP-PODCAST_0001_0001.wav").unlink()
+    with pytest.raises(CorpusError, match="1 labelled files are missing.*MSP-PODCAST_0001_0001.wav"):
+        build_manifest(params(root))
+    root = write_corpus(tmp_path / "b")
+    sf.write(root / "Audios" / "MSP-PODCAST_0001_0002.wav", np.zeros(4410), 44100, subtype="PCM_16")
+    with pytest.raises(AudioError, match="MSP-PODCAST_0001_0002.wav: expected 16000 Hz mono PCM_16, got 44100"):
+        build_manifest(params(root))
+
+
+def test_unknown_split_sets_in_params_are_an_error(tmp_path):
+    with pytest.raises(CorpusError, match="no row has a Split_Set in"):
+        build_manifest(params(write_corpus(tmp_path), train_sets=["Training"], dev_sets=["Dev"]))
+
+
+def test_speaker_disjoint_cut_is_seeded_and_whole_speakers():
+    rng = np.random.default_rng(1)
+    speakers = pd.Series(rng.choice([f"s{i}" for i in range(30)] + ["Unknown"], size=2000))
+    cut = speaker_disjoint_cut(speakers, 0.1, seed=3)
+    assert np.array_equal(cut, speaker_disjoint_cut(speakers, 0.1, seed=3))
+    assert not np.array_equal(cut, speaker_disjoint_cut(speakers, 0.1, seed=4))
+    known = speakers != "Unknown"
+    assert set(speakers[cut & known]).isdisjoint(set(speakers[~cut & known]))
+    assert 0.05 < cut.mean() < 0.15

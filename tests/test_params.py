@@ -1,0 +1,55 @@
+import copy
+
+import pytest
+import yaml
+
+from medusa.params import ParamsError, load_params, validate_params
+
+
+@pytest.fixture()
+def raw(repo_root):
+    return yaml.safe_load((repo_root / "params.yaml").read_text())
+
+
+def test_committed_params_validate(repo_root):
+    p = load_params(repo_root / "params.yaml")
+    assert p.prepare.test_fraction == 0.1
+    assert p.prepare.train_sets == ["Train"]
+
+
+def _error(raw) -> str:
+    with pytest.raises(ParamsError) as e:
+        validate_params(raw)
+    return str(e.value)
+
+
+def test_unknown_key_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["prepare"]["test_fracton"] = 0.2
+    assert "prepare.test_fracton: unknown key" in _error(bad)
+
+
+def test_missing_key_is_named(raw):
+    bad = copy.deepcopy(raw)
+    del bad["demo_corpus"]["seed"]
+    assert "demo_corpus.seed: missing key" in _error(bad)
+
+
+def test_wrong_type_names_key_and_expected_type(raw):
+    bad = copy.deepcopy(raw)
+    bad["prepare"]["seed"] = "seven"
+    assert "prepare.seed: expected int, got str 'seven'" in _error(bad)
+    bad = copy.deepcopy(raw)
+    bad["prepare"]["train_sets"] = "Train"
+    assert "prepare.train_sets: expected list" in _error(bad)
+
+
+def test_out_of_range_value_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["prepare"]["test_fraction"] = 1.5
+    assert "prepare.test_fraction" in _error(bad)
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")

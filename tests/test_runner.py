@@ -1,0 +1,82 @@
+"""The notebook runner: typed parameters, visible failures, refusal of notebooks without a parameters cell."""
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+import yaml
+
+from medusa.run import NotebookError, execute_notebook, stage_parameters
+
+
+def make_notebook(path, cells, tag_parameters=True):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, src in enumerate(cells):
+        cell = nbformat.v4.new_code_cell(src)
+        if i == 0 and tag_parameters:
+            cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+    return path
+
+
+TYPES_NOTEBOOK = [
+    'sets = ["default"]\nmapping = {"a": 0}\nrate = 0.5\nout = "unused.json"',
+    'import json\njson.dump({"sets": [type(sets).__name__, sets], "mapping": [type(mapping).__name__, mapping],'
+    ' "rate": [type(rate).__name__, rate]}, open(out, "w"))',
+]
+
+
+def test_runner_passes_lists_and_dicts_with_their_types(tmp_path):
+    nb = make_notebook(tmp_path / "types.ipynb", TYPES_NOTEBOOK)
+    out = tmp_path / "seen.json"
+    params = {"sets": ["Train", "Development"], "mapping": {"hidden": 64, "layers": [1, 2]}, "rate": 0.25,
+              "out": str(out)}
+    execute_notebook(nb, params, tmp_path / "run" / "types.ipynb", tmp_path / "html" / "types.html")
+    seen = json.loads(out.read_text())
+    assert seen["sets"] == ["list", ["Train", "Development"]]
+    assert seen["mapping"] == ["dict", {"hidden": 64, "layers": [1, 2]}]
+    assert seen["rate"] == ["float", 0.25]
+    assert (tmp_path / "html" / "types.html").read_text().startswith("<!DOCTYPE html>")
+    executed = nbformat.read(tmp_path / "run" / "types.ipynb", as_version=4)
+    assert "start_time" not in executed.metadata["papermill"]
+
+
+def test_failing_cell_raises_with_its_error(tmp_path):
+    nb = make_notebook(tmp_path / "fail.ipynb", ["x = 1", "raise ValueError(f'bad value {x}')"])
+    with pytest.raises(NotebookError, match="ValueError: bad value 7"):
+        execute_notebook(nb, {"x": 7}, tmp_path / "out.ipynb")
+    assert (tmp_path / "out.ipynb").is_file()  # the executed notebook keeps the error for reading
+
+
+def test_notebook_without_parameters_cell_is_refused(tmp_path):
+    nb = make_notebook(tmp_path / "untagged.ipynb", ["x = 1", "print(x)"], tag_parameters=False)
+    with pytest.raises(NotebookError, match="no cell is tagged 'parameters'"):
+        execute_notebook(nb, {"x": 2}, tmp_path / "out.ipynb")
+    assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_cli_reads_params_section_and_exits_nonzero_on_failure(tmp_path, repo_root):
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["prepare"]["corpus_dir"] = "no-such-corpus"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    nb = make_notebook(tmp_path / "nb.ipynb", ['corpus_dir = "x"\ntrain_sets = []',
+                                               "assert isinstance(train_sets, list), train_sets\n"
+                                               "raise FileNotFoundError(corpus_dir)"])
+    proc = subprocess.run([sys.executable, "-m", "medusa.run", str(nb), "--section", "prepare",
+                           "--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path / "o"),
+                           "--html-dir", str(tmp_path / "h")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "FileNotFoundError: no-such-corpus" in proc.stderr
+
+
+def test_stage_parameters_validates_and_selects_section(tmp_path, repo_root):
+    values = stage_parameters(repo_root / "params.yaml", "prepare", None)
+    assert values["train_sets"] == ["Train"] and isinstance(values["test_fraction"], float)
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["prepare"]["seed"] = "seven"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(Exception, match="prepare.seed: expected int"):
+        stage_parameters(tmp_path / "params.yaml", "prepare", None)
