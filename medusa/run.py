@@ -49,11 +49,13 @@ def _strip_volatile_metadata(nb: nbformat.NotebookNode) -> None:
         cell.metadata.pop("execution", None)
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell["id"] = "injected-parameters"  # papermill gives it a random id
-        for out in cell.get("outputs", []):
+        if cell.cell_type != "code":
+            continue
+        for out in cell.outputs:
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
                 lines = out["text"].replace("\r", "\n").split("\n")
                 out["text"] = "\n".join(line for line in lines if not _PROGRESS_LINE.search(line))
-        cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream" or o["text"].strip()]
+        cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream" or o["text"].strip()]
         for key in ("start_time", "end_time", "duration"):
             cell.metadata.get("papermill", {}).pop(key, None)
 

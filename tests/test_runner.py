@@ -18,6 +18,7 @@ def make_notebook(path, cells, tag_parameters=True):
         if i == 0 and tag_parameters:
             cell.metadata["tags"] = ["parameters"]
         nb.cells.append(cell)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("# a test notebook"))
     nbformat.write(nb, path)
     return path
 
@@ -26,6 +27,7 @@ TYPES_NOTEBOOK = [
     'sets = ["default"]\nmapping = {"a": 0}\nrate = 0.5\nout = "unused.json"',
     'import json\njson.dump({"sets": [type(sets).__name__, sets], "mapping": [type(mapping).__name__, mapping],'
     ' "rate": [type(rate).__name__, rate]}, open(out, "w"))',
+    'import sys\nsys.stderr.write(" 50%|#####     | 5/10 [00:01<00:01, 3.2it/s]\\rkept log line\\n")',
 ]
 
 
@@ -41,7 +43,10 @@ def test_runner_passes_lists_and_dicts_with_their_types(tmp_path):
     assert seen["rate"] == ["float", 0.25]
     assert (tmp_path / "html" / "types.html").read_text().startswith("<!DOCTYPE html>")
     executed = nbformat.read(tmp_path / "run" / "types.ipynb", as_version=4)
+    nbformat.validate(executed)
     assert "start_time" not in executed.metadata["papermill"]
+    stderr = executed.cells[-1].outputs[0]["text"]  # progress bars are dropped (they vary run to run), logs kept
+    assert "kept log line" in stderr and "50%|" not in stderr
 
 
 def test_failing_cell_raises_with_its_error(tmp_path):
