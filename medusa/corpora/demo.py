@@ -34,7 +34,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from medusa.corpora.espeak import ESPEAK_RATE_HZ, SynthRequest, synthesize_batch
-from medusa.labels import CODES, EMOTION_OF, OTHER, plurality
+from medusa.labels import CODES, EMOTION_OF, OTHER, plurality, primary_code
 from medusa.params import DemoCorpusParams
 
 SAMPLE_RATE = 16000
@@ -369,8 +369,6 @@ def build_demo_corpus(out_dir: str | Path, params: DemoCorpusParams) -> dict[str
 
 
 def _write_labels(label_dir: Path, labelled: list[Utterance]) -> None:
-    from medusa.labels import primary_code
-
     with (label_dir / "labels_detailed.csv").open("w", newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
         w.writerow(["FileName", "EmoDetail"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medusa.labels import CONSENSUS_CODES, OTHER, primary_code
+from medusa.labels import CONSENSUS_CODES, primary_code
 
 CONSENSUS_NAMES = ("labels_consensus.csv", "labels_concensus.csv", "labels_consensus.json", "labels_concensus.json")
 DETAILED_NAMES = ("labels_detailed.csv", "labels_detailed.json")
@@ -156,12 +156,3 @@ def _reject_duplicates(table: pd.DataFrame, path: Path) -> None:
     dup = table["file_name"][table["file_name"].duplicated()]
     if len(dup):
         raise CorpusError(f"{path}: {len(dup)} duplicated FileName entries, e.g. {dup.iloc[0]!r}")
-
-
-def votes_by_file(detailed: pd.DataFrame) -> dict[str, list[str]]:
-    """Primary votes (codes, O included) per file."""
-    return {name: list(group) for name, group in detailed.groupby("file_name", sort=False)["primary"]}
-
-
-__all__ = ["CorpusError", "read_consensus", "read_detailed", "parse_emo_detail", "find_label_file",
-           "votes_by_file", "CONSENSUS_NAMES", "DETAILED_NAMES", "OTHER"]
