@@ -9,6 +9,8 @@ PIP_QUIET ?= -q
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
+# The demo needs no model hub; set HF_HUB_OFFLINE=0 to let transformers download named models.
+export HF_HUB_OFFLINE ?= 1
 
 .PHONY: repro test install demo-corpus clean-work
 
@@ -16,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_QUIET) torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import medusa, torch, papermill, dvc, opensmile, espeakng_loader" # fail here if an install failed
+	$(BIN)/python -c "import medusa, torch, papermill, dvc, opensmile, espeakng_loader, whisper, transformers" # fail here if an install failed
 	touch $@
 
 install: $(VENV)/.installed

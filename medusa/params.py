@@ -7,7 +7,7 @@ Errors name the key path, e.g. ``prepare.test_fraction: expected float, got str 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,9 +46,44 @@ class PrepareParams(Section):
     probe_max_utterances: int = Field(ge=50)
 
 
+class TranscribeParams(Section):
+    """Whisper ASR (medusa.asr)."""
+    model: str                  # checkpoint path, openai-whisper name (large-v3), or demo:base / demo:tiny.en
+    language: str
+    batch_size: int = Field(ge=1)
+    #: Pad each batch to max(longest clip + 1 s, pad_seconds); 30 = Whisper's fixed 30 s window.
+    pad_seconds: float = Field(ge=0, le=30)
+    beam_size: int = Field(ge=1)
+    num_workers: int = Field(ge=0)
+    device: str
+    #: Utterances on which the notebook also runs 30 s padding, to compare speed and WER.
+    compare_subset: int = Field(ge=0)
+
+
+class EncoderParams(Section):
+    """One encoder of the registry (medusa.encoders); its key in `encoders` names its feature store."""
+    family: Literal["wavlm", "hubert", "wav2vec2", "whisper", "roberta", "modernbert", "minilm", "egemaps",
+                    "compare"]
+    model: str                  # hub name or local path; demo:base for the offline Whisper; "" = the wheel's
+    layers: list[int]           # hidden states averaged: [-1] = last, [-4, -3, -2, -1] = mean of the last 4
+    batch_size: int = Field(ge=1)
+    batch_seconds: float = Field(gt=0)   # at most this much padded audio per batch (audio encoders)
+
+
+class ExtractParams(Section):
+    """Settings shared by every extract@ENCODER stage (medusa.extract)."""
+    device: str
+    num_workers: int = Field(ge=0)
+    #: Whisper encoder: pad each batch to at least this many seconds (its longest clip otherwise).
+    whisper_pad_seconds: float = Field(ge=0, le=30)
+
+
 class Params(Section):
     demo_corpus: DemoCorpusParams
     prepare: PrepareParams
+    transcribe: TranscribeParams
+    encoders: dict[str, EncoderParams]
+    extract: ExtractParams
 
 
 _TYPE_WORDS = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",

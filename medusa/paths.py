@@ -6,3 +6,11 @@ MANIFEST = WORK / "manifest.parquet"
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 FIGURES = REPORTS / "figures"
+TRANSCRIPTS = WORK / "transcripts.parquet"
+FEATURES = WORK / "features"
+#: Converted model checkpoints (e.g. the demo Whisper); safe to delete, rebuilt on demand.
+CACHE = WORK / "cache"
+
+
+def feature_store(encoder_key: str) -> Path:
+    return FEATURES / encoder_key

@@ -43,3 +43,14 @@ def probe_scores(results: pd.DataFrame) -> plt.Figure:
     ax.set_title("Channel probes: macro-F1")
     ax.legend()
     return fig
+
+
+def frames_vs_duration(store, items: pd.DataFrame, name: str) -> plt.Figure:
+    """Frames stored per utterance against its duration (a sample of at most 2,000 utterances)."""
+    sample = items.sample(n=min(len(items), 2000), random_state=0)
+    data = pd.DataFrame({"duration_s": sample["duration_s"].to_numpy(),
+                         "frames": [store.lengths[u] for u in sample["utt_id"]]})
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sns.scatterplot(data, x="duration_s", y="frames", s=10, ax=ax)
+    ax.set_title(f"{name}: frames per utterance")
+    return fig

@@ -1,6 +1,6 @@
 """The notebook runner every DVC stage calls.
 
-    python -m medusa.run notebooks/01_prepare.ipynb --section prepare [--key NAME] [--out-dir DIR] [--html-dir DIR]
+    python -m medusa.run NOTEBOOK --section NAME [--key KEY] [--also SECTION ...] [--out-dir DIR] [--html-dir DIR]
 
 It validates params.yaml, takes the stage's section (and, for `foreach` stages, the entry NAME of it), and
 executes the notebook with papermill, passing each key as a notebook parameter with its YAML type (lists stay
@@ -99,17 +99,20 @@ def write_html(nb: nbformat.NotebookNode, path: str | Path) -> None:
         tmp.write_text(body, encoding="utf-8")
 
 
-def stage_parameters(params_file: str | Path, section: str, key: str | None) -> dict[str, Any]:
-    """The validated params of one stage (section, or section[key] plus `name: key`), as plain Python values."""
+def stage_parameters(params_file: str | Path, section: str, key: str | None,
+                     also: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The validated params of one stage, as plain Python values: the keys of `section` (or of section[key],
+    plus `name: key`), and each section named in `also` as one dict parameter of that name."""
     params = load_params(params_file).model_dump()
-    if section not in params:
-        raise ParamsError(f"{params_file}: no section {section!r} (sections: {', '.join(params)})")
+    for name in (section, *also):
+        if name not in params:
+            raise ParamsError(f"{params_file}: no section {name!r} (sections: {', '.join(params)})")
     values = params[section]
     if key is not None:
         if not isinstance(values, dict) or key not in values:
             raise ParamsError(f"{params_file}: {section}.{key}: no such entry")
         values = {"name": key, **values[key]}
-    return dict(values)
+    return {**values, **{name: params[name] for name in also}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("notebook")
     ap.add_argument("--section", required=True, help="params.yaml section of this stage")
     ap.add_argument("--key", help="entry of the section, for foreach stages")
+    ap.add_argument("--also", action="append", default=[], help="another section, passed as one dict parameter")
     ap.add_argument("--params", default=str(PARAMS_FILE))
     ap.add_argument("--out-dir", default="work/notebooks", help="folder of the executed notebook")
     ap.add_argument("--html-dir", default="reports/notebooks", help="folder of the HTML rendering")
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stem = Path(args.notebook).stem + (f"@{args.key}" if args.key else "")
     try:
-        parameters = stage_parameters(args.params, args.section, args.key)
+        parameters = stage_parameters(args.params, args.section, args.key, args.also)
         execute_notebook(args.notebook, parameters, Path(args.out_dir) / f"{stem}.ipynb",
                          Path(args.html_dir) / f"{stem}.html")
     except (NotebookError, ParamsError) as e:

