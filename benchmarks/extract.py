@@ -1,0 +1,655 @@
+"""Feature-extraction throughput and peak memory: our extraction vs the authors' way, in one run.
+
+    python benchmarks/extract.py [--size small|full] [--device auto|cpu|cuda] [--utterances N]
+                                 [--out reports/benchmarks.md]
+
+Every encoder of the paper (WavLM, HuBERT, the Whisper encoder, RoBERTa, ModernBERT) is built from its
+architecture config with random weights (the FLOPs and memory of the real model, none of its hub download),
+saved to a temporary folder and loaded through `medusa.encoders.build_encoder`, so that OUR code path is the one
+timed. Both ways then encode the same synthetic corpus:
+
+* ours: `medusa.extract.extract_to_store` -- wav files decoded in DataLoader workers, length-bucketed batches,
+  bf16 autocast on GPU (inside the encoders), Whisper without 30 s padding, frames written to a feature store.
+* the authors' way (re-implemented from the paper's description): one file at a time in fp32 without batching;
+  WavLM/HuBERT over 3,000-sample chunks (one forward pass each), sum of the last 4 hidden states; Whisper on clips
+  padded to 30 s, all 1,500 encoder frames kept; text one sentence at a time, sum of the last 4 layers; one .npy
+  file per utterance.
+
+`--size small` (the CPU default) uses base-size stand-ins and a few utterances so that it finishes in minutes on a
+laptop; `--size full` is the paper's scale and is meant for a GPU. The script prints a table and writes the
+"## Feature extraction" section of the report (other sections of the file are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+# Before transformers / tqdm are imported: no hub, no progress bars from the extraction loop.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a plain script from anywhere, installed package or not
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+from medusa.batches import pick_device  # noqa: E402
+from medusa.encoders import Encoder, build_encoder  # noqa: E402
+from medusa.extract import extract_to_store  # noqa: E402
+from medusa.feature_store import FeatureStore  # noqa: E402
+
+SR = 16000
+MIN_S, MAX_S = 2.75, 11.0           # MSP-Podcast-like segment durations
+WORDS_PER_SECOND = 2.7              # transcript length follows the clip's duration, 8 to 30 words
+MIN_WORDS, MAX_WORDS = 8, 30
+AUTHORS_CHUNK = 3000                # samples per WavLM/HuBERT forward pass in the authors' way (0.19 s)
+CONV_RECEPTIVE_FIELD = 400          # the conv front end of WavLM/HuBERT needs at least this many samples
+SSL_LAYERS = [-4, -3, -2, -1]       # ours averages the last 4 hidden states, the authors sum them: same cost
+WHISPER_LAYERS = [-1]               # the encoder output, as in the authors' way
+ROBERTA_VOCAB, MODERNBERT_VOCAB = 50265, 50368  # the real embedding tables, so parameters and memory match
+DEFAULT_UTTERANCES = {"small": 12, "full": 200}
+REPORT_SECTION = "## Feature extraction"
+
+
+# ------------------------------------------------------------------------------------------- architectures
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One encoder of the paper at one size: which build_encoder family it is and its dimensions."""
+    key: str                 # table name: wavlm, hubert, whisper, roberta, modernbert
+    family: str              # build_encoder family
+    name: str                # the model it stands for, e.g. WavLM-large
+    dims: dict               # config keyword arguments (transformers) or ModelDimensions fields (whisper)
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.family in ("roberta", "modernbert") else "audio"
+
+    @property
+    def layers(self) -> list[int]:
+        return WHISPER_LAYERS if self.family == "whisper" else SSL_LAYERS
+
+
+def _speech_dims(size: str) -> dict:
+    if size == "full":  # wavlm-large / hubert-large
+        return dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                    feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    return dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
+
+
+def _whisper_dims(size: str) -> dict:
+    # Only the encoder runs; a 1-layer decoder keeps the checkpoint small (its width must match the encoder's
+    # for cross-attention, and the real vocabulary keeps the checkpoint loadable as is).
+    if size == "full":  # large-v3
+        return dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
+                    n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=1)
+    return dict(n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8, n_audio_layer=6,  # base
+                n_vocab=51865, n_text_ctx=448, n_text_state=512, n_text_head=8, n_text_layer=1)
+
+
+def architectures(size: str) -> list[Arch]:
+    tag = "large" if size == "full" else "base"
+    roberta = (dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+               if size == "full" else
+               dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072))
+    modernbert = (dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, intermediate_size=2624)
+                  if size == "full" else
+                  dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152))
+    return [
+        Arch("wavlm", "wavlm", f"WavLM-{tag}", _speech_dims(size)),
+        Arch("hubert", "hubert", f"HuBERT-{tag}", _speech_dims(size)),
+        Arch("whisper", "whisper", "Whisper-large-v3 encoder" if size == "full" else "Whisper-base encoder",
+             _whisper_dims(size)),
+        Arch("roberta", "roberta", f"RoBERTa-{tag}", roberta),
+        Arch("modernbert", "modernbert", f"ModernBERT-{tag}", modernbert),
+    ]
+
+
+def describe(arch: Arch, n_params: int) -> str:
+    d = arch.dims
+    if arch.family == "whisper":
+        shape = f"{d['n_audio_state']} d, {d['n_audio_layer']} layers, {d['n_audio_head']} heads, {d['n_mels']} mels"
+    else:
+        shape = (f"{d['hidden_size']} d, {d['num_hidden_layers']} layers, {d['num_attention_heads']} heads, "
+                 f"FFN {d['intermediate_size']}")
+    return f"{arch.name} ({shape}; {n_params / 1e6:.0f} M params)"
+
+
+# ------------------------------------------------------------------------------ building the random models
+
+
+def save_speech_model(arch: Arch, folder: Path) -> str:
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    config_cls, model_cls = (WavLMConfig, WavLMModel) if arch.family == "wavlm" else (HubertConfig, HubertModel)
+    model_cls(config_cls(**arch.dims)).save_pretrained(folder)
+    # The large checkpoints' preprocessing: per-utterance normalisation, with an attention mask.
+    Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    return str(folder)
+
+
+def save_whisper_model(arch: Arch, folder: Path) -> str:
+    from whisper.model import ModelDimensions, Whisper
+
+    dims = ModelDimensions(**arch.dims)
+    path = folder / "whisper.pt"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)  # openai-whisper's format
+    return str(path)
+
+
+def save_text_model(arch: Arch, folder: Path, sentences: list[str]) -> str:
+    from transformers import ModernBertConfig, ModernBertModel, RobertaConfig, RobertaModel
+
+    tokenizer = make_tokenizer(arch.family, sentences)
+    tokenizer.save_pretrained(folder)
+    if arch.family == "roberta":
+        config = RobertaConfig(vocab_size=ROBERTA_VOCAB, max_position_embeddings=514, type_vocab_size=1,
+                               layer_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch.dims)
+        RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    else:
+        config = ModernBertConfig(vocab_size=MODERNBERT_VOCAB, pad_token_id=tokenizer.pad_token_id,
+                                  cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                                  **arch.dims)
+        ModernBertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def save_model(arch: Arch, folder: Path, sentences: list[str]) -> str:
+    """Build `arch` with random weights, save it where build_encoder can load it; return the `model` argument."""
+    if arch.family == "whisper":
+        return save_whisper_model(arch, folder)
+    if arch.kind == "text":
+        return save_text_model(arch, folder, sentences)
+    return save_speech_model(arch, folder)
+
+
+def make_tokenizer(family: str, sentences: list[str]):
+    """A byte-level BPE tokenizer trained offline on the synthetic transcripts.
+
+    Its vocabulary is kept small enough that rarer words split into several pieces, giving about as many tokens
+    per word as GPT-2's BPE gives on English transcripts. RoBERTa gets RobertaTokenizerFast (<s> ... </s>);
+    ModernBERT a plain fast tokenizer with a [CLS] ... [SEP] template, like its real one."""
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(sentences, vocab_size=1200, min_frequency=2, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    if family == "roberta":
+        model = json.loads(bpe._tokenizer.to_str())["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        # vocab=/merges= objects: in transformers 5 a vocab_file= argument silently gives an empty vocabulary.
+        return RobertaTokenizerFast(vocab=bpe.get_vocab(), merges=merges)
+    tok = Tokenizer.from_str(bpe._tokenizer.to_str())
+    tok.add_special_tokens(["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"])
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                                   unk_token="[UNK]", mask_token="[MASK]")
+
+
+# ----------------------------------------------------------------------------------------- synthetic corpus
+
+
+def speech_like(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A voiced-sounding signal: a few harmonics of a drifting f0 under a syllable-rate envelope, plus noise.
+
+    (The content does not change the cost of any encoder; it only has to be a plausible, non-silent input.)"""
+    t = np.arange(n) / SR
+    f0 = rng.uniform(100, 220) * (1 + 0.05 * np.sin(2 * np.pi * 0.5 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 2 * np.pi)))
+    x = 0.15 * envelope * voiced + 0.01 * rng.standard_normal(n)
+    return (x / max(1.0, np.abs(x).max())).astype(np.float32)
+
+
+def word_pool(rng: random.Random, n: int = 3000) -> list[str]:
+    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"] + ["the", "and", "ing", "er", "ly"]
+    return ["".join(rng.choice(syllables) for _ in range(rng.choice((1, 1, 2, 2, 2, 3)))) for _ in range(n)]
+
+
+def sentence(words: list[str], weights: list[float], n_words: int, rng: random.Random) -> str:
+    text = " ".join(rng.choices(words, weights, k=n_words))
+    return text[0].upper() + text[1:] + rng.choice((".", ".", "?", "!"))
+
+
+def make_corpus(folder: Path, n: int, seed: int) -> pd.DataFrame:
+    """n wav files (16 kHz mono PCM16, durations uniform in [2.75, 11] s) and a transcript for each.
+
+    Columns as extract_to_store wants them: utt_id, duration_s, path, text."""
+    rng, prng = np.random.default_rng(seed), random.Random(seed)
+    words = word_pool(prng)
+    weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf: a few words are very frequent
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        samples = int(round(rng.uniform(MIN_S, MAX_S) * SR))
+        path = folder / f"utt{i:05d}.wav"
+        sf.write(path, speech_like(samples, rng), SR, subtype="PCM_16")
+        n_words = int(np.clip(round(samples / SR * WORDS_PER_SECOND), MIN_WORDS, MAX_WORDS))
+        rows.append({"utt_id": f"utt{i:05d}", "duration_s": samples / SR, "path": str(path),
+                     "text": sentence(words, weights, n_words, prng)})
+    return pd.DataFrame(rows)
+
+
+def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
+    """Sentences from the same word distribution as the transcripts, to train the tokenizers on."""
+    prng = random.Random(seed)
+    words = word_pool(prng)  # same seed -> the same pool as make_corpus
+    weights = [1 / (rank + 1) for rank in range(len(words))]
+    return [sentence(words, weights, prng.randint(MIN_WORDS, MAX_WORDS), prng) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------- timing and peak memory
+
+
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _release_free_heap() -> None:
+    """Give the pages that malloc keeps after free() back to the OS (glibc malloc_trim), so that memory freed
+    by an earlier run (or the warm-up) does not hide the next run's own allocations from the RSS peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) of this process to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_memory_method() -> str:
+    if _reset_rss_peak() and _proc_status_kb("VmHWM") is not None:
+        return ("peak RSS of the benchmark process above its RSS before the timed region (VmHWM of "
+                "/proc/self/status, reset through /proc/self/clear_refs before each run, after malloc_trim has "
+                "returned freed heap); model weights, and the DataLoader worker's own memory, are not included")
+    return ("peak RSS (getrusage ru_maxrss) above the RSS before the timed region; ru_maxrss cannot be reset, "
+            "so a run that stays below an earlier run's peak reads 0 (a lower bound)")
+
+
+@dataclass
+class Measurement:
+    wall_s: float = 0.0
+    peak_mb: float = 0.0
+
+
+@contextmanager
+def measure(device: torch.device) -> Iterator[Measurement]:
+    """Wall time (perf_counter, with CUDA synchronised on both ends) and peak memory of the block.
+
+    CUDA: torch.cuda.max_memory_allocated during the block (weights included). CPU: see cpu_memory_method."""
+    m = Measurement()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _release_free_heap()
+        baseline_kb = _proc_status_kb("VmRSS") or 0
+        exact = _reset_rss_peak()
+    start = time.perf_counter()
+    yield m
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    m.wall_s = time.perf_counter() - start
+    if device.type == "cuda":
+        m.peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_kb = _proc_status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        m.peak_mb = max(0, (peak_kb or 0) - baseline_kb) / 1024
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+# ------------------------------------------------------------------------------------------------ our way
+
+
+def warm_up_ours(encoder: Encoder, items: pd.DataFrame) -> None:
+    """One small batch before timing: CUDA context, cuBLAS handles, autocast kernels, first-call allocations."""
+    first = items.iloc[:2]
+    if encoder.kind == "audio":
+        encoder.encode([sf.read(p, dtype="float32")[0] for p in first["path"]])
+    else:
+        encoder.encode(first["text"].tolist())
+
+
+def run_ours(encoder: Encoder, items: pd.DataFrame, store: Path, args: argparse.Namespace,
+             device: torch.device) -> tuple[Measurement, float]:
+    warm_up_ours(encoder, items)
+    batch_size = args.batch_size if encoder.kind == "audio" else args.text_batch_size
+    with measure(device) as m:
+        extract_to_store(encoder, items, store, batch_size=batch_size, batch_seconds=args.batch_seconds,
+                         num_workers=args.num_workers, device=device)
+    stored = FeatureStore(store)
+    if len(stored) != len(items):
+        raise RuntimeError(f"our store {store} holds {len(stored)} of {len(items)} utterances")
+    return m, folder_mb(store)
+
+
+# --------------------------------------------------------------------------------------------- the authors'
+
+
+def authors_ssl(model, extractor, path: str, device: torch.device) -> np.ndarray:
+    """WavLM/HuBERT the authors' way: the file in 3,000-sample chunks, one forward pass per chunk in fp32,
+    the sum of the last 4 hidden states, chunks concatenated in time."""
+    audio, _ = sf.read(path, dtype="float32")
+    # Normalised once over the whole file (cheaper than per chunk; so the comparison does not favour ours).
+    values = extractor(audio, sampling_rate=SR, return_tensors="pt")["input_values"][0]
+    frames = []
+    for start in range(0, len(values), AUTHORS_CHUNK):
+        chunk = values[start:start + AUTHORS_CHUNK]
+        if len(chunk) < CONV_RECEPTIVE_FIELD:  # a last sliver too short for the conv front end: zero-pad it
+            chunk = torch.nn.functional.pad(chunk, (0, CONV_RECEPTIVE_FIELD - len(chunk)))
+        out = model(chunk[None].to(device), output_hidden_states=True)
+        frames.append(torch.stack(out.hidden_states[-4:]).sum(0)[0])
+    return torch.cat(frames).cpu().numpy()
+
+
+def authors_whisper(whisper_model, path: str, device: torch.device) -> np.ndarray:
+    """Whisper the authors' way: the clip padded to 30 s, its log-mel, all 1,500 encoder frames kept."""
+    import whisper
+
+    audio, _ = sf.read(path, dtype="float32")
+    audio = whisper.pad_or_trim(torch.from_numpy(audio))
+    mel = whisper.log_mel_spectrogram(audio, whisper_model.dims.n_mels, device=device)
+    return whisper_model.encoder(mel[None])[0].cpu().numpy()
+
+
+def authors_text(model, tokenizer, text: str, device: torch.device) -> np.ndarray:
+    """A transcript the authors' way: alone, fp32, the sum of the last 4 layers over all its tokens."""
+    tok = tokenizer(text, return_tensors="pt")
+    out = model(**{k: v.to(device) for k, v in tok.items()}, output_hidden_states=True)
+    return torch.stack(out.hidden_states[-4:]).sum(0)[0].cpu().numpy()
+
+
+def authors_function(encoder: Encoder, device: torch.device) -> Callable[[pd.Series], np.ndarray]:
+    """The per-utterance function of the authors' way, on the weights our encoder has already loaded (same
+    weights, fp32; no autocast since it is never entered)."""
+    if hasattr(encoder, "whisper"):  # medusa's WhisperEncoder holds the openai-whisper model
+        return lambda row: authors_whisper(encoder.whisper, row["path"], device)
+    if encoder.kind == "text":
+        return lambda row: authors_text(encoder.model, encoder.tokenizer, row["text"], device)
+    return lambda row: authors_ssl(encoder.model, encoder.extractor, row["path"], device)
+
+
+def run_authors(encoder: Encoder, items: pd.DataFrame, out_dir: Path,
+                device: torch.device) -> tuple[Measurement, float]:
+    encode_one = authors_function(encoder, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        encode_one(items.iloc[0])  # warm-up, not saved
+        with measure(device) as m:
+            for _, row in items.iterrows():
+                np.save(out_dir / f"{row['utt_id']}.npy", encode_one(row))
+    written = len(list(out_dir.glob("*.npy")))
+    if written != len(items):
+        raise RuntimeError(f"the authors' way wrote {written} of {len(items)} files")
+    return m, folder_mb(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------- one encoder
+
+
+@dataclass
+class Row:
+    encoder: str
+    architecture: str
+    method: str
+    audio_s_per_s: float
+    speed_up: float
+    peak_mb: float
+    wall_s: float
+    output_mb: float
+
+
+@dataclass
+class EncoderResult:
+    rows: list[Row] = field(default_factory=list)
+    note: str = ""
+
+
+def count_params(encoder: Encoder) -> int:
+    module = encoder.whisper.encoder if hasattr(encoder, "whisper") else encoder.model
+    return sum(p.numel() for p in module.parameters())
+
+
+def bench_encoder(arch: Arch, items: pd.DataFrame, sentences: list[str], work: Path, args: argparse.Namespace,
+                  device: torch.device) -> EncoderResult:
+    model_dir = work / "models" / arch.key
+    model = save_model(arch, model_dir, sentences)
+    encoder = build_encoder(arch.key, arch.family, model, arch.layers, device,
+                            cache_dir=work / "cache", pad_seconds=0.0)
+    architecture = describe(arch, count_params(encoder))
+    audio_s = float(items["duration_s"].sum())
+
+    ours, ours_mb = run_ours(encoder, items, work / "stores" / arch.key, args, device)
+    authors, authors_mb = run_authors(encoder, items, work / "authors" / arch.key, device)
+
+    note = ""
+    if arch.kind == "text":
+        lengths = [len(encoder.tokenizer(t)["input_ids"]) for t in items["text"]]
+        words = [len(t.split()) for t in items["text"]]
+        note = f"{np.mean(lengths):.1f} tokens per transcript ({np.sum(lengths) / np.sum(words):.2f} per word)"
+    del encoder
+    shutil.rmtree(model_dir, ignore_errors=True)  # a full-size checkpoint is gigabytes
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    speed_up = authors.wall_s / ours.wall_s
+    return EncoderResult([
+        Row(arch.key, architecture, "ours", audio_s / ours.wall_s, speed_up, ours.peak_mb, ours.wall_s, ours_mb),
+        Row(arch.key, architecture, "authors'", audio_s / authors.wall_s, 1.0, authors.peak_mb, authors.wall_s,
+            authors_mb),
+    ], note)
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return f"{model}, {os.cpu_count()} cores (CPU)"
+
+
+def busy(load: str) -> str:
+    """What the 1-minute load average before the run says about other work on the machine."""
+    try:
+        first = float(load.split()[0])
+    except (ValueError, IndexError):
+        return "unknown"
+    if first >= 0.5:
+        return "other jobs were running: CPU figures are noisy"
+    return "the machine was otherwise idle"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| encoder | architecture | method | audio s per s | speed-up | peak memory (MB) |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.encoder} | {r.architecture} | {r.method} | {r.audio_s_per_s:.1f} | "
+                     f"{r.speed_up:.1f}× | {r.peak_mb:.0f} |")
+    return "\n".join(lines)
+
+
+def console_table(rows: list[Row]) -> str:
+    head = f"{'encoder':<11} {'method':<9} {'audio s/s':>10} {'speed-up':>9} {'peak MB':>9} {'wall s':>8} {'out MB':>8}"
+    body = [f"{r.encoder:<11} {r.method:<9} {r.audio_s_per_s:>10.1f} {r.speed_up:>8.1f}x {r.peak_mb:>9.0f} "
+            f"{r.wall_s:>8.1f} {r.output_mb:>8.1f}" for r in rows]
+    return "\n".join([head, "-" * len(head), *body])
+
+
+def report_section(args: argparse.Namespace, device: torch.device, items: pd.DataFrame,
+                   results: dict[str, EncoderResult], total_s: float, load: str) -> str:
+    rows = [r for res in results.values() for r in res.rows]
+    cmd = "python benchmarks/extract.py" + "".join(f" {a}" for a in sys.argv[1:])
+    memory = ("torch.cuda.max_memory_allocated during the timed region (model weights included)"
+              if device.type == "cuda" else cpu_memory_method())
+    threads = f"{torch.get_num_threads()} intra-op thread(s)"
+    size_text = "the paper's models" if args.size == "full" else "base-size stand-ins for the paper's large models"
+    lines = [
+        REPORT_SECTION, "",
+        f"Command: `{cmd}`", "",
+        f"- Device: {device_name(device)}; torch {torch.__version__}; {threads}"
+        + (f"; load average at start {load} ({busy(load)})" if device.type == "cpu" else ""),
+        f"- Size: `{args.size}` ({size_text}, built from their configs with random weights: same FLOPs and "
+        "memory as trained ones)",
+        f"- Corpus: {len(items)} synthetic utterances, {items['duration_s'].sum():.1f} s of audio in all "
+        f"(16 kHz PCM16 wav, durations uniform in {MIN_S}–{MAX_S} s, seed {args.seed}); transcripts of "
+        f"{MIN_WORDS}–{MAX_WORDS} words. Text encoders are credited with the audio seconds of the utterances "
+        "whose transcripts they encode.",
+        f"- Ours: `medusa.extract.extract_to_store` into a feature store (float16), audio batch_size "
+        f"{args.batch_size} / batch_seconds {args.batch_seconds}, text batch_size {args.text_batch_size}, "
+        f"{args.num_workers} DataLoader worker(s), bf16 autocast on GPU, Whisper `pad_seconds=0`; layers: mean "
+        "of the last 4 (Whisper: the encoder output).",
+        "- Authors': one utterance at a time in fp32; WavLM/HuBERT in 3,000-sample chunks (one forward pass "
+        "each), sum of the last 4 hidden states; Whisper padded to 30 s, all 1,500 frames kept; text one "
+        "sentence at a time, sum of the last 4 layers; one float32 `.npy` per utterance (I/O timed).",
+        "- Both ways start after the model is loaded and after one warm-up call; audio s per s = audio seconds "
+        "encoded / wall seconds (time.perf_counter" + (", CUDA synchronised" if device.type == "cuda" else "")
+        + "); speed-up = authors' wall time / ours.",
+        f"- Peak memory: {memory}.",
+        f"- Whole run (building models, corpus, both ways): {total_s:.0f} s wall.",
+        "",
+        markdown_table(rows), "",
+        "Wall seconds and output size per run: " + "; ".join(
+            f"{r.encoder} {r.method} {r.wall_s:.1f} s, {r.output_mb:.1f} MB" for r in rows) + ".",
+    ]
+    notes = [f"{k}: {res.note}" for k, res in results.items() if res.note]
+    if notes:
+        lines += ["", "Tokens: " + "; ".join(notes) + "."]
+    if device.type == "cpu":
+        lines += ["", "GPU: none was lent to this session; the GPU figures at the paper's scale are still to be "
+                      "measured (run `python benchmarks/extract.py --size full --device cuda` on a GPU)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: Path, section: str) -> None:
+    """Replace the "## Feature extraction" section of `path` (up to the next "## " heading), keep the rest."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(REPORT_SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=("small", "full"), default=None,
+                   help="small: base-size stand-ins (default on CPU); full: the paper's models (default on GPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--utterances", type=int, default=None,
+                   help=f"synthetic utterances (default {DEFAULT_UTTERANCES['small']} small, "
+                        f"{DEFAULT_UTTERANCES['full']} full)")
+    p.add_argument("--out", type=Path, default=REPO / "reports" / "benchmarks.md", help="report to update")
+    p.add_argument("--encoders", default="wavlm,hubert,whisper,roberta,modernbert",
+                   help="comma-separated subset to run")
+    p.add_argument("--batch-size", type=int, default=16, help="ours, audio: utterances per batch (params.yaml)")
+    p.add_argument("--batch-seconds", type=float, default=60.0, help="ours, audio: padded seconds per batch")
+    p.add_argument("--text-batch-size", type=int, default=64, help="ours, text: transcripts per batch")
+    p.add_argument("--num-workers", type=int, default=1, help="ours: DataLoader workers decoding audio")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: 1 on CPU, so that a busy machine gives steadier "
+                        "numbers; torch's default on GPU)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    args.size = args.size or ("full" if device.type == "cuda" else "small")
+    args.utterances = args.utterances or DEFAULT_UTTERANCES[args.size]
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    wanted = [k.strip() for k in args.encoders.split(",") if k.strip()]
+    archs = [a for a in architectures(args.size) if a.key in wanted]
+    if not archs:
+        raise SystemExit(f"--encoders {args.encoders!r} names none of wavlm, hubert, whisper, roberta, modernbert")
+
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(args.seed)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+
+    start = time.perf_counter()
+    print(f"device {device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"size {args.size}, {args.utterances} utterances", flush=True)
+    results: dict[str, EncoderResult] = {}
+    with tempfile.TemporaryDirectory(prefix="medusa-bench-") as tmp:
+        work = Path(tmp)
+        items = make_corpus(work / "wav", args.utterances, args.seed)
+        sentences = tokenizer_corpus(args.seed)
+        print(f"corpus: {len(items)} clips, {items['duration_s'].sum():.1f} s of audio", flush=True)
+        for arch in archs:
+            t0 = time.perf_counter()
+            results[arch.key] = bench_encoder(arch, items, sentences, work, args, device)
+            r_ours, r_auth = results[arch.key].rows
+            print(f"{arch.key}: ours {r_ours.audio_s_per_s:.1f} audio s/s, authors' {r_auth.audio_s_per_s:.1f} "
+                  f"({r_ours.speed_up:.1f}x; {time.perf_counter() - t0:.0f} s with model building)", flush=True)
+    total_s = time.perf_counter() - start
+
+    rows = [r for res in results.values() for r in res.rows]
+    print()
+    print(console_table(rows))
+    print(f"\nwhole run: {total_s:.0f} s")
+    write_report(args.out, report_section(args, device, items, results, total_s, load))
+    print(f"wrote the '{REPORT_SECTION[3:]}' section of {args.out}")
+
+
+if __name__ == "__main__":
+    main()
