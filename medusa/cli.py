@@ -2,6 +2,9 @@
 
     medusa demo-corpus OUT_DIR [--params params.yaml]   write the synthetic demo corpus (MSP-Podcast layout)
     medusa run NOTEBOOK --section NAME [--key KEY]      execute a stage notebook (see medusa.run)
+    medusa extract ENCODER --shard I/N                  extract one shard of an encoder's features (one machine
+                                                        or GPU per shard), then
+    medusa extract ENCODER --merge N                    join the N shards into work/features/ENCODER
 """
 from __future__ import annotations
 
@@ -22,6 +25,39 @@ def _demo_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from medusa import paths
+    from medusa.batches import pick_device
+    from medusa.encoders import build_encoder
+    from medusa.extract import extract_to_store, extraction_items, merge_shards
+
+    params = load_params(args.params)
+    if args.encoder not in params.encoders:
+        raise ParamsError(f"{args.params}: encoders.{args.encoder}: no such encoder "
+                          f"(encoders: {', '.join(params.encoders)})")
+    root = paths.feature_store(args.encoder)
+    if args.merge:
+        store = merge_shards(root, args.merge)
+        print(f"merged {args.merge} shards into {root}: {len(store)} utterances, {store.n_frames} frames")
+        return 0
+    shard, _, n_shards = args.shard.partition("/")
+    if not (shard.isdigit() and n_shards.isdigit() and int(shard) < int(n_shards)):
+        raise ParamsError(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
+    spec, device = params.encoders[args.encoder], pick_device(params.extract.device)
+    encoder = build_encoder(args.encoder, spec.family, spec.model, spec.layers, device, paths.CACHE,
+                            params.extract.whisper_pad_seconds)
+    transcripts = (pd.read_parquet(paths.TRANSCRIPTS) if paths.TRANSCRIPTS.exists()
+                   else pd.DataFrame(columns=["utt_id", "text"]))
+    items = extraction_items(pd.read_parquet(paths.MANIFEST), transcripts, encoder.kind)
+    stats = extract_to_store(encoder, items, root, batch_size=spec.batch_size, batch_seconds=spec.batch_seconds,
+                             num_workers=params.extract.num_workers, device=device, shard=int(shard),
+                             n_shards=int(n_shards))
+    print(f"shard {args.shard} of {args.encoder}: {stats.as_dict()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
@@ -34,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--params", default=str(PARAMS_FILE), help="params file with a demo_corpus section")
     demo.set_defaults(func=_demo_corpus)
     sub.add_parser("run", help="execute a stage notebook (medusa run --help)")
+    ext = sub.add_parser("extract", help="extract one shard of an encoder's features, or merge the shards")
+    ext.add_argument("encoder", help="a key of `encoders` in params.yaml")
+    how = ext.add_mutually_exclusive_group(required=True)
+    how.add_argument("--shard", help="I/N: this process's shard (0-based) of N")
+    how.add_argument("--merge", type=int, metavar="N", help="join the N finished shards")
+    ext.add_argument("--params", default=str(PARAMS_FILE))
+    ext.set_defaults(func=_extract)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -93,3 +93,22 @@ def test_shards_cover_everything_once_and_merge(tmp_path, items, wavlm):
     assert sorted(merged.utt_ids) == sorted(single.utt_ids) == sorted(items["utt_id"])
     for u in items["utt_id"]:
         assert merged[u].shape == single[u].shape
+
+
+def test_cli_extracts_shards_and_merges(tmp_path, items, repo_root, monkeypatch):
+    import yaml
+
+    from medusa.cli import main
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "work").mkdir()
+    items.assign(split="train")[["utt_id", "path", "duration_s", "split"]].to_parquet(tmp_path / "work" / "manifest.parquet")
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", "egemaps", "--shard", "0/2"]) == 0
+    assert main(["extract", "egemaps", "--shard", "1/2"]) == 0
+    assert main(["extract", "egemaps", "--merge", "2"]) == 0
+    store = FeatureStore(tmp_path / "work" / "features" / "egemaps")
+    assert sorted(store.utt_ids) == sorted(items["utt_id"]) and store.dim == 25
+    assert main(["extract", "egemaps", "--shard", "2/2"]) == 1
+    assert main(["extract", "nope", "--shard", "0/1"]) == 1
