@@ -40,13 +40,12 @@ _PROGRESS_LINE = re.compile(r"\d+%\|")  # a tqdm bar: its rates and times differ
 def _strip_volatile_metadata(nb: nbformat.NotebookNode) -> None:
     """Drop run timestamps, durations and progress bars, which would change the output on every run (the
     bars were streamed to the runner's log while the notebook ran)."""
-    nb.metadata.get("papermill", {}).pop("start_time", None)
-    nb.metadata.get("papermill", {}).pop("end_time", None)
-    nb.metadata.get("papermill", {}).pop("duration", None)
-    nb.metadata.get("papermill", {}).pop("input_path", None)
-    nb.metadata.get("papermill", {}).pop("output_path", None)
+    for key in ("start_time", "end_time", "duration", "input_path", "output_path"):
+        nb.metadata.get("papermill", {}).pop(key, None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        for key in ("start_time", "end_time", "duration"):
+            cell.metadata.get("papermill", {}).pop(key, None)
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell["id"] = "injected-parameters"  # papermill gives it a random id
         if cell.cell_type != "code":
@@ -56,8 +55,6 @@ def _strip_volatile_metadata(nb: nbformat.NotebookNode) -> None:
                 lines = out["text"].replace("\r", "\n").split("\n")
                 out["text"] = "\n".join(line for line in lines if not _PROGRESS_LINE.search(line))
         cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream" or o["text"].strip()]
-        for key in ("start_time", "end_time", "duration"):
-            cell.metadata.get("papermill", {}).pop(key, None)
 
 
 def execute_notebook(notebook: str | Path, parameters: dict[str, Any], out_notebook: str | Path,

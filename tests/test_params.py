@@ -53,3 +53,9 @@ def test_out_of_range_value_is_named(raw):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_paper_preset_validates_with_the_papers_encoders(repo_root):
+    p = load_params(repo_root / "configs" / "paper.yaml")
+    assert {e.family for e in p.encoders.values()} == {"wavlm", "hubert", "whisper", "roberta", "modernbert"}
+    assert p.transcribe.model == "large-v3" and p.prepare.test_fraction == 0.1

@@ -45,6 +45,7 @@ def test_runner_passes_lists_and_dicts_with_their_types(tmp_path):
     executed = nbformat.read(tmp_path / "run" / "types.ipynb", as_version=4)
     nbformat.validate(executed)
     assert "start_time" not in executed.metadata["papermill"]
+    assert not any("start_time" in c.metadata.get("papermill", {}) for c in executed.cells)  # markdown too
     stderr = executed.cells[-1].outputs[0]["text"]  # progress bars are dropped (they vary run to run), logs kept
     assert "kept log line" in stderr and "50%|" not in stderr
 

