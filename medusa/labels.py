@@ -63,3 +63,31 @@ def plurality(codes: list[str]) -> str:
     top = counts.max()
     winners = values[counts == top]
     return str(winners[0]) if len(winners) == 1 else NO_AGREEMENT
+
+
+def class_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """Stage-1 class weights alpha_c = (N / (|C| f_c)) ** power (paper: power 0.5), N = sum of f_c.
+
+    A class with no examples gets weight 0 (it cannot appear in the loss anyway)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise ValueError(f"counts must be a 1-d array of non-negative numbers, got {counts!r}")
+    total = counts.sum()
+    with np.errstate(divide="ignore"):
+        w = (total / (len(counts) * counts)) ** power
+    return np.where(counts > 0, w, 0.0)
+
+
+def balanced_epoch(labels: np.ndarray, rng: np.random.Generator, per_class: int | None = None,
+                   classes: tuple[str, ...] = CODES) -> np.ndarray:
+    """Indices of a class-balanced subset, shuffled: `per_class` of each class (default: the size of the
+    smallest class present), drawn without replacement (with replacement for a class that has fewer).
+    Stage 2 draws a fresh one every epoch."""
+    labels = np.asarray(labels)
+    pools = {c: np.flatnonzero(labels == c) for c in classes}
+    present = {c: p for c, p in pools.items() if len(p)}
+    if not present:
+        raise ValueError(f"no label of {classes} present")
+    k = min(len(p) for p in present.values()) if per_class is None else per_class
+    picks = [rng.choice(p, size=k, replace=len(p) < k) for p in present.values()]
+    return rng.permutation(np.concatenate(picks))

@@ -1,0 +1,107 @@
+"""DeepSER's architecture and the loss pieces of the stage 1-2 recipe."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medusa.deepser import DeepSER, DeepSERConfig, count_parameters, manifold_mixup, soft_cross_entropy
+from medusa.labels import CODES, balanced_epoch, class_weights
+
+
+def batch(dims, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs, masks = [], []
+    for d, lens in zip(dims, lengths):
+        t = max(lens)
+        x = torch.randn(len(lens), t, d, generator=g)
+        m = torch.arange(t)[None, :] < torch.tensor(lens)[:, None]
+        xs.append(x * m.unsqueeze(-1))
+        masks.append(m)
+    return xs, masks
+
+
+def pad(xs, masks, extra):
+    """The same batch with `extra` more padding frames on every modality."""
+    return ([F.pad(x, (0, 0, 0, extra), value=7.0) for x in xs],
+            [F.pad(m, (0, extra), value=False) for m in masks])
+
+
+@pytest.mark.parametrize("fusion", ["deep", "late"])
+def test_padding_leaves_outputs_unchanged(fusion):
+    torch.manual_seed(0)
+    cfg = DeepSERConfig(input_dims=(12, 5, 9), hidden=16, heads=2, dropout=0.1, fusion=fusion)
+    model = DeepSER(cfg).eval()
+    xs, masks = batch(cfg.input_dims, [[6, 3], [8, 8], [2, 5]])
+    with torch.no_grad():
+        logits, attrs = model(xs, masks)
+        logits_p, attrs_p = model(*pad(xs, masks, 5))
+    torch.testing.assert_close(logits, logits_p, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attrs, attrs_p, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_any_number_of_modalities_and_every_leg_gets_gradient(n):
+    torch.manual_seed(n)
+    cfg = DeepSERConfig(input_dims=tuple(range(4, 4 + n)), hidden=16, heads=4, layers=3, dropout=0.0)
+    model = DeepSER(cfg)
+    xs, masks = batch(cfg.input_dims, [[5, 3]] * n)
+    logits, attrs = model(xs, masks)
+    assert logits.shape == (2, len(CODES)) and attrs.shape == (2, 3)
+    (logits.sum() + attrs.sum()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_late_fusion_has_no_fusion_encoders_and_fewer_parameters():
+    deep = DeepSER(DeepSERConfig(input_dims=(8, 8), hidden=16, heads=2))
+    late = DeepSER(DeepSERConfig(input_dims=(8, 8), hidden=16, heads=2, fusion="late"))
+    assert not hasattr(late, "fusion1") and count_parameters(late) < count_parameters(deep)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="at least 2 transformer layers"):
+        DeepSERConfig(input_dims=(4,), layers=1)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        DeepSERConfig(input_dims=(4,), hidden=10, heads=3)
+    with pytest.raises(ValueError, match="expected 2 modalities"):
+        DeepSER(DeepSERConfig(input_dims=(4, 4), hidden=8, heads=2))(*batch((4,), [[3]]))
+
+
+def test_mixup_mixes_features_targets_and_attributes_with_one_lambda():
+    x, t, a = torch.randn(4, 6), torch.softmax(torch.randn(4, 8), -1), torch.rand(4, 3) * 6 + 1
+    perm = torch.tensor([2, 0, 3, 1])
+    xm, tm, am = manifold_mixup(x, t, a, 0.3, perm)
+    for mixed, orig in ((xm, x), (tm, t), (am, a)):
+        torch.testing.assert_close(mixed, 0.3 * orig + 0.7 * orig[perm])
+    torch.testing.assert_close(tm.sum(-1), torch.ones(4))
+
+
+def test_soft_cross_entropy_equals_hard_on_one_hot_and_applies_weights():
+    logits, y = torch.randn(5, 8), torch.tensor([0, 3, 7, 7, 2])
+    one_hot = F.one_hot(y, 8).float()
+    torch.testing.assert_close(soft_cross_entropy(logits, one_hot), F.cross_entropy(logits, y))
+    w = torch.arange(1.0, 9.0)
+    torch.testing.assert_close(soft_cross_entropy(logits, one_hot, w),
+                               F.cross_entropy(logits, y, weight=w, reduction="none").mean())
+    soft = torch.softmax(torch.randn(5, 8), -1)   # soft targets: the expected CE under the vote distribution
+    expected = sum(soft[:, c] * F.cross_entropy(logits, torch.full((5,), c), reduction="none") for c in range(8)).mean()
+    torch.testing.assert_close(soft_cross_entropy(logits, soft), expected)
+
+
+def test_class_weight_formula():
+    counts = np.array([100, 50, 25, 0])
+    w = class_weights(counts)
+    np.testing.assert_allclose(w[:3], np.sqrt(175 / (4 * counts[:3])))
+    assert w[3] == 0
+    np.testing.assert_allclose(class_weights(np.array([10, 10])), [1.0, 1.0])
+
+
+def test_balanced_epoch_has_equal_counts_and_is_fresh_each_draw():
+    rng = np.random.default_rng(0)
+    labels = np.array(["N"] * 50 + ["H"] * 20 + ["F"] * 5 + ["X"] * 7)
+    a, b = balanced_epoch(labels, rng), balanced_epoch(labels, rng)
+    counts = {c: int((labels[a] == c).sum()) for c in ("N", "H", "F")}
+    assert counts == {"N": 5, "H": 5, "F": 5} and "X" not in labels[a]
+    assert len(set(a)) == len(a) and not np.array_equal(np.sort(a), np.sort(b))
+    big = balanced_epoch(labels, rng, per_class=10)
+    assert {c: int((labels[big] == c).sum()) for c in ("N", "H", "F")} == {"N": 10, "H": 10, "F": 10}
