@@ -146,3 +146,12 @@ def test_egemaps_lld_rate_and_dim():
     out = enc.encode([clip(1.0), clip(2.5)])
     assert enc.dim == 25 and enc.frame_rate == 100.0
     assert abs(out[0].shape[0] - 100) <= 5 and abs(out[1].shape[0] - 250) <= 5 and out[1].shape[1] == 25
+
+
+def test_egemaps_threads_give_the_same_frames_as_one_thread():
+    from medusa.encoders.opensmile_lld import OpenSmileEncoder
+
+    clips = [clip(0.5 + 0.25 * i, seed=i) for i in range(8)]
+    parallel = OpenSmileEncoder("eGeMAPSv02", threads=2).encode(clips)
+    serial = OpenSmileEncoder("eGeMAPSv02", threads=1).encode(clips)
+    assert all(np.array_equal(a, b) for a, b in zip(parallel, serial))
