@@ -1,0 +1,101 @@
+"""Training batches straight from the feature stores: time pooling, per-batch padding, masks, targets.
+
+Frame sequences are averaged in non-overlapping windows of `pool` frames before they reach DeepSER (e.g. 5 for
+50 frames/s -> 10 frames/s): the fusion encoders attend over the concatenation of all modalities, so attention
+cost grows with the square of the summed lengths, and a CPU cannot afford full frame rates. pool = 1 keeps them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medusa.feature_store import FeatureStore
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+
+ATTRIBUTE_RANGE = (1.0, 7.0)  # MSP-Podcast ratings; scaled to [0, 1] for the MSE term
+
+
+def pool_frames(x: np.ndarray, pool: int) -> np.ndarray:
+    """Mean of non-overlapping windows of `pool` frames (the last window may be shorter): (T, D) -> (ceil(T/pool), D)."""
+    if pool <= 1:
+        return x
+    t = len(x)
+    n = -(-t // pool)
+    padded = np.zeros((n * pool, x.shape[1]), dtype=np.float32)
+    padded[:t] = x
+    counts = np.minimum(pool, t - np.arange(n) * pool).astype(np.float32)
+    return padded.reshape(n, pool, -1).sum(1) / counts[:, None]
+
+
+def scale_attributes(values: np.ndarray) -> np.ndarray:
+    lo, hi = ATTRIBUTE_RANGE
+    return (np.asarray(values, dtype=np.float32) - lo) / (hi - lo)
+
+
+def unscale_attributes(values: np.ndarray) -> np.ndarray:
+    lo, hi = ATTRIBUTE_RANGE
+    return np.asarray(values, dtype=np.float32) * (hi - lo) + lo
+
+
+@dataclass
+class Batch:
+    xs: list[torch.Tensor]        # per modality (B, T_m, D_m) float32
+    masks: list[torch.Tensor]     # per modality (B, T_m) bool, True on real frames
+    targets: torch.Tensor         # (B, 8) soft targets (or one-hot)
+    attributes: torch.Tensor      # (B, 3) scaled to [0, 1]; NaN where unknown
+    utt_ids: list[str]
+
+
+class FeatureDataset:
+    """Utterances of the manifest rows given, with features of several stores (one per modality)."""
+
+    def __init__(self, rows: pd.DataFrame, stores: list[FeatureStore], pools: list[int], one_hot: bool = False):
+        if len(stores) != len(pools):
+            raise ValueError(f"{len(stores)} stores but {len(pools)} pooling factors")
+        for store in stores:
+            missing = [u for u in rows["utt_id"] if u not in store]
+            if missing:
+                raise KeyError(f"{len(missing)} utterances are not in the feature store {store.root} "
+                               f"(e.g. {missing[0]}); rerun its extract stage")
+        self.rows = rows.reset_index(drop=True)
+        self.stores, self.pools = stores, pools
+        if one_hot:  # the ablation: the consensus class as a one-hot target
+            labels = self.rows["label"].to_numpy()
+            self.targets = (labels[:, None] == np.asarray(CODES)[None, :]).astype(np.float32)
+        else:
+            self.targets = self.rows[list(SOFT_TARGET_COLUMNS)].to_numpy(dtype=np.float32)
+        self.attributes = scale_attributes(self.rows[list(ATTRIBUTES)].to_numpy(dtype=np.float32))
+        self.labels = self.rows["label"].to_numpy()
+        self.lengths = np.asarray([sum(-(-s.lengths[u] // p) for s, p in zip(stores, pools))
+                                   for u in self.rows["utt_id"]])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: np.ndarray | list[int]) -> Batch:
+        ids = [self.rows.at[i, "utt_id"] for i in idx]
+        xs, masks = [], []
+        for store, pool in zip(self.stores, self.pools):
+            seqs = [pool_frames(np.asarray(store[u], dtype=np.float32), pool) for u in ids]
+            t = max(len(s) for s in seqs)
+            x = np.zeros((len(seqs), t, store.dim), dtype=np.float32)
+            m = np.zeros((len(seqs), t), dtype=bool)
+            for j, s in enumerate(seqs):
+                x[j, : len(s)] = s
+                m[j, : len(s)] = True
+            xs.append(torch.from_numpy(x))
+            masks.append(torch.from_numpy(m))
+        return Batch(xs, masks, torch.from_numpy(self.targets[idx]), torch.from_numpy(self.attributes[idx]), ids)
+
+
+def bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of similar length from the utterances in `order` (shuffled chunks of a length sort), in random
+    batch order: little padding, yet a different mix every epoch."""
+    # Sort a random permutation by length, so equal lengths are tie-broken randomly; then chunk and shuffle.
+    shuffled = rng.permutation(order)
+    by_length = shuffled[np.argsort(lengths[shuffled], kind="stable")]
+    batches = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
