@@ -10,7 +10,7 @@ import soundfile as sf
 from medusa.audio import AudioError
 from medusa.corpora.manifest import build_manifest, speaker_disjoint_cut
 from medusa.corpora.msp_podcast import CorpusError, read_consensus, read_detailed
-from medusa.labels import CODES, SOFT_TARGET_COLUMNS
+from medusa.labels import SOFT_TARGET_COLUMNS
 from medusa.params import PrepareParams
 
 # file, consensus, speaker, split set, votes (primary words)
