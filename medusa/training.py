@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medusa.dataset import FeatureDataset, bucketed
+from medusa.dataset import Batch, FeatureDataset, bucketed
 from medusa.deepser import DeepSER, manifold_mixup, soft_cross_entropy
 from medusa.labels import CODES, balanced_epoch, class_weights
 from medusa.metrics import balanced_macro_f1
@@ -41,10 +41,16 @@ class TrainConfig:
     mse_weight: float = 0.4         # 0 switches the multitask attribute loss off (ablation)
     class_weighted: bool = True     # stage-1 class weights
     eval_resamples: int = 10
+    amp: bool = True                # bf16 autocast on CUDA (no effect on CPU)
     seed: int = 0
 
 
-def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch.device
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch.device, amp: bool = True
             ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (N, 8) and scaled attributes (N, 3), in the dataset's row order."""
     model.eval()
@@ -54,7 +60,8 @@ def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             b = data.batch(idx)
-            logits, a = model([x.to(device) for x in b.xs], [m.to(device) for m in b.masks])
+            with autocast(device, amp):
+                logits, a = model([x.to(device) for x in b.xs], [m.to(device) for m in b.masks])
             probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
             attrs[idx] = a.float().cpu().numpy()
     return probs, attrs
@@ -62,26 +69,42 @@ def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch
 
 def evaluate(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device) -> float:
     """Balanced macro-F1 on the utterances of `data` whose consensus is one of the 8 classes."""
-    probs, _ = predict(model, data, 4 * cfg.batch_size, device)
+    probs, _ = predict(model, data, 4 * cfg.batch_size, device, cfg.amp)
     keep = np.isin(data.labels, CODES)
     pred = np.asarray(CODES)[probs.argmax(1)]
     return balanced_macro_f1(data.labels[keep], pred[keep], cfg.eval_resamples, cfg.seed)[0]
 
 
-def _loss(model: DeepSER, batch, weights: torch.Tensor | None, cfg: TrainConfig, rng: np.random.Generator,
-          device: torch.device) -> torch.Tensor:
-    x = model.fused([t.to(device) for t in batch.xs], [m.to(device) for m in batch.masks])
+def batch_loss(model: DeepSER, batch: Batch, weights: torch.Tensor | None, cfg: TrainConfig,
+               rng: np.random.Generator, device: torch.device) -> torch.Tensor:
+    """ce_weight * soft CE (+ mse_weight * attribute MSE), after Manifold MixUp with probability mixup_p."""
+    with autocast(device, cfg.amp):
+        x = model.fused([t.to(device) for t in batch.xs], [m.to(device) for m in batch.masks])
+    x = x.float()
     targets, attrs = batch.targets.to(device), batch.attributes.to(device)
     if cfg.mixup_p > 0 and rng.random() < cfg.mixup_p and len(x) > 1:
         lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
         perm = torch.from_numpy(rng.permutation(len(x))).to(device)
         x, targets, attrs = manifold_mixup(x, targets, attrs, lam, perm)
     logits, pred_attrs = model.heads(x)
+    logits, pred_attrs = logits.float(), pred_attrs.float()
     loss = cfg.ce_weight * soft_cross_entropy(logits, targets, weights)
     known = ~torch.isnan(attrs).any(-1)
     if cfg.mse_weight > 0 and known.any():
         loss = loss + cfg.mse_weight * torch.mean((pred_attrs[known] - attrs[known]) ** 2)
     return loss
+
+
+def train_step(model: DeepSER, optimizer: torch.optim.Optimizer, batch: Batch, weights: torch.Tensor | None,
+               cfg: TrainConfig, rng: np.random.Generator, device: torch.device) -> float:
+    """One optimizer step on one batch (every batch steps; the authors' loop stepped once per epoch)."""
+    loss = batch_loss(model, batch, weights, cfg, rng, device)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.item()
 
 
 def _run_stage(model, stage: int, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig, epochs: int,
@@ -100,13 +123,7 @@ def _run_stage(model, stage: int, train: FeatureDataset, dev: FeatureDataset, cf
         losses = []
         for idx in tqdm(bucketed(rows, train.lengths, cfg.batch_size, rng), desc=f"stage {stage} epoch {epoch}",
                         unit="batch", leave=False):
-            loss = _loss(model, train.batch(idx), weights, cfg, rng, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(train_step(model, optimizer, train.batch(idx), weights, cfg, rng, device))
         score = evaluate(model, dev, cfg, device)
         history.append({"stage": stage, "epoch": epoch, "train_loss": float(np.mean(losses)),
                         "dev_balanced_macro_f1": score, "utterances": int(len(rows))})
