@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -78,12 +78,91 @@ class ExtractParams(Section):
     whisper_pad_seconds: float = Field(ge=0, le=30)
 
 
+class TrainParams(Section):
+    """Stages 1-2 of every DeepSER (medusa.training, medusa.members). A model's `overrides` may change any key."""
+    device: str
+    amp: bool                   # bf16 autocast on CUDA
+    # DeepSER architecture (paper: hidden 1024, 2 layers per ENC)
+    hidden: int = Field(ge=1)
+    layers: int = Field(ge=2)
+    heads: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    ff_mult: int = Field(ge=1)
+    fusion: Literal["deep", "late"]             # late = Table 2's "late fusion" ablation
+    targets: Literal["soft", "one_hot"]         # one_hot = Table 2's "one-hot targets" ablation
+    #: Frames averaged per time step, per encoder key (e.g. 10: 50 frames/s -> 5/s); encoders not listed: 1.
+    pool: dict[str, int]
+    # the recipe (paper: AdamW, batch 16, lr 1e-5, MixUp p 0.3, loss 1.5 CE + 0.4 MSE)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    stage1_epochs: int = Field(ge=1)
+    stage2_epochs: int = Field(ge=0)            # 0 = Table 2's "w/o stage 2"
+    patience: int = Field(ge=1)
+    grad_clip: float = Field(ge=0)              # 0 = no clipping
+    mixup_p: float = Field(ge=0, le=1)          # 0 = Table 2's "w/o MixUp"
+    mixup_alpha: float = Field(gt=0)
+    ce_weight: float = Field(gt=0)
+    mse_weight: float = Field(ge=0)             # 0 = Table 2's "w/o multitask"
+    class_weighted: bool                        # stage-1 class weights alpha_c = (N / (|C| f_c))^0.5
+    #: Model selection: balanced macro-F1 on dev = mean over this many class-balanced resamples.
+    eval_resamples: int = Field(ge=1)
+    #: The logistic-regression baseline on mean-pooled features, shown beside each model.
+    baseline_c: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "TrainParams":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        for key, factor in self.pool.items():
+            if factor < 1:
+                raise ValueError(f"pool.{key} must be >= 1, got {factor}")
+        return self
+
+
+class ModelParams(Section):
+    """One DeepSER of the ensemble: its encoders (feature stores, in this order), its seed, its own settings."""
+    encoders: list[str] = Field(min_length=1)
+    seed: int
+    #: Keys of `train` that differ for this model, e.g. {hidden: 512}; validated like `train` itself.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
 class Params(Section):
     demo_corpus: DemoCorpusParams
     prepare: PrepareParams
     transcribe: TranscribeParams
     encoders: dict[str, EncoderParams]
     extract: ExtractParams
+    train: TrainParams
+    models: dict[str, ModelParams] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Params":
+        """Every encoder a model or a pooling factor names must exist; every model's overrides must validate."""
+        known = ", ".join(self.encoders)
+        problems = [f"train.pool.{key}: no encoder {key!r} in `encoders` (have: {known})"
+                    for key in self.train.pool if key not in self.encoders]
+        for name, model in self.models.items():
+            problems += [f"models.{name}.encoders: no encoder {key!r} in `encoders` (have: {known})"
+                         for key in model.encoders if key not in self.encoders]
+            if len(set(model.encoders)) != len(model.encoders):
+                problems.append(f"models.{name}.encoders: an encoder is listed twice: {model.encoders}")
+            try:
+                resolve_train(self.train, model.overrides)
+            except ParamsError as e:
+                problems.append(f"models.{name}.overrides: {e}")
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+
+def resolve_train(train: TrainParams, overrides: dict[str, Any]) -> TrainParams:
+    """`train` with `overrides` applied, validated like `train` (one model's settings, or an ablation variant)."""
+    try:
+        return TrainParams.model_validate({**train.model_dump(), **overrides})
+    except ValidationError as e:
+        raise ParamsError("; ".join(_describe(err) for err in e.errors())) from None
 
 
 _TYPE_WORDS = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
@@ -98,6 +177,9 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return f"{path}: unknown key"
     got = err.get("input")
+    if kind == "value_error":  # raised by a validator: its message names the keys itself
+        message = err["msg"].removeprefix("Value error, ")
+        return f"{path}: {message}" if path else message
     if kind in _TYPE_WORDS:
         return f"{path}: expected {_TYPE_WORDS[kind]}, got {type(got).__name__} {got!r}"
     return f"{path}: {err['msg']} (got {got!r})"

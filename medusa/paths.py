@@ -14,3 +14,15 @@ CACHE = WORK / "cache"
 
 def feature_store(encoder_key: str) -> Path:
     return FEATURES / encoder_key
+#: One folder per trained DeepSER of the ensemble (medusa.members).
+MODELS = WORK / "models"
+
+
+def model_dir(name: str) -> Path:
+    return MODELS / name
+
+
+def model_checkpoint(name: str) -> Path:
+    """Per-epoch training state, beside the model folder (DVC deletes a stage's outputs before it reruns,
+    so the checkpoint must live outside them to survive an interrupted run); removed once training ends."""
+    return MODELS / f"{name}.checkpoint.pt"

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from medusa.corpora.manifest import SPLITS, class_counts
+from medusa.labels import CODES
 
 
 def class_distribution(manifest: pd.DataFrame) -> plt.Figure:
@@ -53,4 +55,41 @@ def frames_vs_duration(store, items: pd.DataFrame, name: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     sns.scatterplot(data, x="duration_s", y="frames", s=10, ax=ax)
     ax.set_title(f"{name}: frames per utterance")
+    return fig
+
+
+def training_curves(history: pd.DataFrame, name: str = "") -> plt.Figure:
+    """Mean training loss and dev balanced macro-F1 per epoch, stages 1 and 2 coloured apart."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    data = history.assign(stage=history["stage"].map(lambda s: f"stage {s}"))
+    for ax, column, title in ((axes[0], "train_loss", "training loss"),
+                              (axes[1], "dev_balanced_macro_f1", "dev balanced macro-F1")):
+        sns.lineplot(data, x="step", y=column, hue="stage", marker="o", ax=ax)
+        ax.set_xlabel("epoch (stages 1 then 2)")
+        ax.set_title(f"{name}: {title}" if name else title)
+    return fig
+
+
+def confusion_matrix(y_true, y_pred, title: str = "") -> plt.Figure:
+    """Row-normalised confusion matrix over the 8 classes (rows: consensus, columns: prediction)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    counts = sk_confusion(y_true, y_pred, labels=list(CODES))
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    sns.heatmap(pd.DataFrame(shares, index=list(CODES), columns=list(CODES)), annot=counts, fmt="d",
+                cmap="Blues", vmin=0, vmax=1, cbar_kws={"label": "share of the row"}, ax=ax)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("consensus")
+    ax.set_title(title or "Confusion matrix (counts; colour: row share)")
+    return fig
+
+
+def per_class_f1(scores: dict[str, dict[str, float]], title: str = "Per-class F1") -> plt.Figure:
+    """F1 per class for several systems: {system name: {class code: F1}}."""
+    data = pd.DataFrame([{"system": name, "class": c, "F1": f1} for name, per in scores.items()
+                         for c, f1 in per.items()])
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    sns.barplot(data, x="class", y="F1", hue="system", order=list(CODES), ax=ax)
+    ax.set_title(title)
     return fig

@@ -11,14 +11,19 @@ Loss = ce_weight * CE + mse_weight * MSE (paper: 1.5 and 0.4). Model selection: 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from medusa.dataset import Batch, FeatureDataset, bucketed
+from medusa.io import atomic_path
 from medusa.deepser import DeepSER, manifold_mixup, soft_cross_entropy
 from medusa.labels import CODES, balanced_epoch, class_weights
 from medusa.metrics import balanced_macro_f1
@@ -107,39 +112,82 @@ def train_step(model: DeepSER, optimizer: torch.optim.Optimizer, batch: Batch, w
     return loss.item()
 
 
-def _run_stage(model, stage: int, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig, epochs: int,
-               weights: torch.Tensor | None, rng: np.random.Generator, device: torch.device,
-               history: list[dict], best: dict) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    usable = np.flatnonzero(~np.isnan(train.targets).any(1))           # rows with a target
-    balanced_pool = np.flatnonzero(np.isin(train.labels, CODES))
-    stale = 0
-    for epoch in range(1, epochs + 1):
-        if stage == 1:
-            rows = usable
-        else:  # a fresh class-balanced subset every epoch
-            rows = balanced_pool[balanced_epoch(train.labels[balanced_pool], rng)]
-        model.train()
-        losses = []
-        for idx in tqdm(bucketed(rows, train.lengths, cfg.batch_size, rng), desc=f"stage {stage} epoch {epoch}",
-                        unit="batch", leave=False):
-            losses.append(train_step(model, optimizer, train.batch(idx), weights, cfg, rng, device))
-        score = evaluate(model, dev, cfg, device)
-        history.append({"stage": stage, "epoch": epoch, "train_loss": float(np.mean(losses)),
-                        "dev_balanced_macro_f1": score, "utterances": int(len(rows))})
-        log.info("stage %d epoch %d: loss %.4f, dev balanced macro-F1 %.4f", stage, epoch, np.mean(losses), score)
-        if score > best["score"]:
-            best.update(score=score, stage=stage, epoch=epoch, state=copy.deepcopy(model.state_dict()))
-            stale = 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+@dataclass
+class _Progress:
+    """Everything an interrupted run needs to continue exactly where it stopped (saved after every epoch)."""
+    stage: int = 1
+    epoch: int = 0                 # epochs completed in `stage`
+    stale: int = 0                 # epochs since the best dev score (early stopping)
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"score": -1.0, "stage": 0, "epoch": 0})
+    best_state: dict | None = None
+    optimizer: dict | None = None  # the current stage's optimizer; None when a stage starts
+
+
+def _rng_states(rng: np.random.Generator) -> dict:
+    states = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(rng: np.random.Generator, states: dict) -> None:
+    rng.bit_generator.state = states["numpy"]
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _fingerprint(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig) -> str:
+    """What a checkpoint was made for: config, architecture and the utterances; another one is not resumed."""
+    blob = json.dumps([asdict(cfg), model.cfg.to_dict(), list(train.rows["utt_id"]), list(dev.rows["utt_id"]),
+                       train.pools], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _save_checkpoint(path: Path, model: DeepSER, progress: _Progress, rng: np.random.Generator, fingerprint: str
+                     ) -> None:
+    state = {"fingerprint": fingerprint, "model": model.state_dict(), "rng": _rng_states(rng), **asdict(progress)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, model: DeepSER, rng: np.random.Generator, fingerprint: str,
+                     device: torch.device) -> _Progress | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a torn or foreign file: say so and start afresh rather than fail the stage
+        log.warning("ignoring unreadable checkpoint %s (%s); training from the start", path, e)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("checkpoint %s was made with other settings or data; training from the start", path)
+        return None
+    model.load_state_dict(state["model"])
+    _set_rng_states(rng, state["rng"])
+    progress = _Progress(**{k: state[k] for k in _Progress.__dataclass_fields__})
+    log.info("resuming from %s: stage %d, %d epoch(s) done", path, progress.stage, progress.epoch)
+    return progress
+
+
+def _epoch_rows(stage: int, train: FeatureDataset, rng: np.random.Generator) -> np.ndarray:
+    if stage == 1:  # every utterance with a target (all-Other ones have none)
+        return np.flatnonzero(~np.isnan(train.targets).any(1))
+    pool = np.flatnonzero(np.isin(train.labels, CODES))  # stage 2: a fresh class-balanced subset every epoch
+    return pool[balanced_epoch(train.labels[pool], rng)]
 
 
 def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig,
-                  device: torch.device) -> tuple[DeepSER, list[dict], dict]:
-    """Stages 1 and 2; returns the model with the best dev weights, the history, and where the best was."""
+                  device: torch.device, checkpoint: str | Path | None = None,
+                  on_epoch: Callable[[dict], None] | None = None) -> tuple[DeepSER, list[dict], dict]:
+    """Stages 1 and 2; returns the model with the best dev weights, the history, and where the best was.
+
+    With `checkpoint`, the state after every epoch (weights, optimizer, random generators, history, best
+    weights) is saved there, and a later call with the same settings and data resumes from it: the result is
+    the same as an uninterrupted run. The caller deletes the file once the outputs are safely written.
+    `on_epoch(history_row)` is called after each epoch (and its checkpoint).
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model.to(device)
@@ -147,12 +195,44 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
     if cfg.class_weighted:
         mass = np.nansum(train.targets, axis=0)
         weights = torch.tensor(class_weights(mass), dtype=torch.float32, device=device)
-    history: list[dict] = []
-    best = {"score": -1.0, "stage": 0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
-    _run_stage(model, 1, train, dev, cfg, cfg.stage1_epochs, weights, rng, device, history, best)
-    if cfg.stage2_epochs > 0:
-        model.load_state_dict(best["state"])
-        _run_stage(model, 2, train, dev, cfg, cfg.stage2_epochs, None, rng, device, history, best)
-    model.load_state_dict(best["state"])
-    summary = {k: best[k] for k in ("score", "stage", "epoch")}
-    return model, history, {**summary, "config": asdict(cfg)}
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = _fingerprint(model, train, dev, cfg)
+    progress = (_load_checkpoint(checkpoint, model, rng, fingerprint, device) if checkpoint else None) or _Progress()
+    if progress.best_state is None:
+        progress.best_state = copy.deepcopy(model.state_dict())
+    stages = [(1, cfg.stage1_epochs, weights)] + ([(2, cfg.stage2_epochs, None)] if cfg.stage2_epochs > 0 else [])
+    for stage, epochs, stage_weights in stages:
+        if stage < progress.stage:
+            continue
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if progress.optimizer is not None:
+            optimizer.load_state_dict(progress.optimizer)
+        elif stage > 1:  # stage 2 starts from stage 1's best weights, with a fresh optimizer
+            model.load_state_dict(progress.best_state)
+        while progress.epoch < epochs and progress.stale < cfg.patience:
+            rows = _epoch_rows(stage, train, rng)
+            model.train()
+            losses = [train_step(model, optimizer, train.batch(idx), stage_weights, cfg, rng, device)
+                      for idx in tqdm(bucketed(rows, train.lengths, cfg.batch_size, rng), unit="batch",
+                                      desc=f"stage {stage} epoch {progress.epoch + 1}", leave=False)]
+            score = evaluate(model, dev, cfg, device)
+            progress.epoch += 1
+            row = {"stage": stage, "epoch": progress.epoch, "train_loss": float(np.mean(losses)),
+                   "dev_balanced_macro_f1": score, "utterances": int(len(rows))}
+            progress.history.append(row)
+            log.info("stage %d epoch %d: loss %.4f, dev balanced macro-F1 %.4f", stage, progress.epoch,
+                     row["train_loss"], score)
+            if score > progress.best["score"]:
+                progress.best = {"score": score, "stage": stage, "epoch": progress.epoch}
+                progress.best_state = copy.deepcopy(model.state_dict())
+                progress.stale = 0
+            else:
+                progress.stale += 1
+            progress.optimizer = optimizer.state_dict()
+            if checkpoint:
+                _save_checkpoint(checkpoint, model, progress, rng, fingerprint)
+            if on_epoch:
+                on_epoch(row)
+        progress = replace(progress, stage=stage + 1, epoch=0, stale=0, optimizer=None)
+    model.load_state_dict(progress.best_state)
+    return model, progress.history, {**progress.best, "config": asdict(cfg)}

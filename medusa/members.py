@@ -1,0 +1,215 @@
+"""An ensemble member: one DeepSER, resolved from params, trained on the feature stores, saved to its folder.
+
+A member folder (work/models/<name>/) holds everything later stages and the predict bundle need, in formats that
+load without pickle:
+
+    model.safetensors     the weights selected on dev (balanced macro-F1)
+    config.json           the resolved configuration: encoders with their feature-store metadata, time pooling,
+                          DeepSER architecture, training recipe, seed, targets
+    history.json          per epoch: stage, epoch, mean training loss, dev balanced macro-F1, utterances seen
+    posteriors.parquet    utt_id, split, label, p_A..p_N (class probabilities), arousal, valence, dominance
+                          (predicted, on the 1..7 scale) for every dev, test and blind utterance
+    metrics.json          test-split scores (medusa.metrics.classification_scores), attribute CCC, the dev
+                          selection score and where it was reached
+
+The folder is written under a temporary name and renamed when complete, so it is either whole or absent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from medusa.batches import pick_device
+from medusa.dataset import FeatureDataset, unscale_attributes
+from medusa.deepser import DeepSER, DeepSERConfig, count_parameters
+from medusa.feature_store import FeatureStore
+from medusa.io import write_json, write_parquet
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.metrics import ccc, classification_scores
+from medusa.params import ModelParams, TrainParams, resolve_train
+from medusa.training import TrainConfig, predict, train_deepser
+
+log = logging.getLogger(__name__)
+
+#: Splits a member scores (it trains on `train` and selects on `dev`; `test` is never seen in training).
+SCORED_SPLITS = ("dev", "test", "blind")
+FILES = ("model.safetensors", "config.json", "history.json", "posteriors.parquet", "metrics.json")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    name: str
+    encoders: tuple[str, ...]        # feature-store keys, in the order of the model's inputs
+    pools: tuple[int, ...]           # time pooling per encoder
+    one_hot: bool                    # one-hot targets instead of the vote distribution (ablation)
+    device: str
+    deepser: DeepSERConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "encoders": list(self.encoders), "pools": list(self.pools),
+                "one_hot": self.one_hot, "device": self.device, "deepser": self.deepser.to_dict(),
+                "train": asdict(self.train)}
+
+
+def resolve_member(name: str, model: ModelParams | dict, train: TrainParams | dict, input_dims: dict[str, int],
+                   extra_overrides: dict[str, Any] | None = None) -> MemberSpec:
+    """The full configuration of one member: `train` with the model's overrides (then `extra_overrides`, e.g.
+    an ablation's switch) applied, and each encoder's feature width from `input_dims`."""
+    model = model if isinstance(model, ModelParams) else ModelParams.model_validate(model)
+    base = train if isinstance(train, TrainParams) else TrainParams.model_validate(train)
+    t = resolve_train(resolve_train(base, model.overrides), extra_overrides or {})
+    missing = [e for e in model.encoders if e not in input_dims]
+    if missing:
+        raise KeyError(f"model {name!r}: no feature width known for encoder(s) {missing}")
+    deepser = DeepSERConfig(input_dims=tuple(input_dims[e] for e in model.encoders), hidden=t.hidden,
+                            layers=t.layers, heads=t.heads, dropout=t.dropout, ff_mult=t.ff_mult, fusion=t.fusion)
+    recipe = TrainConfig(batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                         stage1_epochs=t.stage1_epochs, stage2_epochs=t.stage2_epochs, patience=t.patience,
+                         grad_clip=t.grad_clip, mixup_p=t.mixup_p, mixup_alpha=t.mixup_alpha, ce_weight=t.ce_weight,
+                         mse_weight=t.mse_weight, class_weighted=t.class_weighted, eval_resamples=t.eval_resamples,
+                         amp=t.amp, seed=model.seed)
+    return MemberSpec(name=name, encoders=tuple(model.encoders), pools=tuple(t.pool.get(e, 1) for e in model.encoders),
+                      one_hot=t.targets == "one_hot", device=t.device, deepser=deepser, train=recipe)
+
+
+def open_stores(encoders: tuple[str, ...] | list[str], features_root: str | Path) -> list[FeatureStore]:
+    return [FeatureStore(Path(features_root) / e) for e in encoders]
+
+
+def store_dims(encoders: list[str] | tuple[str, ...], features_root: str | Path) -> dict[str, int]:
+    return {e: s.dim for e, s in zip(encoders, open_stores(encoders, features_root))}
+
+
+def split_datasets(spec: MemberSpec, manifest: pd.DataFrame, stores: list[FeatureStore]
+                   ) -> dict[str, FeatureDataset]:
+    """One FeatureDataset per split present in the manifest (train, dev, test, blind)."""
+    return {split: FeatureDataset(rows, stores, list(spec.pools), one_hot=spec.one_hot)
+            for split, rows in manifest.groupby("split", sort=False) if len(rows)}
+
+
+def posteriors_frame(data: FeatureDataset, probs: np.ndarray, attrs: np.ndarray) -> pd.DataFrame:
+    frame = data.rows[["utt_id", "split", "label"]].copy()
+    frame[list(SOFT_TARGET_COLUMNS)] = probs
+    frame[list(ATTRIBUTES)] = unscale_attributes(attrs)
+    return frame.reset_index(drop=True)
+
+
+def predicted_labels(posteriors: pd.DataFrame) -> np.ndarray:
+    return np.asarray(CODES)[posteriors[list(SOFT_TARGET_COLUMNS)].to_numpy().argmax(1)]
+
+
+def attribute_ccc(truth: pd.DataFrame, posteriors: pd.DataFrame) -> dict[str, float]:
+    """CCC per attribute between the manifest's ratings and the predictions, over rows rated on it."""
+    merged = truth[["utt_id", *ATTRIBUTES]].merge(posteriors[["utt_id", *ATTRIBUTES]], on="utt_id",
+                                                   suffixes=("", "_pred"))
+    out = {}
+    for a in ATTRIBUTES:
+        rated = merged[a].notna()
+        out[a] = ccc(merged.loc[rated, a], merged.loc[rated, f"{a}_pred"]) if rated.sum() > 1 else float("nan")
+    return out
+
+
+def classification_scores_of(posteriors: pd.DataFrame, split: str, seed: int, resamples: int = 10) -> dict[str, Any]:
+    """medusa.metrics.classification_scores of the argmax predictions of a posteriors frame on one split."""
+    part = posteriors[posteriors["split"] == split]
+    return classification_scores(part["label"], predicted_labels(part), resamples, seed)
+
+
+def score_test_split(manifest: pd.DataFrame, posteriors: pd.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
+    """Scores of a member's (or any model's) posteriors on the test split, attribute CCC included."""
+    scores = classification_scores_of(posteriors, "test", seed, resamples)
+    test = posteriors[posteriors["split"] == "test"]
+    return {**scores, "ccc": attribute_ccc(manifest[manifest["split"] == "test"], test)}
+
+
+def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | Path, out_dir: str | Path,
+                 checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Train one member (stages 1-2, resumable through `checkpoint`), score dev/test/blind, write its folder.
+    Returns the contents of metrics.json."""
+    out_dir = Path(out_dir)
+    device = pick_device(spec.device)
+    stores = open_stores(spec.encoders, features_root)
+    data = split_datasets(spec, manifest, stores)
+    for split in ("train", "dev"):
+        if split not in data:
+            raise ValueError(f"model {spec.name!r}: the manifest has no {split!r} utterances")
+    torch.manual_seed(spec.train.seed)  # the initial weights come from the seed too
+    model = DeepSER(spec.deepser)
+    log.info("%s: DeepSER over %s, %s parameters, on %s", spec.name, "+".join(spec.encoders),
+             f"{count_parameters(model):,}", device)
+    model, history, best = train_deepser(model, data["train"], data["dev"], spec.train, device, checkpoint)
+    posteriors = pd.concat([posteriors_frame(data[s], *predict(model, data[s], 4 * spec.train.batch_size, device,
+                                                                spec.train.amp))
+                            for s in SCORED_SPLITS if s in data], ignore_index=True)
+    metrics = {"test": score_test_split(manifest, posteriors, spec.train.eval_resamples, spec.train.seed)
+               if "test" in data else None,
+               "dev_balanced_macro_f1": best["score"], "best_stage": best["stage"], "best_epoch": best["epoch"],
+               "parameters": count_parameters(model)}
+    stores_meta = {e: {k: v for k, v in s.meta.items() if k != "n_frames"} for e, s in zip(spec.encoders, stores)}
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(partial / "model.safetensors"))
+    write_json({**spec.to_dict(), "feature_stores": stores_meta}, partial / "config.json")
+    write_json(history, partial / "history.json")
+    write_parquet(posteriors, partial / "posteriors.parquet")
+    write_json(metrics, partial / "metrics.json")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+    return metrics
+
+
+def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DeepSER, dict[str, Any]]:
+    """The trained DeepSER of a member folder (safetensors + JSON only) and its resolved config."""
+    folder = Path(folder)
+    missing = [f for f in ("model.safetensors", "config.json") if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a trained member folder (missing {', '.join(missing)}); "
+                                "run its train stage (dvc repro train@<name>)")
+    config = json.loads((folder / "config.json").read_text())
+    d = config["deepser"]
+    model = DeepSER(DeepSERConfig(**{**d, "input_dims": tuple(d["input_dims"])}))
+    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+    return model.to(device).eval(), config
+
+
+def history_frame(folder: str | Path) -> pd.DataFrame:
+    history = pd.DataFrame(json.loads((Path(folder) / "history.json").read_text()))
+    history["step"] = np.arange(1, len(history) + 1)  # epochs across both stages, for plotting
+    return history
+
+
+def score_table(posteriors: dict[str, pd.DataFrame], split: str, resamples: int, seed: int) -> pd.DataFrame:
+    """One row per system: macro-F1 with its 95 % bootstrap interval, accuracy, balanced macro-F1, on `split`."""
+    rows = []
+    for system, frame in posteriors.items():
+        s = classification_scores_of(frame, split, seed, resamples)
+        rows.append({"system": system, "n": s["n"], "macro_f1": s["macro_f1"], "ci95_low": s["macro_f1_ci95"][0],
+                     "ci95_high": s["macro_f1_ci95"][1], "accuracy": s["accuracy"],
+                     "balanced_macro_f1": s["balanced_macro_f1"]})
+    return pd.DataFrame(rows).set_index("system")
+
+
+def compare_to_baseline(table: pd.DataFrame, model: str = "DeepSER", baseline: str = "baseline") -> str:
+    """A sentence on how the model compares with its baseline on a score_table, interval overlap included."""
+    m, b = table.loc[model], table.loc[baseline]
+    gap = m["macro_f1"] - b["macro_f1"]
+    overlap = m["ci95_low"] <= b["ci95_high"] and b["ci95_low"] <= m["ci95_high"]
+    where = "above" if gap > 0 else "below" if gap < 0 else "level with"
+    certainty = ("the 95 % intervals overlap, so on these {n} utterances the difference is within resampling noise"
+                 if overlap else "the 95 % intervals do not overlap").format(n=int(m["n"]))
+    return (f"{model} macro-F1 {m['macro_f1']:.3f} is {where} the baseline's {b['macro_f1']:.3f} "
+            f"({gap:+.3f}); {certainty}. Chance is {1 / len(CODES):.3f}.")
