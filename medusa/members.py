@@ -192,15 +192,13 @@ def history_frame(folder: str | Path) -> pd.DataFrame:
     return history
 
 
-def score_table(posteriors: dict[str, pd.DataFrame], split: str, resamples: int, seed: int) -> pd.DataFrame:
-    """One row per system: macro-F1 with its 95 % bootstrap interval, accuracy, balanced macro-F1, on `split`."""
-    rows = []
-    for system, frame in posteriors.items():
-        s = classification_scores_of(frame, split, seed, resamples)
-        rows.append({"system": system, "n": s["n"], "macro_f1": s["macro_f1"], "ci95_low": s["macro_f1_ci95"][0],
-                     "ci95_high": s["macro_f1_ci95"][1], "accuracy": s["accuracy"],
-                     "balanced_macro_f1": s["balanced_macro_f1"]})
-    return pd.DataFrame(rows).set_index("system")
+def score_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per system from {system: classification_scores}: n, macro-F1 with its 95 % bootstrap interval,
+    accuracy, balanced macro-F1."""
+    return pd.DataFrame([{"system": system, "n": s["n"], "macro_f1": s["macro_f1"], "ci95_low": s["macro_f1_ci95"][0],
+                          "ci95_high": s["macro_f1_ci95"][1], "accuracy": s["accuracy"],
+                          "balanced_macro_f1": s["balanced_macro_f1"]} for system, s in scores.items()]
+                        ).set_index("system")
 
 
 def compare_to_baseline(table: pd.DataFrame, model: str = "DeepSER", baseline: str = "baseline") -> str:

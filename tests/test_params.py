@@ -59,3 +59,26 @@ def test_paper_preset_validates_with_the_papers_encoders(repo_root):
     p = load_params(repo_root / "configs" / "paper.yaml")
     assert {e.family for e in p.encoders.values()} == {"wavlm", "hubert", "whisper", "roberta", "modernbert"}
     assert p.transcribe.model == "large-v3" and p.prepare.test_fraction == 0.1
+
+
+def test_a_model_naming_an_unknown_encoder_is_named(raw):
+    bad = copy.deepcopy(raw)
+    first = next(iter(bad["models"]))
+    bad["models"][first]["encoders"] = ["whisper", "wavlm"]
+    assert f"models.{first}.encoders: no encoder 'wavlm' in `encoders`" in _error(bad)
+
+
+def test_a_bad_override_and_a_bad_pool_key_are_named(raw):
+    bad = copy.deepcopy(raw)
+    first = next(iter(bad["models"]))
+    bad["models"][first]["overrides"] = {"hidden": "big"}
+    bad["train"]["pool"]["hubert"] = 2
+    message = _error(bad)
+    assert f"models.{first}.overrides: hidden: expected int, got str 'big'" in message
+    assert "train.pool.hubert: no encoder 'hubert'" in message
+
+
+def test_heads_must_divide_hidden(raw):
+    bad = copy.deepcopy(raw)
+    bad["train"]["heads"] = 5
+    assert "must be divisible by heads (5)" in _error(bad)

@@ -76,3 +76,44 @@ def test_missing_utterance_in_a_store_is_named(problem, tmp_path):
     rows.loc[0, "utt_id"] = "not-there"
     with pytest.raises(KeyError, match="not-there"):
         FeatureDataset(rows, train.stores, [1, 1])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(problem, tmp_path):
+    """Interrupt after stage 1's epoch 2, then (resumed) after stage 2's epoch 1, then finish: the result is
+    the uninterrupted run's: same weights, same history, same best epoch."""
+    train, dev = problem
+    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=3, stage2_epochs=2, patience=5, mixup_p=0.5, seed=3)
+    full, full_history, full_best = train_deepser(model(), train, dev, cfg, CPU)
+    ckpt = tmp_path / "m.checkpoint.pt"
+    for _ in range(2):  # each call runs two epochs, then is interrupted
+        seen = []
+
+        def stop(row):
+            seen.append(row)
+            if len(seen) == 2:
+                raise _Interrupt
+        with pytest.raises(_Interrupt):
+            train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt, on_epoch=stop)
+        assert ckpt.exists()
+    resumed, history, best = train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt)
+    assert history == full_history and best == full_best
+    for (k, va), vb in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(problem, tmp_path, caplog):
+    train, dev = problem
+    ckpt = tmp_path / "m.checkpoint.pt"
+    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=2, stage2_epochs=0, seed=1)
+    train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt)
+    other = TrainConfig(batch_size=16, lr=2e-3, stage1_epochs=2, stage2_epochs=0, seed=1)
+    _, history, _ = train_deepser(model(), train, dev, other, CPU, checkpoint=ckpt)
+    assert "other settings" in caplog.text
+    assert [h["epoch"] for h in history] == [1, 2]
+    ckpt.write_bytes(b"torn")
+    _, history, _ = train_deepser(model(), train, dev, other, CPU, checkpoint=ckpt)
+    assert "unreadable checkpoint" in caplog.text and len(history) == 2

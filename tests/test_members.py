@@ -1,0 +1,166 @@
+"""A member end to end on small stores the test writes: resolve from params, train, write, load, score."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from medusa import members
+from medusa.baselines import logistic_baseline
+from medusa.deepser import DeepSER, count_parameters
+from medusa.feature_store import FeatureStoreWriter
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.params import ParamsError, load_params
+
+TRAIN = {"device": "cpu", "amp": True, "hidden": 16, "layers": 2, "heads": 2, "dropout": 0.1, "ff_mult": 2,
+         "fusion": "deep", "targets": "soft", "pool": {"a": 2}, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01,
+         "stage1_epochs": 4, "stage2_epochs": 1, "patience": 4, "grad_clip": 1.0, "mixup_p": 0.3,
+         "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True, "eval_resamples": 5,
+         "baseline_c": 1.0}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Manifest and two stores: store `a` carries the class in its frame mean, `b` is noise. Test rows include
+    O/X consensus; blind rows have no labels at all."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1.5, (8, 5))
+    rows = []
+    with FeatureStoreWriter(root / "a", 5, {"kind": "audio"}) as wa, FeatureStoreWriter(root / "b", 3, {"kind": "text"}) as wb:
+        for i in range(8 * 40):
+            c = i % 8
+            split = "train" if i % 10 < 6 else ("dev", "dev", "test", "blind")[i % 10 - 6]
+            u = f"u{i:04d}"
+            wa.add(u, centres[c] + rng.normal(0, 1.0, (int(rng.integers(4, 14)), 5)))
+            wb.add(u, rng.normal(0, 1.0, (int(rng.integers(1, 5)), 3)))
+            soft = np.full(8, 0.03)
+            soft[c] = 1 - 0.03 * 7
+            label = CODES[c] if not (split == "test" and i % 17 == 0) else "X"
+            row = {"utt_id": u, "split": split, "label": label, **dict(zip(SOFT_TARGET_COLUMNS, soft)),
+                   **dict(zip(ATTRIBUTES, [1 + c * 0.8, 4.0, 3.0]))}
+            if split == "blind":
+                row.update({k: np.nan for k in (*SOFT_TARGET_COLUMNS, *ATTRIBUTES)}, label=None)
+            rows.append(row)
+    return pd.DataFrame(rows), root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    manifest, root = corpus
+    spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0}, TRAIN, members.store_dims(["a", "b"], root))
+    out = tmp_path_factory.mktemp("models") / "m"
+    metrics = members.train_member(spec, manifest, root, out, out.with_name("m.checkpoint.pt"))
+    return spec, out, metrics
+
+
+def test_resolve_applies_overrides_then_the_ablation_switch():
+    spec = members.resolve_member("m", {"encoders": ["b", "a"], "seed": 4, "overrides": {"hidden": 32}}, TRAIN,
+                                  {"a": 5, "b": 3}, extra_overrides={"targets": "one_hot", "mixup_p": 0.0})
+    assert spec.deepser.input_dims == (3, 5) and spec.pools == (1, 2)
+    assert spec.deepser.hidden == 32 and spec.one_hot and spec.train.mixup_p == 0.0 and spec.train.seed == 4
+    with pytest.raises(ParamsError, match="hiden: unknown key"):
+        members.resolve_member("m", {"encoders": ["a"], "seed": 0, "overrides": {"hiden": 32}}, TRAIN, {"a": 5})
+    with pytest.raises(KeyError, match="'c'"):
+        members.resolve_member("m", {"encoders": ["a", "c"], "seed": 0}, TRAIN, {"a": 5})
+
+
+def test_member_folder_is_complete_and_scores_far_above_chance(trained, corpus):
+    spec, out, metrics = trained
+    manifest, _ = corpus
+    assert sorted(p.name for p in out.iterdir()) == sorted(members.FILES)
+    assert not out.with_name("m.checkpoint.pt").exists() and not out.with_name("m.partial").exists()
+    post = pd.read_parquet(out / "posteriors.parquet")
+    # every dev, test and blind utterance, and nothing the model trained on
+    assert set(post["utt_id"]) == set(manifest.loc[manifest["split"] != "train", "utt_id"])
+    assert np.allclose(post[list(SOFT_TARGET_COLUMNS)].sum(axis=1), 1, atol=1e-5)
+    assert metrics["test"]["macro_f1"] > 0.8 and metrics["test"]["n"] < (post["split"] == "test").sum()  # X dropped
+    # attribute predictions are back on the 1..7 rating scale (centred near the ratings' mean), CCC per attribute
+    test = post[post["split"] == "test"].merge(manifest[["utt_id", *ATTRIBUTES]], on="utt_id", suffixes=("", "_true"))
+    for a in ATTRIBUTES:
+        assert abs(test[a].mean() - test[f"{a}_true"].mean()) < 1.0, a
+    assert set(metrics["test"]["ccc"]) == set(ATTRIBUTES) and np.isfinite(metrics["test"]["ccc"]["arousal"])
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    history = members.history_frame(out)
+    assert list(history["stage"].unique()) == [1, 2] and history["step"].tolist() == list(range(1, len(history) + 1))
+
+
+def test_a_loaded_member_reproduces_its_posteriors(trained, corpus):
+    spec, out, _ = trained
+    manifest, root = corpus
+    model, config = members.load_member(out)
+    assert config["encoders"] == ["a", "b"] and config["pools"] == [2, 1] and config["feature_stores"]["a"]["dim"] == 5
+    data = members.split_datasets(spec, manifest, members.open_stores(spec.encoders, root))["test"]
+    from medusa.training import predict
+    probs, _ = predict(model, data, 32, torch.device("cpu"))
+    saved = pd.read_parquet(out / "posteriors.parquet").set_index("utt_id").loc[data.rows["utt_id"]]
+    np.testing.assert_allclose(probs, saved[list(SOFT_TARGET_COLUMNS)].to_numpy(), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="not a trained member folder"):
+        members.load_member(out.parent / "nothing")
+
+
+def test_baseline_posteriors_are_in_class_order(corpus):
+    manifest, root = corpus
+    post = logistic_baseline(manifest, members.open_stores(["a", "b"], root), 1.0, 0)
+    assert set(post["split"]) == {"dev", "test"}
+    assert np.allclose(post[list(SOFT_TARGET_COLUMNS)].sum(axis=1), 1)
+    scores = members.classification_scores_of(post, "test", 0)
+    assert scores["macro_f1"] > 0.8  # the class is in store a's frame mean: a linear model finds it
+
+
+def test_score_table_rows_match_the_scores(corpus, trained):
+    _, out, metrics = trained
+    post = pd.read_parquet(out / "posteriors.parquet")
+    scores = {"DeepSER": members.classification_scores_of(post, "test", 0, 5)}
+    table = members.score_table(scores)
+    assert table.loc["DeepSER", "macro_f1"] == pytest.approx(metrics["test"]["macro_f1"])
+    assert table.loc["DeepSER", "ci95_low"] <= table.loc["DeepSER", "macro_f1"] <= table.loc["DeepSER", "ci95_high"]
+
+
+def test_compare_to_baseline_states_the_gap_and_the_overlap():
+    table = pd.DataFrame({"n": [100, 100], "macro_f1": [0.40, 0.30], "ci95_low": [0.33, 0.24],
+                          "ci95_high": [0.47, 0.36]}, index=["DeepSER", "baseline"])
+    text = members.compare_to_baseline(table)
+    assert "above" in text and "+0.100" in text and "overlap" in text and "do not" not in text
+    table.loc["DeepSER", ["macro_f1", "ci95_low", "ci95_high"]] = [0.2, 0.15, 0.22]
+    text = members.compare_to_baseline(table)
+    assert "below" in text and "do not overlap" in text
+
+
+# Feature widths of the paper's encoders (the hidden size of each model's last layer).
+PAPER_DIMS = {"wavlm": 1024, "hubert": 1024, "whisper": 1280, "roberta": 1024, "modernbert": 1024}
+
+
+def test_every_paper_model_builds_at_the_presets_dims(repo_root):
+    """The 14 models of Table 1 at hidden 1024, built on the meta device (no memory), parameters counted;
+    one of them (model 2) is also built for real and run on a small padded batch."""
+    params = load_params(repo_root / "configs" / "paper.yaml")
+    assert len(params.models) == 14 and params.train.hidden == 1024 and params.train.batch_size == 16
+    counts = {}
+    for name, model in params.models.items():
+        spec = members.resolve_member(name, model, params.train, PAPER_DIMS)
+        with torch.device("meta"):
+            counts[name] = count_parameters(DeepSER(spec.deepser))
+    print("parameters per Table 1 model:", {k: f"{v / 1e6:.1f} M" for k, v in counts.items()})
+    n_mod = {name: len(m.encoders) for name, m in params.models.items()}
+    assert all(100e6 < counts[n] < 125e6 for n in counts if n_mod[n] == 2)
+    assert all(130e6 < counts[n] < 160e6 for n in counts if n_mod[n] == 3)
+    assert counts["m03"] > counts["m02"]  # Whisper's 1280-d input is wider
+    spec = members.resolve_member("m02", params.models["m02"], params.train, PAPER_DIMS)
+    torch.manual_seed(0)
+    model = DeepSER(spec.deepser).eval()
+    xs = [torch.randn(2, t, d) for t, d in zip((30, 30, 6), spec.deepser.input_dims)]
+    masks = [torch.ones(2, t, dtype=torch.bool) for t in (30, 30, 6)]
+    masks[0][1, 20:] = False
+    with torch.no_grad():
+        logits, attrs = model(xs, masks)
+    assert logits.shape == (2, 8) and attrs.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_paper_preset_names_table1_encoder_sets(repo_root):
+    raw = yaml.safe_load((repo_root / "configs" / "paper.yaml").read_text())
+    sets = [tuple(m["encoders"]) for m in raw["models"].values()]
+    assert sets[1] == ("wavlm", "hubert", "roberta") and sets.count(("wavlm", "roberta")) == 4
+    assert sets[13] == ("whisper", "wavlm", "modernbert")
