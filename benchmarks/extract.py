@@ -22,23 +22,17 @@ laptop; `--size full` is the paper's scale and is meant for a GPU. The script pr
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
-import platform
 import random
-import re
-import resource
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 # Before transformers / tqdm are imported: no hub, no progress bars from the extraction loop.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,6 +41,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere, installed package or not
+if str(REPO / "benchmarks") not in sys.path:  # _common, when this file is imported rather than run
+    sys.path.insert(1, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -57,6 +53,9 @@ from medusa.batches import pick_device  # noqa: E402
 from medusa.encoders import Encoder, build_encoder  # noqa: E402
 from medusa.extract import extract_to_store  # noqa: E402
 from medusa.feature_store import FeatureStore  # noqa: E402
+
+from _common import (Measurement, busy, cpu_memory_method, device_name, load_average, measure,  # noqa: E402
+                     write_section)
 
 SR = 16000
 MIN_S, MAX_S = 2.75, 11.0           # MSP-Podcast-like segment durations
@@ -69,6 +68,7 @@ WHISPER_LAYERS = [-1]               # the encoder output, as in the authors' way
 ROBERTA_VOCAB, MODERNBERT_VOCAB = 50265, 50368  # the real embedding tables, so parameters and memory match
 DEFAULT_UTTERANCES = {"small": 12, "full": 200}
 REPORT_SECTION = "## Feature extraction"
+CPU_NOT_INCLUDED = "model weights, and the DataLoader worker's own memory, are not included"
 
 
 # ------------------------------------------------------------------------------------------- architectures
@@ -271,75 +271,6 @@ def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
 # ------------------------------------------------------------------------------- timing and peak memory
 
 
-def _proc_status_kb(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _release_free_heap() -> None:
-    """Give the pages that malloc keeps after free() back to the OS (glibc malloc_trim), so that memory freed
-    by an earlier run (or the warm-up) does not hide the next run's own allocations from the RSS peak."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) of this process to its current RSS (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def cpu_memory_method() -> str:
-    if _reset_rss_peak() and _proc_status_kb("VmHWM") is not None:
-        return ("peak RSS of the benchmark process above its RSS before the timed region (VmHWM of "
-                "/proc/self/status, reset through /proc/self/clear_refs before each run, after malloc_trim has "
-                "returned freed heap); model weights, and the DataLoader worker's own memory, are not included")
-    return ("peak RSS (getrusage ru_maxrss) above the RSS before the timed region; ru_maxrss cannot be reset, "
-            "so a run that stays below an earlier run's peak reads 0 (a lower bound)")
-
-
-@dataclass
-class Measurement:
-    wall_s: float = 0.0
-    peak_mb: float = 0.0
-
-
-@contextmanager
-def measure(device: torch.device) -> Iterator[Measurement]:
-    """Wall time (perf_counter, with CUDA synchronised on both ends) and peak memory of the block.
-
-    CUDA: torch.cuda.max_memory_allocated during the block (weights included). CPU: see cpu_memory_method."""
-    m = Measurement()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _release_free_heap()
-        baseline_kb = _proc_status_kb("VmRSS") or 0
-        exact = _reset_rss_peak()
-    start = time.perf_counter()
-    yield m
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    m.wall_s = time.perf_counter() - start
-    if device.type == "cuda":
-        m.peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_kb = _proc_status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        m.peak_mb = max(0, (peak_kb or 0) - baseline_kb) / 1024
-
-
 def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
@@ -488,25 +419,6 @@ def bench_encoder(arch: Arch, items: pd.DataFrame, sentences: list[str], work: P
 # ------------------------------------------------------------------------------------------------- report
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{model}, {os.cpu_count()} cores (CPU)"
-
-
-def busy(load: str) -> str:
-    """What the 1-minute load average before the run says about other work on the machine."""
-    try:
-        first = float(load.split()[0])
-    except (ValueError, IndexError):
-        return "unknown"
-    if first >= 0.5:
-        return "other jobs were running: CPU figures are noisy"
-    return "the machine was otherwise idle"
-
-
 def markdown_table(rows: list[Row]) -> str:
     lines = ["| encoder | architecture | method | audio s per s | speed-up | peak memory (MB) |",
              "|---|---|---|---:|---:|---:|"]
@@ -528,7 +440,7 @@ def report_section(args: argparse.Namespace, device: torch.device, items: pd.Dat
     rows = [r for res in results.values() for r in res.rows]
     cmd = "python benchmarks/extract.py" + "".join(f" {a}" for a in sys.argv[1:])
     memory = ("torch.cuda.max_memory_allocated during the timed region (model weights included)"
-              if device.type == "cuda" else cpu_memory_method())
+              if device.type == "cuda" else cpu_memory_method(CPU_NOT_INCLUDED))
     threads = f"{torch.get_num_threads()} intra-op thread(s)"
     size_text = "the paper's models" if args.size == "full" else "base-size stand-ins for the paper's large models"
     lines = [
@@ -570,14 +482,7 @@ def report_section(args: argparse.Namespace, device: torch.device, items: pd.Dat
 
 def write_report(path: Path, section: str) -> None:
     """Replace the "## Feature extraction" section of `path` (up to the next "## " heading), keep the rest."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(REPORT_SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_section(path, REPORT_SECTION, section)
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -624,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.manual_seed(args.seed)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    load = load_average()
 
     start = time.perf_counter()
     print(f"device {device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "

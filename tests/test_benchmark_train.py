@@ -1,0 +1,54 @@
+"""benchmarks/train.py on a tiny configuration: both ways train, and only its own report section is rewritten."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/train.py as a module (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_train", ROOT / "benchmarks" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+TINY = ["--device", "cpu", "--size", "small", "--hidden", "16", "--heads", "2", "--utterances", "6",
+        "--batch-size", "3", "--steps", "2", "--fps", "5", "--threads", "1", "--mixes", "wavlm,roberta"]
+
+
+def test_tiny_run_times_both_ways_and_keeps_the_other_sections(bench, tmp_path):
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\n## Feature extraction\n\nkeep this table\n\n"
+                      "## DeepSER training\n\nstale figures\n\n## Later\n\nand this one\n", encoding="utf-8")
+
+    rows = bench.main([*TINY, "--out", str(report)])
+
+    assert [r.method for r in rows] == ["ours", "authors'"]
+    assert all(r.samples_per_s > 0 and r.wall_s > 0 for r in rows)
+    ours, authors = rows
+    assert authors.speed_up == pytest.approx(1.0)
+    assert ours.speed_up == pytest.approx(ours.samples_per_s / authors.samples_per_s)
+    assert all(0 < r.real_frames <= r.padded_frames for r in rows)
+
+    text = report.read_text(encoding="utf-8")
+    assert text.count("## DeepSER training") == 1 and "stale figures" not in text
+    assert "## Feature extraction\n\nkeep this table\n" in text
+    assert text.rstrip().endswith("## Later\n\nand this one")
+    section = text.split("## DeepSER training", 1)[1].split("## Later", 1)[0]
+    assert "| wavlm+roberta | ours |" in section and "| wavlm+roberta | authors' |" in section
+    assert "benchmarks/train.py --size full --device cuda" in section  # the CPU note
+
+
+def test_a_missing_section_is_appended(bench, tmp_path):
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\n## Feature extraction\n\nkeep this table\n", encoding="utf-8")
+    bench.write_report(report, "## DeepSER training\n\nnew\n")
+    assert report.read_text(encoding="utf-8") == ("# Benchmarks\n\n## Feature extraction\n\nkeep this table\n\n"
+                                                  "## DeepSER training\n\nnew\n")
