@@ -6,7 +6,8 @@ load without pickle:
     model.safetensors     the weights selected on dev (balanced macro-F1)
     config.json           the resolved configuration: encoders with their feature-store metadata, time pooling,
                           DeepSER architecture, training recipe, seed, targets
-    history.json          per epoch: stage, epoch, mean training loss, dev balanced macro-F1, utterances seen
+    history.json          per epoch: stage, epoch, mean training loss, dev balanced macro-F1, utterances seen,
+                          test macro-F1 (recorded to diagnose the selection; it never drives it)
     posteriors.parquet    utt_id, split, label, p_A..p_N (class probabilities), arousal, valence, dominance
                           (predicted, on the 1..7 scale) for every dev, test and blind utterance
     metrics.json          test-split scores (medusa.metrics.classification_scores), attribute CCC, the dev
@@ -147,7 +148,12 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     model = DeepSER(spec.deepser)
     log.info("%s: DeepSER over %s, %s parameters, on %s", spec.name, "+".join(spec.encoders),
              f"{count_parameters(model):,}", device)
-    model, history, best = train_deepser(model, data["train"], data["dev"], spec.train, device, checkpoint)
+    # the test split is scored after every epoch for the notebook's diagnosis only (never for selection)
+    model, history, best = train_deepser(model, data["train"], data["dev"], spec.train, device, checkpoint,
+                                         monitor=data.get("test"))
+    for row in history:
+        if "monitor_macro_f1" in row:
+            row["test_macro_f1"] = row.pop("monitor_macro_f1")
     posteriors = pd.concat([posteriors_frame(data[s], *predict(model, data[s], 4 * spec.train.batch_size, device,
                                                                 spec.train.amp))
                             for s in SCORED_SPLITS if s in data], ignore_index=True)
@@ -211,3 +217,17 @@ def compare_to_baseline(table: pd.DataFrame, model: str = "DeepSER", baseline: s
                  if overlap else "the 95 % intervals do not overlap").format(n=int(m["n"]))
     return (f"{model} macro-F1 {m['macro_f1']:.3f} is {where} the baseline's {b['macro_f1']:.3f} "
             f"({gap:+.3f}); {certainty}. Chance is {1 / len(CODES):.3f}.")
+
+
+def selection_note(history: pd.DataFrame, best_stage: int, best_epoch: int, tolerance: float = 0.02) -> str:
+    """How well dev-based selection did, judged by the per-epoch test scores recorded for diagnosis: the test
+    macro-F1 at the selected epoch, the best over all epochs, and the spread among near-best dev epochs."""
+    chosen = history[(history["stage"] == best_stage) & (history["epoch"] == best_epoch)].iloc[0]
+    near = history[history["dev_balanced_macro_f1"] >= chosen["dev_balanced_macro_f1"] - tolerance]
+    top = history.loc[history["test_macro_f1"].idxmax()]
+    return (f"Selected by dev: stage {best_stage} epoch {best_epoch} (dev balanced macro-F1 "
+            f"{chosen['dev_balanced_macro_f1']:.3f}), test macro-F1 {chosen['test_macro_f1']:.3f}. The best test "
+            f"macro-F1 of any epoch was {top['test_macro_f1']:.3f} (stage {int(top['stage'])} epoch "
+            f"{int(top['epoch'])}); the {len(near)} epoch(s) within {tolerance} of the selected dev score span "
+            f"{near['test_macro_f1'].min():.3f}-{near['test_macro_f1'].max():.3f} on test. A wide span means dev "
+            f"cannot tell these epochs apart and the choice among them is luck.")

@@ -59,13 +59,19 @@ def frames_vs_duration(store, items: pd.DataFrame, name: str) -> plt.Figure:
 
 
 def training_curves(history: pd.DataFrame, name: str = "") -> plt.Figure:
-    """Mean training loss and dev balanced macro-F1 per epoch, stages 1 and 2 coloured apart."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    data = history.assign(stage=history["stage"].map(lambda s: f"stage {s}"))
-    for ax, column, title in ((axes[0], "train_loss", "training loss"),
-                              (axes[1], "dev_balanced_macro_f1", "dev balanced macro-F1")):
-        sns.lineplot(data, x="step", y=column, hue="stage", marker="o", ax=ax)
-        ax.set_xlabel("epoch (stages 1 then 2)")
+    """Left: mean training loss per epoch. Right: dev balanced macro-F1 (the selection score) and, where the
+    history has it, test macro-F1 (recorded for diagnosis only). Stage 2's epochs are shaded."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    sns.lineplot(history, x="step", y="train_loss", marker="o", ax=axes[0])
+    scores = [c for c in ("dev_balanced_macro_f1", "test_macro_f1") if c in history]
+    long = history.melt(id_vars="step", value_vars=scores, var_name="score", value_name="F1")
+    sns.lineplot(long, x="step", y="F1", hue="score", style="score", markers=True, ax=axes[1])
+    axes[1].axhline(1 / len(CODES), color="grey", linestyle=":", linewidth=1)
+    stage2 = history.loc[history["stage"] == 2, "step"]
+    for ax, title in zip(axes, ("training loss", "macro-F1 (grey: chance)")):
+        if len(stage2):
+            ax.axvspan(stage2.min() - 0.5, stage2.max() + 0.5, color="grey", alpha=0.12, label="stage 2")
+        ax.set_xlabel("epoch (stage 1, then stage 2 shaded)")
         ax.set_title(f"{name}: {title}" if name else title)
     return fig
 

@@ -26,7 +26,7 @@ from medusa.dataset import Batch, FeatureDataset, bucketed
 from medusa.io import atomic_path
 from medusa.deepser import DeepSER, manifold_mixup, soft_cross_entropy
 from medusa.labels import CODES, balanced_epoch, class_weights
-from medusa.metrics import balanced_macro_f1
+from medusa.metrics import balanced_macro_f1, macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +180,16 @@ def _epoch_rows(stage: int, train: FeatureDataset, rng: np.random.Generator) -> 
 
 def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig,
                   device: torch.device, checkpoint: str | Path | None = None,
-                  on_epoch: Callable[[dict], None] | None = None) -> tuple[DeepSER, list[dict], dict]:
+                  on_epoch: Callable[[dict], None] | None = None, monitor: FeatureDataset | None = None
+                  ) -> tuple[DeepSER, list[dict], dict]:
     """Stages 1 and 2; returns the model with the best dev weights, the history, and where the best was.
 
     With `checkpoint`, the state after every epoch (weights, optimizer, random generators, history, best
     weights) is saved there, and a later call with the same settings and data resumes from it: the result is
     the same as an uninterrupted run. The caller deletes the file once the outputs are safely written.
     `on_epoch(history_row)` is called after each epoch (and its checkpoint).
+    `monitor` (e.g. the test split) is scored after every epoch as `monitor_macro_f1` in the history, for
+    diagnosis only: it never takes part in selection or early stopping.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -219,6 +222,10 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
             progress.epoch += 1
             row = {"stage": stage, "epoch": progress.epoch, "train_loss": float(np.mean(losses)),
                    "dev_balanced_macro_f1": score, "utterances": int(len(rows))}
+            if monitor is not None:
+                probs, _ = predict(model, monitor, 4 * cfg.batch_size, device, cfg.amp)
+                keep = np.isin(monitor.labels, CODES)
+                row["monitor_macro_f1"] = macro_f1(monitor.labels[keep], np.asarray(CODES)[probs.argmax(1)][keep])
             progress.history.append(row)
             log.info("stage %d epoch %d: loss %.4f, dev balanced macro-F1 %.4f", stage, progress.epoch,
                      row["train_loss"], score)

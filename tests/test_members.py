@@ -164,3 +164,15 @@ def test_paper_preset_names_table1_encoder_sets(repo_root):
     sets = [tuple(m["encoders"]) for m in raw["models"].values()]
     assert sets[1] == ("wavlm", "hubert", "roberta") and sets.count(("wavlm", "roberta")) == 4
     assert sets[13] == ("whisper", "wavlm", "modernbert")
+
+
+def test_history_records_test_scores_and_the_selection_note_reads_them(trained):
+    _, out, metrics = trained
+    history = members.history_frame(out)
+    assert history["test_macro_f1"].between(0, 1).all()
+    hand = pd.DataFrame({"stage": [1, 1, 1, 2], "epoch": [1, 2, 3, 1], "dev_balanced_macro_f1": [0.1, 0.30, 0.29, 0.295],
+                         "test_macro_f1": [0.1, 0.31, 0.40, 0.42]})
+    note = members.selection_note(hand, 1, 2)
+    assert "stage 1 epoch 2" in note and "test macro-F1 0.310" in note
+    assert "best test macro-F1 of any epoch was 0.420 (stage 2 epoch 1)" in note
+    assert "3 epoch(s) within 0.02" in note and "0.310-0.420" in note
