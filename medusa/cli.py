@@ -5,6 +5,8 @@
     medusa extract ENCODER --shard I/N                  extract one shard of an encoder's features (one machine
                                                         or GPU per shard), then
     medusa extract ENCODER --merge N                    join the N shards into work/features/ENCODER
+    medusa predict BUNDLE AUDIO... [--out CSV]          emotion probabilities of audio files from a predict
+                                                        bundle (medusa.bundle)
 """
 from __future__ import annotations
 
@@ -58,6 +60,36 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from medusa.audio import AudioError
+    from medusa.batches import pick_device
+    from medusa.bundle import BundleError, load_bundle
+    from medusa.io import atomic_path
+
+    try:
+        device = pick_device(args.device)
+        bundle = load_bundle(args.bundle, device)
+        frame = bundle.predict_audio(args.audio, cache_dir=args.cache_dir)
+    except (BundleError, AudioError, FileNotFoundError, RuntimeError) as e:
+        # FileNotFoundError covers a missing bundle and EncoderWeightsError (pretrained weights not here);
+        # RuntimeError: a CUDA device asked for where there is none. A traceback would hide the message.
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            frame.to_csv(tmp, index=False)
+    shown = frame.drop(columns=["path"])
+    if "text" in shown:
+        shown["text"] = shown["text"].str.slice(0, 40)
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        print(f"wrote {len(frame)} predictions to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
@@ -77,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--merge", type=int, metavar="N", help="join the N finished shards")
     ext.add_argument("--params", default=str(PARAMS_FILE))
     ext.set_defaults(func=_extract)
+    pred = sub.add_parser("predict", help="emotion probabilities of audio files (16 kHz wav) from a predict bundle")
+    pred.add_argument("bundle", help="a bundle folder (written by the bundle stage, e.g. work/bundle)")
+    pred.add_argument("audio", nargs="+", help="audio files, 16 kHz (several channels are averaged)")
+    pred.add_argument("--out", help="also write the predictions to this CSV file")
+    pred.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    pred.add_argument("--cache-dir", default="work/cache",
+                      help="where converted model checkpoints (e.g. the demo Whisper) are kept")
+    pred.set_defaults(func=_predict)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

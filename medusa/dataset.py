@@ -40,6 +40,36 @@ def unscale_attributes(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32) * (hi - lo) + lo
 
 
+def batch_from_arrays(sequences_per_modality: list[list[np.ndarray]], pools: list[int],
+                      dims: list[int] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """DeepSER's inputs from frame sequences: per modality, each (T_i, D) sequence is pooled (pool_frames) and
+    the batch is zero-padded to its longest; masks (B, T) are True on real frames.
+
+    The one padding code path, shared by training (FeatureDataset.batch) and prediction from audio
+    (medusa.bundle), so both feed the model identically. `dims` (per modality) gives the feature width when a
+    batch may hold only empty sequences; by default it is read from the first sequence."""
+    if len(sequences_per_modality) != len(pools):
+        raise ValueError(f"{len(sequences_per_modality)} modalities but {len(pools)} pooling factors")
+    xs, masks = [], []
+    for m, (seqs, pool) in enumerate(zip(sequences_per_modality, pools)):
+        if not len(seqs):
+            raise ValueError(f"modality {m}: an empty batch")
+        # float32 before pooling: the stores hold float16, and averaging must not happen at that precision
+        seqs = [pool_frames(np.asarray(s, dtype=np.float32), pool) for s in seqs]
+        dim = dims[m] if dims is not None else seqs[0].shape[1]
+        t = max(len(s) for s in seqs)
+        x = np.zeros((len(seqs), t, dim), dtype=np.float32)
+        mask = np.zeros((len(seqs), t), dtype=bool)
+        for j, s in enumerate(seqs):
+            if s.ndim != 2 or s.shape[1] != dim:
+                raise ValueError(f"modality {m}, sequence {j}: expected (T, {dim}) frames, got {s.shape}")
+            x[j, : len(s)] = s
+            mask[j, : len(s)] = True
+        xs.append(torch.from_numpy(x))
+        masks.append(torch.from_numpy(mask))
+    return xs, masks
+
+
 @dataclass
 class Batch:
     xs: list[torch.Tensor]        # per modality (B, T_m, D_m) float32
@@ -77,17 +107,8 @@ class FeatureDataset:
 
     def batch(self, idx: np.ndarray | list[int]) -> Batch:
         ids = [self.rows.at[i, "utt_id"] for i in idx]
-        xs, masks = [], []
-        for store, pool in zip(self.stores, self.pools):
-            seqs = [pool_frames(np.asarray(store[u], dtype=np.float32), pool) for u in ids]
-            t = max(len(s) for s in seqs)
-            x = np.zeros((len(seqs), t, store.dim), dtype=np.float32)
-            m = np.zeros((len(seqs), t), dtype=bool)
-            for j, s in enumerate(seqs):
-                x[j, : len(s)] = s
-                m[j, : len(s)] = True
-            xs.append(torch.from_numpy(x))
-            masks.append(torch.from_numpy(m))
+        xs, masks = batch_from_arrays([[store[u] for u in ids] for store in self.stores], self.pools,
+                                      [store.dim for store in self.stores])
         return Batch(xs, masks, torch.from_numpy(self.targets[idx]), torch.from_numpy(self.attributes[idx]), ids)
 
 

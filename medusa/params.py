@@ -128,6 +128,24 @@ class ModelParams(Section):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class EnsembleParams(Section):
+    """MEDUSA's stages 3-4 (medusa.ensemble): the meta-classifier over the members' posteriors, and its soup."""
+    #: Members of the ensemble ([] = every entry of `models`), in the meta-classifier's input order.
+    members: list[str]
+    #: Also evaluate the top-k members by dev balanced macro-F1 (paper: top-7 and top-5 of 14).
+    top_k: list[int]
+    use_attributes: bool            # members' attribute predictions in, attributes out (eq. (1)'s MSE term)
+    hidden: int = Field(ge=0)       # 0: linear (the paper)
+    epochs: int = Field(ge=1)       # a fixed number: dev is the meta-classifier's training set
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    ce_weight: float = Field(gt=0)
+    mse_weight: float = Field(ge=0)
+    #: One meta-classifier per seed; the soup averages their weights (paper: 6 seeds).
+    seeds: list[int] = Field(min_length=1)
+
+
 class Params(Section):
     demo_corpus: DemoCorpusParams
     prepare: PrepareParams
@@ -136,6 +154,7 @@ class Params(Section):
     extract: ExtractParams
     train: TrainParams
     models: dict[str, ModelParams] = Field(min_length=1)
+    ensemble: EnsembleParams
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Params":
@@ -152,6 +171,11 @@ class Params(Section):
                 resolve_train(self.train, model.overrides)
             except ParamsError as e:
                 problems.append(f"models.{name}.overrides: {e}")
+        unknown = [m for m in self.ensemble.members if m not in self.models]
+        problems += [f"ensemble.members: no model {m!r} in `models` (have: {', '.join(self.models)})" for m in unknown]
+        size = len(self.ensemble.members or self.models)
+        problems += [f"ensemble.top_k: {k} is not in 1..{size} (the ensemble's size)"
+                     for k in self.ensemble.top_k if not 1 <= k <= size]
         if problems:
             raise ValueError("\n  ".join(problems))
         return self

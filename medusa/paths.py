@@ -26,3 +26,7 @@ def model_checkpoint(name: str) -> Path:
     """Per-epoch training state, beside the model folder (DVC deletes a stage's outputs before it reruns,
     so the checkpoint must live outside them to survive an interrupted run); removed once training ends."""
     return MODELS / f"{name}.checkpoint.pt"
+#: The ensemble stage: the soup's posteriors and the members' table.
+ENSEMBLE = WORK / "ensemble"
+#: Everything needed to go from audio to probabilities (medusa.bundle).
+BUNDLE = WORK / "bundle"

@@ -99,3 +99,11 @@ def per_class_f1(scores: dict[str, dict[str, float]], title: str = "Per-class F1
     sns.barplot(data, x="class", y="F1", hue="system", order=list(CODES), ax=ax)
     ax.set_title(title)
     return fig
+
+
+def member_weights(weights: pd.DataFrame, title: str = "Meta-classifier: weight of member m's P(c) on class c") -> plt.Figure:
+    """Heatmap of the linear meta-classifier's per-member, per-class weights (rows: members, columns: classes)."""
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(weights) + 1.8))
+    sns.heatmap(weights, annot=True, fmt=".2f", cmap="vlag", center=0, ax=ax)
+    ax.set_title(title)
+    return fig

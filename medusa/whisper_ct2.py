@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medusa.io import sha256_file
+
 if TYPE_CHECKING:  # torch is imported lazily: reading a model.bin needs numpy only
     import torch
 
@@ -416,12 +418,6 @@ DEMO_WHISPER_MODELS: dict[str, DemoWhisperModel] = {
 }
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _demo_model_bin_parts(model: DemoWhisperModel) -> list[Path]:
@@ -454,7 +450,7 @@ def demo_whisper_checkpoint(name: str, cache_dir: str | Path) -> Path:
     model = DEMO_WHISPER_MODELS[name]
     out_path = Path(cache_dir) / f"whisper-{name}.pt"
     if out_path.is_file():
-        if _sha256_file(out_path) == model.sha256:
+        if sha256_file(out_path) == model.sha256:
             return out_path
         log.warning("%s does not have the expected sha256 (corrupt or partial); converting it again", out_path)
     parts = _demo_model_bin_parts(model)

@@ -82,3 +82,12 @@ def test_heads_must_divide_hidden(raw):
     bad = copy.deepcopy(raw)
     bad["train"]["heads"] = 5
     assert "must be divisible by heads (5)" in _error(bad)
+
+
+def test_ensemble_members_and_top_k_are_checked(raw):
+    bad = copy.deepcopy(raw)
+    bad["ensemble"]["members"] = ["nope"]
+    bad["ensemble"]["top_k"] = [0]
+    message = _error(bad)
+    assert "ensemble.members: no model 'nope' in `models`" in message
+    assert "ensemble.top_k: 0 is not in 1..1" in message

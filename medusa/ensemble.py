@@ -1,0 +1,320 @@
+"""MEDUSA's ensemble level: voting baselines, the meta-classifier (stage 3) and its model soup (stage 4).
+
+Protocol (no leakage): the DeepSER members train on `train` and pick their epoch on `dev`; the meta-classifier
+trains on the members' posteriors of `dev` (utterances no member trained on); every reported figure is on
+`test`, which neither level saw. (The members' epochs were chosen on dev, so dev posteriors are slightly more
+confident than unseen ones; training the meta level on them is the paper's setting, and test stays clean.)
+
+Meta-classifier input: the concatenated class posteriors of the chosen members, in member order (M x 8
+values), and optionally their attribute predictions. Output: 8 class logits and, where attributes are used,
+3 attributes; loss = ce_weight * soft-target CE + mse_weight * attribute MSE (the paper's eq. (1)). Each epoch
+draws a class-balanced subset of dev (stage 2's sampling, uniform class weights); AdamW; no MixUp. A fixed
+number of epochs, as no split is left for selection. The soup averages the weights of `seeds` runs.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from medusa.dataset import scale_attributes, unscale_attributes
+from medusa.deepser import soft_cross_entropy
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, balanced_epoch
+
+N_CLASSES, N_ATTRIBUTES = len(CODES), len(ATTRIBUTES)
+
+
+@dataclass
+class Stacked:
+    """The members' outputs on one split, aligned on utt_id."""
+    utt_ids: np.ndarray
+    probs: np.ndarray        # (N, M, 8)
+    attributes: np.ndarray   # (N, M, 3), 1..7 scale
+    labels: np.ndarray       # (N,) consensus codes (None for blind)
+
+
+def stack(posteriors: dict[str, pd.DataFrame], split: str) -> Stacked:
+    """Align the members' posteriors of `split` (every member must score the same utterances)."""
+    frames = {name: f[f["split"] == split].set_index("utt_id") for name, f in posteriors.items()}
+    first = next(iter(frames.values()))
+    ids = first.index.to_numpy()
+    for name, f in frames.items():
+        if set(f.index) != set(ids):
+            raise ValueError(f"member {name!r} scores other {split} utterances than {next(iter(frames))!r}")
+    probs = np.stack([f.loc[ids, list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32) for f in frames.values()], 1)
+    attrs = np.stack([f.loc[ids, list(ATTRIBUTES)].to_numpy(np.float32) for f in frames.values()], 1)
+    return Stacked(ids, probs, attrs, first.loc[ids, "label"].to_numpy())
+
+
+def majority_vote(probs: np.ndarray) -> np.ndarray:
+    """Hard voting: each member votes its argmax; the most-voted class wins; a tie goes to the tied class
+    with the highest mean posterior. probs (N, M, 8) -> class indices (N,)."""
+    votes = np.zeros((probs.shape[0], probs.shape[2]))
+    np.add.at(votes, (np.arange(len(probs))[:, None], probs.argmax(2)), 1)
+    tie_break = probs.mean(1) / 2  # < 1: only decides between classes with equal votes
+    return (votes + tie_break).argmax(1)
+
+
+def soft_vote(probs: np.ndarray) -> np.ndarray:
+    """Soft voting: argmax of the mean posterior. (N, M, 8) -> (N,)."""
+    return probs.mean(1).argmax(1)
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    n_models: int
+    use_attributes: bool = False     # attribute predictions in, attributes out (eq. (1)'s MSE term)
+    hidden: int = 0                  # 0: linear (the paper); > 0: one ReLU hidden layer
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    ce_weight: float = 1.5
+    mse_weight: float = 0.4
+    seed: int = 0
+
+    @property
+    def n_inputs(self) -> int:
+        return self.n_models * (N_CLASSES + (N_ATTRIBUTES if self.use_attributes else 0))
+
+
+class MetaClassifier(nn.Module):
+    def __init__(self, cfg: MetaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_out = N_CLASSES + (N_ATTRIBUTES if cfg.use_attributes else 0)
+        if cfg.hidden:
+            self.net = nn.Sequential(nn.Linear(cfg.n_inputs, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_out))
+        else:
+            self.net = nn.Linear(cfg.n_inputs, n_out)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        out = self.net(x)
+        return out[:, :N_CLASSES], (out[:, N_CLASSES:] if self.cfg.use_attributes else None)
+
+
+def meta_inputs(stacked: Stacked, use_attributes: bool) -> np.ndarray:
+    """(N, M*8) posteriors, member after member; with attributes, (N, M*11): posteriors then attributes."""
+    x = stacked.probs.reshape(len(stacked.probs), -1)
+    if use_attributes:
+        x = np.concatenate([x, scale_attributes(stacked.attributes).reshape(len(x), -1)], 1)
+    return x.astype(np.float32)
+
+
+def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig) -> MetaClassifier:
+    """Stage 3 on `stacked` (dev): soft `targets` (N, 8), `attributes` (N, 3) on the 1..7 scale (NaN = unrated).
+    Only utterances whose consensus is one of the 8 classes are drawn (class-balanced, afresh every epoch)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = MetaClassifier(cfg)
+    x = torch.from_numpy(meta_inputs(stacked, cfg.use_attributes))
+    t = torch.from_numpy(np.array(targets, np.float32))
+    a = torch.from_numpy(scale_attributes(attributes))
+    pool = np.flatnonzero(np.isin(stacked.labels, CODES))
+    if not len(pool):
+        raise ValueError("no utterance with one of the 8 class labels to train the meta-classifier on")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    for _ in range(cfg.epochs):
+        rows = pool[balanced_epoch(stacked.labels[pool], rng)]
+        for start in range(0, len(rows), cfg.batch_size):
+            idx = torch.from_numpy(rows[start:start + cfg.batch_size])
+            logits, pred_a = model(x[idx])
+            loss = cfg.ce_weight * soft_cross_entropy(logits, t[idx])
+            known = ~torch.isnan(a[idx]).any(-1)
+            if pred_a is not None and cfg.mse_weight > 0 and known.any():
+                loss = loss + cfg.mse_weight * torch.mean((pred_a[known] - a[idx][known]) ** 2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def soup(models: list[MetaClassifier]) -> MetaClassifier:
+    """Stage 4: a model whose every weight is the element-wise mean of the runs' weights."""
+    if not models:
+        raise ValueError("a soup needs at least one model")
+    mixed = copy.deepcopy(models[0])
+    states = [m.state_dict() for m in models]
+    mixed.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[0]})
+    return mixed.eval()
+
+
+def meta_predict(model: MetaClassifier, stacked: Stacked) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities (N, 8) and, if the model has them, attributes (N, 3) on the 1..7 scale."""
+    with torch.no_grad():
+        logits, attrs = model(torch.from_numpy(meta_inputs(stacked, model.cfg.use_attributes)))
+    return torch.softmax(logits, -1).numpy(), (unscale_attributes(attrs.numpy()) if attrs is not None else None)
+
+
+def top_k_names(scores: dict[str, float], k: int) -> list[str]:
+    """The k members with the highest held-out score (ties: params order)."""
+    order = sorted(scores, key=lambda name: -scores[name])  # stable: equal scores keep their order
+    return order[:k]
+
+
+def meta_config_dict(cfg: MetaConfig) -> dict:
+    return asdict(cfg)
+
+
+def assert_no_leakage(manifest: pd.DataFrame, meta_utt_ids: np.ndarray, meta_split: str = "dev") -> None:
+    """The meta-classifier's training utterances must all be in `meta_split` and none in train or test."""
+    split_of = manifest.set_index("utt_id")["split"]
+    splits = split_of.reindex(meta_utt_ids)
+    bad = splits[splits != meta_split]
+    if len(bad):
+        raise AssertionError(f"{len(bad)} meta-classifier training utterances are not in {meta_split!r} "
+                             f"(e.g. {bad.index[0]} in {bad.iloc[0]!r})")
+
+
+@dataclass
+class SubsetResult:
+    """One subset of members on test: each technique's predicted class indices, the soup, the seeds' runs."""
+    members: list[str]
+    predictions: dict[str, np.ndarray]        # technique -> (N,) class indices on test ("single" = seed 0)
+    single_runs: list[np.ndarray]             # per seed, (N,) class indices
+    soup: MetaClassifier
+    runs: list[MetaClassifier]
+    test: Stacked
+
+
+def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, members: list[str], cfg: MetaConfig,
+               seeds: list[int]) -> SubsetResult:
+    """Stages 3-4 for one subset: meta-classifiers trained on dev with each seed, their soup, and the voting
+    baselines, all predicting test."""
+    chosen = {m: posteriors[m] for m in members}
+    dev, test = stack(chosen, "dev"), stack(chosen, "test")
+    assert_no_leakage(manifest, dev.utt_ids)
+    truth = manifest.set_index("utt_id").loc[dev.utt_ids]
+    targets = truth[list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32)
+    attributes = truth[list(ATTRIBUTES)].to_numpy(np.float32)
+    cfg = MetaConfig(**{**asdict(cfg), "n_models": len(members)})
+    runs = [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(cfg), "seed": s})) for s in seeds]
+    mixed = soup(runs)
+    single_runs = [meta_predict(r, test)[0].argmax(1) for r in runs]
+    predictions = {"majority voting": majority_vote(test.probs), "soft voting": soft_vote(test.probs),
+                   "meta-classifier (single)": single_runs[0],
+                   "meta-classifier (soup)": meta_predict(mixed, test)[0].argmax(1)}
+    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test)
+
+
+def technique_table(results: dict[str, SubsetResult]) -> pd.DataFrame:
+    """Table 3's analogue: rows = technique, columns = (subset, macro-F1 / accuracy) on the test utterances
+    whose consensus is one of the 8 classes. The single meta-classifier is the mean over seeds, with its std."""
+    from medusa.metrics import accuracy, macro_f1
+
+    rows = []
+    for subset, r in results.items():
+        keep = np.isin(r.test.labels, CODES)
+        truth = r.test.labels[keep]
+        named = lambda idx: np.asarray(CODES)[idx][keep]  # noqa: E731
+        for technique, idx in r.predictions.items():
+            if technique == "meta-classifier (single)":
+                f1s = [macro_f1(truth, named(run)) for run in r.single_runs]
+                accs = [accuracy(truth, named(run)) for run in r.single_runs]
+                rows.append({"technique": technique, "subset": subset, "macro_f1": float(np.mean(f1s)),
+                             "macro_f1_std": float(np.std(f1s)), "accuracy": float(np.mean(accs)),
+                             "accuracy_std": float(np.std(accs))})
+            else:
+                rows.append({"technique": technique, "subset": subset, "macro_f1": macro_f1(truth, named(idx)),
+                             "macro_f1_std": np.nan, "accuracy": accuracy(truth, named(idx)), "accuracy_std": np.nan})
+    return pd.DataFrame(rows)
+
+
+def member_class_weights(meta: MetaClassifier, members: list[str]) -> pd.DataFrame:
+    """For a linear meta-classifier: the weight from member m's posterior of class c to the logit of class c
+    (rows: members, columns: classes) -- how much each member is trusted for each class."""
+    if meta.cfg.hidden:
+        raise ValueError("per-member weights are defined for the linear meta-classifier (hidden: 0) only")
+    w = meta.net.weight.detach().numpy()[:N_CLASSES, : len(members) * N_CLASSES]
+    diag = np.stack([np.diag(w[:, m * N_CLASSES:(m + 1) * N_CLASSES]) for m in range(len(members))])
+    return pd.DataFrame(diag, index=members, columns=list(CODES))
+
+
+def member_table(names: list[str], models_root) -> pd.DataFrame:
+    """Each member's held-out scores from its metrics.json: dev balanced macro-F1 (its selection score, used
+    to rank members for top-k) and test macro-F1 / accuracy (reported, never used to choose)."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for name in names:
+        path = Path(models_root) / name / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: member {name!r} is not trained; run `dvc repro train@{name}`")
+        m = json.loads(path.read_text())
+        rows.append({"member": name, "dev_balanced_macro_f1": m["dev_balanced_macro_f1"],
+                     "test_macro_f1": m["test"]["macro_f1"], "test_accuracy": m["test"]["accuracy"]})
+    return pd.DataFrame(rows).set_index("member")
+
+
+def subsets(members: pd.DataFrame, top_k: list[int]) -> dict[str, list[str]]:
+    """{"all (M)": every member, "top-k": the k best by dev balanced macro-F1} (k = M is not repeated)."""
+    names = list(members.index)
+    out = {f"all ({len(names)})": names}
+    for k in top_k:
+        if k < len(names):
+            out[f"top-{k}"] = top_k_names(members["dev_balanced_macro_f1"].to_dict(), k)
+    return out
+
+
+def headline(table: pd.DataFrame, members: pd.DataFrame, subset: str) -> dict[str, float | str]:
+    """MEDUSA (the soup over `subset`) against the best single member on test and the two votes."""
+    row = lambda technique: table[(table["technique"] == technique) & (table["subset"] == subset)].iloc[0]  # noqa: E731
+    best = members["test_macro_f1"].idxmax()
+    medusa = row("meta-classifier (soup)")
+    return {"subset": subset, "medusa_test_macro_f1": float(medusa["macro_f1"]),
+            "medusa_test_accuracy": float(medusa["accuracy"]),
+            "majority_voting_test_macro_f1": float(row("majority voting")["macro_f1"]),
+            "soft_voting_test_macro_f1": float(row("soft voting")["macro_f1"]),
+            "meta_single_test_macro_f1_mean": float(row("meta-classifier (single)")["macro_f1"]),
+            "meta_single_test_macro_f1_std": float(row("meta-classifier (single)")["macro_f1_std"]),
+            "best_single": best, "best_single_test_macro_f1": float(members.loc[best, "test_macro_f1"]),
+            "relative_gain_pct": float(100 * (medusa["macro_f1"] / members.loc[best, "test_macro_f1"] - 1))}
+
+
+def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResult, splits=("test", "blind")
+                        ) -> pd.DataFrame:
+    """The soup's posteriors (utt_id, split, label, p_A..p_N and, with attributes, arousal..dominance)."""
+    frames = []
+    for split in splits:
+        chosen = {m: posteriors[m] for m in result.members}
+        if not any((f["split"] == split).any() for f in chosen.values()):
+            continue
+        s = stack(chosen, split)
+        probs, attrs = meta_predict(result.soup, s)
+        frame = pd.DataFrame({"utt_id": s.utt_ids, "split": split, "label": s.labels})
+        frame[list(SOFT_TARGET_COLUMNS)] = probs
+        frame[list(ATTRIBUTES)] = attrs if attrs is not None else np.nan
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def table3_view(table: pd.DataFrame) -> pd.DataFrame:
+    """technique_table laid out like the paper's Table 3: rows = technique, columns = (subset, F1 | ACC);
+    the single meta-classifier's cells read "mean ± std" over seeds."""
+    def cell(value: float, std: float) -> str:
+        return f"{value:.3f}" if np.isnan(std) else f"{value:.3f} ± {std:.3f}"
+
+    view = table.assign(F1=[cell(v, s) for v, s in zip(table["macro_f1"], table["macro_f1_std"])],
+                        ACC=[cell(v, s) for v, s in zip(table["accuracy"], table["accuracy_std"])])
+    order = list(dict.fromkeys(table["technique"]))
+    wide = view.pivot(index="technique", columns="subset", values=["F1", "ACC"]).swaplevel(axis=1)
+    return wide.reindex(index=order, columns=[(s, m) for s in dict.fromkeys(table["subset"]) for m in ("F1", "ACC")])
+
+
+def headline_sentence(summary: dict) -> str:
+    """What the numbers of `headline` say, in words (the paper's claim: meta > voting, MEDUSA > best single)."""
+    medusa, best = summary["medusa_test_macro_f1"], summary["best_single_test_macro_f1"]
+    votes = max(summary["majority_voting_test_macro_f1"], summary["soft_voting_test_macro_f1"])
+    return (f"MEDUSA (meta-classifier soup over {summary['subset']}) reaches test macro-F1 {medusa:.3f}, "
+            f"{summary['relative_gain_pct']:+.1f} % relative to the best single member ({summary['best_single']}, "
+            f"{best:.3f}; the paper: +7.23 %). The better vote reaches {votes:.3f}, so the meta-classifier is "
+            f"{'above' if medusa > votes else 'not above'} voting here (the paper: above). The single "
+            f"meta-classifiers average {summary['meta_single_test_macro_f1_mean']:.3f} ± "
+            f"{summary['meta_single_test_macro_f1_std']:.3f}. On a test split this small (about 0.09 of bootstrap "
+            f"half-width per macro-F1), differences of a few points are within noise.")
