@@ -180,6 +180,7 @@ class SubsetResult:
     soup: MetaClassifier
     runs: list[MetaClassifier]
     test: Stacked
+    meta_train_utt_ids: np.ndarray            # the utterances the meta-classifiers trained on (dev)
 
 
 def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, members: list[str], cfg: MetaConfig,
@@ -199,7 +200,7 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
     predictions = {"majority voting": majority_vote(test.probs), "soft voting": soft_vote(test.probs),
                    "meta-classifier (single)": single_runs[0],
                    "meta-classifier (soup)": meta_predict(mixed, test)[0].argmax(1)}
-    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test)
+    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids)
 
 
 def technique_table(results: dict[str, SubsetResult]) -> pd.DataFrame:

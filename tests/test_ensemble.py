@@ -93,6 +93,10 @@ def test_run_subset_trains_on_dev_only_and_predicts_test():
     cfg = ensemble.MetaConfig(n_models=0, epochs=3, use_attributes=True)
     result = ensemble.run_subset(posteriors, manifest, ["a", "c"], cfg, seeds=[0, 1])
     assert set(result.test.utt_ids) == set(manifest.loc[manifest["split"] == "test", "utt_id"])
+    # no utterance a base model trained on (train), nor any test utterance, is in the meta-classifier's training set
+    split_of = manifest.set_index("utt_id")["split"]
+    assert set(split_of[result.meta_train_utt_ids]) == {"dev"}
+    assert len(result.meta_train_utt_ids) == (manifest["split"] == "dev").sum()
     assert len(result.runs) == 2 and result.soup.cfg.n_models == 2
     assert set(result.predictions) == {"majority voting", "soft voting", "meta-classifier (single)",
                                        "meta-classifier (soup)"}
