@@ -45,13 +45,12 @@ from medusa.encoders.whisper import WhisperEncoder
 from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
 from medusa.io import sha256_file, write_json
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.members import load_member
+from medusa.members import MODEL_FILES, load_member, read_member_config
 from medusa.training import autocast
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MEMBER_FILES = ("model.safetensors", "config.json")
 ENCODER_KEYS = ("family", "model", "layers", "batch_size", "batch_seconds")
 ASR_KEYS = ("model", "language", "batch_size", "pad_seconds", "beam_size")
 #: openSMILE feature stores record family "opensmile" and the feature set; params name the family by set.
@@ -112,13 +111,6 @@ def _provenance() -> dict[str, Any]:
             # uncommitted changes to tracked files mean the commit alone does not say what code wrote the bundle
             "git_dirty": None if status is None else bool(status)}
 
-
-def _read_member_config(folder: Path) -> dict[str, Any]:
-    missing = [f for f in MEMBER_FILES if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: not a trained member folder (missing {', '.join(missing)}); "
-                                "run its train stage (dvc repro train@<name>)")
-    return json.loads((folder / "config.json").read_text())
 
 
 def _store_mismatch(entry: dict[str, Any], meta: Mapping[str, Any]) -> list[str]:
@@ -190,7 +182,7 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
     configs: dict[str, dict[str, Any]] = {}
     sources: dict[str, Path] = {}
     for folder in member_dirs:
-        config = _read_member_config(folder)
+        config = read_member_config(folder)
         name = str(config.get("name") or folder.name)
         if name in configs:
             raise BundleError(f"two members are named {name!r} ({sources[name]} and {folder})")
@@ -218,7 +210,7 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
     write_json({"config": asdict(meta.cfg), "members": list(configs)}, partial / "meta.json")
     for name, folder in sources.items():
         (partial / "members" / name).mkdir(parents=True)
-        for f in MEMBER_FILES:
+        for f in MODEL_FILES:
             shutil.copyfile(folder / f, partial / "members" / name / f)
     write_json(entries, partial / "encoders.json")
     write_json(asr_entry, partial / "asr.json")
@@ -508,7 +500,7 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     meta_info = json.loads((path / "meta.json").read_text())
     names = list(meta_info["members"])
     required = ["meta.safetensors", "encoders.json", "asr.json",
-                *(f"members/{n}/{f}" for n in names for f in MEMBER_FILES)]
+                *(f"members/{n}/{f}" for n in names for f in MODEL_FILES)]
     unlisted = [f for f in required if f not in manifest["files"]]
     if unlisted:
         raise BundleError(f"{path / unlisted[0]}: not listed in the bundle's manifest (a file the bundle needs "

@@ -14,7 +14,9 @@ number of epochs, as no split is left for selection. The soup averages the weigh
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from medusa.dataset import scale_attributes, unscale_attributes
 from medusa.deepser import soft_cross_entropy
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, balanced_epoch
+from medusa.metrics import accuracy, macro_f1
 
 N_CLASSES, N_ATTRIBUTES = len(CODES), len(ATTRIBUTES)
 
@@ -157,10 +160,6 @@ def top_k_names(scores: dict[str, float], k: int) -> list[str]:
     return order[:k]
 
 
-def meta_config_dict(cfg: MetaConfig) -> dict:
-    return asdict(cfg)
-
-
 def assert_no_leakage(manifest: pd.DataFrame, meta_utt_ids: np.ndarray, meta_split: str = "dev") -> None:
     """The meta-classifier's training utterances must all be in `meta_split` and none in train or test."""
     split_of = manifest.set_index("utt_id")["split"]
@@ -206,8 +205,6 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
 def technique_table(results: dict[str, SubsetResult]) -> pd.DataFrame:
     """Table 3's analogue: rows = technique, columns = (subset, macro-F1 / accuracy) on the test utterances
     whose consensus is one of the 8 classes. The single meta-classifier is the mean over seeds, with its std."""
-    from medusa.metrics import accuracy, macro_f1
-
     rows = []
     for subset, r in results.items():
         keep = np.isin(r.test.labels, CODES)
@@ -239,9 +236,6 @@ def member_class_weights(meta: MetaClassifier, members: list[str]) -> pd.DataFra
 def member_table(names: list[str], models_root) -> pd.DataFrame:
     """Each member's held-out scores from its metrics.json: dev balanced macro-F1 (its selection score, used
     to rank members for top-k) and test macro-F1 / accuracy (reported, never used to choose)."""
-    import json
-    from pathlib import Path
-
     rows = []
     for name in names:
         path = Path(models_root) / name / "metrics.json"

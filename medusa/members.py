@@ -178,14 +178,24 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     return metrics
 
 
-def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DeepSER, dict[str, Any]]:
-    """The trained DeepSER of a member folder (safetensors + JSON only) and its resolved config."""
+#: What a member needs to predict (the rest of its folder is history and scores).
+MODEL_FILES = ("model.safetensors", "config.json")
+
+
+def read_member_config(folder: str | Path) -> dict[str, Any]:
+    """The resolved config of a member folder; a clear error if the folder is not a trained member."""
     folder = Path(folder)
-    missing = [f for f in ("model.safetensors", "config.json") if not (folder / f).is_file()]
+    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: not a trained member folder (missing {', '.join(missing)}); "
                                 "run its train stage (dvc repro train@<name>)")
-    config = json.loads((folder / "config.json").read_text())
+    return json.loads((folder / "config.json").read_text())
+
+
+def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DeepSER, dict[str, Any]]:
+    """The trained DeepSER of a member folder (safetensors + JSON only) and its resolved config."""
+    folder = Path(folder)
+    config = read_member_config(folder)
     d = config["deepser"]
     model = DeepSER(DeepSERConfig(**{**d, "input_dims": tuple(d["input_dims"])}))
     model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))

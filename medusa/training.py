@@ -72,12 +72,17 @@ def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch
     return probs, attrs
 
 
-def evaluate(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device) -> float:
-    """Balanced macro-F1 on the utterances of `data` whose consensus is one of the 8 classes."""
+def _labelled_predictions(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(consensus, predicted class) over the utterances of `data` whose consensus is one of the 8 classes."""
     probs, _ = predict(model, data, 4 * cfg.batch_size, device, cfg.amp)
     keep = np.isin(data.labels, CODES)
-    pred = np.asarray(CODES)[probs.argmax(1)]
-    return balanced_macro_f1(data.labels[keep], pred[keep], cfg.eval_resamples, cfg.seed)[0]
+    return data.labels[keep], np.asarray(CODES)[probs.argmax(1)][keep]
+
+
+def evaluate(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device) -> float:
+    """Balanced macro-F1 on the utterances of `data` whose consensus is one of the 8 classes."""
+    return balanced_macro_f1(*_labelled_predictions(model, data, cfg, device), cfg.eval_resamples, cfg.seed)[0]
 
 
 def batch_loss(model: DeepSER, batch: Batch, weights: torch.Tensor | None, cfg: TrainConfig,
@@ -157,7 +162,8 @@ def _load_checkpoint(path: Path, model: DeepSER, rng: np.random.Generator, finge
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        # on the CPU: torch.set_rng_state needs a CPU tensor; load_state_dict moves weights to the model's device
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: say so and start afresh rather than fail the stage
         log.warning("ignoring unreadable checkpoint %s (%s); training from the start", path, e)
         return None
@@ -223,9 +229,7 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
             row = {"stage": stage, "epoch": progress.epoch, "train_loss": float(np.mean(losses)),
                    "dev_balanced_macro_f1": score, "utterances": int(len(rows))}
             if monitor is not None:
-                probs, _ = predict(model, monitor, 4 * cfg.batch_size, device, cfg.amp)
-                keep = np.isin(monitor.labels, CODES)
-                row["monitor_macro_f1"] = macro_f1(monitor.labels[keep], np.asarray(CODES)[probs.argmax(1)][keep])
+                row["monitor_macro_f1"] = macro_f1(*_labelled_predictions(model, monitor, cfg, device))
             progress.history.append(row)
             log.info("stage %d epoch %d: loss %.4f, dev balanced macro-F1 %.4f", stage, progress.epoch,
                      row["train_loss"], score)
