@@ -55,11 +55,12 @@ class MemberSpec:
     device: str
     deepser: DeepSERConfig
     train: TrainConfig
+    threads: int = 0                 # torch CPU threads while training (0: leave torch's default)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "encoders": list(self.encoders), "pools": list(self.pools),
-                "one_hot": self.one_hot, "device": self.device, "deepser": self.deepser.to_dict(),
-                "train": asdict(self.train)}
+                "one_hot": self.one_hot, "device": self.device, "threads": self.threads,
+                "deepser": self.deepser.to_dict(), "train": asdict(self.train)}
 
 
 def resolve_member(name: str, model: ModelParams | dict, train: TrainParams | dict, input_dims: dict[str, int],
@@ -80,7 +81,8 @@ def resolve_member(name: str, model: ModelParams | dict, train: TrainParams | di
                          mse_weight=t.mse_weight, class_weighted=t.class_weighted, eval_resamples=t.eval_resamples,
                          amp=t.amp, seed=model.seed)
     return MemberSpec(name=name, encoders=tuple(model.encoders), pools=tuple(t.pool.get(e, 1) for e in model.encoders),
-                      one_hot=t.targets == "one_hot", device=t.device, deepser=deepser, train=recipe)
+                      one_hot=t.targets == "one_hot", device=t.device, deepser=deepser, train=recipe,
+                      threads=t.threads)
 
 
 def open_stores(encoders: tuple[str, ...] | list[str], features_root: str | Path) -> list[FeatureStore]:
@@ -138,6 +140,8 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     """Train one member (stages 1-2, resumable through `checkpoint`), score dev/test/blind, write its folder.
     Returns the contents of metrics.json."""
     out_dir = Path(out_dir)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)  # CPU results depend on the thread count: fix it (params)
     device = pick_device(spec.device)
     stores = open_stores(spec.encoders, features_root)
     data = split_datasets(spec, manifest, stores)

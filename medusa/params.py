@@ -82,6 +82,10 @@ class TrainParams(Section):
     """Stages 1-2 of every DeepSER (medusa.training, medusa.members). A model's `overrides` may change any key."""
     device: str
     amp: bool                   # bf16 autocast on CUDA
+    #: CPU threads of torch while training (0 = torch's default). CPU results are reproducible for a fixed
+    #: thread count; the demo uses 1 (about 10 % slower than 2 at its size) so that they do not depend on the
+    #: machine's core count, and the ablation stage can train two runs side by side.
+    threads: int = Field(default=0, ge=0)
     # DeepSER architecture (paper: hidden 1024, 2 layers per ENC)
     hidden: int = Field(ge=1)
     layers: int = Field(ge=2)
@@ -146,6 +150,27 @@ class EnsembleParams(Section):
     seeds: list[int] = Field(min_length=1)
 
 
+#: Table 2's first row: the full DeepSER (the ensemble member itself), which every variant is compared with.
+REFERENCE_VARIANT = "deepser"
+
+
+class AblateParams(Section):
+    """Table 2 (medusa.ablation): the same training with one component switched off, per model and seed."""
+    #: Entries of `models` (paper: m02, m08, m09, m13), each run with its own seed. Models that differ only by
+    #: seed (same encoders and overrides) are one configuration of Table 2: mean +- std over their seeds.
+    models: list[str] = Field(min_length=1)
+    #: Runs trained side by side (processes); with train.threads they share the machine's cores.
+    workers: int = Field(ge=1)
+    #: name -> keys of `train` to change, e.g. no_mixup: {mixup_p: 0.0}. The reference is the member itself.
+    variants: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+class ReportParams(Section):
+    """The summary report (notebook 06_ablations): tables, figures, findings."""
+    bootstrap: int = Field(ge=100)   # resamples of the test utterances for every 95 % interval
+    seed: int
+
+
 class Params(Section):
     demo_corpus: DemoCorpusParams
     prepare: PrepareParams
@@ -155,6 +180,8 @@ class Params(Section):
     train: TrainParams
     models: dict[str, ModelParams] = Field(min_length=1)
     ensemble: EnsembleParams
+    ablate: AblateParams
+    report: ReportParams
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Params":
@@ -176,9 +203,29 @@ class Params(Section):
         size = len(self.ensemble.members or self.models)
         problems += [f"ensemble.top_k: {k} is not in 1..{size} (the ensemble's size)"
                      for k in self.ensemble.top_k if not 1 <= k <= size]
+        problems += self._ablation_problems()
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
+
+    def _ablation_problems(self) -> list[str]:
+        ablate, problems = self.ablate, []
+        problems += [f"ablate.models: no model {m!r} in `models` (have: {', '.join(self.models)})"
+                     for m in ablate.models if m not in self.models]
+        if REFERENCE_VARIANT in ablate.variants:
+            problems.append(f"ablate.variants.{REFERENCE_VARIANT}: reserved for the reference (the trained member "
+                            "of `models` itself); name the variant otherwise")
+        for name, switch in ablate.variants.items():
+            if not name.replace("_", "").isalnum() or not name.isascii():
+                problems.append(f"ablate.variants.{name}: use letters, digits and _ only (it names a DVC stage)")
+                continue
+            for model in (m for m in ablate.models if m in self.models):
+                try:
+                    resolve_train(resolve_train(self.train, self.models[model].overrides), switch)
+                except ParamsError as e:
+                    problems.append(f"ablate.variants.{name} (on model {model}): {e}")
+                    break
+        return problems
 
 
 def resolve_train(train: TrainParams, overrides: dict[str, Any]) -> TrainParams:

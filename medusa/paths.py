@@ -30,3 +30,7 @@ def model_checkpoint(name: str) -> Path:
 ENSEMBLE = WORK / "ensemble"
 #: Everything needed to go from audio to probabilities (medusa.bundle).
 BUNDLE = WORK / "bundle"
+#: Table 2's runs: one folder per variant, one member folder per (model, seed) in it (medusa.ablation).
+ABLATIONS = WORK / "ablations"
+#: The summary report's tables (Markdown, CSV, LaTeX).
+TABLES = REPORTS / "tables"

@@ -107,3 +107,61 @@ def member_weights(weights: pd.DataFrame, title: str = "Meta-classifier: weight 
     sns.heatmap(weights, annot=True, fmt=".2f", cmap="vlag", center=0, ax=ax)
     ax.set_title(title)
     return fig
+
+
+def per_class_f1_heatmap(scores: dict[str, dict[str, float]], title: str = "Per-class F1 on test") -> plt.Figure:
+    """F1 per class (columns) for many systems (rows): {system: {class code: F1}}."""
+    frame = pd.DataFrame(scores).T.reindex(columns=list(CODES))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(frame) + 1.6))
+    sns.heatmap(frame, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax)
+    ax.set_title(title)
+    return fig
+
+
+def training_curves_grid(histories: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Dev balanced macro-F1 (selection) and test macro-F1 (diagnosis) per epoch, one panel per model."""
+    long = pd.concat([h.assign(model=name) for name, h in histories.items()], ignore_index=True)
+    scores = [c for c in ("dev_balanced_macro_f1", "test_macro_f1") if c in long]
+    long = long.melt(id_vars=["model", "step", "stage"], value_vars=scores, var_name="score", value_name="F1")
+    grid = sns.relplot(long, x="step", y="F1", hue="score", style="stage", col="model", col_wrap=min(3, len(histories)),
+                       kind="line", markers=True, height=2.6, aspect=1.3)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("epoch (stage 1 then 2)", "macro-F1")
+    grid.figure.suptitle("Training curves of the ensemble members", y=1.02)
+    return grid.figure
+
+
+def ablation_deltas(table: pd.DataFrame, title: str = "Relative macro-F1 change from the full DeepSER (95 % CI)"
+                    ) -> plt.Figure:
+    """Table 2's changes: one row per variant, a point per configuration and the average (black), with its
+    paired bootstrap interval. `table` is medusa.ablation.table2 without the reference rows, with a `title`
+    column naming the variant."""
+    configs = list(dict.fromkeys(table["configuration"]))
+    variants = list(dict.fromkeys(table["title"]))
+    palette = dict(zip([c for c in configs if c != "AVG"], sns.color_palette("tab10")))
+    palette["AVG"] = (0, 0, 0)
+    fig, ax = plt.subplots(figsize=(8, 0.7 * len(variants) + 1.5))
+    offsets = np.linspace(-0.3, 0.3, len(configs))
+    for offset, config in zip(offsets, configs):
+        part = table[table["configuration"] == config].set_index("title").reindex(variants)
+        y = np.arange(len(variants)) + offset
+        ax.errorbar(part["delta_pct"], y, xerr=[part["delta_pct"] - part["delta_ci95_low"],
+                                                part["delta_ci95_high"] - part["delta_pct"]],
+                    fmt="o" if config != "AVG" else "D", color=palette[config], capsize=3, label=config,
+                    markersize=5 if config != "AVG" else 7)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(np.arange(len(variants)), variants)
+    ax.invert_yaxis()
+    ax.set_xlabel("relative change of test macro-F1 (%)")
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8)
+    return fig
+
+
+def save_figure(fig: plt.Figure, path) -> None:
+    """PNG at a fixed size and resolution, written atomically; the same figure gives the same bytes."""
+    from medusa.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)

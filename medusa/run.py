@@ -1,6 +1,6 @@
 """The notebook runner every DVC stage calls.
 
-    python -m medusa.run NOTEBOOK --section NAME [--key KEY] [--also SECTION ...] [--out-dir DIR] [--html-dir DIR]
+    python -m medusa.run NOTEBOOK --section NAME [--key KEY [--entry-of FIELD]] [--also SECTION ...] [--out-dir DIR] [--html-dir DIR]
 
 It validates params.yaml, takes the stage's section (and, for `foreach` stages, the entry NAME of it), and
 executes the notebook with papermill, passing each key as a notebook parameter with its YAML type (lists stay
@@ -97,15 +97,22 @@ def write_html(nb: nbformat.NotebookNode, path: str | Path) -> None:
 
 
 def stage_parameters(params_file: str | Path, section: str, key: str | None,
-                     also: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+                     also: list[str] | tuple[str, ...] = (), entry_of: str | None = None) -> dict[str, Any]:
     """The validated params of one stage, as plain Python values: the keys of `section` (or of section[key],
-    plus `name: key`), and each section named in `also` as one dict parameter of that name."""
+    plus `name: key`), and each section named in `also` as one dict parameter of that name. With `entry_of`,
+    `key` must be an entry of section[entry_of] (e.g. ablate.variants) and the notebook gets the section's keys
+    plus `name: key`."""
     params = load_params(params_file).model_dump()
     for name in (section, *also):
         if name not in params:
             raise ParamsError(f"{params_file}: no section {name!r} (sections: {', '.join(params)})")
     values = params[section]
-    if key is not None:
+    if entry_of is not None:
+        entries = values.get(entry_of) if isinstance(values, dict) else None
+        if not isinstance(entries, dict) or key not in entries:
+            raise ParamsError(f"{params_file}: {section}.{entry_of}.{key}: no such entry")
+        values = {"name": key, **values}
+    elif key is not None:
         if not isinstance(values, dict) or key not in values:
             raise ParamsError(f"{params_file}: {section}.{key}: no such entry")
         values = {"name": key, **values[key]}
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--section", required=True, help="params.yaml section of this stage")
     ap.add_argument("--key", help="entry of the section, for foreach stages")
     ap.add_argument("--also", action="append", default=[], help="another section, passed as one dict parameter")
+    ap.add_argument("--entry-of", help="with --key: the key is an entry of this field of the section")
     ap.add_argument("--params", default=str(PARAMS_FILE))
     ap.add_argument("--out-dir", default="work/notebooks", help="folder of the executed notebook")
     ap.add_argument("--html-dir", default="reports/notebooks", help="folder of the HTML rendering")
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stem = Path(args.notebook).stem + (f"@{args.key}" if args.key else "")
     try:
-        parameters = stage_parameters(args.params, args.section, args.key, args.also)
+        parameters = stage_parameters(args.params, args.section, args.key, args.also, args.entry_of)
         execute_notebook(args.notebook, parameters, Path(args.out_dir) / f"{stem}.ipynb",
                          Path(args.html_dir) / f"{stem}.html")
     except (NotebookError, ParamsError) as e:

@@ -1,0 +1,228 @@
+"""Table 2: the DeepSER ablations -- the same training with one component switched off.
+
+A variant is a named set of `train` keys (params.yaml `ablate.variants`, e.g. no_mixup: {mixup_p: 0.0}). Each
+ablation model (`ablate.models`, entries of `models`) is trained again with the variant's switch on top of its
+own settings, through the ensemble's own code path (members.resolve_member with the variant as
+`extra_overrides`, members.train_member), with its own seed, into
+
+    work/ablations/<variant>/<model>/    a member folder (weights, config, history, posteriors, metrics)
+
+The reference (Table 2's "DeepSER" row) is the trained member itself, work/models/<model>: same code, same seed,
+same thread count, one switch apart. Runs are independent, so a stage trains `workers` of them side by side in
+separate processes, each with `train.threads` torch threads: a run's result does not depend on its neighbours.
+
+Models that differ only by seed (same encoders and overrides) form one configuration: Table 2 shows their mean
+and std over seeds. The comparison is on the test split: macro-F1 and accuracy, the average over
+configurations, and the relative change of that average from the reference, with paired bootstrap intervals
+(the same resampled test utterances score the reference and the variant).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medusa import members, paths
+from medusa.labels import CODES
+from medusa.metrics import bootstrap_indices, bootstrap_macro_f1, percentile_interval, relative_change
+from medusa.params import REFERENCE_VARIANT, Params
+
+log = logging.getLogger(__name__)
+
+#: Row titles of Table 2 for the paper's variants (another variant is shown under its own name).
+VARIANT_TITLES = {REFERENCE_VARIANT: "DeepSER", "one_hot": "w. one-hot targets", "late_fusion": "w. late fusion",
+                  "no_mixup": "w/o MixUp", "no_multitask": "w/o multitask", "no_stage2": "w/o stage 2"}
+#: The paper's Table 2, column Δ (%): relative macro-F1 change of the average over models 2, 8, 9, 13.
+PAPER_DELTA_PCT = {"one_hot": -8.23, "late_fusion": -6.31, "no_mixup": -2.93, "no_multitask": -2.18,
+                   "no_stage2": -1.20}
+
+
+def variant_title(variant: str) -> str:
+    return VARIANT_TITLES.get(variant, variant)
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    variant: str
+    model: str
+    spec: members.MemberSpec
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+
+def run_dir(variant: str, model: str, root: str | Path = paths.ABLATIONS, models_root: str | Path = paths.MODELS
+            ) -> Path:
+    """The folder of one run; the reference variant's is the ensemble member's own folder."""
+    return Path(models_root) / model if variant == REFERENCE_VARIANT else Path(root) / variant / model
+
+
+def run_checkpoint(root: str | Path, variant: str, model: str) -> Path:
+    """Beside the variant's folder: DVC deletes a stage's outputs before it reruns (see paths.model_checkpoint)."""
+    return Path(root) / f"{variant}.{model}.checkpoint.pt"
+
+
+def ablation_runs(params: Params, variant: str, input_dims: dict[str, int]) -> list[AblationRun]:
+    """Every model's run of one variant, resolved like its ensemble member plus the variant's switch."""
+    if variant not in params.ablate.variants:
+        raise KeyError(f"ablate.variants: no variant {variant!r} (have: {', '.join(params.ablate.variants)})")
+    return [AblationRun(variant, model, members.resolve_member(model, params.models[model], params.train, input_dims,
+                                                               extra_overrides=params.ablate.variants[variant]))
+            for model in params.ablate.models]
+
+
+def configurations(ablation_models: list[str], models: dict[str, Any]) -> dict[str, str]:
+    """{ablation model: its configuration}, named after the first listed model with the same encoders and
+    overrides (the others are its seed repeats). `models`: params.yaml's `models` (dicts or ModelParams)."""
+    first: dict[str, str] = {}
+    out = {}
+    for model in ablation_models:
+        entry = models[model] if isinstance(models[model], dict) else models[model].model_dump()
+        key = repr((list(entry["encoders"]), sorted(entry.get("overrides", {}).items())))
+        out[model] = first.setdefault(key, model)
+    return out
+
+
+def _train_one(run: AblationRun, manifest_path: str, features_root: str, root: str) -> dict[str, Any]:
+    """One run (in a worker process): train, write its folder, return its metrics."""
+    logging.basicConfig(level=logging.INFO, format=f"[{run.variant}/{run.name}] %(name)s: %(message)s", force=True)
+    manifest = pd.read_parquet(manifest_path)
+    return members.train_member(run.spec, manifest, features_root, run_dir(run.variant, run.model, root),
+                                run_checkpoint(root, run.variant, run.model))
+
+
+def train_runs(runs: list[AblationRun], manifest_path: str | Path, features_root: str | Path, root: str | Path,
+               workers: int = 1) -> dict[str, dict[str, Any]]:
+    """Train every run (resumable: each has its per-epoch checkpoint), `workers` at a time; {run name: metrics}.
+
+    Workers are fresh (spawned) processes: forking a process that has started torch's thread pools can hang."""
+    args = [(r, str(manifest_path), str(features_root), str(root)) for r in runs]
+    if workers == 1 or len(runs) == 1:
+        return {r.name: _train_one(*a) for r, a in zip(runs, args)}
+    # Progress bars of parallel runs would overwrite each other: the workers (which copy this environment when
+    # they start) run without, and a line is logged per finished run.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {r.name: pool.submit(_train_one, *a) for r, a in zip(runs, args)}
+            out = {}
+            for name, future in tqdm(futures.items(), desc=f"{runs[0].variant}: runs", unit="run"):
+                out[name] = future.result()
+                log.info("%s: test macro-F1 %.3f", name, out[name]["test"]["macro_f1"])
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+    return out
+
+
+def load_runs(variants: list[str], models_: list[str], configs: dict[str, str], root: str | Path = paths.ABLATIONS,
+              models_root: str | Path = paths.MODELS) -> pd.DataFrame:
+    """One row per run, the reference first: variant, model, its configuration, seed, test scores and the
+    epoch its dev score selected (from metrics.json and config.json)."""
+    rows = []
+    for variant in [REFERENCE_VARIANT, *variants]:
+        for model in models_:
+            folder = run_dir(variant, model, root, models_root)
+            if not (folder / "metrics.json").is_file():
+                stage = f"train@{model}" if variant == REFERENCE_VARIANT else f"ablate@{variant}"
+                raise FileNotFoundError(f"{folder}: run missing; run `dvc repro {stage}`")
+            m = json.loads((folder / "metrics.json").read_text())
+            seed = json.loads((folder / "config.json").read_text())["train"]["seed"]
+            test = m["test"]
+            rows.append({"variant": variant, "model": model, "configuration": configs[model], "seed": seed,
+                         "n": test["n"], "macro_f1": test["macro_f1"], "ci95_low": test["macro_f1_ci95"][0],
+                         "ci95_high": test["macro_f1_ci95"][1], "accuracy": test["accuracy"],
+                         "best_stage": int(m["best_stage"]), "best_epoch": int(m["best_epoch"])})
+    return pd.DataFrame(rows)
+
+
+def test_predictions(runs: pd.DataFrame, root: str | Path = paths.ABLATIONS, models_root: str | Path = paths.MODELS
+                     ) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
+    """The test labels (utterances with one of the 8 classes, in one fixed order) and each run's argmax
+    predictions on them, aligned by utt_id so that resamples pair up across runs."""
+    truth, predictions = None, {}
+    for variant, model in runs[["variant", "model"]].itertuples(index=False):
+        post = pd.read_parquet(run_dir(variant, model, root, models_root) / "posteriors.parquet")
+        test = post[(post["split"] == "test") & post["label"].isin(CODES)].sort_values("utt_id")
+        if truth is None:
+            truth = test[["utt_id", "label"]].reset_index(drop=True)
+        elif not np.array_equal(truth["utt_id"].to_numpy(), test["utt_id"].to_numpy()):
+            raise ValueError(f"run {variant}/{model} was scored on other test utterances than the first run; "
+                             "retrain it on the current manifest (dvc repro)")
+        predictions[(variant, model)] = members.predicted_labels(test)
+    return truth["label"].to_numpy(), predictions
+
+
+def table2(runs: pd.DataFrame, truth: np.ndarray, predictions: dict[tuple[str, str], np.ndarray],
+           bootstrap: int = 1000, seed: int = 0, reference: str = REFERENCE_VARIANT) -> pd.DataFrame:
+    """Table 2 in long form: one row per (variant, configuration) and one per (variant, "AVG").
+
+    Per configuration: macro-F1 and accuracy, mean and std over its seeds, and a 95 % bootstrap interval of
+    the mean macro-F1. AVG: the mean over configurations, with its interval. delta_pct: the relative change of
+    the row's macro-F1 from the reference's (same configuration, or AVG), in %, with a paired interval: each
+    resample of the test utterances scores both. All intervals share the same `bootstrap` resamples."""
+    if reference not in set(runs["variant"]):
+        raise ValueError(f"no run of the reference {reference!r}: Table 2's changes are relative to it")
+    indices = bootstrap_indices(len(truth), bootstrap, seed)
+    resampled = {key: bootstrap_macro_f1(truth, pred, indices=indices) for key, pred in predictions.items()}
+    rows, curves = [], {}
+    for (variant, config), group in runs.groupby(["variant", "configuration"], sort=False):
+        curves[(variant, config)] = np.mean([resampled[(variant, m)] for m in group["model"]], axis=0)
+        several = len(group) > 1
+        rows.append({"variant": variant, "configuration": config, "seeds": len(group),
+                     "macro_f1": group["macro_f1"].mean(),
+                     "macro_f1_std": group["macro_f1"].std(ddof=0) if several else np.nan,
+                     "accuracy": group["accuracy"].mean(),
+                     "accuracy_std": group["accuracy"].std(ddof=0) if several else np.nan})
+    frame = pd.DataFrame(rows)
+    averages = []
+    for variant, group in frame.groupby("variant", sort=False):
+        curves[(variant, "AVG")] = np.mean([curves[(variant, c)] for c in group["configuration"]], axis=0)
+        averages.append({"variant": variant, "configuration": "AVG", "seeds": int(group["seeds"].min()),
+                         "macro_f1": group["macro_f1"].mean(), "macro_f1_std": np.nan,
+                         "accuracy": group["accuracy"].mean(), "accuracy_std": np.nan})
+    frame = pd.concat([frame, pd.DataFrame(averages)], ignore_index=True)
+    reference_f1 = frame[frame["variant"] == reference].set_index("configuration")["macro_f1"]
+    extra = []
+    for variant, config, value in frame[["variant", "configuration", "macro_f1"]].itertuples(index=False):
+        if config not in reference_f1:
+            raise ValueError(f"configuration {config!r} has no {reference!r} run to compare {variant!r} with")
+        low, high = percentile_interval(curves[(variant, config)])
+        d_low, d_high = percentile_interval(relative_change(curves[(variant, config)], curves[(reference, config)]))
+        extra.append({"ci95_low": low, "ci95_high": high,
+                      "delta_pct": float(relative_change(value, reference_f1[config])),
+                      "delta_ci95_low": d_low, "delta_ci95_high": d_high})
+    frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
+    variant_rank = {v: i for i, v in enumerate(dict.fromkeys(runs["variant"]))}
+    config_rank = {c: i for i, c in enumerate([*dict.fromkeys(runs["configuration"]), "AVG"])}
+    frame["_order"] = [variant_rank[v] * 1000 + config_rank[c] for v, c in zip(frame["variant"], frame["configuration"])]
+    return frame.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+def stage2_check(runs: pd.DataFrame, full: str = REFERENCE_VARIANT, no_stage2: str = "no_stage2") -> pd.DataFrame:
+    """w/o stage 2 is stage 1 of the full run (same seed, same draws): when the full run selected a stage-1
+    epoch, both must be the same model and score exactly the same. A False in `identical` means the training is
+    not deterministic."""
+    if not {full, no_stage2} <= set(runs["variant"]):
+        return pd.DataFrame()
+    pair = runs[runs["variant"] == full].merge(runs[runs["variant"] == no_stage2], on="model",
+                                               suffixes=("_full", "_no_stage2"))
+    picked_stage1 = pair["best_stage_full"] == 1
+    same = (pair["best_epoch_full"] == pair["best_epoch_no_stage2"]) & np.isclose(
+        pair["macro_f1_full"], pair["macro_f1_no_stage2"], rtol=0, atol=1e-12)
+    pair["identical"] = [bool(s) if p else None for s, p in zip(same, picked_stage1)]
+    return pair[["model", "best_stage_full", "best_epoch_full", "macro_f1_full", "best_epoch_no_stage2",
+                 "macro_f1_no_stage2", "identical"]]
