@@ -149,21 +149,26 @@ def load_runs(variants: list[str], models_: list[str], configs: dict[str, str], 
     return pd.DataFrame(rows)
 
 
-def test_predictions(runs: pd.DataFrame, root: str | Path = paths.ABLATIONS, models_root: str | Path = paths.MODELS
-                     ) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
-    """The test labels (utterances with one of the 8 classes, in one fixed order) and each run's argmax
-    predictions on them, aligned by utt_id so that resamples pair up across runs."""
+def aligned_test_predictions(frames: dict[Any, pd.DataFrame]) -> tuple[np.ndarray, dict[Any, np.ndarray]]:
+    """From posteriors frames: the test labels (utterances with one of the 8 classes, ordered by utt_id) and
+    each frame's argmax predictions on them, so that bootstrap resamples pair up across systems."""
     truth, predictions = None, {}
-    for variant, model in runs[["variant", "model"]].itertuples(index=False):
-        post = pd.read_parquet(run_dir(variant, model, root, models_root) / "posteriors.parquet")
+    for key, post in frames.items():
         test = post[(post["split"] == "test") & post["label"].isin(CODES)].sort_values("utt_id")
         if truth is None:
             truth = test[["utt_id", "label"]].reset_index(drop=True)
         elif not np.array_equal(truth["utt_id"].to_numpy(), test["utt_id"].to_numpy()):
-            raise ValueError(f"run {variant}/{model} was scored on other test utterances than the first run; "
-                             "retrain it on the current manifest (dvc repro)")
-        predictions[(variant, model)] = members.predicted_labels(test)
+            raise ValueError(f"{key} was scored on other test utterances than {next(iter(frames))}; retrain it on "
+                             "the current manifest (dvc repro)")
+        predictions[key] = members.predicted_labels(test)
     return truth["label"].to_numpy(), predictions
+
+
+def test_predictions(runs: pd.DataFrame, root: str | Path = paths.ABLATIONS, models_root: str | Path = paths.MODELS
+                     ) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
+    """aligned_test_predictions of every run in `runs`, keyed (variant, model)."""
+    return aligned_test_predictions({(v, m): pd.read_parquet(run_dir(v, m, root, models_root) / "posteriors.parquet")
+                                     for v, m in runs[["variant", "model"]].itertuples(index=False)})
 
 
 def table2(runs: pd.DataFrame, truth: np.ndarray, predictions: dict[tuple[str, str], np.ndarray],

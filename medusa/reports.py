@@ -15,7 +15,7 @@ import pandas as pd
 from medusa import paths
 from medusa.ablation import PAPER_DELTA_PCT, variant_title
 from medusa.labels import CODES
-from medusa.metrics import bootstrap_indices, bootstrap_macro_f1, percentile_interval
+from medusa.metrics import bootstrap_indices, bootstrap_macro_f1, percentile_interval, relative_change
 from medusa.params import REFERENCE_VARIANT
 
 TABLE_FORMATS = ("md", "csv", "tex")
@@ -43,7 +43,8 @@ def write_table(table: pd.DataFrame, stem: str, caption: str, root: str | Path =
 
     table = table.astype(str)
     root = Path(root)
-    texts = {"md": f"{caption}\n\n{table.to_markdown()}\n",
+    # disable_numparse: tabulate would otherwise reprint "0.430" as "0.43"
+    texts = {"md": f"{caption}\n\n{table.to_markdown(disable_numparse=True)}\n",
              "csv": table.to_csv(),
              "tex": f"% {caption}\n" + table.style.to_latex(hrules=True, column_format="l" + "r" * table.shape[1])}
     out = {}
@@ -65,6 +66,15 @@ def member_rows(names: list[str], models: dict, models_root: str | Path = paths.
                      "ci95_high": m["test"]["macro_f1_ci95"][1], "accuracy": m["test"]["accuracy"],
                      "dev_balanced_macro_f1": m["dev_balanced_macro_f1"]})
     return pd.DataFrame(rows)
+
+
+def paired_change(truth: np.ndarray, system: np.ndarray, reference: np.ndarray, bootstrap: int, seed: int
+                  ) -> tuple[float, float]:
+    """95 % interval of the relative macro-F1 change (%) of `system` from `reference`, both scored on each
+    resample of the same utterances."""
+    indices = bootstrap_indices(len(truth), bootstrap, seed)
+    return percentile_interval(relative_change(bootstrap_macro_f1(truth, system, indices=indices),
+                                               bootstrap_macro_f1(truth, reference, indices=indices)))
 
 
 def mean_interval(truth: np.ndarray, predictions: list[np.ndarray], bootstrap: int, seed: int) -> tuple[float, float]:
@@ -140,31 +150,30 @@ def ablation_findings(table: pd.DataFrame) -> list[str]:
     if known:
         worst = avg.loc[known, "delta_pct"].idxmin()
         paper_worst = min(known, key=PAPER_DELTA_PCT.get)
-        lines.append(f"The paper's most important component is the one behind {variant_title(paper_worst)}; here the "
-                     f"largest drop is {variant_title(worst)} ({avg.loc[worst, 'delta_pct']:+.2f} %) — "
+        lines.append(f"The largest drop comes with {variant_title(paper_worst)} (the paper's most important component): "
+                     f"here it comes with {variant_title(worst)} ({avg.loc[worst, 'delta_pct']:+.2f} %) — "
                      f"{'**holds**' if worst == paper_worst else '**does not hold**'}.")
     return lines
 
 
-def ensemble_findings(table3: pd.DataFrame, members: pd.DataFrame) -> list[str]:
-    """MEDUSA above the best single model, meta-classifier above voting, soup vs single (all members)."""
+def ensemble_findings(table3: pd.DataFrame, members: pd.DataFrame, gain_ci: tuple[float, float]) -> list[str]:
+    """MEDUSA above the best single model (with the paired interval `gain_ci` of its relative change, %),
+    the meta-classifier above voting, and the soup against a single meta-classifier (all members)."""
     subset = table3["subset"].iloc[0]
     rows = table3[table3["subset"] == subset].set_index("technique")
     soup, single = rows.loc["meta-classifier (soup)"], rows.loc["meta-classifier (single)"]
     best = members.loc[members["macro_f1"].idxmax()]
-    gain = 100 * (soup["macro_f1"] / best["macro_f1"] - 1)
-    apart = soup["macro_f1_ci95_low"] > best["ci95_high"]
+    gain = float(relative_change(soup["macro_f1"], best["macro_f1"]))
     votes = rows.loc[["majority voting", "soft voting"], "macro_f1"].max()
-    lines = [f"MEDUSA beats the best single model (paper: +{PAPER_MEDUSA_GAIN_PCT} %, {PAPER_MEDUSA_F1} against "
-             f"{PAPER_BEST_SINGLE_F1}): soup {soup['macro_f1']:.3f} against {best['model']} {best['macro_f1']:.3f}, "
-             f"{gain:+.1f} % — {_verdict(gain > 0, bool(apart))}.",
-             f"The meta-classifier beats voting (paper: 0.472 against 0.439): soup {soup['macro_f1']:.3f}, single "
-             f"{single['macro_f1']:.3f} ± {single['macro_f1_std']:.3f}, best vote {votes:.3f} — "
-             f"{'**holds**' if min(soup['macro_f1'], single['macro_f1']) > votes else '**does not hold**'}.",
-             f"With all members the soup is at least as good as a single meta-classifier (paper: 0.472 against "
-             f"0.471): {soup['macro_f1']:.3f} against {single['macro_f1']:.3f} — "
-             f"{'**holds**' if soup['macro_f1'] >= single['macro_f1'] else '**does not hold**'}."]
-    return lines
+    return [f"MEDUSA beats the best single model (paper: +{PAPER_MEDUSA_GAIN_PCT} %, {PAPER_MEDUSA_F1:.3f} against "
+            f"{PAPER_BEST_SINGLE_F1:.3f}): soup {soup['macro_f1']:.3f} against {best['model']} {best['macro_f1']:.3f}, "
+            f"{gain:+.2f} % [{gain_ci[0]:+.2f}, {gain_ci[1]:+.2f}] — {_verdict(gain > 0, gain_ci[0] > 0)}.",
+            f"The meta-classifier beats voting (paper: 0.472 against 0.439): soup {soup['macro_f1']:.3f}, single "
+            f"{single['macro_f1']:.3f} ± {single['macro_f1_std']:.3f}, best vote {votes:.3f} — "
+            f"{'**holds**' if min(soup['macro_f1'], single['macro_f1']) > votes else '**does not hold**'}.",
+            f"With all members the soup is at least as good as a single meta-classifier (paper: 0.472 against "
+            f"0.471): {soup['macro_f1']:.3f} against {single['macro_f1']:.3f} — "
+            f"{'**holds**' if soup['macro_f1'] >= single['macro_f1'] else '**does not hold**'}."]
 
 
 def noise_note(n: int, half_width: float) -> str:

@@ -80,11 +80,12 @@ def _numbers(text: str) -> list[str]:
 
 def test_table_writers_give_three_formats_with_the_same_numbers(tmp_path):
     table = pd.DataFrame({"F1": [reports.cell(0.40674, 0.30178, 0.48212), reports.cell(0.3, std=0.0123)],
-                          "Δ (%)": [reports.cell(-7.6012, -12.5, -2.25, digits=2), "–"]},
+                          "Δ (%)": [reports.cell(-7.6012, -12.5, -2.25, digits=2), "–"],
+                          "ACC": [reports.cell(0.43), reports.cell(0.5)]},
                          index=pd.Index(["DeepSER", "w/o MixUp"], name="variant"))
     paths = reports.write_table(table, "t", "Table X: a caption.", tmp_path)
     assert sorted(p.suffix for p in paths.values()) == [".csv", ".md", ".tex"]
-    expected = ["0.407", "0.302", "0.482", "-7.60", "-12.50", "-2.25", "0.300", "0.012"]
+    expected = ["0.407", "0.302", "0.482", "-7.60", "-12.50", "-2.25", "0.300", "0.012", "0.430", "0.500"]
     for fmt, path in paths.items():
         text = path.read_text(encoding="utf-8")
         assert sorted(_numbers(text)) == sorted(expected), fmt
@@ -108,7 +109,7 @@ def test_ablation_findings_state_whether_each_claim_holds():
     assert "one-hot" in lines[0] and "**holds**" in lines[0] and "-8.23" in lines[0]
     assert "**does not hold**" in lines[1]
     assert "within noise" in lines[2]
-    assert "largest drop is w. one-hot targets" in lines[-1] and lines[-1].endswith("**holds**.")
+    assert "here it comes with w. one-hot targets" in lines[-1] and lines[-1].endswith("**holds**.")
 
 
 def _params_with(tmp_path, repo_root, **ablate):
@@ -166,3 +167,18 @@ def test_parallel_runs_equal_sequential_runs(corpus, tmp_path):  # noqa: F811
     post = [pd.read_parquet(tmp_path / d / "no_mixup" / "ab" / "posteriors.parquet") for d in ("one", "two")]
     pd.testing.assert_frame_equal(*post)
     assert not list((tmp_path / "two").glob("*.checkpoint.pt"))  # checkpoints are removed once a run is done
+
+
+def test_ensemble_findings_use_the_paired_interval():
+    table3 = pd.DataFrame([
+        {"technique": "majority voting", "subset": "all (2)", "macro_f1": 0.40, "macro_f1_std": np.nan},
+        {"technique": "soft voting", "subset": "all (2)", "macro_f1": 0.41, "macro_f1_std": np.nan},
+        {"technique": "meta-classifier (single)", "subset": "all (2)", "macro_f1": 0.43, "macro_f1_std": 0.01},
+        {"technique": "meta-classifier (soup)", "subset": "all (2)", "macro_f1": 0.44, "macro_f1_std": np.nan}])
+    rows = pd.DataFrame({"model": ["a", "b"], "macro_f1": [0.40, 0.38]})
+    lines = reports.ensemble_findings(table3, rows, (2.0, 18.0))
+    assert "+10.00 % [+2.00, +18.00]" in lines[0] and lines[0].endswith("**holds**.")
+    assert "within noise" in reports.ensemble_findings(table3, rows, (-3.0, 18.0))[0]
+    assert lines[1].endswith("**holds**.") and lines[2].endswith("**holds**.")
+    truth = np.array(list("AANNSS"))
+    assert reports.paired_change(truth, truth, truth, 100, 0) == (0.0, 0.0)
