@@ -132,9 +132,12 @@ def table3_view(table: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- findings
 def _verdict(holds: bool, significant: bool) -> str:
-    if not holds:
-        return "**does not hold**"
-    return "**holds**" if significant else "**holds in the point estimate, within noise** (the 95 % interval includes no change)"
+    """`significant`: the 95 % interval excludes no change, on the side the point estimate is on."""
+    if holds:
+        return "**holds**" if significant else ("**holds in the point estimate, within noise** (the 95 % interval "
+                                                "includes no change)")
+    return "**does not hold**" if significant else ("**does not hold in the point estimate, within noise** (the 95 % "
+                                                    "interval includes no change)")
 
 
 def ablation_findings(table: pd.DataFrame) -> list[str]:
@@ -145,7 +148,7 @@ def ablation_findings(table: pd.DataFrame) -> list[str]:
         paper = PAPER_DELTA_PCT.get(variant)
         claim = f"{variant_title(variant)} lowers macro-F1" + (f" (paper: {paper:+.2f} %)" if paper is not None else "")
         lines.append(f"{claim}: {r['delta_pct']:+.2f} % here [{r['delta_ci95_low']:+.2f}, {r['delta_ci95_high']:+.2f}] "
-                     f"— {_verdict(r['delta_pct'] < 0, r['delta_ci95_high'] < 0)}.")
+                     f"— {_verdict(r['delta_pct'] < 0, r['delta_ci95_high'] < 0 or r['delta_ci95_low'] > 0)}.")
     known = [v for v in avg.index if v in PAPER_DELTA_PCT]
     if known:
         worst = avg.loc[known, "delta_pct"].idxmin()
@@ -167,7 +170,7 @@ def ensemble_findings(table3: pd.DataFrame, members: pd.DataFrame, gain_ci: tupl
     votes = rows.loc[["majority voting", "soft voting"], "macro_f1"].max()
     return [f"MEDUSA beats the best single model (paper: +{PAPER_MEDUSA_GAIN_PCT} %, {PAPER_MEDUSA_F1:.3f} against "
             f"{PAPER_BEST_SINGLE_F1:.3f}): soup {soup['macro_f1']:.3f} against {best['model']} {best['macro_f1']:.3f}, "
-            f"{gain:+.2f} % [{gain_ci[0]:+.2f}, {gain_ci[1]:+.2f}] — {_verdict(gain > 0, gain_ci[0] > 0)}.",
+            f"{gain:+.2f} % [{gain_ci[0]:+.2f}, {gain_ci[1]:+.2f}] — {_verdict(gain > 0, gain_ci[0] > 0 or gain_ci[1] < 0)}.",
             f"The meta-classifier beats voting (paper: 0.472 against 0.439): soup {soup['macro_f1']:.3f}, single "
             f"{single['macro_f1']:.3f} ± {single['macro_f1_std']:.3f}, best vote {votes:.3f} — "
             f"{'**holds**' if min(soup['macro_f1'], single['macro_f1']) > votes else '**does not hold**'}.",
