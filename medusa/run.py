@@ -7,7 +7,8 @@ executes the notebook with papermill, passing each key as a notebook parameter w
 lists, mappings stay dicts). It writes the executed notebook and an HTML rendering, strips papermill's
 timestamps so that a rerun with the same inputs writes the same notebook, and exits non-zero with the failing
 cell's error when the notebook fails. A notebook without a cell tagged `parameters` is refused: papermill would
-only warn, and the notebook's own defaults would silently win over params.yaml.
+only warn, and the notebook's own defaults would silently win over params.yaml. So is a run whose parameters
+are not exactly those the parameters cell declares (an unknown one, or a declared one without a value).
 """
 from __future__ import annotations
 
@@ -57,6 +58,29 @@ def _strip_volatile_metadata(nb: nbformat.NotebookNode) -> None:
         cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream" or o["text"].strip()]
 
 
+def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
+    """Refuse a run whose parameters are not exactly those the notebook's `parameters` cell declares.
+
+    papermill only warns about an unknown parameter and runs with the notebook's own defaults, so a stage run
+    with the wrong section (or a params key the notebook never reads) would exit 0 with silently wrong values;
+    a declared parameter that is not passed would silently keep its default. papermill's own parser of the
+    parameters cell (`inspect_notebook`) says which names the notebook declares."""
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    unknown = sorted(set(parameters) - declared)
+    missing = sorted(declared - set(parameters))
+    problems = []
+    if unknown:
+        problems.append(f"parameters it does not declare: {', '.join(unknown)}")
+    if missing:
+        problems.append(f"no value for the parameters it declares: {', '.join(missing)}")
+    if problems:
+        raise NotebookError(f"{notebook}: {'; '.join(problems)} (its parameters cell declares "
+                            f"{', '.join(sorted(declared)) or 'nothing'}); check the stage's --section/--key/--also "
+                            "in dvc.yaml against the notebook")
+
+
 def execute_notebook(notebook: str | Path, parameters: dict[str, Any], out_notebook: str | Path,
                      out_html: str | Path | None = None, cwd: str | Path = ".") -> nbformat.NotebookNode:
     """Run `notebook` with `parameters`; write the executed copy (and HTML). Raises NotebookError on failure."""
@@ -70,6 +94,7 @@ def execute_notebook(notebook: str | Path, parameters: dict[str, Any], out_noteb
     if not has_parameters_cell(source):
         raise NotebookError(f"{notebook}: no cell is tagged 'parameters'; tag the cell holding the defaults, "
                             "or params.yaml values would be silently overridden")
+    check_parameters(notebook, parameters)
     out_notebook.parent.mkdir(parents=True, exist_ok=True)
     log.info("executing %s -> %s with %s", notebook, out_notebook, sorted(parameters))
     try:

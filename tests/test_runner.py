@@ -68,9 +68,9 @@ def test_cli_reads_params_section_and_exits_nonzero_on_failure(tmp_path, repo_ro
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     params["prepare"]["corpus_dir"] = "no-such-corpus"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    nb = make_notebook(tmp_path / "nb.ipynb", ['corpus_dir = "x"\ntrain_sets = []',
-                                               "assert isinstance(train_sets, list), train_sets\n"
-                                               "raise FileNotFoundError(corpus_dir)"])
+    declared = "\n".join(f"{k} = None" for k in params["prepare"])  # the section's keys, as 01_prepare has
+    nb = make_notebook(tmp_path / "nb.ipynb", [declared, "assert isinstance(train_sets, list), train_sets\n"
+                                                         "raise FileNotFoundError(corpus_dir)"])
     proc = subprocess.run([sys.executable, "-m", "medusa.run", str(nb), "--section", "prepare",
                            "--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path / "o"),
                            "--html-dir", str(tmp_path / "h")], capture_output=True, text=True)
@@ -86,3 +86,60 @@ def test_stage_parameters_validates_and_selects_section(tmp_path, repo_root):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(Exception, match="prepare.seed: expected int"):
         stage_parameters(tmp_path / "params.yaml", "prepare", None)
+
+
+def test_parameters_the_notebook_does_not_declare_are_refused(tmp_path):
+    # papermill alone only warns and runs with the notebook's defaults: the wrong --section would exit 0
+    nb = make_notebook(tmp_path / "nb.ipynb", ["x = 1\ny = 2", "print(x, y)"])
+    with pytest.raises(NotebookError, match=r"parameters it does not declare: z .*declares x, y"):
+        execute_notebook(nb, {"x": 1, "y": 2, "z": 3}, tmp_path / "out.ipynb")
+    with pytest.raises(NotebookError, match="no value for the parameters it declares: y"):
+        execute_notebook(nb, {"x": 1}, tmp_path / "out.ipynb")
+    assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_cli_with_the_wrong_section_exits_nonzero(tmp_path, repo_root):
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-m", "medusa.run", str(repo_root / "notebooks" / "02_transcribe.ipynb"),
+                           "--section", "prepare", "--params", str(repo_root / "params.yaml"), "--out-dir", str(out),
+                           "--html-dir", str(tmp_path / "h")], capture_output=True, text=True, cwd=repo_root)
+    assert proc.returncode == 1
+    assert "parameters it does not declare: corpus_dir" in proc.stderr
+    assert not out.exists()
+
+
+def test_every_stage_passes_exactly_what_its_notebook_declares(repo_root):
+    """dvc.yaml's commands against the notebooks' parameters cells, for the committed params.yaml."""
+    import shlex
+
+    import papermill
+
+    from medusa.run import check_parameters
+
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    checked = 0
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        keys = [None]
+        if "foreach" in stage:  # ${encoders} or ${ablate.variants}
+            node = params
+            for part in stage["foreach"][2:-1].split("."):
+                node = node[part]
+            keys = list(node)
+        for key in keys:
+            argv = shlex.split(body["cmd"].replace("${key}", str(key)))
+            notebook = argv[3]
+            args = {"section": None, "key": None, "also": [], "entry_of": None}
+            for flag, value in zip(argv[4::2], argv[5::2]):
+                field = flag[2:].replace("-", "_")
+                if field == "also":
+                    args["also"].append(value)
+                else:
+                    args[field] = value
+            values = stage_parameters(repo_root / "params.yaml", args["section"], args["key"], args["also"],
+                                      args["entry_of"])
+            check_parameters(repo_root / notebook, values)
+            assert set(papermill.inspect_notebook(str(repo_root / notebook))) == set(values)
+            checked += 1
+    assert checked >= len(stages)
