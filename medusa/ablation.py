@@ -12,9 +12,10 @@ same thread count, one switch apart. Runs are independent, so a stage trains `wo
 separate processes, each with `train.threads` torch threads: a run's result does not depend on its neighbours.
 
 Models that differ only by seed (same encoders and overrides) form one configuration: Table 2 shows their mean
-and std over seeds. The comparison is on the test split: macro-F1 and accuracy, the average over
-configurations, and the relative change of that average from the reference, with paired bootstrap intervals
-(the same resampled test utterances score the reference and the variant).
+and std over seeds. The comparison is on the test split: balanced macro-F1 (the headline; medusa.metrics), with
+macro-F1 and accuracy beside it, the average over configurations, and the relative change of that average's
+balanced macro-F1 from the reference, with paired class-stratified bootstrap intervals (the same resampled test
+utterances score the reference and the variant).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from tqdm import tqdm
 
 from medusa import members, paths
 from medusa.labels import CODES
-from medusa.metrics import bootstrap_indices, bootstrap_macro_f1, percentile_interval, relative_change
+from medusa.metrics import (accuracy, balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval,
+                            relative_change, stratified_bootstrap_indices)
 from medusa.params import REFERENCE_VARIANT, Params
 
 log = logging.getLogger(__name__)
@@ -128,10 +130,16 @@ def train_runs(runs: list[AblationRun], manifest_path: str | Path, features_root
     return out
 
 
+def _count(value: int | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def load_runs(variants: list[str], models_: list[str], configs: dict[str, str], root: str | Path = paths.ABLATIONS,
               models_root: str | Path = paths.MODELS) -> pd.DataFrame:
-    """One row per run, the reference first: variant, model, its configuration, seed, test scores and the
-    epoch its dev score selected (from metrics.json and config.json)."""
+    """One row per run, the reference first: variant, model, its configuration, seed, test scores, the
+    epoch its dev score selected, and the training rows of stage 1 and of stage 2's draw pool
+    (`train_rows_stage1`, `train_rows_stage2_pool`; NaN where not recorded or without stage 2), from
+    metrics.json and config.json."""
     rows = []
     for variant in [REFERENCE_VARIANT, *variants]:
         for model in models_:
@@ -142,10 +150,14 @@ def load_runs(variants: list[str], models_: list[str], configs: dict[str, str], 
             m = json.loads((folder / "metrics.json").read_text())
             seed = json.loads((folder / "config.json").read_text())["train"]["seed"]
             test = m["test"]
+            # members trained before train_rows was recorded lack it: NaN (unknown), not a made-up count
+            train_rows = m.get("train_rows") or {}
             rows.append({"variant": variant, "model": model, "configuration": configs[model], "seed": seed,
                          "n": test["n"], "macro_f1": test["macro_f1"], "ci95_low": test["macro_f1_ci95"][0],
                          "ci95_high": test["macro_f1_ci95"][1], "accuracy": test["accuracy"],
-                         "best_stage": int(m["best_stage"]), "best_epoch": int(m["best_epoch"])})
+                         "best_stage": int(m["best_stage"]), "best_epoch": int(m["best_epoch"]),
+                         "train_rows_stage1": _count(train_rows.get("stage1")),
+                         "train_rows_stage2_pool": _count(train_rows.get("stage2_pool"))})
     return pd.DataFrame(rows)
 
 
@@ -172,42 +184,50 @@ def test_predictions(runs: pd.DataFrame, root: str | Path = paths.ABLATIONS, mod
 
 
 def table2(runs: pd.DataFrame, truth: np.ndarray, predictions: dict[tuple[str, str], np.ndarray],
-           bootstrap: int = 1000, seed: int = 0, reference: str = REFERENCE_VARIANT) -> pd.DataFrame:
+           bootstrap: int = 1000, seed: int = 0, reference: str = REFERENCE_VARIANT,
+           classes: tuple[str, ...] = CODES) -> pd.DataFrame:
     """Table 2 in long form: one row per (variant, configuration) and one per (variant, "AVG").
 
-    Per configuration: macro-F1 and accuracy, mean and std over its seeds, and a 95 % bootstrap interval of
-    the mean macro-F1. AVG: the mean over configurations, with its interval. delta_pct: the relative change of
-    the row's macro-F1 from the reference's (same configuration, or AVG), in %, with a paired interval: each
-    resample of the test utterances scores both. All intervals share the same `bootstrap` resamples."""
+    Scored from each run's test `predictions` over `classes` (the run's classes, medusa.metrics): per
+    configuration, balanced macro-F1 (the headline), macro-F1 and accuracy, each the mean over its seeds with
+    the std (`*_std`), and a 95 % class-stratified bootstrap interval of the mean balanced macro-F1
+    (`balanced_macro_f1_ci95_low/high`). AVG: the mean over configurations, with its interval. delta_pct: the
+    relative change of the row's balanced macro-F1 from the reference's (same configuration, or AVG), in %,
+    with a paired interval: each resample of the test utterances scores both. All intervals share the same
+    `bootstrap` resamples."""
     if reference not in set(runs["variant"]):
         raise ValueError(f"no run of the reference {reference!r}: Table 2's changes are relative to it")
-    indices = bootstrap_indices(len(truth), bootstrap, seed)
-    resampled = {key: bootstrap_macro_f1(truth, pred, indices=indices) for key, pred in predictions.items()}
+    scores = {"balanced_macro_f1": balanced_macro_f1, "macro_f1": macro_f1, "accuracy": accuracy}
+    points = {key: {name: score(truth, pred, classes) for name, score in scores.items()}
+              for key, pred in predictions.items()}
+    indices = stratified_bootstrap_indices(truth, bootstrap, seed)
+    resampled = {key: bootstrap_macro_f1(truth, pred, classes=classes, indices=indices, balanced=True)
+                 for key, pred in predictions.items()}
     rows, curves = [], {}
     for (variant, config), group in runs.groupby(["variant", "configuration"], sort=False):
         curves[(variant, config)] = np.mean([resampled[(variant, m)] for m in group["model"]], axis=0)
-        several = len(group) > 1
-        rows.append({"variant": variant, "configuration": config, "seeds": len(group),
-                     "macro_f1": group["macro_f1"].mean(),
-                     "macro_f1_std": group["macro_f1"].std(ddof=0) if several else np.nan,
-                     "accuracy": group["accuracy"].mean(),
-                     "accuracy_std": group["accuracy"].std(ddof=0) if several else np.nan})
+        row = {"variant": variant, "configuration": config, "seeds": len(group)}
+        for name in scores:
+            values = np.array([points[(variant, m)][name] for m in group["model"]])
+            row.update({name: float(values.mean()), f"{name}_std": float(values.std()) if len(group) > 1 else np.nan})
+        rows.append(row)
     frame = pd.DataFrame(rows)
     averages = []
     for variant, group in frame.groupby("variant", sort=False):
         curves[(variant, "AVG")] = np.mean([curves[(variant, c)] for c in group["configuration"]], axis=0)
-        averages.append({"variant": variant, "configuration": "AVG", "seeds": int(group["seeds"].min()),
-                         "macro_f1": group["macro_f1"].mean(), "macro_f1_std": np.nan,
-                         "accuracy": group["accuracy"].mean(), "accuracy_std": np.nan})
+        row = {"variant": variant, "configuration": "AVG", "seeds": int(group["seeds"].min())}
+        for name in scores:
+            row.update({name: float(group[name].mean()), f"{name}_std": np.nan})
+        averages.append(row)
     frame = pd.concat([frame, pd.DataFrame(averages)], ignore_index=True)
-    reference_f1 = frame[frame["variant"] == reference].set_index("configuration")["macro_f1"]
+    reference_f1 = frame[frame["variant"] == reference].set_index("configuration")["balanced_macro_f1"]
     extra = []
-    for variant, config, value in frame[["variant", "configuration", "macro_f1"]].itertuples(index=False):
+    for variant, config, value in frame[["variant", "configuration", "balanced_macro_f1"]].itertuples(index=False):
         if config not in reference_f1:
             raise ValueError(f"configuration {config!r} has no {reference!r} run to compare {variant!r} with")
         low, high = percentile_interval(curves[(variant, config)])
         d_low, d_high = percentile_interval(relative_change(curves[(variant, config)], curves[(reference, config)]))
-        extra.append({"ci95_low": low, "ci95_high": high,
+        extra.append({"balanced_macro_f1_ci95_low": low, "balanced_macro_f1_ci95_high": high,
                       "delta_pct": float(relative_change(value, reference_f1[config])),
                       "delta_ci95_low": d_low, "delta_ci95_high": d_high})
     frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)

@@ -3,7 +3,10 @@
 Each utterance becomes the concatenation, over the model's encoders, of the mean of its frames (text: of its
 tokens); standardised on train; a class-balanced logistic regression (scikit-learn) is fitted on the train
 utterances whose consensus is one of the 8 classes. Same encoders, same splits as the DeepSER it is compared to,
-so the gap between the two is what the sequence model and the training recipe add.
+so the gap between the two is what the sequence model and the training recipe add. Its posteriors are scored
+exactly like a member's (medusa.members.classification_scores_of: balanced macro-F1 first, over the run's
+classes); the train utterances it fits on are those labelled with one of them (the run's classes are, by
+definition, the codes labelling a train utterance).
 """
 from __future__ import annotations
 

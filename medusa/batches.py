@@ -1,10 +1,12 @@
 """Length-bucketed batches and a DataLoader that decodes audio in worker processes.
 
 Sorting utterances by length before batching keeps padding small (short clips are not padded to the length of
-long ones), which is what makes batched encoding fast; the order is deterministic (length, then id)."""
+long ones), which is what makes batched encoding fast; the order is deterministic (length, then id). Encoders
+whose frames depend on padding pad each clip to a length of its own (medusa.encoders.base) and get batches
+grouped by that padded length (`groups`), so that no clip shares a forward pass with a differently padded one."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -14,17 +16,25 @@ from medusa.audio import load_audio
 
 
 def length_batches(ids: Sequence[str], lengths: Sequence[float], max_items: int,
-                   max_total: float | None = None) -> list[list[int]]:
+                   max_total: float | None = None, *, groups: Sequence[Any] | None = None,
+                   padded: Sequence[float] | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length: at most max_items per batch and, if given, at most
-    max_total of padded length (items x longest) per batch. Deterministic: sorted by (length, id)."""
+    max_total of padded length (items x padded length) per batch. Deterministic: sorted by (length, id).
+
+    `groups` (one sortable key per item, e.g. the length a clip is padded to): a batch never mixes keys; groups
+    come in key order, each sorted by (length, id) within. `padded`: each item's padded length for max_total
+    (default: a batch is padded to its longest item, i.e. the item's own length in this order)."""
     if max_items < 1:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
-    order = sorted(range(len(ids)), key=lambda i: (lengths[i], ids[i]))
+    key = (lambda i: (groups[i], lengths[i], ids[i])) if groups is not None else (lambda i: (lengths[i], ids[i]))
+    order = sorted(range(len(ids)), key=key)
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        padded = (len(current) + 1) * lengths[i]  # sorted ascending: this item is the longest so far
-        if current and (len(current) >= max_items or (max_total is not None and padded > max_total)):
+        size = padded[i] if padded is not None else lengths[i]  # sorted ascending: the longest so far
+        new_group = groups is not None and bool(current) and groups[current[-1]] != groups[i]
+        if current and (new_group or len(current) >= max_items
+                        or (max_total is not None and (len(current) + 1) * size > max_total)):
             batches.append(current)
             current = []
         current.append(i)

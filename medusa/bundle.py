@@ -4,7 +4,8 @@
     meta.json              {"config": MetaConfig, "members": [names, in the meta-classifier's input order]}
     members/<name>/        each member's model.safetensors and config.json, copied from work/models/<name>/
     encoders.json          per encoder key any member reads: family, model, layers, batch_size, batch_seconds,
-                           pad_seconds -- how to recompute the features the members were trained on
+                           pad_seconds -- how to recompute the features the members were trained on -- and, from
+                           the feature store's meta.json, its padding rule and the library versions that made it
     asr.json               the Whisper transcription settings, or null when no member reads a text encoder
     manifest.json          format version, the versions that wrote it, the git commit, sha256 of every file
 
@@ -16,9 +17,15 @@ The pretrained encoders (Whisper, WavLM, MiniLM, ...) are not copied: encoders.j
 did (hub name, local folder or demo:base), and they must be loadable where the bundle is used.
 
 Audio goes through the same steps as in training: Whisper transcripts (if a member reads text), each encoder
-on length-sorted batches of the same size limits as the extract stage, frames rounded to float16 as the feature
-stores hold them, the same pooling and padding (medusa.dataset.batch_from_arrays), the members' posteriors and
-attributes, then the meta-classifier.
+on batches planned as the extract stage plans them (medusa.extract.plan_batches), frames rounded to float16 as the
+feature stores hold them, the same pooling and padding (medusa.dataset.batch_from_arrays), the members'
+posteriors and attributes, then the meta-classifier. A clip's features and transcript depend on the clip alone
+(medusa.encoders.base), so several files in one call, in any order, get the features the store would hold.
+
+Versions: features depend on the libraries that compute them. `load_bundle` refuses a bundle whose encoders'
+features were made with another major.minor version of transformers, openai-whisper or opensmile than the one
+installed (and, for transcripts, another openai-whisper than the one that wrote the bundle), unless told to go on
+(`allow_version_mismatch=True`, `medusa predict --allow-version-mismatch`).
 """
 from __future__ import annotations
 
@@ -41,7 +48,6 @@ from medusa.audio import AudioError, audio_info, load_audio
 from medusa.dataset import batch_from_arrays, unscale_attributes
 from medusa.deepser import DeepSER
 from medusa.encoders import build_encoder, kind_of
-from medusa.encoders.whisper import WhisperEncoder
 from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
 from medusa.io import sha256_file, write_json
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
@@ -52,6 +58,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 ENCODER_KEYS = ("family", "model", "layers", "batch_size", "batch_seconds")
+#: keys copied from a member's feature-store meta into encoders.json, when the store recorded them
+STORE_SPEC_KEYS = ("padding", "versions")
+#: libraries whose major.minor version defines the features; another one installed refuses to score
+FEATURE_LIBRARIES = ("transformers", "openai-whisper", "opensmile")
 ASR_KEYS = ("model", "language", "batch_size", "pad_seconds", "beam_size")
 #: openSMILE feature stores record family "opensmile" and the feature set; params name the family by set.
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
@@ -148,6 +158,7 @@ def _encoder_entries(configs: dict[str, dict[str, Any]], encoders: Mapping[str, 
             entry["layers"] = list(entry["layers"])
             # Whisper's padding changes its features; the store records the value its features were made with.
             entry["pad_seconds"] = float(meta.get("pad_seconds", raw.get("pad_seconds", 0.0)))
+            entry.update({k: meta[k] for k in STORE_SPEC_KEYS if k in meta})
             problems = _store_mismatch(entry, meta)
             if problems:
                 raise BundleError(f"encoders.{key} does not match the features member {name!r} was trained on: "
@@ -364,21 +375,22 @@ class Bundle:
 
     def transcribe(self, audios: list[np.ndarray], cache_dir: str | Path = "work/cache",
                    device: torch.device | str | None = None) -> list[str]:
-        """Whisper transcripts of float32 16 kHz clips with the bundle's ASR settings (batched by length)."""
-        from medusa.asr import transcribe_clips
-        from medusa.batches import length_batches
+        """Whisper transcripts of float32 16 kHz clips with the bundle's ASR settings, batched as the transcribe
+        stage batches (clips of one padding window together): each transcript depends on its clip alone."""
+        from medusa.asr import asr_batches, transcribe_clips
         from medusa.encoders.whisper import load_whisper
 
         if self.asr is None:
             raise BundleError(f"{self.path}: the bundle has no ASR settings (asr.json is null)")
         device = self._device(device)
         model = load_whisper(self.asr["model"], cache_dir, device)
+        pad_seconds = float(self.asr["pad_seconds"])
         texts = [""] * len(audios)
-        batches = length_batches([f"{i:09d}" for i in range(len(audios))], [len(a) for a in audios],
-                                 int(self.asr["batch_size"]))
+        batches = asr_batches([f"{i:09d}" for i in range(len(audios))], [len(a) / 16000 for a in audios],
+                              int(self.asr["batch_size"]), pad_seconds)
         for idx in batches:
-            out = transcribe_clips(model, [audios[i] for i in idx], self.asr["language"],
-                                   float(self.asr["pad_seconds"]), int(self.asr.get("beam_size", 1)))
+            out = transcribe_clips(model, [audios[i] for i in idx], self.asr["language"], pad_seconds,
+                                   int(self.asr.get("beam_size", 1)))
             for i, text in zip(idx, out):
                 texts[i] = text
         del model
@@ -387,9 +399,10 @@ class Bundle:
     def encode(self, audios: list[np.ndarray], texts: list[str] | None = None, cache_dir: str | Path = "work/cache",
                device: torch.device | str | None = None, names: list[str] | None = None
                ) -> dict[str, list[np.ndarray]]:
-        """Features per encoder key, made as the extract stage made the members' training features: the same
-        batch limits (length-sorted), then rounded to float16 as the feature stores hold them. `texts` (the
-        transcripts) are needed when a member reads a text encoder; `names` label clips in error messages."""
+        """Features per encoder key, made as the extract stage made the members' training features: batches
+        planned as there (medusa.extract.plan_batches), then rounded to float16 as the feature stores hold them.
+        `texts` (the transcripts) are needed when a member reads a text encoder; `names` label clips in error
+        messages. A BundleError if this code pads clips otherwise than the code that made the members' stores."""
         from medusa.extract import plan_batches
 
         device = self._device(device)
@@ -407,11 +420,15 @@ class Bundle:
                                   f"the members were trained on {self._dims[key]}-d ones")
             if encoder.kind == "text" and texts is None:
                 raise ValueError(f"encoder {key!r} reads transcripts; pass texts")
+            padding = encoder.spec().get("padding")
+            if "padding" in e and e["padding"] != padding:
+                raise BundleError(f"encoder {key!r}: the members were trained on features padded as "
+                                  f"{e['padding']!r}, this version of medusa pads as {padding!r}; rebuild the "
+                                  "features and the bundle with this version (dvc repro)")
             inputs = audios if encoder.kind == "audio" else list(items["text"])
-            if _padding_changes_frames(encoder):
-                batches = [[i] for i in range(len(audios))]
-            else:
-                batches = plan_batches(encoder, items, int(e["batch_size"]), float(e["batch_seconds"]))
+            # No batch-mate changes a clip's frames (medusa.encoders.base), so the extract stage's batching is
+            # used as is; it groups clips by padded length, which the encoder would otherwise split itself.
+            batches = plan_batches(encoder, items, int(e["batch_size"]), float(e["batch_seconds"]))
             out: list[np.ndarray | None] = [None] * len(audios)
             for idx in batches:
                 for i, frames in zip(idx, encoder.encode([inputs[i] for i in idx])):
@@ -457,18 +474,18 @@ class Bundle:
         return device if isinstance(device, torch.device) else pick_device(device)
 
 
-def _padding_changes_frames(encoder: Any) -> bool:
-    """Whether a clip's frames depend on how far its batch is padded: Whisper's encoder attends over the
-    zero-padded tail (there is no mask), as do HuBERT / wav2vec 2.0 models used without an attention mask.
-    The extract stage padded each clip only to its length-sorted neighbours (a few ms), so these clips are
-    encoded one at a time here: the nearest to that, whoever else is in the request. Measured on the demo
-    (40 test clips, 4 members reading Whisper): batched as the extract stage batches, their posteriors moved
-    from those of the stored features by 0.012-0.030 on average and 2-15 of 40 argmaxes changed; one clip at a
-    time, 0.003-0.011 and 0-4."""
-    if isinstance(encoder, WhisperEncoder):
-        return True
-    extractor = getattr(encoder, "extractor", None)
-    return encoder.kind == "audio" and extractor is not None and not getattr(extractor, "return_attention_mask", True)
+def stored_agreement(bundle: Bundle, files: list[str | Path], stored: pd.DataFrame, cache_dir: str | Path = "work/cache"
+                     ) -> dict[str, Any]:
+    """Score `files` with the bundle in one call and compare with the pipeline's stored posteriors for the same
+    clips (`stored`: utt_id = the file's stem, p_A..p_N), e.g. the ensemble stage's soup posteriors. Batch
+    invariance makes them agree up to float noise; a gap means prediction and pipeline compute features
+    differently."""
+    predicted = bundle.predict_audio(list(files), cache_dir)
+    columns = list(SOFT_TARGET_COLUMNS)
+    reference = stored.set_index("utt_id").loc[predicted["utt_id"], columns].to_numpy(dtype=np.float64)
+    ours = predicted[columns].to_numpy(dtype=np.float64)
+    return {"clips": len(predicted), "max_abs_diff": float(np.abs(ours - reference).max()),
+            "argmax_agree": int((ours.argmax(1) == reference.argmax(1)).sum())}
 
 
 def _read_clip(path: Path) -> np.ndarray:
@@ -487,9 +504,50 @@ def _as_stored(frames: np.ndarray, key: str, name: str) -> np.ndarray:
     return x
 
 
-def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
+def _major_minor(version: str) -> str:
+    """"5.24.0" -> "5.24"; "2.13.0+cpu" -> "2.13"; a date version ("20250625") stays whole."""
+    return ".".join(str(version).split("+")[0].split(".")[:2])
+
+
+def version_mismatches(bundle: Bundle) -> list[str]:
+    """How the installed library versions differ (in major.minor) from those that made the bundle's features:
+    each encoder's, as its feature store recorded them, and for transcripts the openai-whisper that wrote the
+    bundle. Encoders whose stores recorded no versions (older stores) cannot be checked and are logged."""
+    problems, unchecked = [], []
+    for key in bundle.encoder_keys:
+        recorded = bundle.encoders[key].get("versions")
+        if not recorded:
+            unchecked.append(key)
+            continue
+        for dist in FEATURE_LIBRARIES:
+            if recorded.get(dist) is None:
+                continue
+            installed = _version(dist)
+            if installed is None or _major_minor(installed) != _major_minor(recorded[dist]):
+                problems.append(f"encoder {key!r}: its features were made with {dist} {recorded[dist]}, "
+                                f"installed: {installed or 'none'}")
+    if bundle.needs_asr:
+        recorded = bundle.manifest.get("created_by", {}).get("openai-whisper")
+        installed = _version("openai-whisper")
+        if recorded is not None and (installed is None or _major_minor(installed) != _major_minor(recorded)):
+            problems.append(f"transcripts (ASR): the bundle was written with openai-whisper {recorded}, "
+                            f"installed: {installed or 'none'}")
+    if unchecked:
+        log.warning("%s: the feature stores of encoder(s) %s recorded no library versions (made before medusa "
+                    "recorded them): cannot check that this installation computes the same features",
+                    bundle.path, ", ".join(unchecked))
+    return problems
+
+
+def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
+                allow_version_mismatch: bool = False) -> Bundle:
     """A bundle written by save_bundle, after verifying every file against its manifest (BundleError names a
-    missing or changed file). The members run on `device`; the meta-classifier stays on the CPU."""
+    missing or changed file). The members run on `device`; the meta-classifier stays on the CPU.
+
+    BundleError if the installed transformers / openai-whisper / opensmile differ in major.minor from those that
+    made the members' features (`version_mismatches`): other versions may compute other features, and the
+    members would give wrong probabilities without an error. `allow_version_mismatch=True` loads it anyway,
+    with a warning."""
     from medusa.batches import pick_device
 
     path = Path(path)
@@ -520,4 +578,13 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     bundle = Bundle(path, meta.eval(), members, encoders, asr, manifest, device)
     if bundle.needs_asr and asr is None:
         raise BundleError(f"{path / 'asr.json'}: a member reads transcripts but the bundle has no ASR settings")
+    problems = version_mismatches(bundle)
+    if problems and not allow_version_mismatch:
+        raise BundleError(f"{path}: the installed libraries differ from those that made the members' features "
+                          f"(major.minor):\n  " + "\n  ".join(problems) + "\nInstall those versions, or score "
+                          "anyway with `medusa predict --allow-version-mismatch` (load_bundle(..., "
+                          "allow_version_mismatch=True)): the features, hence the probabilities, may differ.")
+    if problems:
+        log.warning("%s: scoring with other library versions than those that made the features (allowed): %s",
+                    path, "; ".join(problems))
     return bundle

@@ -6,7 +6,8 @@
                                                         or GPU per shard), then
     medusa extract ENCODER --merge N                    join the N shards into work/features/ENCODER
     medusa predict BUNDLE AUDIO... [--out CSV]          emotion probabilities of audio files from a predict
-                                                        bundle (medusa.bundle)
+          [--allow-version-mismatch]                    bundle (medusa.bundle); refuses other library versions
+                                                        than those that made its features unless allowed
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     try:
         device = pick_device(args.device)
-        bundle = load_bundle(args.bundle, device)
+        bundle = load_bundle(args.bundle, device, allow_version_mismatch=args.allow_version_mismatch)
         frame = bundle.predict_audio(args.audio, cache_dir=args.cache_dir)
     except (BundleError, AudioError, FileNotFoundError, RuntimeError) as e:
         # FileNotFoundError covers a missing bundle and EncoderWeightsError (pretrained weights not here);
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     pred.add_argument("--cache-dir", default="work/cache",
                       help="where converted model checkpoints (e.g. the demo Whisper) are kept")
+    pred.add_argument("--allow-version-mismatch", action="store_true",
+                      help="score even if the installed transformers/openai-whisper/opensmile differ (major.minor) "
+                           "from those that made the members' features")
     pred.set_defaults(func=_predict)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -80,7 +80,18 @@ class Batch:
 
 
 class FeatureDataset:
-    """Utterances of the manifest rows given, with features of several stores (one per modality)."""
+    """Utterances of the manifest rows given, with features of several stores (one per modality).
+
+    Training targets (`targets`, one row per utterance; `has_target` says which rows have one):
+    - soft (default): the vote distribution p_A..p_N. Rows whose votes are all `Other-...` (or that have no
+      annotator rows) have none (NaN). X and O rows with class votes keep theirs: the paper's point (section
+      3.2) is that they carry information a consensus label throws away.
+    - one_hot (Table 2's ablation, the standard training of the field): the consensus class. X and O rows name
+      no class, and rows without class votes are left out too, so that the one-hot run trains on exactly the
+      rows a conventional recipe would. Rows without a target hold NaN, never an all-zero row: an all-zero
+      target would still train the attribute head and dilute the batch's cross-entropy, and a NaN that slipped
+      into a batch shows up as a non-finite loss instead of a silently different training.
+    """
 
     def __init__(self, rows: pd.DataFrame, stores: list[FeatureStore], pools: list[int], one_hot: bool = False):
         if len(stores) != len(pools):
@@ -92,13 +103,19 @@ class FeatureDataset:
                                f"(e.g. {missing[0]}); rerun its extract stage")
         self.rows = rows.reset_index(drop=True)
         self.stores, self.pools = stores, pools
-        if one_hot:  # the ablation: the consensus class as a one-hot target
-            labels = self.rows["label"].to_numpy()
-            self.targets = (labels[:, None] == np.asarray(CODES)[None, :]).astype(np.float32)
-        else:
-            self.targets = self.rows[list(SOFT_TARGET_COLUMNS)].to_numpy(dtype=np.float32)
-        self.attributes = scale_attributes(self.rows[list(ATTRIBUTES)].to_numpy(dtype=np.float32))
+        self.one_hot = one_hot
         self.labels = self.rows["label"].to_numpy()
+        soft = self.rows[list(SOFT_TARGET_COLUMNS)].to_numpy(dtype=np.float32)
+        has_votes = ~np.isnan(soft).any(1)
+        if one_hot:  # the ablation: the consensus class as a one-hot target
+            in_class = np.isin(self.labels, CODES)
+            self.has_target = in_class & has_votes
+            self.targets = (self.labels[:, None] == np.asarray(CODES)[None, :]).astype(np.float32)
+            self.targets[~self.has_target] = np.nan
+        else:
+            self.has_target = has_votes
+            self.targets = soft
+        self.attributes = scale_attributes(self.rows[list(ATTRIBUTES)].to_numpy(dtype=np.float32))
         self.lengths = np.asarray([sum(-(-s.lengths[u] // p) for s, p in zip(stores, pools))
                                    for u in self.rows["utt_id"]])
 

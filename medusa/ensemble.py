@@ -6,17 +6,23 @@ trains on the members' posteriors of `dev` (utterances no member trained on); ev
 confident than unseen ones; training the meta level on them is the paper's setting, and test stays clean.)
 
 Meta-classifier input: the concatenated class posteriors of the chosen members, in member order (M x 8
-values), and optionally their attribute predictions. Output: 8 class logits and, where attributes are used,
-3 attributes; loss = ce_weight * soft-target CE + mse_weight * attribute MSE (the paper's eq. (1)). Each epoch
-draws a class-balanced subset of dev (stage 2's sampling, uniform class weights); AdamW; no MixUp. A fixed
-number of epochs, as no split is left for selection. The soup averages the weights of `seeds` runs.
+values), as in the paper ("a meta-classifier learns to combine the posterior distributions of individual
+classifiers"); `attributes_in` also feeds their attribute predictions (M x 3 more; off in both presets). Output:
+8 class logits and, when mse_weight > 0 (`attributes_out`), 3 attributes; loss = ce_weight * soft-target CE +
+mse_weight * attribute MSE (the paper's eq. (1)). The two attribute switches are independent. Each epoch draws a
+class-balanced subset of dev (stage 2's sampling, uniform class weights); AdamW; no MixUp. A fixed number of
+epochs, as no split is left for selection. The soup averages the weights of `seeds` runs.
+
+Scores: balanced macro-F1 on test over the run's classes with its 95 % class-stratified bootstrap interval (the
+headline), plain macro-F1 and accuracy beside it (medusa.metrics); the same resamples for every technique.
 """
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +32,8 @@ from torch import Tensor, nn
 from medusa.dataset import scale_attributes, unscale_attributes
 from medusa.deepser import soft_cross_entropy
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, balanced_epoch
-from medusa.metrics import accuracy, bootstrap_indices, bootstrap_macro_f1, macro_f1, percentile_interval
+from medusa.metrics import (accuracy, balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval,
+                            run_classes, stratified_bootstrap_indices)
 
 N_CLASSES, N_ATTRIBUTES = len(CODES), len(ATTRIBUTES)
 
@@ -70,7 +77,8 @@ def soft_vote(probs: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class MetaConfig:
     n_models: int
-    use_attributes: bool = False     # attribute predictions in, attributes out (eq. (1)'s MSE term)
+    attributes_in: bool = False      # the members' attribute predictions in, beside their posteriors (not the paper's)
+    attributes_out: bool | None = None   # attribute outputs, trained by eq. (1)'s MSE term; None: mse_weight > 0
     hidden: int = 0                  # 0: linear (the paper); > 0: one ReLU hidden layer
     epochs: int = 30
     batch_size: int = 128
@@ -79,17 +87,27 @@ class MetaConfig:
     ce_weight: float = 1.5
     mse_weight: float = 0.4
     seed: int = 0
+    #: The former single switch (attributes in *and* out), still read from bundles saved before the split so
+    #: that their meta.json keeps loading with the same shapes; not a field, so asdict never writes it again.
+    use_attributes: InitVar[bool | None] = None
+
+    def __post_init__(self, use_attributes: bool | None) -> None:
+        if use_attributes is not None:
+            object.__setattr__(self, "attributes_in", bool(use_attributes))
+            object.__setattr__(self, "attributes_out", bool(use_attributes))
+        elif self.attributes_out is None:
+            object.__setattr__(self, "attributes_out", self.mse_weight > 0)
 
     @property
     def n_inputs(self) -> int:
-        return self.n_models * (N_CLASSES + (N_ATTRIBUTES if self.use_attributes else 0))
+        return self.n_models * (N_CLASSES + (N_ATTRIBUTES if self.attributes_in else 0))
 
 
 class MetaClassifier(nn.Module):
     def __init__(self, cfg: MetaConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        n_out = N_CLASSES + (N_ATTRIBUTES if cfg.use_attributes else 0)
+        n_out = N_CLASSES + (N_ATTRIBUTES if cfg.attributes_out else 0)
         if cfg.hidden:
             self.net = nn.Sequential(nn.Linear(cfg.n_inputs, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_out))
         else:
@@ -97,13 +115,13 @@ class MetaClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         out = self.net(x)
-        return out[:, :N_CLASSES], (out[:, N_CLASSES:] if self.cfg.use_attributes else None)
+        return out[:, :N_CLASSES], (out[:, N_CLASSES:] if self.cfg.attributes_out else None)
 
 
-def meta_inputs(stacked: Stacked, use_attributes: bool) -> np.ndarray:
-    """(N, M*8) posteriors, member after member; with attributes, (N, M*11): posteriors then attributes."""
+def meta_inputs(stacked: Stacked, attributes_in: bool) -> np.ndarray:
+    """(N, M*8) posteriors, member after member; with attributes in, (N, M*11): posteriors then attributes."""
     x = stacked.probs.reshape(len(stacked.probs), -1)
-    if use_attributes:
+    if attributes_in:
         x = np.concatenate([x, scale_attributes(stacked.attributes).reshape(len(x), -1)], 1)
     return x.astype(np.float32)
 
@@ -114,7 +132,7 @@ def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cf
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = MetaClassifier(cfg)
-    x = torch.from_numpy(meta_inputs(stacked, cfg.use_attributes))
+    x = torch.from_numpy(meta_inputs(stacked, cfg.attributes_in))
     t = torch.from_numpy(np.array(targets, np.float32))
     a = torch.from_numpy(scale_attributes(attributes))
     pool = np.flatnonzero(np.isin(stacked.labels, CODES))
@@ -150,7 +168,7 @@ def soup(models: list[MetaClassifier]) -> MetaClassifier:
 def meta_predict(model: MetaClassifier, stacked: Stacked) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities (N, 8) and, if the model has them, attributes (N, 3) on the 1..7 scale."""
     with torch.no_grad():
-        logits, attrs = model(torch.from_numpy(meta_inputs(stacked, model.cfg.use_attributes)))
+        logits, attrs = model(torch.from_numpy(meta_inputs(stacked, model.cfg.attributes_in)))
     return torch.softmax(logits, -1).numpy(), (unscale_attributes(attrs.numpy()) if attrs is not None else None)
 
 
@@ -180,6 +198,7 @@ class SubsetResult:
     runs: list[MetaClassifier]
     test: Stacked
     meta_train_utt_ids: np.ndarray            # the utterances the meta-classifiers trained on (dev)
+    classes: tuple[str, ...] = field(default=CODES)   # the run's classes: what technique_table scores
 
 
 def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, members: list[str], cfg: MetaConfig,
@@ -199,31 +218,35 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
     predictions = {"majority voting": majority_vote(test.probs), "soft voting": soft_vote(test.probs),
                    "meta-classifier (single)": single_runs[0],
                    "meta-classifier (soup)": meta_predict(mixed, test)[0].argmax(1)}
-    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids)
+    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids, run_classes(manifest))
 
 
 def technique_table(results: dict[str, SubsetResult], bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Table 3's analogue: rows = technique, columns = (subset, macro-F1 / accuracy) on the test utterances
-    whose consensus is one of the 8 classes, with a 95 % bootstrap interval on macro-F1 (resampling test
-    utterances, the same resamples for every technique). The single meta-classifier is the mean over seeds,
-    with its std; its interval is that of the mean."""
+    """Table 3's analogue: one row per (technique, subset), scored on the test utterances whose consensus is one
+    of the run's classes: balanced macro-F1 (the headline) and macro-F1, each with a 95 % class-stratified
+    bootstrap interval (the same resamples for every technique of a subset), and accuracy. The single
+    meta-classifier is the mean over seeds, with its std (`*_std`); its interval is that of the mean."""
     rows = []
     for subset, r in results.items():
-        keep = np.isin(r.test.labels, CODES)
+        keep = np.isin(r.test.labels, r.classes)
         truth = r.test.labels[keep]
         named = lambda idx: np.asarray(CODES)[idx][keep]  # noqa: E731
-        indices = bootstrap_indices(len(truth), bootstrap, seed)
+        indices = stratified_bootstrap_indices(truth, bootstrap, seed)
         for technique, idx in r.predictions.items():
-            runs = r.single_runs if technique == "meta-classifier (single)" else [idx]
-            f1s = [macro_f1(truth, named(run)) for run in runs]
-            accs = [accuracy(truth, named(run)) for run in runs]
-            resampled = np.mean([bootstrap_macro_f1(truth, named(run), indices=indices) for run in runs], axis=0)
-            low, high = percentile_interval(resampled)
+            runs = [named(run) for run in (r.single_runs if technique == "meta-classifier (single)" else [idx])]
             several = len(runs) > 1
-            rows.append({"technique": technique, "subset": subset, "macro_f1": float(np.mean(f1s)),
-                         "macro_f1_std": float(np.std(f1s)) if several else np.nan,
-                         "macro_f1_ci95_low": low, "macro_f1_ci95_high": high, "accuracy": float(np.mean(accs)),
-                         "accuracy_std": float(np.std(accs)) if several else np.nan, "n": int(len(truth))})
+            row = {"technique": technique, "subset": subset, "n": int(len(truth))}
+            for key, score, balanced in (("balanced_macro_f1", balanced_macro_f1, True),
+                                         ("macro_f1", macro_f1, False)):
+                values = [score(truth, run, r.classes) for run in runs]
+                low, high = percentile_interval(np.mean(
+                    [bootstrap_macro_f1(truth, run, classes=r.classes, indices=indices, balanced=balanced)
+                     for run in runs], axis=0))
+                row.update({key: float(np.mean(values)), f"{key}_std": float(np.std(values)) if several else np.nan,
+                            f"{key}_ci95_low": low, f"{key}_ci95_high": high})
+            accs = [accuracy(truth, run, r.classes) for run in runs]
+            row.update({"accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)) if several else np.nan})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -239,14 +262,14 @@ def member_class_weights(meta: MetaClassifier, members: list[str]) -> pd.DataFra
 
 def member_table(names: list[str], models_root) -> pd.DataFrame:
     """Each member's held-out scores from its metrics.json: dev balanced macro-F1 (its selection score, used
-    to rank members for top-k) and test macro-F1 / accuracy (reported, never used to choose)."""
+    to rank members for top-k) and test balanced macro-F1, macro-F1 and accuracy (reported, never used to choose)."""
+    from medusa.members import read_metrics
+
     rows = []
     for name in names:
-        path = Path(models_root) / name / "metrics.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: member {name!r} is not trained; run `dvc repro train@{name}`")
-        m = json.loads(path.read_text())
+        m = read_metrics(Path(models_root) / name, f"train@{name}")
         rows.append({"member": name, "dev_balanced_macro_f1": m["dev_balanced_macro_f1"],
+                     "test_balanced_macro_f1": m["test"]["balanced_macro_f1"],
                      "test_macro_f1": m["test"]["macro_f1"], "test_accuracy": m["test"]["accuracy"]})
     return pd.DataFrame(rows).set_index("member")
 
@@ -261,19 +284,26 @@ def subsets(members: pd.DataFrame, top_k: list[int]) -> dict[str, list[str]]:
     return out
 
 
-def headline(table: pd.DataFrame, members: pd.DataFrame, subset: str) -> dict[str, float | str]:
-    """MEDUSA (the soup over `subset`) against the best single member on test and the two votes."""
+def headline(table: pd.DataFrame, members: pd.DataFrame, subset: str) -> dict[str, Any]:
+    """MEDUSA (the soup over `subset`) against the best single member on test and the two votes, by balanced
+    macro-F1 (with plain macro-F1 and accuracy beside it)."""
     row = lambda technique: table[(table["technique"] == technique) & (table["subset"] == subset)].iloc[0]  # noqa: E731
-    best = members["test_macro_f1"].idxmax()
-    medusa = row("meta-classifier (soup)")
-    return {"subset": subset, "medusa_test_macro_f1": float(medusa["macro_f1"]),
-            "medusa_test_accuracy": float(medusa["accuracy"]),
-            "majority_voting_test_macro_f1": float(row("majority voting")["macro_f1"]),
-            "soft_voting_test_macro_f1": float(row("soft voting")["macro_f1"]),
-            "meta_single_test_macro_f1_mean": float(row("meta-classifier (single)")["macro_f1"]),
-            "meta_single_test_macro_f1_std": float(row("meta-classifier (single)")["macro_f1_std"]),
-            "best_single": best, "best_single_test_macro_f1": float(members.loc[best, "test_macro_f1"]),
-            "relative_gain_pct": float(100 * (medusa["macro_f1"] / members.loc[best, "test_macro_f1"] - 1))}
+    best = members["test_balanced_macro_f1"].idxmax()
+    medusa, single = row("meta-classifier (soup)"), row("meta-classifier (single)")
+    return {"subset": subset, "n": int(medusa["n"]),
+            "medusa_test_balanced_macro_f1": float(medusa["balanced_macro_f1"]),
+            "medusa_test_balanced_macro_f1_ci95": [float(medusa["balanced_macro_f1_ci95_low"]),
+                                                   float(medusa["balanced_macro_f1_ci95_high"])],
+            "medusa_test_macro_f1": float(medusa["macro_f1"]), "medusa_test_accuracy": float(medusa["accuracy"]),
+            "majority_voting_test_balanced_macro_f1": float(row("majority voting")["balanced_macro_f1"]),
+            "soft_voting_test_balanced_macro_f1": float(row("soft voting")["balanced_macro_f1"]),
+            "meta_single_test_balanced_macro_f1_mean": float(single["balanced_macro_f1"]),
+            "meta_single_test_balanced_macro_f1_std": float(single["balanced_macro_f1_std"]),
+            "best_single": best,
+            "best_single_test_balanced_macro_f1": float(members.loc[best, "test_balanced_macro_f1"]),
+            "best_single_test_macro_f1": float(members.loc[best, "test_macro_f1"]),
+            "relative_gain_pct": float(100 * (medusa["balanced_macro_f1"] / members.loc[best, "test_balanced_macro_f1"]
+                                              - 1))}
 
 
 def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResult, splits=("test", "blind")
@@ -294,26 +324,33 @@ def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResul
 
 
 def table3_view(table: pd.DataFrame) -> pd.DataFrame:
-    """technique_table laid out like the paper's Table 3: rows = technique, columns = (subset, F1 | ACC);
-    the single meta-classifier's cells read "mean ± std" over seeds."""
-    def cell(value: float, std: float) -> str:
-        return f"{value:.3f}" if np.isnan(std) else f"{value:.3f} ± {std:.3f}"
+    """technique_table laid out like the paper's Table 3: rows = technique, columns = (subset, bal. F1 [95 % CI] |
+    F1 | ACC); the single meta-classifier's cells read "mean ± std" over seeds."""
+    def cell(value: float, std: float, low: float | None = None, high: float | None = None) -> str:
+        text = f"{value:.3f}" if np.isnan(std) else f"{value:.3f} ± {std:.3f}"
+        return text if low is None else f"{text} [{low:.3f}, {high:.3f}]"
 
-    view = table.assign(F1=[cell(v, s) for v, s in zip(table["macro_f1"], table["macro_f1_std"])],
-                        ACC=[cell(v, s) for v, s in zip(table["accuracy"], table["accuracy_std"])])
+    view = table.assign(**{
+        "bal. F1": [cell(*v) for v in zip(table["balanced_macro_f1"], table["balanced_macro_f1_std"],
+                                          table["balanced_macro_f1_ci95_low"], table["balanced_macro_f1_ci95_high"])],
+        "F1": [cell(v, s) for v, s in zip(table["macro_f1"], table["macro_f1_std"])],
+        "ACC": [cell(v, s) for v, s in zip(table["accuracy"], table["accuracy_std"])]})
     order = list(dict.fromkeys(table["technique"]))
-    wide = view.pivot(index="technique", columns="subset", values=["F1", "ACC"]).swaplevel(axis=1)
-    return wide.reindex(index=order, columns=[(s, m) for s in dict.fromkeys(table["subset"]) for m in ("F1", "ACC")])
+    wide = view.pivot(index="technique", columns="subset", values=["bal. F1", "F1", "ACC"]).swaplevel(axis=1)
+    return wide.reindex(index=order, columns=[(s, m) for s in dict.fromkeys(table["subset"])
+                                              for m in ("bal. F1", "F1", "ACC")])
 
 
 def headline_sentence(summary: dict) -> str:
     """What the numbers of `headline` say, in words (the paper's claim: meta > voting, MEDUSA > best single)."""
-    medusa, best = summary["medusa_test_macro_f1"], summary["best_single_test_macro_f1"]
-    votes = max(summary["majority_voting_test_macro_f1"], summary["soft_voting_test_macro_f1"])
-    return (f"MEDUSA (meta-classifier soup over {summary['subset']}) reaches test macro-F1 {medusa:.3f}, "
-            f"{summary['relative_gain_pct']:+.1f} % relative to the best single member ({summary['best_single']}, "
-            f"{best:.3f}; the paper: +7.23 %). The better vote reaches {votes:.3f}, so the meta-classifier is "
-            f"{'above' if medusa > votes else 'not above'} voting here (the paper: above). The single "
-            f"meta-classifiers average {summary['meta_single_test_macro_f1_mean']:.3f} ± "
-            f"{summary['meta_single_test_macro_f1_std']:.3f}. On a test split this small (about 0.09 of bootstrap "
-            f"half-width per macro-F1), differences of a few points are within noise.")
+    medusa, best = summary["medusa_test_balanced_macro_f1"], summary["best_single_test_balanced_macro_f1"]
+    low, high = summary["medusa_test_balanced_macro_f1_ci95"]
+    votes = max(summary["majority_voting_test_balanced_macro_f1"], summary["soft_voting_test_balanced_macro_f1"])
+    return (f"MEDUSA (meta-classifier soup over {summary['subset']}) reaches test balanced macro-F1 {medusa:.3f} "
+            f"[{low:.3f}, {high:.3f}] (macro-F1 {summary['medusa_test_macro_f1']:.3f}, accuracy "
+            f"{summary['medusa_test_accuracy']:.3f}), {summary['relative_gain_pct']:+.1f} % relative to the best single "
+            f"member ({summary['best_single']}, {best:.3f}; the paper: +7.23 %). The better vote reaches {votes:.3f}, "
+            f"so the meta-classifier is {'above' if medusa > votes else 'not above'} voting here (the paper: above). "
+            f"The single meta-classifiers average {summary['meta_single_test_balanced_macro_f1_mean']:.3f} ± "
+            f"{summary['meta_single_test_balanced_macro_f1_std']:.3f}. On {summary['n']} test utterances the 95 % "
+            f"interval is ±{(high - low) / 2:.3f} wide: differences smaller than that are within noise here.")

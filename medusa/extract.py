@@ -1,9 +1,16 @@
 """The extraction loop: utterances -> encoder -> FeatureStore, batched by length, resumable, shardable.
 
-Resume is exact: batches are formed the same way on every run (sorted by length, then id); a batch whose
-utterances are all in the store is skipped, and a batch that was cut off mid-way is encoded again whole (so every
-utterance is encoded with the same batch-mates, hence the same padding, as in an uninterrupted run) and only its
-missing utterances are added.
+A clip's features depend on the clip alone (medusa.encoders.base: padding-invariant encoders, or a per-clip padded
+length and batches of equal padded length), so batching, order and shard count do not change them. Beyond that,
+runs are bit-for-bit reproducible: batches are planned the same way on every run (grouped by padded length, sorted
+by length, then id) over the whole work list, and shard i of n takes batches i, i + n, ..., so every utterance is
+encoded with the same batch-mates whatever the shard count; a batch whose utterances are all in the store is
+skipped, and a batch that was cut off mid-way is encoded again whole and only its missing utterances are added.
+Stores are written in sorted utt_id order, so one extraction and the merge of n shards give the same bytes.
+
+A `.partial` store is resumed only if it was made from the same work list (utt_id, path, file size and mtime,
+duration; the transcript for text encoders) and the same encoder spec (medusa.fingerprint); otherwise it is
+discarded with a log line and the extraction starts afresh.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ from tqdm import tqdm
 
 from medusa.batches import audio_batches, length_batches
 from medusa.encoders import Encoder
-from medusa.feature_store import FeatureStore, FeatureStoreWriter, merge_stores, shard_dir, shard_items
+from medusa.feature_store import FeatureStore, FeatureStoreWriter, merge_stores, shard_dir
+from medusa.fingerprint import audio_work_rows, inputs_fingerprint, text_work_rows
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +51,17 @@ class ExtractionStats:
 
 
 def plan_batches(encoder: Encoder, items: pd.DataFrame, batch_size: int, batch_seconds: float) -> list[list[int]]:
-    """Row indices per batch: audio by duration (at most batch_seconds of padded audio), text by length."""
+    """Row indices per batch: audio by duration (at most batch_seconds of padded audio), text by length. An
+    encoder whose frames depend on padding gets batches of clips that all pad to the same length."""
+    ids = list(items["utt_id"])
     if encoder.kind == "audio":
-        return length_batches(list(items["utt_id"]), list(items["duration_s"]), batch_size, batch_seconds)
-    return length_batches(list(items["utt_id"]), [len(t) for t in items["text"].fillna("")], batch_size)
+        durations = [float(d) for d in items["duration_s"]]
+        padded = [encoder.padded_samples(round(d * 16000)) for d in durations]
+        if all(p is None for p in padded):
+            return length_batches(ids, durations, batch_size, batch_seconds)
+        seconds = [p / 16000 for p in padded]
+        return length_batches(ids, durations, batch_size, batch_seconds, groups=seconds, padded=seconds)
+    return length_batches(ids, [len(t) for t in items["text"].fillna("")], batch_size)
 
 
 def _inputs(encoder: Encoder, items: pd.DataFrame, batches: list[list[int]], num_workers: int
@@ -66,6 +81,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def work_fingerprint(encoder: Encoder, items: pd.DataFrame) -> str:
+    """What a resumable store must have been made from: the work list and the encoder's spec (medusa.fingerprint)."""
+    rows = audio_work_rows(items) if encoder.kind == "audio" else text_work_rows(items)
+    return inputs_fingerprint(rows, encoder.spec())
+
+
 def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *, batch_size: int,
                      batch_seconds: float, num_workers: int, device: torch.device,
                      shard: int = 0, n_shards: int = 1) -> ExtractionStats:
@@ -73,22 +94,29 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
 
     With n_shards > 1 this call writes shard `shard` to `root/shard-<i>-of-<n>`; `merge_shards` joins them."""
     items = items.sort_values("utt_id").reset_index(drop=True)
+    batches = plan_batches(encoder, items, batch_size, batch_seconds)  # over the whole list, for every shard
+    fingerprint = work_fingerprint(encoder, items)
     if n_shards > 1:
-        items = pd.DataFrame(shard_items(items.to_dict("records"), shard, n_shards))
         root = shard_dir(root, shard, n_shards)
+        batches = batches[shard::n_shards]
+        fingerprint = inputs_fingerprint([{"shard": shard, "n_shards": n_shards}], {"inputs": fingerprint})
+    ids = items["utt_id"].tolist()
+    mine = {i for b in batches for i in b}
     duration = items["duration_s"].to_numpy(dtype=float)
     start, frames, audio_s = time.perf_counter(), 0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with FeatureStoreWriter(root, encoder.dim, encoder.spec()) as writer:
+    with FeatureStoreWriter(root, encoder.dim, encoder.spec(), inputs=fingerprint, sort_on_close=True) as writer:
         done = set(writer.done)
+        stray = done - {ids[i] for i in mine}
+        if stray:  # cannot happen with equal fingerprints; a store must never hold utterances not asked for
+            raise RuntimeError(f"{writer.work_dir} holds {len(stray)} utterances that are not in this work list "
+                               f"(e.g. {sorted(stray)[0]!r}); delete it and rerun")
         if done:
-            log.info("resuming %s: %d of %d utterances already stored", root, len(done), len(items))
-        ids = items["utt_id"].tolist()
-        batches = [b for b in plan_batches(encoder, items, batch_size, batch_seconds)
-                   if not all(ids[i] in done for i in b)]
-        with tqdm(total=len(items), initial=len(done), desc=f"extracting {Path(root).name}", unit="utt") as bar:
-            for idx, inputs in _inputs(encoder, items, batches, num_workers):
+            log.info("resuming %s: %d of %d utterances already stored", root, len(done), len(mine))
+        todo = [b for b in batches if not all(ids[i] in done for i in b)]
+        with tqdm(total=len(mine), initial=len(done), desc=f"extracting {Path(root).name}", unit="utt") as bar:
+            for idx, inputs in _inputs(encoder, items, todo, num_workers):
                 for i, feats in zip(idx, encoder.encode(inputs)):
                     u = ids[i]
                     if u in done:
@@ -98,7 +126,7 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
                     audio_s += duration[i]
                 bar.update(sum(ids[i] not in done for i in idx))
                 writer.flush()
-    return ExtractionStats(len(items), frames, audio_s, time.perf_counter() - start, peak_memory_mb(device))
+    return ExtractionStats(len(mine), frames, audio_s, time.perf_counter() - start, peak_memory_mb(device))
 
 
 def merge_shards(root: str | Path, n_shards: int) -> FeatureStore:

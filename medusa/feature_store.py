@@ -14,16 +14,26 @@ the same order, an interrupted-then-resumed extraction gives a store byte-identi
 
 Layout of the work folder `<root>.partial` (private to this module):
 
-    writer.json    dim, dtype and meta of the writer that created it (a resume with other settings is refused)
+    writer.json    dim, dtype, meta and input fingerprint of the writer that created it: a writer with other
+                   settings or inputs discards the folder (with a log line) and starts afresh
     frames.f16     frames appended in add order; bytes past the last committed utterance are a torn tail
     journal.jsonl  one JSON line {"utt_id", "offset", "length"} per committed utterance, append-only
+    frames.sorted.f16  (sort_on_close only) the frames rewritten in utt_id order while closing; it replaces
+                   frames.f16 once index.parquet and meta.json are written and writer.json is gone
+
+The input fingerprint (`inputs`, medusa.fingerprint: the work list with file identities, the encoder spec) stays
+in writer.json: a finished store's meta.json holds only what makes the features, so that it is the same on every
+machine and clone for the same corpus.
 
 Sharding: `shard_items` splits a work list, each shard writes its own store (`shard_dir`), and `merge_stores`
-joins them into one store in sorted utt_id order.
+joins them into one store in sorted utt_id order. A writer with `sort_on_close` also writes its store in sorted
+utt_id order, so one extraction and the merged shards of the same work list give byte-identical stores.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
@@ -37,10 +47,13 @@ import pyarrow.parquet as pq
 
 from medusa.io import atomic_path
 
+log = logging.getLogger(__name__)
+
 FRAMES_FILE = "frames.f16"
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
 JOURNAL_FILE = "journal.jsonl"
+SORTED_FRAMES_FILE = "frames.sorted.f16"
 WRITER_FILE = "writer.json"
 PARTIAL_SUFFIX = ".partial"
 
@@ -288,10 +301,17 @@ class FeatureStoreWriter:
     Commits happen every `commit_every` adds and on `flush()`. An exception that leaves the `with` block
     commits what was added (every `add` that returned wrote whole frames) and leaves the work folder for a
     resume; a process that dies loses only the adds since the last commit. One writer per root at a time.
+
+    A work folder is resumed only if it was made with the same dim, meta and `inputs` (a fingerprint of the work
+    list, e.g. medusa.fingerprint.inputs_fingerprint; kept in writer.json, not in meta.json). Otherwise
+    `on_mismatch="restart"` (the default) deletes it with a log line and starts afresh; `"raise"` raises
+    ValueError instead. `sort_on_close`: the finished store holds the utterances in sorted utt_id order whatever
+    the add order (one more pass over the frames when closing).
     """
 
     def __init__(self, root: str | Path, dim: int, meta: Mapping[str, Any] | None = None, *,
-                 commit_every: int = 256, _replaceable_children: Sequence[Path] = ()):
+                 commit_every: int = 256, inputs: str | None = None, on_mismatch: str = "restart",
+                 sort_on_close: bool = False, _replaceable_children: Sequence[Path] = ()):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if isinstance(commit_every, bool) or not isinstance(commit_every, (int, np.integer)) or commit_every < 1:
@@ -301,6 +321,11 @@ class FeatureStoreWriter:
         self.dim = int(dim)
         self.meta = _normalise_meta(meta)
         self.commit_every = int(commit_every)
+        if on_mismatch not in ("restart", "raise"):
+            raise ValueError(f"on_mismatch must be 'restart' or 'raise', got {on_mismatch!r}")
+        if inputs is not None and not isinstance(inputs, str):
+            raise ValueError(f"inputs must be a str fingerprint or None, got {inputs!r}")
+        self.inputs, self.on_mismatch, self.sort_on_close = inputs, on_mismatch, bool(sort_on_close)
         # Folders that may sit in `root` when it is replaced (merge_stores: the shard stores it consumes).
         self._replaceable_children = tuple(_replaceable_children)
         _check_replaceable(self.root, self._replaceable_children)  # fail now, not after hours of extraction
@@ -323,17 +348,32 @@ class FeatureStoreWriter:
     # -- setting up / resuming the work folder
 
     def _writer_record(self) -> dict[str, Any]:
-        return {"dim": self.dim, "dtype": DTYPE_NAME, "meta": self.meta}
+        return {"dim": self.dim, "dtype": DTYPE_NAME, "meta": self.meta, "inputs": self.inputs}
 
-    def _check_same_settings(self, dim: int, meta: dict[str, Any], source: Path) -> None:
-        """Refuse to continue a work folder made with another dim or meta: the store would mix features."""
+    def _settings_mismatch(self, dim: int, meta: dict[str, Any], inputs: str | None) -> str | None:
+        """Why a work folder made with (dim, meta, inputs) cannot be continued by this writer, or None."""
         if dim != self.dim:
-            raise ValueError(f"the unfinished store {self.work_dir} has dim {dim} ({source.name}), this writer "
-                             f"has dim {self.dim}; delete {self.work_dir} to start over with the new settings")
+            return f"it has dim {dim}, this writer has dim {self.dim}"
         if meta != self.meta:
-            raise ValueError(f"the unfinished store {self.work_dir} was written with meta {meta} "
-                             f"({source.name}), this writer has meta {self.meta}; delete {self.work_dir} to "
-                             f"start over with the new settings")
+            changed = sorted(k for k in set(meta) | set(self.meta) if meta.get(k) != self.meta.get(k))
+            return (f"it was written with meta {meta}, this writer has meta {self.meta} (keys that differ: "
+                    f"{', '.join(changed)})")
+        if inputs != self.inputs:
+            return (f"it was made from other inputs (fingerprint {str(inputs)[:12]}, this writer's "
+                    f"{str(self.inputs)[:12]}: the work list, its audio files or transcripts changed)")
+        return None
+
+    def _discard_or_raise(self, reason: str) -> None:
+        """A work folder this writer cannot continue: start afresh (logged), or raise (on_mismatch="raise")."""
+        wd = self.work_dir
+        if self.on_mismatch == "raise":
+            raise ValueError(f"the unfinished store {wd} cannot be resumed: {reason}; delete {wd} to start over")
+        log.warning("discarding the unfinished store %s and starting afresh: %s", wd, reason)
+        shutil.rmtree(wd)
+        wd.mkdir()
+        _fsync_path(wd.parent)
+        _write_text_durably(wd / WRITER_FILE, _json_text(self._writer_record()))
+        (wd / FRAMES_FILE).touch()
 
     def _open_work_dir(self) -> None:
         """Create the work folder, or recover what an earlier writer committed to it."""
@@ -348,6 +388,10 @@ class FeatureStoreWriter:
         writer_file = wd / WRITER_FILE
 
         if not writer_file.exists():
+            if (wd / SORTED_FRAMES_FILE).is_file() and (wd / INDEX_FILE).is_file() and (wd / META_FILE).is_file():
+                # A sorting close() died after its commit point (writer.json gone): finish replacing the frames.
+                os.replace(wd / SORTED_FRAMES_FILE, wd / FRAMES_FILE)
+                _fsync_path(wd)
             if (wd / INDEX_FILE).is_file() and (wd / META_FILE).is_file() and (wd / FRAMES_FILE).is_file():
                 # A close() died between finalising the folder and renaming it: it is a whole store.
                 self._recover_finalised()
@@ -365,9 +409,13 @@ class FeatureStoreWriter:
         record = json.loads(writer_file.read_text(encoding="utf-8"))
         if record.get("dtype") != DTYPE_NAME:
             raise ValueError(f"{wd} holds {record.get('dtype')!r} frames, this writer writes {DTYPE_NAME!r}")
-        self._check_same_settings(int(record["dim"]), record["meta"], writer_file)
-        # index/meta of a close() that died before it got rid of writer.json: stale, rewritten on close.
-        for name in (INDEX_FILE, META_FILE):
+        reason = self._settings_mismatch(int(record["dim"]), record["meta"], record.get("inputs"))
+        if reason is not None:
+            self._discard_or_raise(reason)
+            return
+        # index/meta of a close() that died before it got rid of writer.json: stale, rewritten on close; so are
+        # the sorted frames of such a close().
+        for name in (INDEX_FILE, META_FILE, SORTED_FRAMES_FILE):
             (wd / name).unlink(missing_ok=True)
         (wd / FRAMES_FILE).touch()
         self._replay_journal()
@@ -376,7 +424,13 @@ class FeatureStoreWriter:
         """Turn a finalised-but-not-renamed work folder back into a resumable one (journal from its index)."""
         wd = self.work_dir
         meta = json.loads((wd / META_FILE).read_text(encoding="utf-8"))
-        self._check_same_settings(int(meta["dim"]), _user_meta(meta), wd / META_FILE)
+        reason = self._settings_mismatch(int(meta["dim"]), _user_meta(meta), self.inputs)
+        if reason is None and self.inputs is not None:
+            # writer.json, which held the input fingerprint, is gone: the inputs cannot be checked.
+            reason = "its input fingerprint was removed while it was being closed, so its inputs cannot be checked"
+        if reason is not None:
+            self._discard_or_raise(reason)
+            return
         utt_ids, offsets, lengths = _read_index(wd / INDEX_FILE)
         lines = "".join(json.dumps({"utt_id": u, "offset": int(o), "length": int(n)}) + "\n"
                         for u, o, n in zip(utt_ids, offsets, lengths))
@@ -520,16 +574,46 @@ class FeatureStoreWriter:
 
     def _finalise(self) -> None:
         wd = self.work_dir
-        _write_index(wd / INDEX_FILE, self._ids, self._offsets, self._lengths)
-        meta = {**self.meta, "dim": self.dim, "dtype": DTYPE_NAME, "n_utterances": len(self._ids),
+        ids, offsets, lengths = self._ids, self._offsets, self._lengths
+        sorted_frames = None
+        if self.sort_on_close and ids != sorted(ids):
+            sorted_frames = wd / SORTED_FRAMES_FILE
+            ids, offsets, lengths = self._write_sorted_frames(sorted_frames)
+        _write_index(wd / INDEX_FILE, ids, offsets, lengths)
+        meta = {**self.meta, "dim": self.dim, "dtype": DTYPE_NAME, "n_utterances": len(ids),
                 "n_frames": self._n_frames}
         _write_text_durably(wd / META_FILE, _json_text(meta))
         # writer.json goes before the journal: a folder with index + meta and no writer.json is a finished store.
         (wd / WRITER_FILE).unlink()
+        if sorted_frames is not None:
+            # Past the commit point (writer.json gone, durably) the index describes the sorted frames.
+            _fsync_path(wd)
+            os.replace(sorted_frames, wd / FRAMES_FILE)
         (wd / JOURNAL_FILE).unlink(missing_ok=True)
         _remove_stale_tmp_files(wd)
         _fsync_path(wd)
         _move_into_place(wd, self.root, self._replaceable_children)
+        self._ids, self._offsets, self._lengths = list(ids), list(offsets), list(lengths)
+
+    def _write_sorted_frames(self, path: Path) -> tuple[list[str], list[int], list[int]]:
+        """Copy the frames into `path` in sorted utt_id order (fsynced); the index of that order."""
+        order = sorted(range(len(self._ids)), key=self._ids.__getitem__)
+        ids, offsets, lengths = [], [], []
+        n = 0
+        frames = (np.memmap(self.work_dir / FRAMES_FILE, dtype=DTYPE, mode="r", shape=(self._n_frames, self.dim))
+                  if self._n_frames else np.zeros((0, self.dim), DTYPE))
+        with open(path, "wb") as f:
+            for i in order:
+                o, k = self._offsets[i], self._lengths[i]
+                f.write(np.ascontiguousarray(frames[o:o + k]).tobytes())
+                ids.append(self._ids[i])
+                offsets.append(n)
+                lengths.append(k)
+                n += k
+            f.flush()
+            os.fsync(f.fileno())
+        del frames
+        return ids, offsets, lengths
 
     def abandon(self) -> None:
         """Release the files without committing pending adds or finalising, as if the process had died."""
@@ -655,7 +739,14 @@ def merge_stores(shard_roots: Sequence[str | Path], out_root: str | Path, *,
                 raise ValueError(f"utt_id {u!r} is in both {owner[u].root} and {s.root}")
             owner[u] = s
 
+    # An interrupted merge is resumed only for the same shard stores (their indexes and meta): not one whose
+    # shards were re-extracted since.
+    from medusa.io import sha256_file
+
+    inputs = json.dumps([[str(s.root.resolve()), sha256_file(s.root / INDEX_FILE), s.meta] for s in stores],
+                        sort_keys=True)
     with FeatureStoreWriter(out_root, first.dim, _user_meta(first.meta), commit_every=commit_every,
+                            inputs=hashlib.sha256(inputs.encode()).hexdigest(),
                             _replaceable_children=[s.root for s in stores]) as writer:
         done = writer.done
         for u in sorted(owner):

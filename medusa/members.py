@@ -11,7 +11,9 @@ load without pickle:
     posteriors.parquet    utt_id, split, label, p_A..p_N (class probabilities), arousal, valence, dominance
                           (predicted, on the 1..7 scale) for every dev, test and blind utterance
     metrics.json          test-split scores (medusa.metrics.classification_scores), attribute CCC, the dev
-                          selection score and where it was reached
+                          selection score and where it was reached, and `train_rows`: how many training
+                          utterances stage 1 trained on (`stage1`) and stage 2's balanced draw could pick from
+                          (`stage2_pool`, null without stage 2)
 
 The folder is written under a temporary name and renamed when complete, so it is either whole or absent.
 """
@@ -35,9 +37,9 @@ from medusa.deepser import DeepSER, DeepSERConfig, count_parameters
 from medusa.feature_store import FeatureStore
 from medusa.io import write_json, write_parquet
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.metrics import ccc, classification_scores
+from medusa.metrics import ccc, classification_scores, run_classes
 from medusa.params import ModelParams, TrainParams, resolve_train
-from medusa.training import TrainConfig, predict, train_deepser
+from medusa.training import TrainConfig, predict, train_deepser, training_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,7 @@ def resolve_member(name: str, model: ModelParams | dict, train: TrainParams | di
     recipe = TrainConfig(batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
                          stage1_epochs=t.stage1_epochs, stage2_epochs=t.stage2_epochs, patience=t.patience,
                          grad_clip=t.grad_clip, mixup_p=t.mixup_p, mixup_alpha=t.mixup_alpha, ce_weight=t.ce_weight,
-                         mse_weight=t.mse_weight, class_weighted=t.class_weighted, eval_resamples=t.eval_resamples,
-                         amp=t.amp, seed=model.seed)
+                         mse_weight=t.mse_weight, class_weighted=t.class_weighted, amp=t.amp, seed=model.seed)
     return MemberSpec(name=name, encoders=tuple(model.encoders), pools=tuple(t.pool.get(e, 1) for e in model.encoders),
                       one_hot=t.targets == "one_hot", device=t.device, deepser=deepser, train=recipe,
                       threads=t.threads)
@@ -122,15 +123,19 @@ def attribute_ccc(truth: pd.DataFrame, posteriors: pd.DataFrame) -> dict[str, fl
     return out
 
 
-def classification_scores_of(posteriors: pd.DataFrame, split: str, seed: int, resamples: int = 10) -> dict[str, Any]:
-    """medusa.metrics.classification_scores of the argmax predictions of a posteriors frame on one split."""
+def classification_scores_of(posteriors: pd.DataFrame, split: str, classes: tuple[str, ...] | list[str],
+                             seed: int = 0, bootstrap: int = 1000) -> dict[str, Any]:
+    """medusa.metrics.classification_scores of the argmax predictions of a posteriors frame on one split, over
+    `classes` (the run's classes: medusa.metrics.run_classes of the manifest)."""
     part = posteriors[posteriors["split"] == split]
-    return classification_scores(part["label"], predicted_labels(part), resamples, seed)
+    return classification_scores(part["label"], predicted_labels(part), classes, seed, bootstrap)
 
 
-def score_test_split(manifest: pd.DataFrame, posteriors: pd.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
-    """Scores of a member's (or any model's) posteriors on the test split, attribute CCC included."""
-    scores = classification_scores_of(posteriors, "test", seed, resamples)
+def score_test_split(manifest: pd.DataFrame, posteriors: pd.DataFrame, seed: int, bootstrap: int = 1000
+                     ) -> dict[str, Any]:
+    """Scores of a member's (or any model's) posteriors on the test split, over the run's classes (those
+    labelling a training row of `manifest`), attribute CCC included."""
+    scores = classification_scores_of(posteriors, "test", run_classes(manifest), seed, bootstrap)
     test = posteriors[posteriors["split"] == "test"]
     return {**scores, "ccc": attribute_ccc(manifest[manifest["split"] == "test"], test)}
 
@@ -156,15 +161,17 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     model, history, best = train_deepser(model, data["train"], data["dev"], spec.train, device, checkpoint,
                                          monitor=data.get("test"))
     for row in history:
-        if "monitor_macro_f1" in row:
-            row["test_macro_f1"] = row.pop("monitor_macro_f1")
+        if "monitor_balanced_macro_f1" in row:
+            row["test_balanced_macro_f1"] = row.pop("monitor_balanced_macro_f1")
     posteriors = pd.concat([posteriors_frame(data[s], *predict(model, data[s], 4 * spec.train.batch_size, device,
                                                                 spec.train.amp))
                             for s in SCORED_SPLITS if s in data], ignore_index=True)
-    metrics = {"test": score_test_split(manifest, posteriors, spec.train.eval_resamples, spec.train.seed)
+    metrics = {"test": score_test_split(manifest, posteriors, spec.train.seed)
                if "test" in data else None,
                "dev_balanced_macro_f1": best["score"], "best_stage": best["stage"], "best_epoch": best["epoch"],
-               "parameters": count_parameters(model)}
+               "parameters": count_parameters(model),
+               # which rows trained: one-hot runs leave out X/O rows, every run rows without class votes
+               "train_rows": training_rows(data["train"], spec.train)}
     stores_meta = {e: {k: v for k, v in s.meta.items() if k != "n_frames"} for e, s in zip(spec.encoders, stores)}
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -212,36 +219,53 @@ def history_frame(folder: str | Path) -> pd.DataFrame:
     return history
 
 
+def read_metrics(folder: str | Path, stage: str) -> dict[str, Any]:
+    """A trained folder's metrics.json (a member or an ablation run); a clear error naming the DVC `stage` to
+    rerun when it is missing or was written before test scores led with balanced macro-F1."""
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not trained; run `dvc repro {stage}`")
+    metrics = json.loads(path.read_text())
+    if "balanced_macro_f1_ci95" not in (metrics.get("test") or {}):
+        raise ValueError(f"{path}: its test scores have no balanced_macro_f1_ci95 (written by an older version "
+                         f"of medusa); rerun `dvc repro {stage}`")
+    return metrics
+
+
 def score_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per system from {system: classification_scores}: n, macro-F1 with its 95 % bootstrap interval,
-    accuracy, balanced macro-F1."""
-    return pd.DataFrame([{"system": system, "n": s["n"], "macro_f1": s["macro_f1"], "ci95_low": s["macro_f1_ci95"][0],
-                          "ci95_high": s["macro_f1_ci95"][1], "accuracy": s["accuracy"],
-                          "balanced_macro_f1": s["balanced_macro_f1"]} for system, s in scores.items()]
-                        ).set_index("system")
+    """One row per system from {system: classification_scores}: n, balanced macro-F1 with its 95 % interval
+    (the headline), macro-F1 with its interval, accuracy, and the number of classes scored."""
+    return pd.DataFrame([{"system": system, "n": s["n"], "balanced_macro_f1": s["balanced_macro_f1"],
+                          "ci95_low": s["balanced_macro_f1_ci95"][0], "ci95_high": s["balanced_macro_f1_ci95"][1],
+                          "macro_f1": s["macro_f1"], "macro_f1_ci95_low": s["macro_f1_ci95"][0],
+                          "macro_f1_ci95_high": s["macro_f1_ci95"][1], "accuracy": s["accuracy"],
+                          "classes": len(s["classes"])} for system, s in scores.items()]).set_index("system")
 
 
 def compare_to_baseline(table: pd.DataFrame, model: str = "DeepSER", baseline: str = "baseline") -> str:
-    """A sentence on how the model compares with its baseline on a score_table, interval overlap included."""
+    """A sentence on how the model compares with its baseline on a score_table (balanced macro-F1, interval
+    overlap included)."""
     m, b = table.loc[model], table.loc[baseline]
-    gap = m["macro_f1"] - b["macro_f1"]
+    gap = m["balanced_macro_f1"] - b["balanced_macro_f1"]
     overlap = m["ci95_low"] <= b["ci95_high"] and b["ci95_low"] <= m["ci95_high"]
     where = "above" if gap > 0 else "below" if gap < 0 else "level with"
     certainty = ("the 95 % intervals overlap, so on these {n} utterances the difference is within resampling noise"
                  if overlap else "the 95 % intervals do not overlap").format(n=int(m["n"]))
-    return (f"{model} macro-F1 {m['macro_f1']:.3f} is {where} the baseline's {b['macro_f1']:.3f} "
-            f"({gap:+.3f}); {certainty}. Chance is {1 / len(CODES):.3f}.")
+    return (f"{model} balanced macro-F1 {m['balanced_macro_f1']:.3f} is {where} the baseline's "
+            f"{b['balanced_macro_f1']:.3f} ({gap:+.3f}); {certainty}. Chance is {1 / m['classes']:.3f} "
+            f"({int(m['classes'])} classes).")
 
 
 def selection_note(history: pd.DataFrame, best_stage: int, best_epoch: int, tolerance: float = 0.02) -> str:
     """How well dev-based selection did, judged by the per-epoch test scores recorded for diagnosis: the test
-    macro-F1 at the selected epoch, the best over all epochs, and the spread among near-best dev epochs."""
+    balanced macro-F1 at the selected epoch, the best over all epochs, and the spread among near-best dev epochs."""
     chosen = history[(history["stage"] == best_stage) & (history["epoch"] == best_epoch)].iloc[0]
     near = history[history["dev_balanced_macro_f1"] >= chosen["dev_balanced_macro_f1"] - tolerance]
-    top = history.loc[history["test_macro_f1"].idxmax()]
+    top = history.loc[history["test_balanced_macro_f1"].idxmax()]
+    score = "test_balanced_macro_f1"
     return (f"Selected by dev: stage {best_stage} epoch {best_epoch} (dev balanced macro-F1 "
-            f"{chosen['dev_balanced_macro_f1']:.3f}), test macro-F1 {chosen['test_macro_f1']:.3f}. The best test "
-            f"macro-F1 of any epoch was {top['test_macro_f1']:.3f} (stage {int(top['stage'])} epoch "
+            f"{chosen['dev_balanced_macro_f1']:.3f}), test balanced macro-F1 {chosen[score]:.3f}. The best test "
+            f"balanced macro-F1 of any epoch was {top[score]:.3f} (stage {int(top['stage'])} epoch "
             f"{int(top['epoch'])}); the {len(near)} epoch(s) within {tolerance} of the selected dev score span "
-            f"{near['test_macro_f1'].min():.3f}-{near['test_macro_f1'].max():.3f} on test. A wide span means dev "
+            f"{near[score].min():.3f}-{near[score].max():.3f} on test. A wide span means dev "
             f"cannot tell these epochs apart and the choice among them is luck.")

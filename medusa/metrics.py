@@ -1,45 +1,138 @@
-"""Scores used in every report: macro-F1 (plain and on class-balanced resamples), accuracy, per-class F1,
-concordance correlation (attributes), bootstrap intervals.
+"""Scores used in every report: balanced macro-F1 (the headline), plain macro-F1, accuracy, per-class F1, their
+95 % intervals (class-stratified percentile bootstrap), and concordance correlation (attributes).
 
-Balanced macro-F1 — the paper selects models by "the best average macro-F1 on balanced held-out test sets"
-without saying how they were drawn. Here it is defined as: draw K class-balanced subsets of the held-out
-utterances (each class present contributes as many utterances as the rarest class has, drawn without
-replacement, seeded), compute macro-F1 on each, report the mean. Every report uses this definition.
+What is scored. The run's classes (`run_classes`) are the codes, in CODES order, that label at least one row of
+the training split: a corpus with 4 emotions is scored over those 4, not over 8. Every score is over the
+utterances whose consensus is one of the run's classes (X, O, and a class the run never trained on, are not part
+of its task, so they are not scored); macro averages run over the run's classes present among those utterances (a
+class with no utterance to recall has no F1 and is left out, rather than counted as 0, so that a small test split
+missing a class is not penalised for it). A prediction outside the run's classes is simply wrong: a miss for the
+true class, a false positive for none. Per-class F1 is reported for every run class (NaN where absent).
+
+Balanced macro-F1 (the headline of every table, and the dev selection score). The paper selects and reports "on
+balanced held-out test sets" without saying how they were drawn. Here it is the macro-F1 of the class-balanced
+confusion matrix: every scored utterance weighs 1/n_c (n_c = scored utterances of its true class), so that each
+class carries the same total weight, as on a test set with equally many utterances per class. It is what the
+macro-F1 of class-balanced resamples converges to as they grow (tests/test_metrics.py checks it), without their
+sampling noise, and it is deterministic, so selection does not depend on a resampling seed. Plain macro-F1
+weighs every utterance 1, so the false positives that frequent classes send to rare ones weigh more; accuracy
+(the share of scored utterances predicted right) is shown beside both. On a balanced set all three nearly agree,
+as in the paper's tables.
+
+Intervals: a class-stratified percentile bootstrap. Each resample draws, within each class, as many utterances as
+the class has, with replacement (so the class composition, and with it the weights 1/n_c, are those of the scored
+set); `report.bootstrap` resamples from a seed; the 95 % interval is their 2.5 and 97.5 percentiles. Systems
+scored on the same utterances share the resample indices (`stratified_bootstrap_indices`), so that intervals of
+differences (Table 2's changes, MEDUSA's gain) are paired. Everything is computed from weighted confusion counts
+(one bincount for all resamples), because sklearn's f1_score costs ~3 ms a call and reports need thousands.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+import pandas as pd
 
-from medusa.labels import CODES, balanced_epoch
-
-
-def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = CODES) -> float:
-    """Macro-F1 over the classes present in y_true (a class never seen in y_true would only add a 0)."""
-    present = [c for c in labels if c in set(y_true)]
-    return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+from medusa.labels import CODES
 
 
-def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
-    return float(accuracy_score(y_true, y_pred))
+def classes_of(labels: Sequence) -> tuple[str, ...]:
+    """The codes (in CODES order) that occur in `labels`."""
+    present = set(pd.Series(labels, dtype=object).dropna())
+    return tuple(c for c in CODES if c in present)
 
 
-def per_class_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = CODES) -> dict[str, float]:
-    scores = f1_score(y_true, y_pred, labels=list(labels), average=None, zero_division=0)
-    return {c: float(s) for c, s in zip(labels, scores)}
+def run_classes(manifest: pd.DataFrame) -> tuple[str, ...]:
+    """The run's classes: the codes (in CODES order) with at least one training-split row labelled with them."""
+    missing = [c for c in ("split", "label") if c not in manifest]
+    if missing:
+        raise KeyError(f"the manifest has no column(s) {missing}: cannot tell the run's classes")
+    classes = classes_of(manifest.loc[manifest["split"] == "train", "label"])
+    if not classes:
+        raise ValueError(f"the manifest has no train row labelled with one of the classes {', '.join(CODES)}: "
+                         "there is no class to score")
+    return classes
 
 
-def balanced_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], resamples: int = 10, seed: int = 0
-                      ) -> tuple[float, float]:
-    """(mean, std) of macro-F1 over `resamples` class-balanced subsets (see the module docstring)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    rng = np.random.default_rng(seed)
-    indices = np.stack([balanced_epoch(y_true, rng) for _ in range(resamples)])
-    t, p = _class_indices(y_true, y_pred, CODES)
-    scores = resampled_macro_f1(t, p, indices, len(CODES))
-    return float(np.mean(scores)), float(np.std(scores))
+def _class_indices(y_true: Sequence, y_pred: Sequence, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as indices into `classes`; anything else (X, O, a class outside `classes`, None) gets index
+    len(classes): a true label there is not scored, a prediction there is always wrong."""
+    y_true, y_pred = list(y_true), list(y_pred)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+    lookup = {c: i for i, c in enumerate(classes)}
+    return (np.array([lookup.get(c, len(classes)) for c in y_true], dtype=np.int64),
+            np.array([lookup.get(c, len(classes)) for c in y_pred], dtype=np.int64))
+
+
+def utterance_weights(t: np.ndarray, n_labels: int, balanced: bool) -> np.ndarray:
+    """Weight of each utterance (class indices `t`) in the confusion counts: 0 if not scored (t == n_labels);
+    else 1 (plain), or 1/n_c (balanced: each scored class carries a total weight of 1)."""
+    scored = t < n_labels
+    if not balanced:
+        return scored.astype(np.float64)
+    n_c = np.bincount(t, minlength=n_labels + 1)
+    return np.where(scored, 1.0 / np.maximum(n_c[t], 1), 0.0)
+
+
+def _confusions(t: np.ndarray, p: np.ndarray, indices: np.ndarray, n_labels: int, weights: np.ndarray
+                ) -> np.ndarray:
+    """(R, k, k) weighted confusion counts (true x predicted, k = n_labels + 1, the last slot for anything
+    outside the classes), one per row of `indices` (resamples of the utterances)."""
+    k = n_labels + 1
+    rows = np.arange(len(indices))[:, None] * k * k
+    counts = np.bincount((rows + t[indices] * k + p[indices]).ravel(), weights=weights[indices].ravel(),
+                         minlength=len(indices) * k * k)
+    return counts.reshape(len(indices), k, k)
+
+
+def _per_class_f1(confusion: np.ndarray, n_labels: int) -> np.ndarray:
+    """(R, n_labels) F1 per class from (R, k, k) confusion counts; NaN for a class with no true utterance."""
+    tp = np.diagonal(confusion, axis1=1, axis2=2)[:, :n_labels]
+    support = confusion[:, :n_labels, :].sum(2)          # weight of each true class
+    predicted = confusion[:, :, :n_labels].sum(1)        # weight predicted as each class
+    present = support > 0
+    # weights may be fractions (balanced): guard the division by presence, not by max(., 1)
+    return np.where(present, 2 * tp / np.where(present, support + predicted, 1.0), np.nan)
+
+
+def resampled_macro_f1(t: np.ndarray, p: np.ndarray, indices: np.ndarray, n_labels: int, balanced: bool = False
+                       ) -> np.ndarray:
+    """Macro-F1 (plain or balanced) on each row of `indices` (resamples of the utterances), from class indices
+    `t`, `p` (as from _class_indices). The balanced weights 1/n_c are those of the whole scored set, which a
+    stratified resample keeps. A resample with no scored utterance gives NaN."""
+    weights = utterance_weights(t, n_labels, balanced)
+    f1 = _per_class_f1(_confusions(t, p, np.asarray(indices), n_labels, weights), n_labels)
+    present = ~np.isnan(f1)
+    with np.errstate(invalid="ignore"):
+        return np.where(present, f1, 0.0).sum(1) / np.where(present.any(1), present.sum(1), np.nan)
+
+
+def macro_f1(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES) -> float:
+    """Plain macro-F1 over `classes` present among the scored utterances (see the module docstring)."""
+    t, p = _class_indices(y_true, y_pred, classes)
+    return float(resampled_macro_f1(t, p, np.arange(len(t))[None], len(classes))[0])
+
+
+def balanced_macro_f1(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES) -> float:
+    """Macro-F1 of the class-balanced confusion matrix (each scored utterance weighs 1/n_c; module docstring)."""
+    t, p = _class_indices(y_true, y_pred, classes)
+    return float(resampled_macro_f1(t, p, np.arange(len(t))[None], len(classes), balanced=True)[0])
+
+
+def accuracy(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES) -> float:
+    """Share of the scored utterances (consensus in `classes`) predicted right."""
+    t, p = _class_indices(y_true, y_pred, classes)
+    scored = t < len(classes)
+    return float(np.mean(t[scored] == p[scored])) if scored.any() else float("nan")
+
+
+def per_class_f1(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES) -> dict[str, float]:
+    """F1 of every class of `classes` over the scored utterances (NaN for a class with no true utterance)."""
+    t, p = _class_indices(y_true, y_pred, classes)
+    weights = utterance_weights(t, len(classes), balanced=False)
+    f1 = _per_class_f1(_confusions(t, p, np.arange(len(t))[None], len(classes), weights), len(classes))[0]
+    return {c: float(v) for c, v in zip(classes, f1)}
 
 
 def ccc(x: Sequence[float], y: Sequence[float]) -> float:
@@ -49,42 +142,27 @@ def ccc(x: Sequence[float], y: Sequence[float]) -> float:
     return float(2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2))
 
 
-def _class_indices(y_true: Sequence, y_pred: Sequence, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels as indices into `labels` (a prediction outside it gets index len(labels): always wrong)."""
-    lookup = {c: i for i, c in enumerate(labels)}
-    return (np.array([lookup.get(c, len(labels)) for c in y_true]),
-            np.array([lookup.get(c, len(labels)) for c in y_pred]))
-
-
-def resampled_macro_f1(t: np.ndarray, p: np.ndarray, indices: np.ndarray, n_labels: int) -> np.ndarray:
-    """macro_f1 on each row of `indices` (resamples of the utterances), from class indices `t`, `p`.
-
-    Written out with numpy because sklearn's f1_score costs ~3 ms a call, and reports need it on 1000
-    resamples of dozens of systems; a test checks it against macro_f1 (sklearn) resample by resample."""
-    k = n_labels + 1                        # one more slot for predictions outside the label set
-    rows = np.arange(len(indices))[:, None] * k * k
-    counts = np.bincount((rows + t[indices] * k + p[indices]).ravel(), minlength=len(indices) * k * k)
-    confusion = counts.reshape(len(indices), k, k)                     # true class x predicted class
-    tp = np.diagonal(confusion, axis1=1, axis2=2)[:, :n_labels]
-    support = confusion[:, :n_labels, :].sum(2)                         # utterances of each true class
-    predicted = confusion[:, :, :n_labels].sum(1)                       # predictions of each class
-    present = support > 0               # macro_f1 averages over the classes present in y_true
-    f1 = np.where(present, 2 * tp / np.maximum(support + predicted, 1), 0.0)
-    return f1.sum(1) / np.maximum(present.sum(1), 1)
-
-
-def bootstrap_indices(n_items: int, n: int = 1000, seed: int = 0) -> np.ndarray:
-    """`n` resamples (rows) of `n_items` utterances with replacement, seeded; share them across systems
-    scored on the same utterances to get paired intervals."""
-    return np.random.default_rng(seed).integers(0, n_items, (n, n_items))
+def stratified_bootstrap_indices(y_true: Sequence, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n, N) indices: `n` class-stratified resamples of N utterances, seeded. Within each distinct true label,
+    as many draws as it has utterances, with replacement; every resample keeps the class composition. Share
+    them across systems scored on the same utterances (in the same order) to get paired intervals."""
+    strata = np.asarray([str(v) for v in y_true])  # str: None/NaN (unscored) form a stratum of their own
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for label in sorted(set(strata)):       # a fixed order: the same labels give the same resamples
+        members = np.flatnonzero(strata == label)
+        blocks.append(members[rng.integers(0, len(members), (n, len(members)))])
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), dtype=np.int64)
 
 
 def bootstrap_macro_f1(y_true: Sequence, y_pred: Sequence, n: int = 1000, seed: int = 0,
-                       labels: Sequence[str] = CODES, indices: np.ndarray | None = None) -> np.ndarray:
-    """macro-F1 on each bootstrap resample of the utterances (rows of `indices`, or drawn from `seed`)."""
-    t, p = _class_indices(y_true, y_pred, labels)
-    indices = bootstrap_indices(len(t), n, seed) if indices is None else indices
-    return resampled_macro_f1(t, p, indices, len(labels))
+                       classes: Sequence[str] = CODES, indices: np.ndarray | None = None, balanced: bool = False
+                       ) -> np.ndarray:
+    """Macro-F1 (plain, or balanced) on each resample: the rows of `indices`, or `n` stratified resamples
+    drawn from `seed`."""
+    t, p = _class_indices(y_true, y_pred, classes)
+    indices = stratified_bootstrap_indices(y_true, n, seed) if indices is None else indices
+    return resampled_macro_f1(t, p, indices, len(classes), balanced)
 
 
 def percentile_interval(stats: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -93,17 +171,10 @@ def percentile_interval(stats: Sequence[float], level: float = 0.95) -> tuple[fl
     return float(low), float(high)
 
 
-def bootstrap_interval(y_true: Sequence, y_pred: Sequence, metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
+def bootstrap_interval(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES, balanced: bool = False,
                        n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of metric(y_true, y_pred) (default macro_f1, computed vectorised),
-    resampling utterances with replacement."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    indices = bootstrap_indices(len(y_true), n, seed)
-    if metric is None or metric is macro_f1:
-        stats = bootstrap_macro_f1(y_true, y_pred, indices=indices)
-    else:
-        stats = [metric(y_true[idx], y_pred[idx]) for idx in indices]
-    return percentile_interval(stats, level)
+    """Percentile interval of macro-F1 (plain, or balanced) over `n` class-stratified resamples."""
+    return percentile_interval(bootstrap_macro_f1(y_true, y_pred, n, seed, classes, balanced=balanced), level)
 
 
 def relative_change(value: float | np.ndarray, reference: float | np.ndarray) -> float | np.ndarray:
@@ -111,18 +182,20 @@ def relative_change(value: float | np.ndarray, reference: float | np.ndarray) ->
     return 100.0 * (np.asarray(value, dtype=np.float64) - reference) / np.asarray(reference, dtype=np.float64)
 
 
-def classification_scores(y_true: Sequence[str], y_pred: Sequence[str], resamples: int = 10, seed: int = 0,
+def classification_scores(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES, seed: int = 0,
                           bootstrap: int = 1000) -> dict:
-    """The scores every report shows for one set of predictions, over utterances whose consensus is one of
-    the 8 classes: macro-F1 with its 95 % bootstrap interval, accuracy, balanced macro-F1 (mean and std over
-    `resamples`), per-class F1, and n."""
-    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    keep = np.isin(y_true, CODES)
-    y_true, y_pred = y_true[keep], y_pred[keep]
-    if not len(y_true):
-        raise ValueError("no utterance with one of the 8 class labels to score")
-    bal, bal_std = balanced_macro_f1(y_true, y_pred, resamples, seed)
-    return {"n": int(len(y_true)), "macro_f1": macro_f1(y_true, y_pred),
-            "macro_f1_ci95": list(bootstrap_interval(y_true, y_pred, macro_f1, bootstrap, seed)),
-            "accuracy": accuracy(y_true, y_pred), "balanced_macro_f1": bal, "balanced_macro_f1_std": bal_std,
-            "per_class_f1": per_class_f1(y_true, y_pred)}
+    """The scores every report shows for one set of predictions, over the utterances whose consensus is one of
+    `classes` (the run's classes): balanced macro-F1 and macro-F1, each with its 95 % interval (the same
+    `bootstrap` stratified resamples from `seed`), accuracy, per-class F1, n, and the classes."""
+    t, p = _class_indices(y_true, y_pred, classes)
+    scored = t < len(classes)
+    if not scored.any():
+        raise ValueError(f"no utterance labelled with one of the run's classes ({', '.join(classes)}) to score")
+    y_true, y_pred = np.asarray(list(y_true), dtype=object)[scored], np.asarray(list(y_pred), dtype=object)[scored]
+    indices = stratified_bootstrap_indices(y_true, bootstrap, seed)
+    interval = lambda balanced: list(percentile_interval(  # noqa: E731
+        bootstrap_macro_f1(y_true, y_pred, classes=classes, indices=indices, balanced=balanced)))
+    return {"n": int(scored.sum()), "classes": list(classes),
+            "balanced_macro_f1": balanced_macro_f1(y_true, y_pred, classes), "balanced_macro_f1_ci95": interval(True),
+            "macro_f1": macro_f1(y_true, y_pred, classes), "macro_f1_ci95": interval(False),
+            "accuracy": accuracy(y_true, y_pred, classes), "per_class_f1": per_class_f1(y_true, y_pred, classes)}

@@ -51,7 +51,8 @@ class TranscribeParams(Section):
     model: str                  # checkpoint path, openai-whisper name (large-v3), or demo:base / demo:tiny.en
     language: str
     batch_size: int = Field(ge=1)
-    #: Pad each batch to max(longest clip + 1 s, pad_seconds); 30 = Whisper's fixed 30 s window.
+    #: Pad each clip to whole seconds, at least clip + 1 s and pad_seconds (clips of one padded length are decoded
+    #: together); 30 = Whisper's fixed 30 s window.
     pad_seconds: float = Field(ge=0, le=30)
     beam_size: int = Field(ge=1)
     num_workers: int = Field(ge=0)
@@ -74,7 +75,7 @@ class ExtractParams(Section):
     """Settings shared by every extract@ENCODER stage (medusa.extract)."""
     device: str
     num_workers: int = Field(ge=0)
-    #: Whisper encoder: pad each batch to at least this many seconds (its longest clip otherwise).
+    #: Whisper encoder: pad each clip to whole seconds, at least its length and this many seconds.
     whisper_pad_seconds: float = Field(ge=0, le=30)
 
 
@@ -109,8 +110,6 @@ class TrainParams(Section):
     ce_weight: float = Field(gt=0)
     mse_weight: float = Field(ge=0)             # 0 = Table 2's "w/o multitask"
     class_weighted: bool                        # stage-1 class weights alpha_c = (N / (|C| f_c))^0.5
-    #: Model selection: balanced macro-F1 on dev = mean over this many class-balanced resamples.
-    eval_resamples: int = Field(ge=1)
     #: The logistic-regression baseline on mean-pooled features, shown beside each model.
     baseline_c: float = Field(gt=0)
 
@@ -138,14 +137,16 @@ class EnsembleParams(Section):
     members: list[str]
     #: Also evaluate the top-k members by dev balanced macro-F1 (paper: top-7 and top-5 of 14).
     top_k: list[int]
-    use_attributes: bool            # members' attribute predictions in, attributes out (eq. (1)'s MSE term)
+    #: Feed the members' attribute predictions in beside their posteriors (not the paper's: its meta-classifier
+    #: reads the posteriors only). Attribute outputs are separate: they exist when mse_weight > 0.
+    attributes_in: bool
     hidden: int = Field(ge=0)       # 0: linear (the paper)
     epochs: int = Field(ge=1)       # a fixed number: dev is the meta-classifier's training set
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     ce_weight: float = Field(gt=0)
-    mse_weight: float = Field(ge=0)
+    mse_weight: float = Field(ge=0)  # > 0: attribute outputs, trained by eq. (1)'s MSE term; 0: class outputs only
     #: One meta-classifier per seed; the soup averages their weights (paper: 6 seeds).
     seeds: list[int] = Field(min_length=1)
 

@@ -39,10 +39,12 @@ def duration_histogram(manifest: pd.DataFrame) -> plt.Figure:
 
 
 def probe_scores(results: pd.DataFrame) -> plt.Figure:
+    """Balanced macro-F1 of each channel probe (medusa.probes.run_probes) per split; chance = 1 / run classes."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    sns.barplot(results, x="probe", y="macro_f1", hue="split", ax=ax)
-    ax.axhline(1 / 8, color="grey", linestyle="--", linewidth=1, label="chance (1/8)")
-    ax.set_title("Channel probes: macro-F1")
+    sns.barplot(results, x="probe", y="balanced_macro_f1", hue="split", ax=ax)
+    k = int(results["classes"].iloc[0])
+    ax.axhline(1 / k, color="grey", linestyle="--", linewidth=1, label=f"chance (1/{k})")
+    ax.set_title("Channel probes: balanced macro-F1")
     ax.legend()
     return fig
 
@@ -60,10 +62,10 @@ def frames_vs_duration(store, items: pd.DataFrame, name: str) -> plt.Figure:
 
 def training_curves(history: pd.DataFrame, name: str = "") -> plt.Figure:
     """Left: mean training loss per epoch. Right: dev balanced macro-F1 (the selection score) and, where the
-    history has it, test macro-F1 (recorded for diagnosis only). Stage 2's epochs are shaded."""
+    history has it, test balanced macro-F1 (recorded for diagnosis only). Stage 2's epochs are shaded."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     sns.lineplot(history, x="step", y="train_loss", marker="o", ax=axes[0])
-    scores = [c for c in ("dev_balanced_macro_f1", "test_macro_f1") if c in history]
+    scores = [c for c in ("dev_balanced_macro_f1", "test_balanced_macro_f1") if c in history]
     long = history.melt(id_vars="step", value_vars=scores, var_name="score", value_name="F1")
     sns.lineplot(long, x="step", y="F1", hue="score", style="score", markers=True, ax=axes[1])
     axes[1].axhline(1 / len(CODES), color="grey", linestyle=":", linewidth=1)
@@ -119,9 +121,9 @@ def per_class_f1_heatmap(scores: dict[str, dict[str, float]], title: str = "Per-
 
 
 def training_curves_grid(histories: dict[str, pd.DataFrame]) -> plt.Figure:
-    """Dev balanced macro-F1 (selection) and test macro-F1 (diagnosis) per epoch, one panel per model."""
+    """Dev and test balanced macro-F1 (selection; diagnosis) per epoch, one panel per model."""
     long = pd.concat([h.assign(model=name) for name, h in histories.items()], ignore_index=True)
-    scores = [c for c in ("dev_balanced_macro_f1", "test_macro_f1") if c in long]
+    scores = [c for c in ("dev_balanced_macro_f1", "test_balanced_macro_f1") if c in long]
     long = long.melt(id_vars=["model", "step", "stage"], value_vars=scores, var_name="score", value_name="F1")
     grid = sns.relplot(long, x="step", y="F1", hue="score", style="stage", col="model", col_wrap=min(3, len(histories)),
                        kind="line", markers=True, height=2.6, aspect=1.3)

@@ -4,8 +4,10 @@
 - text only: TF-IDF of the reference transcript (word 1-2 grams) + logistic regression;
 - both: late fusion, the mean of the two probes' log-probabilities (a joint model over 88 dense and
   thousands of sparse columns lets one channel's regularisation starve the other).
-Trained on `train`, scored on `test` and `dev`, over utterances whose consensus is one of the 8 classes.
-Used by the prepare notebook to check the demo corpus's difficulty (and to size up a real corpus).
+Trained on `train`, scored on `test` and `dev` with the scores every report uses (medusa.metrics): balanced
+macro-F1 (the headline), macro-F1 and accuracy, over the run's classes (those labelling a train row; a corpus
+with 4 emotions is scored over 4, so a perfect probe scores 1, not 4/8). Used by the prepare notebook to check
+the demo corpus's difficulty (and to size up a real corpus).
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
 from sklearn.preprocessing import StandardScaler
 
 from medusa.labels import CODES
+from medusa.metrics import accuracy, balanced_macro_f1, classes_of, macro_f1
 
 
 def egemaps_functionals(paths: list[str]) -> np.ndarray:
@@ -39,10 +41,14 @@ def probe_sample(manifest: pd.DataFrame, max_utterances: int, seed: int) -> pd.D
     return rows
 
 
-def run_probes(rows: pd.DataFrame, audio_features: np.ndarray, seed: int) -> pd.DataFrame:
-    """Macro-F1 and accuracy of the three probes on test and dev (rows as from probe_sample)."""
+def run_probes(rows: pd.DataFrame, audio_features: np.ndarray, seed: int,
+               classes: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Balanced macro-F1, macro-F1 and accuracy of the three probes on test and dev (rows as from probe_sample),
+    over `classes`: the run's classes (medusa.metrics.run_classes of the whole manifest; default: the classes
+    labelling a train row of `rows`)."""
     y = rows["label"].to_numpy()
     train = (rows["split"] == "train").to_numpy()
+    classes = classes_of(y[train]) if classes is None else tuple(classes)
     audio = StandardScaler().fit(audio_features[train]).transform(audio_features)
     audio = np.nan_to_num(audio)
     tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(rows["ref_text"][train])
@@ -56,11 +62,12 @@ def run_probes(rows: pd.DataFrame, audio_features: np.ndarray, seed: int) -> pd.
     results = []
     for name, lp in log_probs.items():
         for split in ("test", "dev"):
-            mask = (rows["split"] == split).to_numpy()
+            mask = (rows["split"] == split).to_numpy() & np.isin(y, classes)
             if not mask.any():
                 continue
             pred = lp[mask].idxmax(axis=1).to_numpy()
             results.append({"probe": name, "split": split, "n": int(mask.sum()),
-                            "macro_f1": f1_score(y[mask], pred, labels=list(CODES), average="macro", zero_division=0),
-                            "accuracy": accuracy_score(y[mask], pred)})
+                            "balanced_macro_f1": balanced_macro_f1(y[mask], pred, classes),
+                            "macro_f1": macro_f1(y[mask], pred, classes), "accuracy": accuracy(y[mask], pred, classes),
+                            "classes": len(classes)})
     return pd.DataFrame(results)

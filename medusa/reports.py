@@ -1,5 +1,9 @@
-"""The summary report (notebook 06_ablations): the paper's Tables 1-3 on this run's data, with 95 % bootstrap
-intervals, written as Markdown, CSV and LaTeX, and the findings: which of the paper's claims hold here.
+"""The summary report (notebook 06_ablations): the paper's Tables 1-3 on this run's data, written as Markdown, CSV
+and LaTeX, and the findings: which of the paper's claims hold here.
+
+Every table leads with balanced macro-F1 on test and its 95 % class-stratified bootstrap interval (the paper
+reports on balanced held-out test sets; definitions in medusa.metrics), with plain macro-F1 and accuracy beside
+it; the findings and reports/metrics/report.json use the balanced figures and their (paired) intervals.
 
 Every table is built as one frame of display strings (numbers rounded once, here) and each writer lays out that
 same frame, so the three formats carry the same numbers.
@@ -15,7 +19,7 @@ import pandas as pd
 from medusa import paths
 from medusa.ablation import PAPER_DELTA_PCT, variant_title
 from medusa.labels import CODES
-from medusa.metrics import bootstrap_indices, bootstrap_macro_f1, percentile_interval, relative_change
+from medusa.metrics import bootstrap_macro_f1, percentile_interval, relative_change, stratified_bootstrap_indices
 from medusa.params import REFERENCE_VARIANT
 
 TABLE_FORMATS = ("md", "csv", "tex")
@@ -36,17 +40,23 @@ def cell(value: float, low: float | None = None, high: float | None = None, std:
     return text
 
 
-def write_table(table: pd.DataFrame, stem: str, caption: str, root: str | Path = paths.TABLES) -> dict[str, Path]:
-    """Write a frame of display strings as root/stem.md (caption, then a pipe table), .csv and .tex (a booktabs
-    tabular with the caption as a comment); atomically. Returns {format: path}."""
+def write_table(table: pd.DataFrame, stem: str, caption: str, root: str | Path = paths.TABLES,
+                notes: list[str] | None = None) -> dict[str, Path]:
+    """Write a frame of display strings as root/stem.md (caption, then a pipe table, then the `notes` as a list),
+    .csv (the table only: a CSV holds one table) and .tex (a booktabs tabular, the caption and the notes as
+    comments); atomically. Returns {format: path}."""
     from medusa.io import atomic_path
 
     table = table.astype(str)
     root = Path(root)
+    notes = notes or []
+    md_notes = "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    tex_notes = "".join(f"% {n}\n" for n in notes)
     # disable_numparse: tabulate would otherwise reprint "0.430" as "0.43"
-    texts = {"md": f"{caption}\n\n{table.to_markdown(disable_numparse=True)}\n",
+    texts = {"md": f"{caption}\n\n{table.to_markdown(disable_numparse=True)}\n{md_notes}",
              "csv": table.to_csv(),
-             "tex": f"% {caption}\n" + table.style.to_latex(hrules=True, column_format="l" + "r" * table.shape[1])}
+             "tex": f"% {caption}\n" + table.style.to_latex(hrules=True, column_format="l" + "r" * table.shape[1])
+             + tex_notes}
     out = {}
     for fmt in TABLE_FORMATS:
         out[fmt] = root / f"{stem}.{fmt}"
@@ -57,59 +67,77 @@ def write_table(table: pd.DataFrame, stem: str, caption: str, root: str | Path =
 
 # ---------------------------------------------------------------- Table 1: every model, the average, MEDUSA
 def member_rows(names: list[str], models: dict, models_root: str | Path = paths.MODELS) -> pd.DataFrame:
-    """Each member's encoders, seed and test scores (from its metrics.json)."""
+    """Each member's encoders, seed and test scores (from its metrics.json): balanced macro-F1 with its interval,
+    macro-F1, accuracy, n, and the dev balanced macro-F1 it was selected by."""
+    from medusa.members import read_metrics
+
     rows = []
     for name in names:
-        m = json.loads((Path(models_root) / name / "metrics.json").read_text())
+        m = read_metrics(Path(models_root) / name, f"train@{name}")
+        test = m["test"]
         rows.append({"model": name, "encoders": " + ".join(models[name]["encoders"]), "seed": models[name]["seed"],
-                     "macro_f1": m["test"]["macro_f1"], "ci95_low": m["test"]["macro_f1_ci95"][0],
-                     "ci95_high": m["test"]["macro_f1_ci95"][1], "accuracy": m["test"]["accuracy"],
+                     "n": test["n"], "balanced_macro_f1": test["balanced_macro_f1"],
+                     "ci95_low": test["balanced_macro_f1_ci95"][0], "ci95_high": test["balanced_macro_f1_ci95"][1],
+                     "macro_f1": test["macro_f1"], "accuracy": test["accuracy"],
                      "dev_balanced_macro_f1": m["dev_balanced_macro_f1"]})
     return pd.DataFrame(rows)
 
 
-def paired_change(truth: np.ndarray, system: np.ndarray, reference: np.ndarray, bootstrap: int, seed: int
-                  ) -> tuple[float, float]:
-    """95 % interval of the relative macro-F1 change (%) of `system` from `reference`, both scored on each
-    resample of the same utterances."""
-    indices = bootstrap_indices(len(truth), bootstrap, seed)
-    return percentile_interval(relative_change(bootstrap_macro_f1(truth, system, indices=indices),
-                                               bootstrap_macro_f1(truth, reference, indices=indices)))
+def paired_change(truth: np.ndarray, system: np.ndarray, reference: np.ndarray, bootstrap: int, seed: int,
+                  classes: tuple[str, ...] = CODES) -> tuple[float, float]:
+    """95 % interval of the relative balanced macro-F1 change (%) of `system` from `reference`, both scored on
+    each class-stratified resample of the same utterances."""
+    indices = stratified_bootstrap_indices(truth, bootstrap, seed)
+    curve = lambda pred: bootstrap_macro_f1(truth, pred, classes=classes, indices=indices, balanced=True)  # noqa: E731
+    return percentile_interval(relative_change(curve(system), curve(reference)))
 
 
-def mean_interval(truth: np.ndarray, predictions: list[np.ndarray], bootstrap: int, seed: int) -> tuple[float, float]:
-    """95 % interval of the mean macro-F1 of several systems scored on the same utterances (paired resamples)."""
-    indices = bootstrap_indices(len(truth), bootstrap, seed)
-    return percentile_interval(np.mean([bootstrap_macro_f1(truth, p, indices=indices) for p in predictions], axis=0))
+def mean_interval(truth: np.ndarray, predictions: list[np.ndarray], bootstrap: int, seed: int,
+                  classes: tuple[str, ...] = CODES) -> tuple[float, float]:
+    """95 % interval of the mean balanced macro-F1 of several systems scored on the same utterances (paired
+    class-stratified resamples)."""
+    indices = stratified_bootstrap_indices(truth, bootstrap, seed)
+    return percentile_interval(np.mean([bootstrap_macro_f1(truth, p, classes=classes, indices=indices, balanced=True)
+                                        for p in predictions], axis=0))
+
+
+TABLE1_F1 = "test bal. macro-F1 [95 % CI]"
 
 
 def table1(rows: pd.DataFrame, average_ci: tuple[float, float], medusa: pd.Series) -> pd.DataFrame:
-    """Display frame: one line per model (the top one marked), the average, and MEDUSA (the soup over all
-    members, from the ensemble's technique table)."""
-    top = rows["macro_f1"].idxmax()
+    """Display frame: one line per model (the top one by test balanced macro-F1 marked), the average, and
+    MEDUSA (the soup over all members, from the ensemble's technique table)."""
+    top = rows["balanced_macro_f1"].idxmax()
     lines = [{"model": r["model"] + (" (top)" if i == top else ""), "encoders": r["encoders"], "seed": str(r["seed"]),
-              "test macro-F1 [95 % CI]": cell(r["macro_f1"], r["ci95_low"], r["ci95_high"]),
-              "test accuracy": cell(r["accuracy"]), "dev balanced macro-F1": cell(r["dev_balanced_macro_f1"])}
+              TABLE1_F1: cell(r["balanced_macro_f1"], r["ci95_low"], r["ci95_high"]),
+              "test macro-F1": cell(r["macro_f1"]), "test accuracy": cell(r["accuracy"]),
+              "dev bal. macro-F1": cell(r["dev_balanced_macro_f1"])}
              for i, r in rows.iterrows()]
     lines.append({"model": "AVG", "encoders": f"{len(rows)} models", "seed": "–",
-                  "test macro-F1 [95 % CI]": cell(rows["macro_f1"].mean(), *average_ci),
-                  "test accuracy": cell(rows["accuracy"].mean()), "dev balanced macro-F1": cell(rows["dev_balanced_macro_f1"].mean())})
+                  TABLE1_F1: cell(rows["balanced_macro_f1"].mean(), *average_ci),
+                  "test macro-F1": cell(rows["macro_f1"].mean()), "test accuracy": cell(rows["accuracy"].mean()),
+                  "dev bal. macro-F1": cell(rows["dev_balanced_macro_f1"].mean())})
     lines.append({"model": "MEDUSA", "encoders": f"meta-classifier soup over {medusa['subset']}", "seed": "–",
-                  "test macro-F1 [95 % CI]": cell(medusa["macro_f1"], medusa["macro_f1_ci95_low"], medusa["macro_f1_ci95_high"]),
-                  "test accuracy": cell(medusa["accuracy"]), "dev balanced macro-F1": "–"})
+                  TABLE1_F1: cell(medusa["balanced_macro_f1"], medusa["balanced_macro_f1_ci95_low"],
+                                  medusa["balanced_macro_f1_ci95_high"]),
+                  "test macro-F1": cell(medusa["macro_f1"]), "test accuracy": cell(medusa["accuracy"]),
+                  "dev bal. macro-F1": "–"})
     return pd.DataFrame(lines).set_index("model")
 
 
 # ---------------------------------------------------------------- Table 2: ablations
 def table2_view(table: pd.DataFrame) -> pd.DataFrame:
-    """medusa.ablation.table2 laid out like the paper: rows = variants; per configuration F1 [CI] and ACC
-    (mean ± std over seeds where there are several), then AVG F1 [CI], AVG ACC and Δ (%) [CI] of the average."""
+    """medusa.ablation.table2 laid out like the paper: rows = variants; per configuration bal. F1 [CI], F1 and ACC
+    (mean ± std over seeds where there are several), then the same for AVG and Δ (%) [CI] of the average's
+    balanced macro-F1."""
     lines = []
     for variant, group in table.groupby("variant", sort=False):
         line = {"variant": variant_title(variant)}
         for r in group.itertuples():
             prefix = "AVG" if r.configuration == "AVG" else r.configuration
-            line[f"{prefix} F1"] = cell(r.macro_f1, r.ci95_low, r.ci95_high, r.macro_f1_std)
+            line[f"{prefix} bal. F1"] = cell(r.balanced_macro_f1, r.balanced_macro_f1_ci95_low,
+                                             r.balanced_macro_f1_ci95_high, r.balanced_macro_f1_std)
+            line[f"{prefix} F1"] = cell(r.macro_f1, std=r.macro_f1_std)
             line[f"{prefix} ACC"] = cell(r.accuracy, std=r.accuracy_std)
         avg = group[group["configuration"] == "AVG"].iloc[0]
         line["Δ (%)"] = ("–" if variant == REFERENCE_VARIANT
@@ -118,14 +146,40 @@ def table2_view(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(lines).set_index("variant")
 
 
+def _count_range(values: pd.Series) -> str:
+    """"1,203" when every run used the same count, "1,100-1,203" otherwise."""
+    low, high = int(values.min()), int(values.max())
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def train_rows_note(runs: pd.DataFrame) -> list[str]:
+    """Table 2's notes: how many training rows each variant used (over its models), from the columns
+    train_rows_stage1 / train_rows_stage2_pool of medusa.ablation.load_runs (each run's metrics.json
+    `train_rows`; NaN or a missing column where a run did not record it). Stage 1 trains on every row with a
+    target (a one-hot run has none for X/O rows); stage 2 draws its balanced subsets from a pool (none recorded
+    when the run has no stage 2)."""
+    notes = []
+    for variant, group in runs.groupby("variant", sort=False):
+        stage1, pool = (group[c].dropna() if c in group else pd.Series(dtype=float)
+                        for c in ("train_rows_stage1", "train_rows_stage2_pool"))
+        if stage1.empty:
+            notes.append(f"{variant_title(variant)}: training rows not recorded (trained before they were).")
+            continue
+        stage2 = f"stage 2 drew its balanced subsets from {_count_range(pool)}" if len(pool) else "no stage 2"
+        notes.append(f"{variant_title(variant)}: stage 1 trained on {_count_range(stage1)} rows; {stage2}.")
+    return notes
+
+
 # ---------------------------------------------------------------- Table 3: ensembles
 def table3_view(table: pd.DataFrame) -> pd.DataFrame:
-    """medusa.ensemble.technique_table laid out like the paper's Table 3, every macro-F1 with its interval
-    (the single meta-classifier: mean ± std over seeds)."""
+    """medusa.ensemble.technique_table laid out like the paper's Table 3: per subset, bal. F1 [95 % CI], F1 and
+    ACC (the single meta-classifier: mean ± std over seeds)."""
     lines = {}
     for r in table.itertuples():
         line = lines.setdefault(r.technique, {"technique": r.technique})
-        line[f"{r.subset} F1"] = cell(r.macro_f1, r.macro_f1_ci95_low, r.macro_f1_ci95_high, r.macro_f1_std)
+        line[f"{r.subset} bal. F1"] = cell(r.balanced_macro_f1, r.balanced_macro_f1_ci95_low,
+                                           r.balanced_macro_f1_ci95_high, r.balanced_macro_f1_std)
+        line[f"{r.subset} F1"] = cell(r.macro_f1, std=r.macro_f1_std)
         line[f"{r.subset} ACC"] = cell(r.accuracy, std=r.accuracy_std)
     return pd.DataFrame(list(lines.values())).set_index("technique")
 
@@ -141,70 +195,121 @@ def _verdict(holds: bool, significant: bool) -> str:
 
 
 def ablation_findings(table: pd.DataFrame) -> list[str]:
-    """One line per variant (does removing the component hurt, as the paper says?) and one on which matters most."""
+    """One line per variant (does removing the component lower balanced macro-F1, as the paper says?), judged by
+    the paired interval of the change, and one on which matters most."""
     avg = table[(table["configuration"] == "AVG") & (table["variant"] != REFERENCE_VARIANT)].set_index("variant")
     lines = []
     for variant, r in avg.iterrows():
         paper = PAPER_DELTA_PCT.get(variant)
-        claim = f"{variant_title(variant)} lowers macro-F1" + (f" (paper: {paper:+.2f} %)" if paper is not None else "")
+        claim = (f"{variant_title(variant)} lowers balanced macro-F1"
+                 + (f" (paper: {paper:+.2f} % macro-F1 on its balanced test sets)" if paper is not None else ""))
         lines.append(f"{claim}: {r['delta_pct']:+.2f} % here [{r['delta_ci95_low']:+.2f}, {r['delta_ci95_high']:+.2f}] "
                      f"— {_verdict(r['delta_pct'] < 0, r['delta_ci95_high'] < 0 or r['delta_ci95_low'] > 0)}.")
     known = [v for v in avg.index if v in PAPER_DELTA_PCT]
     if known:
         worst = avg.loc[known, "delta_pct"].idxmin()
         paper_worst = min(known, key=PAPER_DELTA_PCT.get)
-        lines.append(f"The largest drop comes with {variant_title(paper_worst)} (the paper's most important component): "
-                     f"here it comes with {variant_title(worst)} ({avg.loc[worst, 'delta_pct']:+.2f} %) — "
-                     f"{'**holds**' if worst == paper_worst else '**does not hold**'}.")
+        claim = f"The largest drop comes with {variant_title(paper_worst)} (the paper's most important component)"
+        if avg.loc[worst, "delta_pct"] >= 0:  # no variant lowers the score: there is no largest drop to compare
+            lines.append(f"{claim}: no variant lowers balanced macro-F1 here — **does not hold**.")
+        else:
+            lines.append(f"{claim}: here it comes with {variant_title(worst)} ({avg.loc[worst, 'delta_pct']:+.2f} %) — "
+                         f"{'**holds**' if worst == paper_worst else '**does not hold**'}.")
     return lines
 
 
-def ensemble_findings(table3: pd.DataFrame, members: pd.DataFrame, gain_ci: tuple[float, float]) -> list[str]:
-    """MEDUSA above the best single model (with the paired interval `gain_ci` of its relative change, %),
-    the meta-classifier above voting, and the soup against a single meta-classifier (all members)."""
+VOTES = ("majority voting", "soft voting")
+
+
+def vote_frames(posteriors: dict[str, pd.DataFrame], names: list[str]) -> dict[str, pd.DataFrame]:
+    """The two votes over the members `names` on test, as posteriors frames (one-hot on the voted class), so
+    that they pair up with other systems in medusa.ablation.aligned_test_predictions."""
+    from medusa.ensemble import majority_vote, soft_vote, stack
+    from medusa.labels import SOFT_TARGET_COLUMNS
+
+    test = stack({n: posteriors[n] for n in names}, "test")
+    out = {}
+    for name, vote in zip(VOTES, (majority_vote, soft_vote)):
+        frame = pd.DataFrame({"utt_id": test.utt_ids, "split": "test", "label": test.labels})
+        frame[list(SOFT_TARGET_COLUMNS)] = np.eye(len(CODES))[vote(test.probs)]
+        out[name] = frame
+    return out
+
+
+def ensemble_findings(table3: pd.DataFrame, members: pd.DataFrame, gain_ci: tuple[float, float],
+                      vote_ci: tuple[float, float] | None = None) -> list[str]:
+    """MEDUSA above the best single model (with the paired interval `gain_ci` of its relative change in balanced
+    macro-F1, %), the meta-classifier above the better vote (paired interval `vote_ci` of the soup's change from
+    it, where given), and the soup against a single meta-classifier (all members; point estimates: the single
+    runs' predictions are not kept)."""
     subset = table3["subset"].iloc[0]
     rows = table3[table3["subset"] == subset].set_index("technique")
     soup, single = rows.loc["meta-classifier (soup)"], rows.loc["meta-classifier (single)"]
-    best = members.loc[members["macro_f1"].idxmax()]
-    gain = float(relative_change(soup["macro_f1"], best["macro_f1"]))
-    votes = rows.loc[["majority voting", "soft voting"], "macro_f1"].max()
+    best = members.loc[members["balanced_macro_f1"].idxmax()]
+    gain = float(relative_change(soup["balanced_macro_f1"], best["balanced_macro_f1"]))
+    vote = rows.loc[list(VOTES), "balanced_macro_f1"].idxmax()
+    votes = float(rows.loc[vote, "balanced_macro_f1"])
+    above_votes = min(soup["balanced_macro_f1"], single["balanced_macro_f1"]) > votes
+    if vote_ci is None:
+        vote_verdict = "**holds**" if above_votes else "**does not hold**"
+    else:
+        vote_gain = float(relative_change(soup["balanced_macro_f1"], votes))
+        vote_verdict = (f"the soup's change from {vote} {vote_gain:+.2f} % [{vote_ci[0]:+.2f}, {vote_ci[1]:+.2f}] — "
+                        + _verdict(above_votes, vote_ci[0] > 0 or vote_ci[1] < 0))
     return [f"MEDUSA beats the best single model (paper: +{PAPER_MEDUSA_GAIN_PCT} %, {PAPER_MEDUSA_F1:.3f} against "
-            f"{PAPER_BEST_SINGLE_F1:.3f}): soup {soup['macro_f1']:.3f} against {best['model']} {best['macro_f1']:.3f}, "
-            f"{gain:+.2f} % [{gain_ci[0]:+.2f}, {gain_ci[1]:+.2f}] — {_verdict(gain > 0, gain_ci[0] > 0 or gain_ci[1] < 0)}.",
-            f"The meta-classifier beats voting (paper: 0.472 against 0.439): soup {soup['macro_f1']:.3f}, single "
-            f"{single['macro_f1']:.3f} ± {single['macro_f1_std']:.3f}, best vote {votes:.3f} — "
-            f"{'**holds**' if min(soup['macro_f1'], single['macro_f1']) > votes else '**does not hold**'}.",
+            f"{PAPER_BEST_SINGLE_F1:.3f}): soup {soup['balanced_macro_f1']:.3f} against {best['model']} "
+            f"{best['balanced_macro_f1']:.3f} (balanced macro-F1), {gain:+.2f} % [{gain_ci[0]:+.2f}, {gain_ci[1]:+.2f}] "
+            f"— {_verdict(gain > 0, gain_ci[0] > 0 or gain_ci[1] < 0)}.",
+            f"The meta-classifier beats voting (paper: 0.472 against 0.439): soup {soup['balanced_macro_f1']:.3f}, "
+            f"single {single['balanced_macro_f1']:.3f} ± {single['balanced_macro_f1_std']:.3f}, best vote ({vote}) "
+            f"{votes:.3f} — {vote_verdict}.",
             f"With all members the soup is at least as good as a single meta-classifier (paper: 0.472 against "
-            f"0.471): {soup['macro_f1']:.3f} against {single['macro_f1']:.3f} — "
-            f"{'**holds**' if soup['macro_f1'] >= single['macro_f1'] else '**does not hold**'}."]
+            f"0.471): {soup['balanced_macro_f1']:.3f} against {single['balanced_macro_f1']:.3f} (point estimates) — "
+            f"{'**holds**' if soup['balanced_macro_f1'] >= single['balanced_macro_f1'] else '**does not hold**'}."]
 
 
 def noise_note(n: int, half_width: float) -> str:
-    return (f"Every score here is on {n} test utterances; a macro-F1 interval is about ±{half_width:.2f} wide, so "
-            "differences of a few points, including most of the paper's ablation effects (1-8 % relative, i.e. "
-            "0.005-0.035 absolute), cannot be resolved on this run. Read the verdicts with the intervals.")
+    return (f"Every score here is on {n} test utterances; a balanced macro-F1 interval is about ±{half_width:.2f} "
+            "wide, so differences smaller than that, including most of the paper's ablation effects (1-8 % "
+            "relative, i.e. 0.005-0.035 absolute), cannot be resolved on this run. Read the verdicts with the "
+            "intervals.")
 
 
-def headline_metrics(rows: pd.DataFrame, table3: pd.DataFrame, ablations: pd.DataFrame) -> dict:
-    """reports/metrics/report.json: MEDUSA and best single test macro-F1, the Table 2 changes (DVC metrics)."""
+def headline_metrics(rows: pd.DataFrame, table3: pd.DataFrame, ablations: pd.DataFrame,
+                     gain_ci: tuple[float, float] | None = None) -> dict:
+    """reports/metrics/report.json (DVC metrics): MEDUSA's and the best single model's test balanced macro-F1
+    with their intervals, plain macro-F1 and accuracy beside them, the average single model, MEDUSA's gain over
+    the best single model (with its paired interval where given), and Table 2's changes of balanced macro-F1."""
     subset = table3["subset"].iloc[0]
     soup = table3[(table3["subset"] == subset) & (table3["technique"] == "meta-classifier (soup)")].iloc[0]
-    best = rows.loc[rows["macro_f1"].idxmax()]
+    best = rows.loc[rows["balanced_macro_f1"].idxmax()]
     avg = ablations[(ablations["configuration"] == "AVG") & (ablations["variant"] != REFERENCE_VARIANT)]
-    return {"medusa_test_macro_f1": float(soup["macro_f1"]),
-            "medusa_test_macro_f1_ci95": [float(soup["macro_f1_ci95_low"]), float(soup["macro_f1_ci95_high"])],
-            "best_single": str(best["model"]), "best_single_test_macro_f1": float(best["macro_f1"]),
-            "average_single_test_macro_f1": float(rows["macro_f1"].mean()),
-            "ablation_delta_pct": {v: float(d) for v, d in zip(avg["variant"], avg["delta_pct"])}}
+    out = {"n_test": int(soup["n"]),
+           "medusa_test_balanced_macro_f1": float(soup["balanced_macro_f1"]),
+           "medusa_test_balanced_macro_f1_ci95": [float(soup["balanced_macro_f1_ci95_low"]),
+                                                  float(soup["balanced_macro_f1_ci95_high"])],
+           "medusa_test_macro_f1": float(soup["macro_f1"]), "medusa_test_accuracy": float(soup["accuracy"]),
+           "best_single": str(best["model"]), "best_single_test_balanced_macro_f1": float(best["balanced_macro_f1"]),
+           "best_single_test_balanced_macro_f1_ci95": [float(best["ci95_low"]), float(best["ci95_high"])],
+           "best_single_test_macro_f1": float(best["macro_f1"]), "best_single_test_accuracy": float(best["accuracy"]),
+           "average_single_test_balanced_macro_f1": float(rows["balanced_macro_f1"].mean()),
+           "average_single_test_macro_f1": float(rows["macro_f1"].mean()),
+           "medusa_gain_over_best_single_pct": float(relative_change(soup["balanced_macro_f1"],
+                                                                     best["balanced_macro_f1"])),
+           "ablation_delta_pct": {v: float(d) for v, d in zip(avg["variant"], avg["delta_pct"])}}
+    if gain_ci is not None:
+        out["medusa_gain_over_best_single_pct_ci95"] = [float(gain_ci[0]), float(gain_ci[1])]
+    return out
 
 
-def per_class_scores(posteriors: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
-    """Per-class test F1 of each system from its posteriors frame."""
+def per_class_scores(posteriors: dict[str, pd.DataFrame], classes: tuple[str, ...] = CODES
+                     ) -> dict[str, dict[str, float]]:
+    """Per-class test F1 of each system from its posteriors frame, over `classes` (the run's classes)."""
     from medusa.members import predicted_labels
     from medusa.metrics import per_class_f1
 
     out = {}
     for name, frame in posteriors.items():
-        test = frame[(frame["split"] == "test") & frame["label"].isin(CODES)]
-        out[name] = per_class_f1(test["label"].to_numpy(), predicted_labels(test))
+        test = frame[(frame["split"] == "test") & frame["label"].isin(classes)]
+        out[name] = per_class_f1(test["label"].to_numpy(), predicted_labels(test), classes)
     return out

@@ -1,12 +1,16 @@
 """Stages 1-2 of MEDUSA's recipe for one DeepSER.
 
-Stage 1: the whole training set, soft-target cross-entropy with class weights alpha_c = (N / (|C| f_c))^0.5
-(f_c = the soft-target mass of class c), plus the attribute MSE, Manifold MixUp with probability p.
-Stage 2: from stage 1's best weights, each epoch on a freshly drawn class-balanced subset (utterances whose
-consensus is one of the 8 classes), uniform class weights, one optimizer for the whole stage (the authors'
-release re-created it every epoch, and stepped only once per epoch: here every batch steps).
-Loss = ce_weight * CE + mse_weight * MSE (paper: 1.5 and 0.4). Model selection: balanced macro-F1 on dev
-(medusa.metrics). Every random draw comes from `seed`: same config, same data, same weights on CPU.
+Stage 1: every training utterance with a target (FeatureDataset.has_target: soft targets keep X and O rows
+that have class votes; one-hot targets only rows of the 8 classes; neither has rows without class votes),
+soft-target cross-entropy with class weights alpha_c = (N / (|C| f_c))^0.5 (f_c = the target mass of class c),
+plus the attribute MSE, Manifold MixUp with probability p.
+Stage 2: from stage 1's best weights, each epoch on a freshly drawn class-balanced subset (utterances with a
+target whose consensus is one of the 8 classes), uniform class weights, one optimizer for the whole stage (the
+authors' release re-created it every epoch, and stepped only once per epoch: here every batch steps).
+Loss = ce_weight * CE + mse_weight * MSE (paper: 1.5 and 0.4); a loss that is not finite stops training with
+an error naming the batch's utterances. Model selection: balanced macro-F1 on dev (medusa.metrics). Every random
+draw comes from `seed`: same config, same data, same weights on CPU. A checkpoint resumes only a run with the
+same inputs (_fingerprint: config, architecture, rows and targets, feature stores).
 """
 from __future__ import annotations
 
@@ -23,10 +27,11 @@ import torch
 from tqdm import tqdm
 
 from medusa.dataset import Batch, FeatureDataset, bucketed
+from medusa.feature_store import FRAMES_FILE, INDEX_FILE, META_FILE, FeatureStore
 from medusa.io import atomic_path
 from medusa.deepser import DeepSER, manifold_mixup, soft_cross_entropy
 from medusa.labels import CODES, balanced_epoch, class_weights
-from medusa.metrics import balanced_macro_f1, macro_f1
+from medusa.metrics import balanced_macro_f1, classes_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,6 @@ class TrainConfig:
     ce_weight: float = 1.5
     mse_weight: float = 0.4         # 0 switches the multitask attribute loss off (ablation)
     class_weighted: bool = True     # stage-1 class weights
-    eval_resamples: int = 10
     amp: bool = True                # bf16 autocast on CUDA (no effect on CPU)
     seed: int = 0
 
@@ -80,9 +84,13 @@ def _labelled_predictions(model: DeepSER, data: FeatureDataset, cfg: TrainConfig
     return data.labels[keep], np.asarray(CODES)[probs.argmax(1)][keep]
 
 
-def evaluate(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device) -> float:
-    """Balanced macro-F1 on the utterances of `data` whose consensus is one of the 8 classes."""
-    return balanced_macro_f1(*_labelled_predictions(model, data, cfg, device), cfg.eval_resamples, cfg.seed)[0]
+def evaluate(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device,
+             classes: tuple[str, ...] = CODES) -> float:
+    """Balanced macro-F1 (medusa.metrics: the class-balanced confusion matrix, deterministic, so selection does
+    not depend on a resampling seed) on the utterances of `data` whose consensus is one of `classes` (the run's
+    classes; CODES scores every labelled utterance, which is the same whenever `data` holds no class that the
+    training split lacks)."""
+    return balanced_macro_f1(*_labelled_predictions(model, data, cfg, device), classes)
 
 
 def batch_loss(model: DeepSER, batch: Batch, weights: torch.Tensor | None, cfg: TrainConfig,
@@ -105,16 +113,38 @@ def batch_loss(model: DeepSER, batch: Batch, weights: torch.Tensor | None, cfg: 
     return loss
 
 
+class NonFiniteLossError(RuntimeError):
+    """A training batch gave a loss that is not finite; the message names the batch's utterances."""
+
+
+def _non_finite_loss_message(value: float, batch: Batch) -> str:
+    """What to say about a batch whose loss is `value` (nan or inf): its utterances, and the likely cause."""
+    no_target = [u for u, t in zip(batch.utt_ids, batch.targets) if not torch.isfinite(t).all()]
+    cause = (f"{', '.join(no_target)} {'has' if len(no_target) == 1 else 'have'} no finite training target "
+             "(e.g. no annotator rows, or only `Other-...` votes): such rows must not be drawn; check the "
+             "manifest's p_A..p_N" if no_target else
+             "every target is finite, so the model itself diverged (lower train.lr, check the features)")
+    return (f"the training loss is {value} on the batch of utterances {', '.join(batch.utt_ids)}; {cause}. "
+            "Training stopped rather than go on with weights a non-finite gradient would ruin.")
+
+
 def train_step(model: DeepSER, optimizer: torch.optim.Optimizer, batch: Batch, weights: torch.Tensor | None,
                cfg: TrainConfig, rng: np.random.Generator, device: torch.device) -> float:
-    """One optimizer step on one batch (every batch steps; the authors' loop stepped once per epoch)."""
+    """One optimizer step on one batch (every batch steps; the authors' loop stepped once per epoch).
+
+    Raises NonFiniteLossError, before any weight changes, when the loss is nan or inf: one such step would turn
+    every weight into nan and the rest of the run would silently report nonsense."""
     loss = batch_loss(model, batch, weights, cfg, rng, device)
+    # read the value before backward (the one host sync per step, moved here from after the step)
+    value = loss.item()
+    if not np.isfinite(value):
+        raise NonFiniteLossError(_non_finite_loss_message(value, batch))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
-    return loss.item()
+    return value
 
 
 @dataclass
@@ -143,10 +173,56 @@ def _set_rng_states(rng: np.random.Generator, states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _fingerprint(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig) -> str:
-    """What a checkpoint was made for: config, architecture and the utterances; another one is not resumed."""
-    blob = json.dumps([asdict(cfg), model.cfg.to_dict(), list(train.rows["utt_id"]), list(dev.rows["utt_id"]),
-                       train.pools], sort_keys=True)
+def store_identity(store: FeatureStore) -> str:
+    """A digest of what a finished feature store holds: sha256 of its meta.json and index.parquet, and the
+    size and modification time (ns) of its frames file.
+
+    Why this suffices, cheaply: a finished store is never written again (its writer builds `<root>.partial`
+    and renames it into place; a re-extraction replaces the whole folder, frames file included). meta.json
+    records what made the frames (encoder spec, dims, counts, library versions), index.parquet every utterance
+    with its offset and frame count, so a change of settings, utterances or lengths shows there; new frames of
+    the same shapes (other weights under the same name, audio changed at equal length) come in a newly written
+    frames file, with a new mtime. Size + mtime_ns is the rule make and rsync use, and medusa.fingerprint uses
+    for audio. Hashing every frame would be exact but reads the whole file (tens of GB at the paper's scale) at
+    every start. The cheap rule errs on the safe side: a store copied or checked out again (new mtime) discards
+    a checkpoint, costing a retraining, never a mix of data."""
+    h = hashlib.sha256()
+    for name in (META_FILE, INDEX_FILE):
+        h.update(name.encode() + b"\0" + (store.root / name).read_bytes() + b"\0")
+    st = (store.root / FRAMES_FILE).stat()
+    h.update(f"{FRAMES_FILE}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _rows_digest(data: FeatureDataset) -> str:
+    """sha256 of what a split contributes to training and selection: utterance ids, consensus labels, training
+    targets (soft or one-hot, NaN where none) and scaled attributes, in row order."""
+    h = hashlib.sha256()
+    labels = [x if isinstance(x, str) else None for x in data.labels]
+    h.update(json.dumps([list(map(str, data.rows["utt_id"])), labels]).encode())
+    for array in (data.targets, data.attributes):
+        h.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig,
+                 monitor: FeatureDataset | None = None) -> str:
+    """What a checkpoint was made for; a checkpoint of anything else is not resumed. Config, architecture,
+    time pooling, the rows of train and dev (ids, labels, targets, attributes: a manifest whose labels changed
+    gives other targets), the monitor's rows (its scores are in the history), and the identity of every
+    feature store read (store_identity)."""
+    identities: dict[Path, str] = {}  # each store hashed once, listed in modality order for every split
+
+    def identity(store: FeatureStore) -> str:
+        key = store.root.resolve()
+        if key not in identities:
+            identities[key] = store_identity(store)
+        return identities[key]
+
+    splits = [d for d in (train, dev, monitor) if d is not None]
+    blob = json.dumps([asdict(cfg), model.cfg.to_dict(), train.pools, monitor is not None,
+                       [_rows_digest(d) for d in splits], [[identity(s) for s in d.stores] for d in splits]],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -168,7 +244,8 @@ def _load_checkpoint(path: Path, model: DeepSER, rng: np.random.Generator, finge
         log.warning("ignoring unreadable checkpoint %s (%s); training from the start", path, e)
         return None
     if state.get("fingerprint") != fingerprint:
-        log.warning("checkpoint %s was made with other settings or data; training from the start", path)
+        log.warning("checkpoint %s was made with other settings or data (config, architecture, training or dev "
+                    "rows and their targets, or feature stores differ); discarding it, training from the start", path)
         return None
     model.load_state_dict(state["model"])
     _set_rng_states(rng, state["rng"])
@@ -177,10 +254,29 @@ def _load_checkpoint(path: Path, model: DeepSER, rng: np.random.Generator, finge
     return progress
 
 
+def _stage1_rows(train: FeatureDataset) -> np.ndarray:
+    """Stage 1 trains on every utterance with a training target (FeatureDataset.has_target)."""
+    return np.flatnonzero(train.has_target)
+
+
+def _stage2_pool(train: FeatureDataset) -> np.ndarray:
+    """Stage 2 draws from utterances with a target whose consensus is one of the 8 classes (it balances by
+    consensus). A labelled row without a target (no annotator rows, or only `Other-...` votes) is never
+    drawn: its NaN target would make every loss of the stage nan."""
+    return np.flatnonzero(train.has_target & np.isin(train.labels, CODES))
+
+
+def training_rows(train: FeatureDataset, cfg: TrainConfig) -> dict[str, int | None]:
+    """How many training utterances stage 1 trains on and how many stage 2's balanced draw may pick from
+    (None when stage 2 is switched off)."""
+    return {"stage1": int(len(_stage1_rows(train))),
+            "stage2_pool": int(len(_stage2_pool(train))) if cfg.stage2_epochs > 0 else None}
+
+
 def _epoch_rows(stage: int, train: FeatureDataset, rng: np.random.Generator) -> np.ndarray:
-    if stage == 1:  # every utterance with a target (all-Other ones have none)
-        return np.flatnonzero(~np.isnan(train.targets).any(1))
-    pool = np.flatnonzero(np.isin(train.labels, CODES))  # stage 2: a fresh class-balanced subset every epoch
+    if stage == 1:
+        return _stage1_rows(train)
+    pool = _stage2_pool(train)  # stage 2: a fresh class-balanced subset every epoch
     return pool[balanced_epoch(train.labels[pool], rng)]
 
 
@@ -194,18 +290,26 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
     weights) is saved there, and a later call with the same settings and data resumes from it: the result is
     the same as an uninterrupted run. The caller deletes the file once the outputs are safely written.
     `on_epoch(history_row)` is called after each epoch (and its checkpoint).
-    `monitor` (e.g. the test split) is scored after every epoch as `monitor_macro_f1` in the history, for
+    `monitor` (e.g. the test split) is scored after every epoch as `monitor_balanced_macro_f1` in the history, for
     diagnosis only: it never takes part in selection or early stopping.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model.to(device)
+    if not len(_stage1_rows(train)):
+        raise ValueError(f"none of the {len(train)} training utterances has a training target "
+                         f"({'one-hot: X/O consensus or no class votes' if train.one_hot else 'no class votes'}); "
+                         "check the manifest's label and p_A..p_N columns")
+    if cfg.stage2_epochs > 0 and not len(_stage2_pool(train)):
+        raise ValueError("stage 2 draws class-balanced subsets by consensus class, but no training utterance with "
+                         f"a target has one of {' '.join(CODES)} as its consensus; set train.stage2_epochs: 0")
+    classes = classes_of(train.labels)  # the run's classes: dev selection and the monitor score over them
     weights = None
-    if cfg.class_weighted:
+    if cfg.class_weighted:  # rows without a target hold NaN: nansum counts the target mass of the rows that train
         mass = np.nansum(train.targets, axis=0)
         weights = torch.tensor(class_weights(mass), dtype=torch.float32, device=device)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(model, train, dev, cfg)
+    fingerprint = _fingerprint(model, train, dev, cfg, monitor)
     progress = (_load_checkpoint(checkpoint, model, rng, fingerprint, device) if checkpoint else None) or _Progress()
     if progress.best_state is None:
         progress.best_state = copy.deepcopy(model.state_dict())
@@ -221,15 +325,19 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
         while progress.epoch < epochs and progress.stale < cfg.patience:
             rows = _epoch_rows(stage, train, rng)
             model.train()
-            losses = [train_step(model, optimizer, train.batch(idx), stage_weights, cfg, rng, device)
-                      for idx in tqdm(bucketed(rows, train.lengths, cfg.batch_size, rng), unit="batch",
-                                      desc=f"stage {stage} epoch {progress.epoch + 1}", leave=False)]
-            score = evaluate(model, dev, cfg, device)
+            try:
+                losses = [train_step(model, optimizer, train.batch(idx), stage_weights, cfg, rng, device)
+                          for idx in tqdm(bucketed(rows, train.lengths, cfg.batch_size, rng), unit="batch",
+                                          desc=f"stage {stage} epoch {progress.epoch + 1}", leave=False)]
+            except NonFiniteLossError as e:  # say where; no checkpoint of this epoch is written
+                raise NonFiniteLossError(f"stage {stage} epoch {progress.epoch + 1}: {e}") from None
+            score = evaluate(model, dev, cfg, device, classes)
             progress.epoch += 1
             row = {"stage": stage, "epoch": progress.epoch, "train_loss": float(np.mean(losses)),
                    "dev_balanced_macro_f1": score, "utterances": int(len(rows))}
             if monitor is not None:
-                row["monitor_macro_f1"] = macro_f1(*_labelled_predictions(model, monitor, cfg, device))
+                predictions = _labelled_predictions(model, monitor, cfg, device)
+                row["monitor_balanced_macro_f1"] = balanced_macro_f1(*predictions, classes)
             progress.history.append(row)
             log.info("stage %d epoch %d: loss %.4f, dev balanced macro-F1 %.4f", stage, progress.epoch,
                      row["train_loss"], score)

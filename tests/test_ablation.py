@@ -1,6 +1,8 @@
 """Table 2 and the report's tables: ablation runs (resolution, parallel training), the long table and its
 relative changes on hand-made predictions, and the three table formats."""
+import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -8,7 +10,8 @@ import pytest
 import yaml
 
 from medusa import ablation, members, reports
-from medusa.metrics import bootstrap_indices, bootstrap_macro_f1, macro_f1, percentile_interval, relative_change
+from medusa.metrics import (bootstrap_macro_f1, macro_f1, percentile_interval, relative_change,
+                            stratified_bootstrap_indices)
 from medusa.params import REFERENCE_VARIANT, ParamsError, load_params, validate_params
 from medusa.run import stage_parameters
 from test_members import TRAIN, corpus  # noqa: F401  (the tiny corpus fixture)
@@ -38,13 +41,13 @@ def test_table2_on_hand_made_predictions():
     # the same predictions as the reference: no change, and a paired interval of exactly zero width
     assert row.loc[("no_mixup", "m2"), "delta_pct"] == 0
     assert (row.loc[("no_mixup", "m2"), "delta_ci95_low"], row.loc[("no_mixup", "m2"), "delta_ci95_high"]) == (0, 0)
-    # the intervals are those of the shared resamples
-    idx = bootstrap_indices(len(truth), 200, 1)
-    expected = percentile_interval(relative_change(bootstrap_macro_f1(truth, worse, indices=idx),
-                                                   bootstrap_macro_f1(truth, good, indices=idx)))
+    # the intervals are those of the shared class-stratified resamples, on balanced macro-F1
+    idx = stratified_bootstrap_indices(truth, 200, 1)
+    expected = percentile_interval(relative_change(bootstrap_macro_f1(truth, worse, indices=idx, balanced=True),
+                                                   bootstrap_macro_f1(truth, good, indices=idx, balanced=True)))
     assert (row.loc[("no_mixup", "m1"), "delta_ci95_low"], row.loc[("no_mixup", "m1"), "delta_ci95_high"]) == \
         pytest.approx(expected)
-    assert row.loc[(REFERENCE_VARIANT, "m1"), "ci95_low"] == 1.0     # perfect on every resample
+    assert row.loc[(REFERENCE_VARIANT, "m1"), "balanced_macro_f1_ci95_low"] == 1.0     # perfect on every resample
 
 
 def test_seed_repeats_of_one_configuration_give_mean_and_std():
@@ -58,7 +61,7 @@ def test_seed_repeats_of_one_configuration_give_mean_and_std():
     assert row.loc[(REFERENCE_VARIANT, "m"), "macro_f1"] == pytest.approx((1 + f_b) / 2)
     assert row.loc[(REFERENCE_VARIANT, "m"), "macro_f1_std"] == pytest.approx((1 - f_b) / 2)
     view = reports.table2_view(ablation.table2(runs, truth, predictions, bootstrap=100))
-    assert " ± " in view.loc["DeepSER", "m F1"] and view.loc["DeepSER", "Δ (%)"] == "–"
+    assert " ± " in view.loc["DeepSER", "m bal. F1"] and view.loc["DeepSER", "Δ (%)"] == "–"
 
 
 def test_table2_needs_the_reference():
@@ -163,7 +166,14 @@ def test_parallel_runs_equal_sequential_runs(corpus, tmp_path):  # noqa: F811
         for name, encoders, seed in (("ab", ["a", "b"], 0), ("a", ["a"], 1))]
     sequential = ablation.train_runs(runs, manifest_path, root, tmp_path / "one", workers=1)
     parallel = ablation.train_runs(runs, manifest_path, root, tmp_path / "two", workers=2)
-    assert sequential == parallel
+    # compared as JSON: a per-class F1 of a class absent from test is NaN, and NaN != NaN in a dict comparison
+    assert json.dumps(sequential, sort_keys=True) == json.dumps(parallel, sort_keys=True)
+    # a run's metrics.json (train_member's) records its training rows, and load_runs hands them to Table 2's notes
+    n_train = int((manifest["split"] == "train").sum())
+    assert sequential["ab"]["train_rows"] == {"stage1": n_train, "stage2_pool": n_train}
+    shutil.copytree(tmp_path / "one" / "no_mixup" / "ab", tmp_path / "models" / "ab")  # stands in for the member
+    loaded = ablation.load_runs(["no_mixup"], ["ab"], {"ab": "ab"}, tmp_path / "one", tmp_path / "models")
+    assert loaded[["train_rows_stage1", "train_rows_stage2_pool"]].values.tolist() == [[n_train, n_train]] * 2
     post = [pd.read_parquet(tmp_path / d / "no_mixup" / "ab" / "posteriors.parquet") for d in ("one", "two")]
     pd.testing.assert_frame_equal(*post)
     assert not list((tmp_path / "two").glob("*.checkpoint.pt"))  # checkpoints are removed once a run is done
@@ -171,11 +181,13 @@ def test_parallel_runs_equal_sequential_runs(corpus, tmp_path):  # noqa: F811
 
 def test_ensemble_findings_use_the_paired_interval():
     table3 = pd.DataFrame([
-        {"technique": "majority voting", "subset": "all (2)", "macro_f1": 0.40, "macro_f1_std": np.nan},
-        {"technique": "soft voting", "subset": "all (2)", "macro_f1": 0.41, "macro_f1_std": np.nan},
-        {"technique": "meta-classifier (single)", "subset": "all (2)", "macro_f1": 0.43, "macro_f1_std": 0.01},
-        {"technique": "meta-classifier (soup)", "subset": "all (2)", "macro_f1": 0.44, "macro_f1_std": np.nan}])
-    rows = pd.DataFrame({"model": ["a", "b"], "macro_f1": [0.40, 0.38]})
+        {"technique": "majority voting", "subset": "all (2)", "balanced_macro_f1": 0.40, "balanced_macro_f1_std": np.nan},
+        {"technique": "soft voting", "subset": "all (2)", "balanced_macro_f1": 0.41, "balanced_macro_f1_std": np.nan},
+        {"technique": "meta-classifier (single)", "subset": "all (2)", "balanced_macro_f1": 0.43,
+         "balanced_macro_f1_std": 0.01},
+        {"technique": "meta-classifier (soup)", "subset": "all (2)", "balanced_macro_f1": 0.44,
+         "balanced_macro_f1_std": np.nan}])
+    rows = pd.DataFrame({"model": ["a", "b"], "balanced_macro_f1": [0.40, 0.38]})
     lines = reports.ensemble_findings(table3, rows, (2.0, 18.0))
     assert "+10.00 % [+2.00, +18.00]" in lines[0] and lines[0].endswith("**holds**.")
     assert "within noise" in reports.ensemble_findings(table3, rows, (-3.0, 18.0))[0]

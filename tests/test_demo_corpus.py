@@ -73,7 +73,10 @@ def test_every_class_has_30_training_utterances_and_splits_are_speaker_disjoint(
     assert set(train_counts[list(CODES)].nlargest(2).index) == {"N", "H"}
     overlap = speaker_overlap(m)
     assert overlap.loc["train", "test"] == 0 and overlap.loc["train", "dev"] == 0
-    assert 0.07 < (m["split"] == "test").sum() / m["split"].isin(["train", "test"]).sum() < 0.13
+    test_share = (m["split"] == "test").sum() / m["split"].isin(["train", "test"]).sum()
+    assert abs(test_share - demo_params.prepare.test_fraction) < 0.04  # speaker-disjoint, so only near the fraction
+    # ~300 scored test utterances bound the demo's 95 % intervals of balanced macro-F1 to about +-0.06
+    assert m.loc[m["split"] == "test", "label"].isin(CODES).sum() >= 300
     assert m["duration_s"].between(MIN_DURATION_S, MAX_DURATION_S).all()
     assert (m["split"] == "blind").sum() == demo_params.demo_corpus.n_blind
     assert m.loc[m["split"] != "blind", "ref_text"].notna().all()

@@ -155,3 +155,65 @@ def test_egemaps_threads_give_the_same_frames_as_one_thread():
     parallel = OpenSmileEncoder("eGeMAPSv02", threads=2).encode(clips)
     serial = OpenSmileEncoder("eGeMAPSv02", threads=1).encode(clips)
     assert all(np.array_equal(a, b) for a, b in zip(parallel, serial))
+
+
+# ------------------------------------------------------------------------- what `layers` means (issue 11, 2)
+
+
+def test_layer_indices_are_block_outputs_and_the_normalised_final_output(tiny_audio_models):
+    """Index i < L = output of block i (0 = input to block 1), index L = -1 = last_hidden_state (after the final
+    LayerNorm of a stable-layer-norm model), whatever transformers puts last in `hidden_states`."""
+    from transformers import AutoModel
+
+    audio = clip(1.0)
+    model = AutoModel.from_pretrained(tiny_audio_models["wavlm"]).eval()
+    x = torch.from_numpy((audio - audio.mean()) / np.sqrt(audio.var() + 1e-7))[None]
+    with torch.no_grad():
+        out = model(x, attention_mask=torch.ones_like(x, dtype=torch.long), output_hidden_states=True)
+        block0_in = out.hidden_states[0]
+        # block 1's output, computed here from its input: what index 1 must be in any version
+        block1_out = model.encoder.layers[0](block0_in)[0]
+    L = model.config.num_hidden_layers
+    enc = {i: build_encoder("w", "wavlm", tiny_audio_models["wavlm"], [i], CPU).encode([audio])[0] for i in (0, 1, -1)}
+    np.testing.assert_allclose(enc[0], block0_in[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(enc[1], block1_out[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(enc[-1], out.last_hidden_state[0].numpy(), atol=1e-5)
+    # the final LayerNorm is applied: the last layer's frames are normalised (per-frame mean 0, variance 1 before
+    # the LayerNorm's affine, which is the identity in a fresh model)
+    np.testing.assert_allclose(enc[-1].mean(1), 0, atol=1e-4)
+    np.testing.assert_allclose(enc[-1].std(1), 1, atol=1e-2)
+    if len(out.hidden_states) == L + 1 and not torch.allclose(out.hidden_states[-1], out.last_hidden_state):
+        # transformers 5.x: hidden_states[-1] is the un-normalised stream; it is not what layers [-1] gives
+        assert not np.allclose(enc[-1], out.hidden_states[-1][0].numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["roberta", "modernbert"])
+def test_text_layer_minus_one_is_last_hidden_state(tiny_text_models, family):
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_text_models[family])
+    model = AutoModel.from_pretrained(tiny_text_models[family]).eval()
+    ids = tok(["what a wonderful day"], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**ids, output_hidden_states=True)
+    enc = build_encoder(family, family, tiny_text_models[family], [-1], CPU)
+    frames = enc.encode(["what a wonderful day"])[0]
+    inner = out.last_hidden_state[0, 1:-1].numpy()  # without the special tokens, as the encoder keeps them
+    np.testing.assert_allclose(frames, inner, atol=1e-5)
+    spec = enc.spec()
+    assert spec["layer_definition"].startswith("index i < L: output of transformer block i")
+    assert set(spec["versions"]) == {"torch", "transformers", "tokenizers"}
+
+
+def test_every_spec_records_padding_and_versions(tiny_audio_models, tiny_whisper, tmp_path):
+    import transformers
+    import whisper
+
+    specs = {"wavlm": build_encoder("w", "wavlm", tiny_audio_models["wavlm"], [-1], CPU).spec(),
+             "whisper": build_encoder("wh", "whisper", tiny_whisper, [-1], CPU, cache_dir=tmp_path).spec(),
+             "egemaps": build_encoder("e", "egemaps", "", [], CPU).spec()}
+    assert specs["wavlm"]["versions"] == {"torch": torch.__version__, "transformers": transformers.__version__}
+    assert specs["whisper"]["versions"] == {"torch": torch.__version__, "openai-whisper": whisper.__version__}
+    assert set(specs["egemaps"]["versions"]) == {"torch", "opensmile"} and specs["egemaps"]["versions"]["opensmile"]
+    assert "attention mask" in specs["wavlm"]["padding"]
+    assert "whole seconds" in specs["whisper"]["padding"] and specs["whisper"]["pad_seconds"] == 0.0

@@ -1,4 +1,7 @@
 """The ensemble level: voting, the meta-classifier, the soup, and the split protocol."""
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,7 +9,8 @@ import torch
 
 from medusa import ensemble
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.metrics import macro_f1
+from medusa.metrics import balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval, \
+    stratified_bootstrap_indices
 
 
 def test_majority_vote_counts_argmaxes_and_breaks_ties_by_mean_posterior():
@@ -23,7 +27,7 @@ def test_majority_vote_counts_argmaxes_and_breaks_ties_by_mean_posterior():
 
 
 def test_soup_is_the_elementwise_mean_of_the_runs():
-    cfg = ensemble.MetaConfig(n_models=2, use_attributes=True, hidden=4)
+    cfg = ensemble.MetaConfig(n_models=2, attributes_in=True, hidden=4)
     runs = []
     for s in range(3):
         torch.manual_seed(s)
@@ -59,10 +63,10 @@ def test_meta_classifier_learns_which_member_to_trust_and_beats_both():
     train, y = _complementary_members(800, 0)
     test, y_test = _complementary_members(400, 1)
     targets = np.eye(8, dtype=np.float32)[y]
-    cfg = ensemble.MetaConfig(n_models=2, epochs=60, lr=1e-2, seed=0)
+    cfg = ensemble.MetaConfig(n_models=2, epochs=60, lr=1e-2, seed=0, mse_weight=0.0)
     meta = ensemble.train_meta(train, targets, np.full((len(y), 3), np.nan, np.float32), cfg)
     probs, attrs = ensemble.meta_predict(meta, test)
-    assert attrs is None and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert attrs is None and np.allclose(probs.sum(1), 1, atol=1e-5)   # mse_weight 0: class outputs only
     truth = np.asarray(CODES)[y_test]
     meta_f1 = macro_f1(truth, np.asarray(CODES)[probs.argmax(1)])
     member_f1 = [macro_f1(truth, np.asarray(CODES)[test.probs[:, m].argmax(1)]) for m in range(2)]
@@ -90,7 +94,7 @@ def test_run_subset_trains_on_dev_only_and_predicts_test():
     manifest[list(SOFT_TARGET_COLUMNS)] = np.eye(8)[[CODES.index(c) for c in labels]]
     manifest[list(ATTRIBUTES)] = 3.0
     posteriors = {m: _posteriors(manifest, rng) for m in ("a", "b", "c")}
-    cfg = ensemble.MetaConfig(n_models=0, epochs=3, use_attributes=True)
+    cfg = ensemble.MetaConfig(n_models=0, epochs=3, attributes_in=True)
     result = ensemble.run_subset(posteriors, manifest, ["a", "c"], cfg, seeds=[0, 1])
     assert set(result.test.utt_ids) == set(manifest.loc[manifest["split"] == "test", "utt_id"])
     # no utterance a base model trained on (train), nor any test utterance, is in the meta-classifier's training set
@@ -101,7 +105,8 @@ def test_run_subset_trains_on_dev_only_and_predicts_test():
     assert set(result.predictions) == {"majority voting", "soft voting", "meta-classifier (single)",
                                        "meta-classifier (soup)"}
     table = ensemble.technique_table({"all": result})
-    assert len(table) == 4 and table["macro_f1"].between(0, 1).all()
+    assert len(table) == 4 and table["balanced_macro_f1"].between(0, 1).all() and table["macro_f1"].between(0, 1).all()
+    assert result.classes == CODES                  # every code labels a train row of this manifest
     # the guard itself: a train utterance among the meta-classifier's training rows is refused
     with pytest.raises(AssertionError, match="not in 'dev'"):
         ensemble.assert_no_leakage(manifest, np.asarray(["u1", "u0"]))
@@ -109,3 +114,133 @@ def test_run_subset_trains_on_dev_only_and_predicts_test():
 
 def test_top_k_by_held_out_score():
     assert ensemble.top_k_names({"a": 0.3, "b": 0.5, "c": 0.4, "d": 0.5}, 2) == ["b", "d"]
+
+
+def _stacked_with_attributes(n: int, seed: int, attribute_offset: float = 0.0) -> tuple[ensemble.Stacked, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 8, n)
+    probs = rng.dirichlet(np.ones(8), (n, 2)).astype(np.float32)
+    probs[np.arange(n), 0, y] += 1.0
+    probs /= probs.sum(-1, keepdims=True)
+    attrs = (rng.uniform(1, 7, (n, 2, 3)) + attribute_offset).astype(np.float32)
+    return ensemble.Stacked(np.asarray([f"u{i}" for i in range(n)]), probs, attrs, np.asarray(CODES)[y]), y
+
+
+def test_meta_classifier_reads_the_posteriors_only_unless_attributes_in():
+    """The paper's meta-classifier combines the members' posteriors; attribute predictions go in only with
+    attributes_in. Attribute outputs are a separate switch, on when mse_weight > 0."""
+    paper = ensemble.MetaConfig(n_models=2, epochs=5, lr=1e-2)
+    assert not paper.attributes_in and paper.attributes_out and paper.n_inputs == 2 * 8
+    assert ensemble.MetaClassifier(paper).net.weight.shape == (8 + 3, 2 * 8)
+    with_in = ensemble.MetaConfig(n_models=2, attributes_in=True, mse_weight=0.0)
+    assert with_in.n_inputs == 2 * 11 and not with_in.attributes_out
+    assert ensemble.MetaClassifier(with_in).net.weight.shape == (8, 2 * 11)
+    # behaviour: members' attribute predictions moved by +3 change nothing without attributes_in ...
+    a, y = _stacked_with_attributes(200, 0)
+    b, _ = _stacked_with_attributes(200, 0, attribute_offset=3.0)
+    targets = np.eye(8, dtype=np.float32)[y]
+    ratings = np.full((200, 3), 4.0, np.float32)
+    pa = ensemble.meta_predict(ensemble.train_meta(a, targets, ratings, paper), a)
+    pb = ensemble.meta_predict(ensemble.train_meta(b, targets, ratings, paper), b)
+    np.testing.assert_array_equal(pa[0], pb[0])
+    np.testing.assert_array_equal(pa[1], pb[1])
+    # ... and change the predictions with it
+    cfg_in = ensemble.MetaConfig(n_models=2, epochs=5, lr=1e-2, attributes_in=True)
+    qa = ensemble.meta_predict(ensemble.train_meta(a, targets, ratings, cfg_in), a)[0]
+    qb = ensemble.meta_predict(ensemble.train_meta(b, targets, ratings, cfg_in), b)[0]
+    assert np.abs(qa - qb).max() > 1e-3
+
+
+def test_attribute_outputs_learn_the_ratings_when_mse_weight_is_positive():
+    stacked, y = _stacked_with_attributes(300, 1)
+    targets = np.eye(8, dtype=np.float32)[y]
+    ratings = np.tile(np.array([[6.0, 2.0, 5.0]], np.float32), (300, 1))
+    cfg = ensemble.MetaConfig(n_models=2, epochs=40, lr=3e-2, mse_weight=0.4)
+    probs, attrs = ensemble.meta_predict(ensemble.train_meta(stacked, targets, ratings, cfg), stacked)
+    assert attrs.shape == (300, 3)
+    np.testing.assert_allclose(attrs.mean(0), [6.0, 2.0, 5.0], atol=0.3)
+
+
+def test_a_bundle_config_saved_before_the_split_loads_with_its_shapes():
+    """meta.json of a bundle saved with the former single switch `use_attributes` (bundle.load_bundle calls
+    MetaConfig(**config)): attributes in and out, as that model was trained; the new fields round-trip."""
+    legacy = {"n_models": 3, "use_attributes": True, "hidden": 0, "epochs": 30, "batch_size": 128, "lr": 1e-3,
+              "weight_decay": 0.01, "ce_weight": 1.5, "mse_weight": 0.4, "seed": 0}
+    cfg = ensemble.MetaConfig(**legacy)
+    assert cfg.attributes_in and cfg.attributes_out
+    assert ensemble.MetaClassifier(cfg).net.weight.shape == (11, 33)
+    off = ensemble.MetaConfig(**{**legacy, "use_attributes": False})
+    assert not off.attributes_in and not off.attributes_out
+    saved = json.loads(json.dumps(asdict(cfg)))
+    assert "use_attributes" not in saved and ensemble.MetaConfig(**saved) == cfg
+
+
+def _subset_result(truth: np.ndarray, predictions: dict[str, np.ndarray], singles: list[np.ndarray],
+                   classes: tuple[str, ...]) -> ensemble.SubsetResult:
+    n = len(truth)
+    test = ensemble.Stacked(np.asarray([f"u{i}" for i in range(n)]), np.zeros((n, 1, 8), np.float32),
+                            np.zeros((n, 1, 3), np.float32), truth)
+    return ensemble.SubsetResult(["m"], predictions, singles, None, [], test, np.asarray([]), classes)
+
+
+def test_technique_table_leads_with_balanced_macro_f1_over_the_run_classes():
+    rng = np.random.default_rng(3)
+    truth = np.asarray(list("N" * 60 + "A" * 25 + "S" * 10 + "X" * 5 + "F" * 3))
+    idx = lambda labels: np.asarray([CODES.index(c) if c in CODES else 7 for c in labels])  # noqa: E731
+    noisy = [np.where(rng.random(len(truth)) < 0.7, truth, rng.choice(list("NAS"), len(truth))) for _ in range(3)]
+    preds = {"majority voting": idx(np.full(len(truth), "N")), "soft voting": idx(noisy[0]),
+             "meta-classifier (single)": idx(noisy[1]), "meta-classifier (soup)": idx(noisy[2])}
+    classes = ("A", "S", "N")                     # F never labels a train row here: not scored, nor is X
+    table = ensemble.technique_table({"all": _subset_result(truth, preds, [idx(noisy[1]), idx(noisy[0])], classes)},
+                                     bootstrap=300, seed=2).set_index("technique")
+    scored = np.isin(truth, classes)
+    t = truth[scored]
+    assert (table["n"] == scored.sum()).all()
+    always_n = table.loc["majority voting"]
+    assert always_n["balanced_macro_f1"] == pytest.approx((2 / 4) / 3)   # balanced F1(N) = 2*1/(1+3), others 0
+    assert always_n["macro_f1"] == pytest.approx(2 * 60 / (60 + 95) / 3) and always_n["accuracy"] == pytest.approx(60 / 95)
+    soup = table.loc["meta-classifier (soup)"]
+    assert soup["balanced_macro_f1"] == pytest.approx(balanced_macro_f1(t, noisy[2][scored], classes))
+    indices = stratified_bootstrap_indices(t, 300, 2)
+    expected = percentile_interval(bootstrap_macro_f1(t, noisy[2][scored], classes=classes, indices=indices,
+                                                      balanced=True))
+    assert (soup["balanced_macro_f1_ci95_low"], soup["balanced_macro_f1_ci95_high"]) == pytest.approx(expected)
+    single = table.loc["meta-classifier (single)"]
+    seeds = [balanced_macro_f1(t, noisy[k][scored], classes) for k in (1, 0)]
+    assert single["balanced_macro_f1"] == pytest.approx(np.mean(seeds))
+    assert single["balanced_macro_f1_std"] == pytest.approx(np.std(seeds))
+    view = ensemble.table3_view(table.reset_index())
+    assert list(view.columns) == [("all", "bal. F1"), ("all", "F1"), ("all", "ACC")]
+    assert view.loc["meta-classifier (soup)", ("all", "bal. F1")].startswith(f"{soup['balanced_macro_f1']:.3f} [")
+    assert " ± " in view.loc["meta-classifier (single)", ("all", "bal. F1")]
+
+
+def _write_metrics(folder, test: dict, dev: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"test": test, "dev_balanced_macro_f1": dev}))
+
+
+def test_member_table_and_headline_rank_by_balanced_macro_f1(tmp_path):
+    scores = {"a": (0.50, 0.60, 0.30), "b": (0.45, 0.40, 0.55), "c": (0.40, 0.70, 0.20)}  # test bal., plain, dev
+    for name, (bal, plain, dev) in scores.items():
+        _write_metrics(tmp_path / name, {"balanced_macro_f1": bal, "balanced_macro_f1_ci95": [bal - 0.1, bal + 0.1],
+                                         "macro_f1": plain, "macro_f1_ci95": [0, 1], "accuracy": plain}, dev)
+    members = ensemble.member_table(list(scores), tmp_path)
+    assert members.loc["b", "test_balanced_macro_f1"] == 0.45 and members.loc["c", "test_macro_f1"] == 0.70
+    assert ensemble.subsets(members, [2])["top-2"] == ["b", "a"]           # by dev, never by test
+    table = pd.DataFrame([{"technique": t, "subset": "all (3)", "n": 95, "balanced_macro_f1": f, "macro_f1": f - 0.05,
+                           "accuracy": 0.5, "balanced_macro_f1_std": s, "balanced_macro_f1_ci95_low": f - 0.08,
+                           "balanced_macro_f1_ci95_high": f + 0.08}
+                          for t, f, s in (("majority voting", 0.44, np.nan), ("soft voting", 0.46, np.nan),
+                                          ("meta-classifier (single)", 0.52, 0.01), ("meta-classifier (soup)", 0.55, np.nan))])
+    summary = ensemble.headline(table, members, "all (3)")
+    # the best single member by test balanced macro-F1 is a (0.50), not c (best plain macro-F1)
+    assert summary["best_single"] == "a" and summary["relative_gain_pct"] == pytest.approx(10.0)
+    assert summary["medusa_test_balanced_macro_f1_ci95"] == pytest.approx([0.47, 0.63])
+    text = ensemble.headline_sentence(summary)
+    assert "balanced macro-F1 0.550 [0.470, 0.630]" in text and "+10.0 %" in text and "±0.080" in text
+    _write_metrics(tmp_path / "old", {"macro_f1": 0.5, "macro_f1_ci95": [0.4, 0.6], "accuracy": 0.5}, 0.3)
+    with pytest.raises(ValueError, match=r"no balanced_macro_f1_ci95 .*`dvc repro train@old`"):
+        ensemble.member_table(["old"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="dvc repro train@nope"):
+        ensemble.member_table(["nope"], tmp_path)

@@ -53,6 +53,9 @@ class Interrupting:
     def spec(self):
         return self.encoder.spec()
 
+    def padded_samples(self, n):
+        return self.encoder.padded_samples(n)
+
     def encode(self, batch):
         self.calls += 1
         if self.calls == self.fail_at:
@@ -112,3 +115,64 @@ def test_cli_extracts_shards_and_merges(tmp_path, items, repo_root, monkeypatch)
     assert sorted(store.utt_ids) == sorted(items["utt_id"]) and store.dim == 25
     assert main(["extract", "egemaps", "--shard", "2/2"]) == 1
     assert main(["extract", "nope", "--shard", "0/1"]) == 1
+
+
+# ------------------------------------------------------------------------ resumes never mix data (issue 11, 6)
+
+
+def write_corpus(folder, names, seed, seconds=(0.5, 2.0)):
+    """16 kHz wavs named `names` in `folder` (overwriting files of the same name), as a manifest frame."""
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in names:
+        path = folder / f"{name}.wav"
+        sf.write(path, rng.uniform(-0.3, 0.3, int(rng.uniform(*seconds) * 16000)), 16000, subtype="PCM_16")
+        rows.append({"utt_id": name, "path": str(path), "duration_s": sf.info(path).duration, "text": None})
+    return pd.DataFrame(rows)
+
+
+def test_resume_after_the_corpus_changed_under_the_same_names_starts_afresh(tmp_path, wavlm, caplog):
+    """The reported bug: a store interrupted on one corpus and resumed after the manifest switched to another
+    with the same file names finished with the old corpus's features and utterances not in the manifest."""
+    kw = dict(batch_size=3, batch_seconds=60.0, num_workers=0, device=CPU)
+    shared = [f"MSP-PODCAST_{i:04d}" for i in range(12)]
+    corpus_a = write_corpus(tmp_path / "Audios", shared + [f"MSP-PODCAST_a{i}" for i in range(4)], seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_store(Interrupting(wavlm, fail_at=5), corpus_a, tmp_path / "store", **kw)  # 12 stored
+    # the other corpus: the same 12 names with other audio, 4 names of its own
+    corpus_b = write_corpus(tmp_path / "Audios", shared + [f"MSP-PODCAST_b{i}" for i in range(4)], seed=2)
+    with caplog.at_level("WARNING", logger="medusa.feature_store"):
+        stats = extract_to_store(wavlm, corpus_b, tmp_path / "store", **kw)
+    assert "discarding the unfinished store" in caplog.text and "other inputs" in caplog.text
+    assert stats.utterances == 16
+    extract_to_store(wavlm, corpus_b, tmp_path / "straight", **kw)
+    assert FeatureStore(tmp_path / "store").utt_ids == sorted(corpus_b["utt_id"])
+    assert digest(tmp_path / "store") == digest(tmp_path / "straight")
+
+
+def test_resume_with_another_layer_selection_starts_afresh(tmp_path, items, wavlm):
+    kw = dict(batch_size=3, batch_seconds=60.0, num_workers=0, device=CPU)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_store(Interrupting(wavlm, fail_at=3), items, tmp_path / "store", **kw)
+    other = build_encoder("wavlm", "wavlm", wavlm.model_name, [-2], CPU)
+    extract_to_store(other, items, tmp_path / "store", **kw)
+    extract_to_store(other, items, tmp_path / "straight", **kw)
+    assert digest(tmp_path / "store") == digest(tmp_path / "straight")
+    assert FeatureStore(tmp_path / "store").meta["layers"] == [-2]
+
+
+def test_the_input_fingerprint_stays_out_of_meta_json(tmp_path, items, wavlm):
+    """meta.json is the same on every machine and clone (no paths, no mtimes): moving the corpus elsewhere and
+    extracting again gives the same store bytes."""
+    import shutil
+
+    kw = dict(batch_size=3, batch_seconds=60.0, num_workers=0, device=CPU)
+    extract_to_store(wavlm, items, tmp_path / "here", **kw)
+    moved = items.copy()
+    (tmp_path / "elsewhere").mkdir()
+    moved["path"] = [shutil.copy(p, tmp_path / "elsewhere") for p in items["path"]]
+    extract_to_store(wavlm, moved, tmp_path / "there", **kw)
+    assert digest(tmp_path / "here") == digest(tmp_path / "there")
+    meta = (tmp_path / "here" / "meta.json").read_text()
+    assert "elsewhere" not in meta and "wavs" not in meta and "inputs" not in meta

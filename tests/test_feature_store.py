@@ -211,16 +211,44 @@ def test_close_interrupted_before_the_rename_is_recovered(tmp_path):
     assert store_bytes(root) == store_bytes(tmp_path / "ref")
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_is_refused_or_restarted(tmp_path, caplog):
     root = tmp_path / "s"
-    with pytest.raises(Interrupted), FeatureStoreWriter(root, DIM, META) as w:
+    with pytest.raises(Interrupted), FeatureStoreWriter(root, DIM, META, inputs="list-1") as w:
         w.add(*make_utterances(n=1)[0])
         raise Interrupted
+    # on_mismatch="raise": the folder is kept and the error says what differs
     with pytest.raises(ValueError, match=r"dim 6.*dim 8"):
-        FeatureStoreWriter(root, 8, META)
-    with pytest.raises(ValueError, match="meta"):
-        FeatureStoreWriter(root, DIM, {**META, "layer": 4})
-    assert len(FeatureStoreWriter(root, DIM, dict(reversed(META.items()))).done) == 1  # key order is irrelevant
+        FeatureStoreWriter(root, 8, META, inputs="list-1", on_mismatch="raise")
+    with pytest.raises(ValueError, match="meta .*keys that differ: layer"):
+        FeatureStoreWriter(root, DIM, {**META, "layer": 4}, inputs="list-1", on_mismatch="raise")
+    with pytest.raises(ValueError, match="other inputs"):
+        FeatureStoreWriter(root, DIM, META, inputs="list-2", on_mismatch="raise")
+    # key order is irrelevant: same settings resume
+    assert len(FeatureStoreWriter(root, DIM, dict(reversed(META.items())), inputs="list-1").done) == 1
+    # the default: another work list discards the folder with a log line, and the work starts afresh
+    with caplog.at_level("WARNING", logger="medusa.feature_store"):
+        w = FeatureStoreWriter(root, DIM, META, inputs="list-2")
+    assert len(w.done) == 0 and w.resumed == 0 and "other inputs" in caplog.text
+    w.add("fresh", np.ones((2, DIM), np.float32))
+    store = w.close()
+    assert store.utt_ids == ["fresh"] and "inputs" not in store.meta  # the fingerprint stays out of meta.json
+
+
+def test_sort_on_close_gives_the_bytes_of_sorted_adds(tmp_path):
+    utts = make_utterances(n=9, seed=4)
+    write_store(tmp_path / "sorted_adds", sorted(utts, key=lambda u: u[0]))
+    shuffled = [utts[i] for i in (4, 0, 8, 2, 6, 1, 7, 3, 5)]
+    with pytest.raises(Interrupted), FeatureStoreWriter(tmp_path / "s", DIM, META, sort_on_close=True) as w:
+        for u, x in shuffled[:5]:
+            w.add(u, x)
+        raise Interrupted
+    with FeatureStoreWriter(tmp_path / "s", DIM, META, sort_on_close=True) as w:
+        for u, x in shuffled[5:]:
+            w.add(u, x)
+    assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "sorted_adds")
+    store = FeatureStore(tmp_path / "s")
+    for u, x in utts:
+        np.testing.assert_array_equal(store[u], x.astype(np.float16))
 
 
 def test_closing_replaces_an_existing_store_but_not_other_folders(tmp_path):
@@ -374,3 +402,28 @@ def test_pad_batch_shapes_and_mask():
         pad_batch([])
     with pytest.raises(ValueError):
         pad_batch([np.zeros((2, 3)), np.zeros((2, 4))])
+
+
+def test_a_sorting_close_that_dies_is_finished_by_the_next_writer(tmp_path, monkeypatch):
+    """Crash injected at the worst moment of a sort_on_close: index and meta (of the sorted order) written,
+    writer.json gone, the sorted frames not yet in place. The next writer completes the store, bytes as sorted."""
+    import medusa.feature_store as fs
+
+    utts = make_utterances(n=7, seed=5)
+    write_store(tmp_path / "ref", sorted(utts, key=lambda u: u[0]))
+    real_replace = os.replace
+
+    def dying_replace(src, dst):
+        if str(src).endswith(fs.SORTED_FRAMES_FILE):
+            raise Interrupted("process killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(Interrupted):
+        write_store(tmp_path / "s", utts, sort_on_close=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    wd = partial_dir(tmp_path / "s")
+    assert (wd / fs.SORTED_FRAMES_FILE).exists() and not (wd / fs.WRITER_FILE).exists()
+    with FeatureStoreWriter(tmp_path / "s", DIM, META, sort_on_close=True) as w:
+        assert w.done == {u for u, _ in utts}
+    assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "ref")

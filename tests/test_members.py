@@ -17,8 +17,7 @@ from medusa.params import ParamsError, load_params
 TRAIN = {"device": "cpu", "amp": True, "hidden": 16, "layers": 2, "heads": 2, "dropout": 0.1, "ff_mult": 2,
          "fusion": "deep", "targets": "soft", "pool": {"a": 2}, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01,
          "stage1_epochs": 4, "stage2_epochs": 1, "patience": 4, "grad_clip": 1.0, "mixup_p": 0.3,
-         "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True, "eval_resamples": 5,
-         "baseline_c": 1.0}
+         "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True, "baseline_c": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +76,53 @@ def test_member_folder_is_complete_and_scores_far_above_chance(trained, corpus):
     assert set(post["utt_id"]) == set(manifest.loc[manifest["split"] != "train", "utt_id"])
     assert np.allclose(post[list(SOFT_TARGET_COLUMNS)].sum(axis=1), 1, atol=1e-5)
     assert metrics["test"]["macro_f1"] > 0.8 and metrics["test"]["n"] < (post["split"] == "test").sum()  # X dropped
+    # the test block: the headline (balanced) and plain macro-F1, each with its interval, over the run's classes
+    assert set(metrics["test"]) == {"n", "classes", "balanced_macro_f1", "balanced_macro_f1_ci95", "macro_f1",
+                                    "macro_f1_ci95", "accuracy", "per_class_f1", "ccc"}
+    assert metrics["test"]["classes"] == list(CODES) and list(metrics["test"]["per_class_f1"]) == list(CODES)
+    low, high = metrics["test"]["balanced_macro_f1_ci95"]
+    assert 0.8 < low <= metrics["test"]["balanced_macro_f1"] <= high
     # attribute predictions are back on the 1..7 rating scale (centred near the ratings' mean), CCC per attribute
     test = post[post["split"] == "test"].merge(manifest[["utt_id", *ATTRIBUTES]], on="utt_id", suffixes=("", "_true"))
     for a in ATTRIBUTES:
         assert abs(test[a].mean() - test[f"{a}_true"].mean()) < 1.0, a
     assert set(metrics["test"]["ccc"]) == set(ATTRIBUTES) and np.isfinite(metrics["test"]["ccc"]["arousal"])
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    # per-class F1 of a run class absent from test (the fixture's test split holds A, H, F, C) is NaN: null on disk
+    assert metrics["test"]["per_class_f1"]["A"] > 0.8 and np.isnan(metrics["test"]["per_class_f1"]["S"])
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics).replace("NaN", "null"))
     history = members.history_frame(out)
     assert list(history["stage"].unique()) == [1, 2] and history["step"].tolist() == list(range(1, len(history) + 1))
+    # every training row has a soft target and one of the 8 classes here: all train in both stages
+    n_train = int((manifest["split"] == "train").sum())
+    assert metrics["train_rows"] == {"stage1": n_train, "stage2_pool": n_train}
+    assert history.loc[history["stage"] == 1, "utterances"].eq(n_train).all()
+
+
+def test_training_rows_of_soft_and_one_hot_members(corpus, tmp_path):
+    """metrics.json records the rows each run trained on: the soft run keeps X and O rows (their vote
+    distributions), the one-hot run leaves them out, and neither trains a row without class votes."""
+    manifest, root = corpus
+    manifest = manifest.copy()
+    train_ids = manifest.index[manifest["split"] == "train"]
+    manifest.loc[train_ids[:10], "label"] = "X"
+    manifest.loc[train_ids[10:14], "label"] = "O"
+    manifest.loc[train_ids[14:17], list(SOFT_TARGET_COLUMNS)] = np.nan   # only Other votes (or none)
+    n = len(train_ids)
+    train = {**TRAIN, "stage1_epochs": 1, "stage2_epochs": 1}
+    for targets, expected in (("soft", {"stage1": n - 3, "stage2_pool": n - 17}),
+                              ("one_hot", {"stage1": n - 17, "stage2_pool": n - 17})):
+        spec = members.resolve_member("m", {"encoders": ["a"], "seed": 0}, {**train, "targets": targets},
+                                      members.store_dims(["a"], root))
+        metrics = members.train_member(spec, manifest, root, tmp_path / targets)
+        assert metrics["train_rows"] == expected, targets
+        assert json.loads((tmp_path / targets / "metrics.json").read_text())["train_rows"] == expected
+        history = members.history_frame(tmp_path / targets)
+        assert history.loc[history["stage"] == 1, "utterances"].tolist() == [expected["stage1"]]
+        assert np.isfinite(history["train_loss"]).all()
+    spec = members.resolve_member("m", {"encoders": ["a"], "seed": 0}, {**train, "stage2_epochs": 0},
+                                  members.store_dims(["a"], root))
+    assert members.train_member(spec, manifest, root, tmp_path / "no_stage2")["train_rows"] == \
+        {"stage1": n - 3, "stage2_pool": None}
 
 
 def test_a_loaded_member_reproduces_its_posteriors(trained, corpus):
@@ -106,25 +144,51 @@ def test_baseline_posteriors_are_in_class_order(corpus):
     post = logistic_baseline(manifest, members.open_stores(["a", "b"], root), 1.0, 0)
     assert set(post["split"]) == {"dev", "test"}
     assert np.allclose(post[list(SOFT_TARGET_COLUMNS)].sum(axis=1), 1)
-    scores = members.classification_scores_of(post, "test", 0)
-    assert scores["macro_f1"] > 0.8  # the class is in store a's frame mean: a linear model finds it
+    scores = members.classification_scores_of(post, "test", CODES, 0)
+    assert scores["balanced_macro_f1"] > 0.8  # the class is in store a's frame mean: a linear model finds it
+
+
+def test_members_are_scored_over_the_run_classes(corpus):
+    """A run whose training split has 4 classes is scored over those 4: the same predictions score higher than
+    averaged over all 8 codes would, and test utterances of the other classes are not scored."""
+    manifest, root = corpus
+    post = logistic_baseline(manifest, members.open_stores(["a", "b"], root), 1.0, 0)
+    four = manifest.assign(label=manifest["label"].where(manifest["label"].isin(["A", "S", "H", "N"]) |
+                                                          (manifest["split"] != "train"), "X"))
+    scores = members.score_test_split(four, post, seed=0, bootstrap=200)
+    assert scores["classes"] == ["A", "S", "H", "N"] and list(scores["per_class_f1"]) == ["A", "S", "H", "N"]
+    test = post[(post["split"] == "test") & post["label"].isin(["A", "S", "H", "N"])]
+    assert scores["n"] == len(test)
+    from medusa.metrics import balanced_macro_f1
+    assert scores["balanced_macro_f1"] == pytest.approx(
+        balanced_macro_f1(test["label"], members.predicted_labels(test), ("A", "S", "H", "N")))
+    from sklearn.metrics import f1_score
+    over_8 = f1_score(test["label"], members.predicted_labels(test), labels=list(CODES), average="macro",
+                      zero_division=0)
+    assert over_8 < 0.6 < scores["macro_f1"]          # 4 codes without utterances would each add a 0
 
 
 def test_score_table_rows_match_the_scores(corpus, trained):
     _, out, metrics = trained
     post = pd.read_parquet(out / "posteriors.parquet")
-    scores = {"DeepSER": members.classification_scores_of(post, "test", 0, 5)}
+    scores = {"DeepSER": members.classification_scores_of(post, "test", CODES, 0)}
     table = members.score_table(scores)
-    assert table.loc["DeepSER", "macro_f1"] == pytest.approx(metrics["test"]["macro_f1"])
-    assert table.loc["DeepSER", "ci95_low"] <= table.loc["DeepSER", "macro_f1"] <= table.loc["DeepSER", "ci95_high"]
+    # the same seed and classes give exactly the figures train_member wrote
+    for key in ("balanced_macro_f1", "macro_f1", "accuracy"):
+        assert table.loc["DeepSER", key] == metrics["test"][key]
+    assert [table.loc["DeepSER", "ci95_low"], table.loc["DeepSER", "ci95_high"]] == \
+        metrics["test"]["balanced_macro_f1_ci95"]
+    assert table.loc["DeepSER", "classes"] == 8
 
 
 def test_compare_to_baseline_states_the_gap_and_the_overlap():
-    table = pd.DataFrame({"n": [100, 100], "macro_f1": [0.40, 0.30], "ci95_low": [0.33, 0.24],
-                          "ci95_high": [0.47, 0.36]}, index=["DeepSER", "baseline"])
+    table = pd.DataFrame({"n": [100, 100], "balanced_macro_f1": [0.40, 0.30], "ci95_low": [0.33, 0.24],
+                          "ci95_high": [0.47, 0.36], "macro_f1": [0.1, 0.9], "classes": [4, 4]},
+                         index=["DeepSER", "baseline"])
     text = members.compare_to_baseline(table)
-    assert "above" in text and "+0.100" in text and "overlap" in text and "do not" not in text
-    table.loc["DeepSER", ["macro_f1", "ci95_low", "ci95_high"]] = [0.2, 0.15, 0.22]
+    assert "balanced macro-F1 0.400 is above" in text and "+0.100" in text and "overlap" in text
+    assert "do not" not in text and "Chance is 0.250 (4 classes)" in text
+    table.loc["DeepSER", ["balanced_macro_f1", "ci95_low", "ci95_high"]] = [0.2, 0.15, 0.22]
     text = members.compare_to_baseline(table)
     assert "below" in text and "do not overlap" in text
 
@@ -169,10 +233,10 @@ def test_paper_preset_names_table1_encoder_sets(repo_root):
 def test_history_records_test_scores_and_the_selection_note_reads_them(trained):
     _, out, metrics = trained
     history = members.history_frame(out)
-    assert history["test_macro_f1"].between(0, 1).all()
+    assert history["test_balanced_macro_f1"].between(0, 1).all()
     hand = pd.DataFrame({"stage": [1, 1, 1, 2], "epoch": [1, 2, 3, 1], "dev_balanced_macro_f1": [0.1, 0.30, 0.29, 0.295],
-                         "test_macro_f1": [0.1, 0.31, 0.40, 0.42]})
+                         "test_balanced_macro_f1": [0.1, 0.31, 0.40, 0.42]})
     note = members.selection_note(hand, 1, 2)
-    assert "stage 1 epoch 2" in note and "test macro-F1 0.310" in note
-    assert "best test macro-F1 of any epoch was 0.420 (stage 2 epoch 1)" in note
+    assert "stage 1 epoch 2" in note and "test balanced macro-F1 0.310" in note
+    assert "best test balanced macro-F1 of any epoch was 0.420 (stage 2 epoch 1)" in note
     assert "3 epoch(s) within 0.02" in note and "0.310-0.420" in note

@@ -162,3 +162,64 @@ def test_speaker_disjoint_cut_is_seeded_and_whole_speakers():
     known = speakers != "Unknown"
     assert set(speakers[cut & known]).isdisjoint(set(speakers[~cut & known]))
     assert 0.05 < cut.mean() < 0.15
+
+
+def test_a_duplicated_detailed_row_is_refused_naming_file_and_lines(tmp_path):
+    """A (file, worker) pair rated twice used to count twice (7 votes became 14 when a file was pasted twice)."""
+    root = write_corpus(tmp_path)
+    path = root / "Labels" / "labels_detailed.csv"
+    lines = path.read_text().splitlines()
+    # line 3 (MSP-PODCAST_0001_0001.wav, WORKER00002) repeated at the end, another worker's row twice more
+    path.write_text("\n".join(lines + [lines[2], lines[5], lines[5]]) + "\n")
+    n = len(lines)
+    with pytest.raises(CorpusError) as err:
+        read_detailed(path)
+    assert str(err.value).startswith(f"{path}:{n + 1}: MSP-PODCAST_0001_0001.wav / WORKER00002 was already rated "
+                                     "on line 3;")
+    assert f"(3 such rows; lines {n + 1}, {n + 2}, {n + 3})" in str(err.value)
+    # a second rating by the same worker with another answer is refused too (which one would be right?)
+    other = lines[2].replace("Angry", "Sad")
+    path.write_text("\n".join(lines + [other]) + "\n")
+    with pytest.raises(CorpusError, match=rf"labels_detailed\.csv:{n + 1}: .* already rated on line 3"):
+        build_manifest(params(root))
+
+
+def test_a_duplicated_json_entry_or_worker_is_refused(tmp_path):
+    root = write_corpus(tmp_path, "json")
+    path = root / "Labels" / "labels_detailed.json"
+    text = path.read_text()
+    # json.loads would keep the last of two equal keys without a word: write them by hand
+    entry = '"WORKER00001": {"EmoClass_Major": "Angry", "EmoAct": 5.0, "EmoVal": 2.0, "EmoDom": 4.0}'
+    assert text.count(entry) >= 1
+    path.write_text(text.replace(entry, entry + ", " + entry, 1))
+    first = next(iter(json.loads(text)))  # the entry whose first worker is WORKER00001 and voted Angry
+    with pytest.raises(CorpusError, match=rf"entry '{first}' lists worker 'WORKER00001' more than once"):
+        read_detailed(path)
+    path.write_text(text.replace("{", '{"MSP-PODCAST_0001_0001.wav": {}, ', 1))
+    with pytest.raises(CorpusError, match=r"the file name 'MSP-PODCAST_0001_0001.wav' is an entry more than once"):
+        read_detailed(path)
+    consensus = root / "Labels" / "labels_consensus.json"
+    consensus.write_text(consensus.read_text().replace("{", '{"MSP-PODCAST_0001_0002.wav": {}, ', 1))
+    with pytest.raises(CorpusError, match=r"labels_consensus\.json: the file name 'MSP-PODCAST_0001_0002.wav' is an "
+                                          "entry more than once"):
+        read_consensus(consensus)
+
+
+def test_a_duplicated_consensus_row_names_its_lines(tmp_path):
+    root = write_corpus(tmp_path)
+    path = root / "Labels" / "labels_consensus.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[2]]) + "\n")
+    with pytest.raises(CorpusError, match=rf"labels_consensus\.csv:{len(lines) + 1}: 1 duplicated FileName entries, "
+                                          r"e.g. 'MSP-PODCAST_0001_0002.wav' \(first on line 3\)"):
+        read_consensus(path)
+
+
+def test_a_truncated_wav_stops_prepare_naming_file_and_lengths(tmp_path):
+    """A wav cut short by a copy (header intact) used to enter the manifest at half its duration."""
+    root = write_corpus(tmp_path)
+    path = root / "Audios" / "MSP-PODCAST_0002_0001.wav"   # 8000 samples: 44 header bytes + 16000 data bytes
+    path.write_bytes(path.read_bytes()[:44 + 8000])
+    with pytest.raises(AudioError, match=r"MSP-PODCAST_0002_0001\.wav: truncated audio: the header declares 8000 "
+                                         r"samples \(0\.500 s\) but the file holds 4000 \(0\.250 s\)"):
+        build_manifest(params(root))

@@ -13,7 +13,7 @@ def raw(repo_root):
 
 def test_committed_params_validate(repo_root):
     p = load_params(repo_root / "params.yaml")
-    assert p.prepare.test_fraction == 0.1
+    assert p.prepare.test_fraction == 0.3  # the demo's test cut, sized for +-0.06 intervals
     assert p.prepare.train_sets == ["Train"]
 
 
@@ -91,3 +91,24 @@ def test_ensemble_members_and_top_k_are_checked(raw):
     message = _error(bad)
     assert "ensemble.members: no model 'nope' in `models`" in message
     assert "ensemble.top_k: 0 is not in 1..1" in message
+
+
+@pytest.mark.parametrize("preset", ["params.yaml", "configs/paper.yaml"])
+def test_meta_classifier_reads_posteriors_only_in_both_presets(repo_root, preset):
+    """The paper's meta-classifier combines the members' posteriors: attribute inputs are off in both presets;
+    attribute outputs (eq. (1)'s MSE) stay on through mse_weight."""
+    p = load_params(repo_root / preset)
+    assert p.ensemble.attributes_in is False and p.ensemble.mse_weight > 0
+
+
+def test_removed_keys_are_named_as_unknown(raw):
+    """Selection is the deterministic balanced macro-F1 (no resamples to set), and the former single attribute
+    switch of the ensemble is split: an old params.yaml says which key to drop."""
+    bad = copy.deepcopy(raw)
+    bad["train"]["eval_resamples"] = 10
+    bad["ensemble"]["use_attributes"] = True
+    message = _error(bad)
+    assert "train.eval_resamples: unknown key" in message and "ensemble.use_attributes: unknown key" in message
+    bad = copy.deepcopy(raw)
+    del bad["ensemble"]["attributes_in"]
+    assert "ensemble.attributes_in: missing key" in _error(bad)

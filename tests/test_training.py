@@ -1,14 +1,19 @@
 """The stage 1-2 recipe on a small learnable problem written into real feature stores."""
+import logging
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from medusa import training
 from medusa.dataset import FeatureDataset, pool_frames
 from medusa.deepser import DeepSER, DeepSERConfig
-from medusa.feature_store import FeatureStore, FeatureStoreWriter
+from medusa.feature_store import RESERVED_META_KEYS, FeatureStore, FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.training import TrainConfig, predict, train_deepser
+from medusa.training import (NonFiniteLossError, TrainConfig, _epoch_rows, _stage1_rows, _stage2_pool, predict,
+                             train_deepser, train_step, training_rows)
 
 CPU = torch.device("cpu")
 
@@ -117,3 +122,208 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(problem, tmp_path, caplog
     ckpt.write_bytes(b"torn")
     _, history, _ = train_deepser(model(), train, dev, other, CPU, checkpoint=ckpt)
     assert "unreadable checkpoint" in caplog.text and len(history) == 2
+
+
+# --------------------------------------------------------------- which rows train (issue 11, points 3 and 9)
+
+def _with_targetless_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The training rows with some made X, some O (both keep their class votes, as in MSP-Podcast) and some
+    all-Other: a consensus class but no class vote, hence no soft target (NaN), as a labelled utterance without
+    annotator rows gets from the manifest. The all-Other rows are put in the smallest class, so that stage 2's
+    balanced draw (which takes every utterance of the smallest class) would pick them if they were eligible."""
+    rows = rows.copy().reset_index(drop=True)
+    smallest = rows["label"].value_counts().idxmin()
+    kinds = {"X": list(rows["utt_id"][rows["label"] != smallest][:7]),
+             "O": list(rows["utt_id"][rows["label"] != smallest][7:12]),
+             "all_other": list(rows["utt_id"][rows["label"] == smallest][:3])}
+    rows.loc[rows["utt_id"].isin(kinds["X"]), "label"] = "X"
+    rows.loc[rows["utt_id"].isin(kinds["O"]), "label"] = "O"
+    rows.loc[rows["utt_id"].isin(kinds["all_other"]), list(SOFT_TARGET_COLUMNS)] = np.nan
+    return rows, kinds
+
+
+def test_one_hot_training_rows_exclude_x_o_and_all_other_rows_and_soft_keeps_x(problem):
+    train, _ = problem
+    rows, kinds = _with_targetless_rows(train.rows)
+    soft = FeatureDataset(rows, train.stores, [1, 1])
+    hot = FeatureDataset(rows, train.stores, [1, 1], one_hot=True)
+    ids = lambda data, idx: set(data.rows["utt_id"].to_numpy()[idx])  # noqa: E731
+    everything = set(rows["utt_id"])
+    # one-hot: neither X, nor O, nor all-Other rows train, in either stage; their targets are NaN, not zero
+    assert ids(hot, _stage1_rows(hot)) == everything - set(kinds["X"]) - set(kinds["O"]) - set(kinds["all_other"])
+    assert ids(hot, _stage2_pool(hot)) == ids(hot, _stage1_rows(hot))
+    assert np.isnan(hot.targets[~hot.has_target]).all() and (hot.targets[hot.has_target].sum(1) == 1).all()
+    # soft: X and O rows keep their vote distributions in stage 1; only rows without class votes are out
+    assert ids(soft, _stage1_rows(soft)) == everything - set(kinds["all_other"])
+    assert ids(soft, _stage2_pool(soft)) == ids(hot, _stage2_pool(hot))  # stage 2 balances by consensus class
+    cfg = TrainConfig(stage2_epochs=1)
+    assert training_rows(hot, cfg) == {"stage1": len(rows) - 15, "stage2_pool": len(rows) - 15}
+    assert training_rows(soft, cfg) == {"stage1": len(rows) - 3, "stage2_pool": len(rows) - 15}
+    assert training_rows(soft, TrainConfig(stage2_epochs=0))["stage2_pool"] is None
+
+
+def test_one_hot_training_uses_only_rows_with_a_class(problem):
+    """The stage-1 epochs of a one-hot run see only rows with a class (the old code trained X/O rows with an
+    all-zero target), and the class weights come from those rows alone."""
+    train, dev = problem
+    rows, kinds = _with_targetless_rows(train.rows)
+    hot = FeatureDataset(rows, train.stores, [1, 1], one_hot=True)
+    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=1, seed=2)
+    _, history, _ = train_deepser(model(), hot, dev, cfg, CPU)
+    assert history[0]["stage"] == 1 and history[0]["utterances"] == len(rows) - 15
+    assert all(np.isfinite(h["train_loss"]) for h in history)
+
+
+def test_rows_without_a_target_are_never_drawn_in_stage_2(problem):
+    """A labelled utterance without class votes (NaN soft target) used to be drawn by stage 2's balanced draw
+    and make every stage-2 loss nan; now no draw contains it and every loss is finite."""
+    train, dev = problem
+    rows, kinds = _with_targetless_rows(train.rows)
+    soft = FeatureDataset(rows, train.stores, [1, 1])
+    rng = np.random.default_rng(0)
+    drawn = set()
+    for _ in range(20):
+        drawn |= set(soft.rows["utt_id"].to_numpy()[_epoch_rows(2, soft, rng)])
+    assert drawn and not drawn & set(kinds["all_other"]) and not drawn & set(kinds["X"] + kinds["O"])
+    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=2, patience=5, seed=4)
+    _, history, _ = train_deepser(model(), soft, dev, cfg, CPU)
+    assert [h["stage"] for h in history] == [1, 2, 2]
+    assert all(np.isfinite(h["train_loss"]) for h in history), history
+
+
+def test_a_non_finite_loss_stops_training_and_names_the_batch(problem):
+    train, dev = problem
+    rows, kinds = _with_targetless_rows(train.rows)
+    soft = FeatureDataset(rows, train.stores, [1, 1])
+    cfg = TrainConfig(batch_size=16, lr=1e-3, mixup_p=0.0, seed=0)
+    rng = np.random.default_rng(0)
+    # a batch holding a row without a target (as the old stage-2 draw produced): the error names the batch
+    # and the culprit, and no weight has changed
+    idx = np.flatnonzero(soft.rows["utt_id"].isin(kinds["all_other"][:1]).to_numpy())
+    idx = np.concatenate([idx, [i for i in range(len(soft)) if soft.has_target[i]][:3]])
+    m = model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    optimizer = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    batch = soft.batch(idx)
+    with pytest.raises(NonFiniteLossError) as err:
+        train_step(m, optimizer, batch, None, cfg, rng, CPU)
+    text = str(err.value)
+    assert text.startswith("the training loss is nan on the batch of utterances " + ", ".join(batch.utt_ids))
+    assert f"{kinds['all_other'][0]} has no finite training target" in text
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    # a model that diverged (here: a nan weight) stops the stage too, which says where
+    m = model()
+    with torch.no_grad():
+        m.class_head.bias[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"^stage 1 epoch 1: the training loss is nan on the batch of "
+                                                 r"utterances u\d{4}, .*the model itself diverged"):
+        train_deepser(m, train, dev, TrainConfig(batch_size=16, stage1_epochs=1, stage2_epochs=0), CPU)
+
+
+# ------------------------------------------------------------ checkpoints resume only for the same inputs
+
+def _copy_stores(problem, root) -> list[FeatureStore]:
+    train, _ = problem
+    for s in train.stores:
+        shutil.copytree(s.root, root / s.root.name)
+    return [FeatureStore(root / s.root.name) for s in train.stores]
+
+
+def _interrupted_after_one_epoch(train, dev, cfg, ckpt):
+    """Leave at `ckpt` the checkpoint of one epoch of training on (train, dev)."""
+    ckpt.unlink(missing_ok=True)  # the caller deletes a finished run's checkpoint (members.train_member)
+
+    def stop(row):
+        raise _Interrupt
+    with pytest.raises(_Interrupt):
+        train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt, on_epoch=stop)
+    assert ckpt.exists()
+
+
+def test_a_checkpoint_is_not_resumed_after_a_manifest_or_store_change(problem, tmp_path, caplog):
+    """A checkpoint made from other targets (a manifest whose labels changed, same utterances) or from another
+    feature store (re-extracted: same utterances, same lengths, other frames) starts afresh; a store rewritten
+    with the same bytes still resumes (the identity is the content, not the file's age)."""
+    caplog.set_level(logging.INFO, logger="medusa.training")
+    train0, dev0 = problem
+    stores = _copy_stores(problem, tmp_path)
+    make = lambda rows: FeatureDataset(rows, stores, [1, 1])  # noqa: E731
+    train, dev = make(train0.rows), make(dev0.rows)
+    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=2, stage2_epochs=0, patience=5, seed=6)
+    ckpt = tmp_path / "m.checkpoint.pt"
+
+    def fresh(train_, dev_):
+        return train_deepser(model(), train_, dev_, cfg, CPU)[1]
+
+    # the manifest's soft targets of a few rows changed (same ids, same labels): afresh
+    relabelled = train.rows.copy()
+    relabelled.loc[:4, list(SOFT_TARGET_COLUMNS)] = np.full(8, 1 / 8)
+    _interrupted_after_one_epoch(train, dev, cfg, ckpt)
+    caplog.clear()
+    _, history, _ = train_deepser(model(), make(relabelled), dev, cfg, CPU, checkpoint=ckpt)
+    assert "other settings or data" in caplog.text and history == fresh(make(relabelled), dev)
+
+    # a dev label changed: selection would differ, afresh too
+    dev_rows = dev.rows.copy()
+    dev_rows.loc[0, "label"] = CODES[(CODES.index(dev_rows.loc[0, "label"]) + 1) % 8]
+    _interrupted_after_one_epoch(train, dev, cfg, ckpt)
+    caplog.clear()
+    _, history, _ = train_deepser(model(), train, make(dev_rows), cfg, CPU, checkpoint=ckpt)
+    assert "other settings or data" in caplog.text and [h["epoch"] for h in history] == [1, 2]
+
+    # store b re-extracted with other frames of the same shapes: afresh
+    b = stores[1]
+    original = {u: np.asarray(b[u], dtype=np.float32) for u in b.utt_ids}
+
+    def rewrite_b():  # write store b anew with frames shifted by 0.5 (the same bytes on every call)
+        with FeatureStoreWriter(b.root, b.dim, {k: v for k, v in b.meta.items() if k not in RESERVED_META_KEYS}) as w:
+            for u in b.utt_ids:
+                w.add(u, original[u] + 0.5)
+        stores[1] = FeatureStore(b.root)
+
+    _interrupted_after_one_epoch(train, dev, cfg, ckpt)
+    rewrite_b()
+    train, dev = make(train0.rows), make(dev0.rows)
+    caplog.clear()
+    _, history, _ = train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt)
+    assert "other settings or data" in caplog.text and history == fresh(train, dev)
+
+    # the same store written again, byte for byte: a new frames file, so (conservatively) afresh as well
+    _interrupted_after_one_epoch(train, dev, cfg, ckpt)
+    rewrite_b()
+    train, dev = make(train0.rows), make(dev0.rows)
+    caplog.clear()
+    _, history, _ = train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt)
+    assert "other settings or data" in caplog.text and [h["epoch"] for h in history] == [1, 2]
+
+    # nothing changed (the stores opened anew, the rows rebuilt): it resumes, to the uninterrupted result
+    _interrupted_after_one_epoch(train, dev, cfg, ckpt)
+    stores[:] = [FeatureStore(s.root) for s in stores]
+    train, dev = make(train0.rows.copy()), make(dev0.rows.copy())
+    caplog.clear()
+    _, history, _ = train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt)
+    assert "resuming from" in caplog.text and "other settings" not in caplog.text
+    assert history == fresh(train, dev)
+
+
+def test_store_identity_follows_meta_index_and_frames_file(problem, tmp_path):
+    stores = _copy_stores(problem, tmp_path)
+    a = stores[0]
+    before = training.store_identity(a)
+    assert training.store_identity(FeatureStore(a.root)) == before
+    meta = a.root / "meta.json"
+    meta.write_text(meta.read_text().replace('"kind": "audio"', '"kind": "audio2"'))
+    assert training.store_identity(a) != before
+
+
+def test_a_training_set_without_usable_rows_is_an_error_before_any_epoch(problem):
+    train, dev = problem
+    rows = train.rows.copy()
+    rows["label"] = "X"                     # soft: X rows train in stage 1, but stage 2 has nothing to balance
+    cfg = TrainConfig(stage1_epochs=1, stage2_epochs=1)
+    with pytest.raises(ValueError, match="no training utterance with a target has one of A S H U F D C N as its "
+                                         "consensus; set train.stage2_epochs: 0"):
+        train_deepser(model(), FeatureDataset(rows, train.stores, [1, 1]), dev, cfg, CPU)
+    with pytest.raises(ValueError, match=rf"none of the {len(rows)} training utterances has a training target "
+                                         r"\(one-hot: X/O consensus or no class votes\)"):
+        train_deepser(model(), FeatureDataset(rows, train.stores, [1, 1], one_hot=True), dev, cfg, CPU)

@@ -3,7 +3,9 @@
 Accepted files under `<corpus>/Labels/`, first match wins:
 - consensus: labels_consensus.csv, labels_concensus.csv (older releases' spelling), then the .json forms;
 - detailed:  labels_detailed.csv, then labels_detailed.json.
-Malformed rows raise CorpusError naming the file and the line (CSV) or the entry (JSON).
+Malformed rows raise CorpusError naming the file and the line (CSV) or the entry (JSON), and so do duplicates:
+a FileName twice in the consensus, or the same (FileName, worker) twice in the detailed labels (its vote would
+count twice).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medusa.labels import CONSENSUS_CODES, primary_code
@@ -60,7 +63,7 @@ def _consensus_row(values: dict, where: str) -> tuple:
 def read_consensus(path: str | Path) -> pd.DataFrame:
     """One row per utterance: file_name, label (A..N, O, X), attributes, speaker, gender, split_set."""
     path = Path(path)
-    rows = []
+    rows, lines = [], []
     if path.suffix == ".json":
         data = _load_json(path)
         for name, entry in data.items():
@@ -84,8 +87,9 @@ def read_consensus(path: str | Path) -> pd.DataFrame:
                 if len(fields) != len(header):
                     raise CorpusError(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
                 rows.append(_consensus_row(dict(zip(header, fields)), f"{path}:{line}"))
+                lines.append(line)
     table = pd.DataFrame(rows, columns=list(CONSENSUS_COLUMNS))
-    _reject_duplicates(table, path)
+    _reject_duplicates(table, path, lines)
     return table
 
 
@@ -111,13 +115,22 @@ def parse_emo_detail(text: str, where: str) -> tuple[str, str, tuple[str, ...], 
 
 
 def read_detailed(path: str | Path) -> pd.DataFrame:
-    """One row per (utterance, annotator): primary is a class code or O (any `Other-...` answer)."""
+    """One row per (utterance, annotator): primary is a class code or O (any `Other-...` answer).
+
+    A worker rates an utterance once: a second row (CSV) or key (JSON) for the same file and worker is refused,
+    naming both lines (or the entry). Counted, it would give that worker two votes (7 votes become 14 when a
+    file is pasted twice); dropped quietly, it would hide which of two differing ratings is the real one."""
     path = Path(path)
     rows = []
     if path.suffix == ".json":
-        for name, workers in _load_json(path).items():
+        data = _load_json(path)
+        for name, workers in data.items():
             if not isinstance(workers, dict):
                 raise CorpusError(f"{path}: entry {name!r}: expected an object of workers")
+            twice = getattr(workers, "duplicate_keys", [])
+            if twice:
+                raise CorpusError(f"{path}: entry {name!r} lists worker {twice[0]!r} more than once (a worker rates "
+                                  "an utterance once; remove the duplicate)")
             for worker, v in workers.items():
                 where = f"{path}: entry {name!r} / {worker!r}"
                 if not isinstance(v, dict) or "EmoClass_Major" not in v:
@@ -133,26 +146,70 @@ def read_detailed(path: str | Path) -> pd.DataFrame:
             header = tuple(h.strip() for h in next(reader, ()))
             if header[:2] != ("FileName", "EmoDetail"):
                 raise CorpusError(f"{path}:1: expected header FileName,EmoDetail, got {','.join(header)}")
+            first_line: dict[tuple[str, str], int] = {}
+            duplicates = []  # (line, first line, file, worker)
             for line, fields in enumerate(reader, start=2):
                 if not fields:
                     continue
                 if len(fields) != 2:
                     raise CorpusError(f"{path}:{line}: expected 2 fields (FileName, EmoDetail), got {len(fields)}")
-                rows.append((fields[0].strip(), *parse_emo_detail(fields[1], f"{path}:{line}")))
+                row = (fields[0].strip(), *parse_emo_detail(fields[1], f"{path}:{line}"))
+                key = (row[0], row[1])
+                if key in first_line:
+                    duplicates.append((line, first_line[key], *key))
+                else:
+                    first_line[key] = line
+                rows.append(row)
+            if duplicates:
+                line, first, name, worker = duplicates[0]
+                more = ""
+                if len(duplicates) > 1:  # name them all (the first 10): a pasted block is fixed in one go
+                    listed = ", ".join(str(d[0]) for d in duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
+                    more = f" ({len(duplicates)} such rows; lines {listed})"
+                raise CorpusError(f"{path}:{line}: {name} / {worker} was already rated on line {first}; a worker "
+                                  f"rates an utterance once, and a repeated row would count its vote twice{more}. "
+                                  "Remove the duplicated rows")
     return pd.DataFrame(rows, columns=list(DETAILED_COLUMNS))
 
 
+class _Object(dict):
+    """A JSON object that remembers the keys it held more than once (json keeps the last one silently)."""
+    duplicate_keys: list[str]
+
+
+def _object(pairs: list[tuple[str, object]]) -> _Object:
+    obj = _Object(pairs)
+    obj.duplicate_keys = []
+    if len(obj) < len(pairs):  # only then is there a duplicate to name (one linear pass)
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen and key not in obj.duplicate_keys:
+                obj.duplicate_keys.append(key)
+            seen.add(key)
+    return obj
+
+
 def _load_json(path: Path) -> dict:
+    """The top-level object keyed by file name. A file name given twice is an error (json.loads would keep the
+    second entry and drop the first without a word); nested objects report theirs in `duplicate_keys`."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         raise CorpusError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(data, dict):
         raise CorpusError(f"{path}: expected an object keyed by file name")
+    if data.duplicate_keys:
+        raise CorpusError(f"{path}: the file name {data.duplicate_keys[0]!r} is an entry more than once; "
+                          "remove the duplicate")
     return data
 
 
-def _reject_duplicates(table: pd.DataFrame, path: Path) -> None:
+def _reject_duplicates(table: pd.DataFrame, path: Path, lines: list[int]) -> None:
+    """A FileName on two consensus rows is an error naming the lines (CSV; JSON duplicates fail in _load_json)."""
     dup = table["file_name"][table["file_name"].duplicated()]
     if len(dup):
-        raise CorpusError(f"{path}: {len(dup)} duplicated FileName entries, e.g. {dup.iloc[0]!r}")
+        name = dup.iloc[0]
+        where = [lines[i] for i in np.flatnonzero(table["file_name"].to_numpy() == name)] if lines else []
+        at = f":{where[1]}" if where else ""
+        first = f" (first on line {where[0]})" if where else ""
+        raise CorpusError(f"{path}{at}: {len(dup)} duplicated FileName entries, e.g. {name!r}{first}")

@@ -18,6 +18,8 @@ FEATURE_SETS = {"eGeMAPSv02": 25, "ComParE_2016": 65}
 class OpenSmileEncoder(Encoder):
     kind = "audio"
     frame_rate = 100.0
+    libraries = ("opensmile",)
+    padding_rule = "none: each clip is processed on its own"
 
     def __init__(self, feature_set: str = "eGeMAPSv02", threads: int | None = None) -> None:
         if feature_set not in FEATURE_SETS:

@@ -1,9 +1,12 @@
 """Whisper (openai-whisper): model loading, log-mel batches without 30 s padding, encoder hidden states.
 
-Whisper's encoder is trained on 30 s windows (1,500 frames at 50 per second). For short clips we pad each batch
-only to its longest clip and slice the sinusoidal positional embedding to that length, which the encoder
-accepts (its attention has no fixed length); frames past each clip's own length are cut off, so the store never
-holds padding frames. The same helpers serve the ASR stage (medusa.asr)."""
+Whisper's encoder is trained on 30 s windows (1,500 frames at 50 per second) and has no attention mask: every
+frame attends to the zero-padded tail, so a clip's frames depend on how far it is padded. Short clips are padded
+to a length that depends on the clip alone -- its length rounded up to whole seconds (`whisper_samples`; at least
+`pad_seconds`, at most 30 s) -- with the sinusoidal positional embedding sliced to that length, which the encoder
+accepts (its attention has no fixed length), and `encode` runs only clips of the same padded length together.
+Frames past each clip's own length are cut off, so the store never holds padding frames. The same helpers serve
+the ASR stage (medusa.asr), whose padding adds 1 s of trailing silence (`asr_samples`)."""
 from __future__ import annotations
 
 import math
@@ -14,7 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from medusa.encoders.base import Encoder, autocast, mean_of_layers
+from medusa.encoders.base import (LAYER_DEFINITION, Encoder, autocast, encode_by_padded_length, grid_samples,
+                                  mean_of_layers)
 
 SAMPLES_PER_MEL_FRAME = 160        # 10 ms hop at 16 kHz
 SAMPLES_PER_ENCODER_FRAME = 320    # conv2 has stride 2: 50 frames per second
@@ -59,15 +63,14 @@ def log_mel_batch(audios: list[np.ndarray], n_mels: int, n_samples: int, device:
     return torch.stack(mels)
 
 
-def batch_samples(audios: list[np.ndarray], pad_seconds: float, trailing_seconds: float = 1.0) -> int:
-    """Samples per clip in a batch. pad_seconds >= 30: Whisper's fixed 30 s window. Otherwise the longest clip
-    plus `trailing_seconds` of silence (without it the decoder often fails to stop and repeats itself), and at
-    least pad_seconds; rounded up to whole encoder frames, capped at 30 s."""
+def whisper_samples(n_samples: int, pad_seconds: float = 0.0, trailing_seconds: float = 0.0) -> int:
+    """Samples a clip of n_samples is padded to: pad_seconds >= 30 -> Whisper's fixed 30 s window; otherwise the
+    clip plus `trailing_seconds`, rounded up to whole seconds, at least pad_seconds, at most 30 s. A function of
+    the clip alone (never of its batch-mates), and a whole number of encoder frames (50 per second)."""
     if pad_seconds >= 30:
         return MAX_SAMPLES
-    longest = max(len(a) for a in audios)
-    n = max(longest + int(trailing_seconds * 16000), int(pad_seconds * 16000))
-    return min(SAMPLES_PER_ENCODER_FRAME * math.ceil(n / SAMPLES_PER_ENCODER_FRAME), MAX_SAMPLES)
+    return grid_samples(n_samples, min_seconds=pad_seconds, trailing_seconds=trailing_seconds,
+                        max_seconds=MAX_SAMPLES // 16000)
 
 
 @contextmanager
@@ -100,24 +103,34 @@ def encoder_hidden_states(encoder, mel: torch.Tensor) -> list[torch.Tensor]:
 class WhisperEncoder(Encoder):
     kind = "audio"
     frame_rate = 50.0
+    libraries = ("openai-whisper",)
 
     def __init__(self, model: str, layers: list[int], device: torch.device, cache_dir: str | Path,
                  pad_seconds: float = 0.0) -> None:
         self.whisper = load_whisper(model, cache_dir, device).eval()
         self.model_name, self.layers, self.device, self.pad_seconds = model, layers, device, pad_seconds
         self.dim = int(self.whisper.dims.n_audio_state)
+        self.padding_rule = (f"each clip zero-padded to whole seconds (at least its length and {pad_seconds:g} s, "
+                             f"at most 30 s); only clips of equal padded length share a batch")
+
+    def padded_samples(self, n_samples: int) -> int:
+        return whisper_samples(n_samples, self.pad_seconds)
 
     @torch.inference_mode()
     def encode(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         long = [i for i, a in enumerate(batch) if len(a) > MAX_SAMPLES]
         if long:
             raise ValueError(f"{len(long)} clips are longer than 30 s; Whisper's encoder takes at most 30 s")
-        n = batch_samples(batch, self.pad_seconds, trailing_seconds=0.0)
-        mel = log_mel_batch(batch, self.whisper.dims.n_mels, n, self.device)
+        return encode_by_padded_length(batch, [self.padded_samples(len(a)) for a in batch], self._encode_padded)
+
+    @torch.inference_mode()
+    def _encode_padded(self, clips: list[np.ndarray], n_samples: int) -> list[np.ndarray]:
+        """Clips that all pad to n_samples, in one forward pass."""
+        mel = log_mel_batch(clips, self.whisper.dims.n_mels, n_samples, self.device)
         with autocast(self.device):
             feats = mean_of_layers(encoder_hidden_states(self.whisper.encoder, mel), self.layers)
-        return [feats[i, : encoder_frames(len(a))].cpu().numpy() for i, a in enumerate(batch)]
+        return [feats[i, : encoder_frames(len(a))].cpu().numpy() for i, a in enumerate(clips)]
 
     def spec(self) -> dict:
         return {**super().spec(), "family": "whisper", "model": self.model_name, "layers": self.layers,
-                "pad_seconds": self.pad_seconds}
+                "layer_definition": LAYER_DEFINITION, "pad_seconds": self.pad_seconds}
