@@ -121,7 +121,7 @@ def train_runs(runs: list[AblationRun], manifest_path: str | Path, features_root
             out = {}
             for name, future in tqdm(futures.items(), desc=f"{runs[0].variant}: runs", unit="run"):
                 out[name] = future.result()
-                log.info("%s: test macro-F1 %.3f", name, out[name]["test"]["macro_f1"])
+                log.info("%s: test balanced macro-F1 %.3f", name, out[name]["test"]["balanced_macro_f1"])
     finally:
         if previous is None:
             os.environ.pop("TQDM_DISABLE", None)
@@ -136,7 +136,8 @@ def _count(value: int | None) -> float:
 
 def load_runs(variants: list[str], models_: list[str], configs: dict[str, str], root: str | Path = paths.ABLATIONS,
               models_root: str | Path = paths.MODELS) -> pd.DataFrame:
-    """One row per run, the reference first: variant, model, its configuration, seed, test scores, the
+    """One row per run, the reference first: variant, model, its configuration, seed, test scores (balanced
+    macro-F1 with its interval `ci95_low/high`, as reports.member_rows; macro-F1, accuracy), the
     epoch its dev score selected, and the training rows of stage 1 and of stage 2's draw pool
     (`train_rows_stage1`, `train_rows_stage2_pool`; NaN where not recorded or without stage 2), from
     metrics.json and config.json."""
@@ -153,8 +154,9 @@ def load_runs(variants: list[str], models_: list[str], configs: dict[str, str], 
             # members trained before train_rows was recorded lack it: NaN (unknown), not a made-up count
             train_rows = m.get("train_rows") or {}
             rows.append({"variant": variant, "model": model, "configuration": configs[model], "seed": seed,
-                         "n": test["n"], "macro_f1": test["macro_f1"], "ci95_low": test["macro_f1_ci95"][0],
-                         "ci95_high": test["macro_f1_ci95"][1], "accuracy": test["accuracy"],
+                         "n": test["n"], "balanced_macro_f1": test["balanced_macro_f1"],
+                         "ci95_low": test["balanced_macro_f1_ci95"][0], "ci95_high": test["balanced_macro_f1_ci95"][1],
+                         "macro_f1": test["macro_f1"], "accuracy": test["accuracy"],
                          "best_stage": int(m["best_stage"]), "best_epoch": int(m["best_epoch"]),
                          "train_rows_stage1": _count(train_rows.get("stage1")),
                          "train_rows_stage2_pool": _count(train_rows.get("stage2_pool"))})
@@ -247,7 +249,7 @@ def stage2_check(runs: pd.DataFrame, full: str = REFERENCE_VARIANT, no_stage2: s
                                                suffixes=("_full", "_no_stage2"))
     picked_stage1 = pair["best_stage_full"] == 1
     same = (pair["best_epoch_full"] == pair["best_epoch_no_stage2"]) & np.isclose(
-        pair["macro_f1_full"], pair["macro_f1_no_stage2"], rtol=0, atol=1e-12)
+        pair["balanced_macro_f1_full"], pair["balanced_macro_f1_no_stage2"], rtol=0, atol=1e-12)
     pair["identical"] = [bool(s) if p else None for s, p in zip(same, picked_stage1)]
-    return pair[["model", "best_stage_full", "best_epoch_full", "macro_f1_full", "best_epoch_no_stage2",
-                 "macro_f1_no_stage2", "identical"]]
+    return pair[["model", "best_stage_full", "best_epoch_full", "balanced_macro_f1_full", "best_epoch_no_stage2",
+                 "balanced_macro_f1_no_stage2", "identical"]]

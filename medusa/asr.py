@@ -24,7 +24,7 @@ from tqdm import tqdm
 from medusa.batches import audio_batches, length_batches
 from medusa.encoders.base import encode_by_padded_length, library_versions
 from medusa.encoders.whisper import MAX_SAMPLES, SAMPLES_PER_ENCODER_FRAME, log_mel_batch, short_positions, whisper_samples
-from medusa.fingerprint import audio_work_rows, inputs_fingerprint
+from medusa.fingerprint import audio_work_rows, inputs_fingerprint, weights_sample
 from medusa.io import write_parquet
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,8 @@ def asr_batches(ids: list[str], durations: list[float], batch_size: int, pad_sec
 def asr_spec(model, language: str, pad_seconds: float, beam_size: int) -> dict:
     """What makes a transcript: the model (its dims and a sample of its weights), language, padding, beam,
     and the library versions. Batch size is not in it: transcripts do not depend on it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        flat = p.detach().reshape(-1)
-        digest.update(f"{name}{tuple(p.shape)}".encode())
-        digest.update(flat[:64].float().cpu().numpy().tobytes() + flat[-64:].float().cpu().numpy().tobytes())
     dims = getattr(model, "dims", None)
-    return {"model": {"dims": vars(dims) if dims is not None else None, "weights_sample": digest.hexdigest()},
+    return {"model": {"dims": vars(dims) if dims is not None else None, "weights_sample": weights_sample(model)},
             "language": language, "pad_seconds": float(pad_seconds), "beam_size": int(beam_size),
             "padding": f"clip + {TRAILING_SECONDS:g} s rounded up to whole seconds, at least pad_seconds, at most 30 s",
             "versions": library_versions("openai-whisper")}

@@ -60,8 +60,6 @@ FORMAT_VERSION = 1
 ENCODER_KEYS = ("family", "model", "layers", "batch_size", "batch_seconds")
 #: keys copied from a member's feature-store meta into encoders.json, when the store recorded them
 STORE_SPEC_KEYS = ("padding", "versions")
-#: libraries whose major.minor version defines the features; another one installed refuses to score
-FEATURE_LIBRARIES = ("transformers", "openai-whisper", "opensmile")
 ASR_KEYS = ("model", "language", "batch_size", "pad_seconds", "beam_size")
 #: openSMILE feature stores record family "opensmile" and the feature set; params name the family by set.
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
@@ -519,8 +517,11 @@ def version_mismatches(bundle: Bundle) -> list[str]:
         if not recorded:
             unchecked.append(key)
             continue
-        for dist in FEATURE_LIBRARIES:
-            if recorded.get(dist) is None:
+        for dist in sorted(recorded):
+            # torch is recorded too, but another torch changes float rounding, not which features are computed:
+            # not refused. Every library that defines the frames (transformers, tokenizers, openai-whisper,
+            # opensmile, as the encoder recorded them) is checked.
+            if dist == "torch" or recorded[dist] is None:
                 continue
             installed = _version(dist)
             if installed is None or _major_minor(installed) != _major_minor(recorded[dist]):

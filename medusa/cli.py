@@ -42,7 +42,7 @@ def _extract(args: argparse.Namespace) -> int:
                           f"(encoders: {', '.join(params.encoders)})")
     root = paths.feature_store(args.encoder)
     if args.merge:
-        store = merge_shards(root, args.merge)
+        store = merge_shards(root, args.merge, list(pd.read_parquet(paths.MANIFEST)["utt_id"]))
         print(f"merged {args.merge} shards into {root}: {len(store)} utterances, {store.n_frames} frames")
         return 0
     shard, _, n_shards = args.shard.partition("/")

@@ -126,18 +126,22 @@ def meta_inputs(stacked: Stacked, attributes_in: bool) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig) -> MetaClassifier:
+def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
+               classes: tuple[str, ...] = CODES) -> MetaClassifier:
     """Stage 3 on `stacked` (dev): soft `targets` (N, 8), `attributes` (N, 3) on the 1..7 scale (NaN = unrated).
-    Only utterances whose consensus is one of the 8 classes are drawn (class-balanced, afresh every epoch)."""
+    Only utterances whose consensus is one of `classes` (the run's) and that have a target (class votes) are
+    drawn, class-balanced, afresh every epoch: a row without votes has NaN targets, and one NaN in a batch would
+    turn every weight of the soup into NaN. A loss that is not finite stops with the batch's utterances named."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = MetaClassifier(cfg)
     x = torch.from_numpy(meta_inputs(stacked, cfg.attributes_in))
     t = torch.from_numpy(np.array(targets, np.float32))
     a = torch.from_numpy(scale_attributes(attributes))
-    pool = np.flatnonzero(np.isin(stacked.labels, CODES))
+    pool = np.flatnonzero(np.isin(stacked.labels, classes) & np.isfinite(np.asarray(targets, np.float64)).all(1))
     if not len(pool):
-        raise ValueError("no utterance with one of the 8 class labels to train the meta-classifier on")
+        raise ValueError(f"no dev utterance with a target and one of the classes {' '.join(classes)} as its "
+                         "consensus to train the meta-classifier on")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     for _ in range(cfg.epochs):
@@ -149,6 +153,10 @@ def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cf
             known = ~torch.isnan(a[idx]).any(-1)
             if pred_a is not None and cfg.mse_weight > 0 and known.any():
                 loss = loss + cfg.mse_weight * torch.mean((pred_a[known] - a[idx][known]) ** 2)
+            if not torch.isfinite(loss):
+                raise ValueError(f"the meta-classifier's loss is not finite on a batch of dev utterances "
+                                 f"{', '.join(stacked.utt_ids[idx.numpy()][:10])}: check their targets and the "
+                                 "members' posteriors")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -212,13 +220,14 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
     targets = truth[list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32)
     attributes = truth[list(ATTRIBUTES)].to_numpy(np.float32)
     cfg = MetaConfig(**{**asdict(cfg), "n_models": len(members)})
-    runs = [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(cfg), "seed": s})) for s in seeds]
+    classes = run_classes(manifest)
+    runs = [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(cfg), "seed": s}), classes) for s in seeds]
     mixed = soup(runs)
     single_runs = [meta_predict(r, test)[0].argmax(1) for r in runs]
     predictions = {"majority voting": majority_vote(test.probs), "soft voting": soft_vote(test.probs),
                    "meta-classifier (single)": single_runs[0],
                    "meta-classifier (soup)": meta_predict(mixed, test)[0].argmax(1)}
-    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids, run_classes(manifest))
+    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids, classes)
 
 
 def technique_table(results: dict[str, SubsetResult], bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:

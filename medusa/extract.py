@@ -19,7 +19,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from medusa.batches import audio_batches, length_batches
 from medusa.encoders import Encoder
 from medusa.feature_store import FeatureStore, FeatureStoreWriter, merge_stores, shard_dir
-from medusa.fingerprint import audio_work_rows, inputs_fingerprint, text_work_rows
+from medusa.fingerprint import audio_work_rows, inputs_fingerprint, text_work_rows, weights_sample
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def work_fingerprint(encoder: Encoder, items: pd.DataFrame) -> str:
-    """What a resumable store must have been made from: the work list and the encoder's spec (medusa.fingerprint)."""
+    """What a resumable store must have been made from: the work list, the encoder's spec and a sample of its
+    weights (medusa.fingerprint; the spec names the model only, and a folder may be refilled with others)."""
     rows = audio_work_rows(items) if encoder.kind == "audio" else text_work_rows(items)
-    return inputs_fingerprint(rows, encoder.spec())
+    module = next((m for m in (getattr(encoder, "model", None), getattr(encoder, "whisper", None))
+                   if isinstance(m, torch.nn.Module)), None)   # openSMILE has no weights
+    return inputs_fingerprint(rows, {**encoder.spec(), "weights": weights_sample(module) if module else None})
 
 
 def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *, batch_size: int,
@@ -96,11 +99,15 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
     items = items.sort_values("utt_id").reset_index(drop=True)
     batches = plan_batches(encoder, items, batch_size, batch_seconds)  # over the whole list, for every shard
     fingerprint = work_fingerprint(encoder, items)
+    ids = items["utt_id"].tolist()
     if n_shards > 1:
         root = shard_dir(root, shard, n_shards)
         batches = batches[shard::n_shards]
-        fingerprint = inputs_fingerprint([{"shard": shard, "n_shards": n_shards}], {"inputs": fingerprint})
-    ids = items["utt_id"].tolist()
+        # Which clips a shard holds follows the batch plan (batch_size, batch_seconds, padding groups): a shard
+        # begun under another plan holds other clips, so the shard's own clip list is part of its fingerprint.
+        fingerprint = inputs_fingerprint([{"shard": shard, "n_shards": n_shards,
+                                           "utt_ids": sorted(ids[i] for b in batches for i in b)}],
+                                         {"inputs": fingerprint})
     mine = {i for b in batches for i in b}
     duration = items["duration_s"].to_numpy(dtype=float)
     start, frames, audio_s = time.perf_counter(), 0, 0.0
@@ -129,9 +136,21 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
     return ExtractionStats(len(mine), frames, audio_s, time.perf_counter() - start, peak_memory_mb(device))
 
 
-def merge_shards(root: str | Path, n_shards: int) -> FeatureStore:
-    """Join the shard stores of `root` into one store at `root` (all shards must be complete)."""
-    merge_stores([shard_dir(root, i, n_shards) for i in range(n_shards)], root)
+def merge_shards(root: str | Path, n_shards: int, expected: Sequence[str] | None = None) -> FeatureStore:
+    """Join the shard stores of `root` into one store at `root` (all shards must be complete). With `expected`
+    (the work list's utt_ids), the shards must hold exactly those utterances: shards extracted under different
+    batch settings split the list differently, and their union can miss clips (or hold clips of another list)."""
+    shards = [shard_dir(root, i, n_shards) for i in range(n_shards)]
+    if expected is not None:
+        held = {u for s in shards for u in FeatureStore(s).utt_ids}
+        missing, extra = sorted(set(expected) - held), sorted(held - set(expected))
+        if missing or extra:
+            raise ValueError(f"the {n_shards} shards of {root} do not hold the work list: "
+                             + "; ".join(f"{len(v)} utterance(s) {what} (e.g. {v[0]!r})" for v, what in
+                                         ((missing, "in no shard"), (extra, "not in the work list")) if v)
+                             + ". Were the shards extracted with other batch settings or another manifest? "
+                             "Rerun the shards named by the missing utterances with the current params.")
+    merge_stores(shards, root)
     return FeatureStore(root)
 
 

@@ -55,6 +55,7 @@ META_FILE = "meta.json"
 JOURNAL_FILE = "journal.jsonl"
 SORTED_FRAMES_FILE = "frames.sorted.f16"
 WRITER_FILE = "writer.json"
+INPUTS_FILE = "inputs.json"   # the input fingerprint while a close() is between writer.json and the rename
 PARTIAL_SUFFIX = ".partial"
 
 DTYPE = np.dtype("<f2")  # explicit little-endian, so the file means the same on any machine
@@ -424,10 +425,15 @@ class FeatureStoreWriter:
         """Turn a finalised-but-not-renamed work folder back into a resumable one (journal from its index)."""
         wd = self.work_dir
         meta = json.loads((wd / META_FILE).read_text(encoding="utf-8"))
-        reason = self._settings_mismatch(int(meta["dim"]), _user_meta(meta), self.inputs)
-        if reason is None and self.inputs is not None:
-            # writer.json, which held the input fingerprint, is gone: the inputs cannot be checked.
-            reason = "its input fingerprint was removed while it was being closed, so its inputs cannot be checked"
+        inputs_file = wd / INPUTS_FILE
+        if inputs_file.is_file():
+            recorded = json.loads(inputs_file.read_text(encoding="utf-8")).get("inputs")
+            reason = self._settings_mismatch(int(meta["dim"]), _user_meta(meta), recorded)
+        else:
+            reason = self._settings_mismatch(int(meta["dim"]), _user_meta(meta), self.inputs)
+            if reason is None and self.inputs is not None:
+                # the close() died after it removed the fingerprint: the inputs cannot be checked
+                reason = "its input fingerprint was removed while it was being closed, so its inputs cannot be checked"
         if reason is not None:
             self._discard_or_raise(reason)
             return
@@ -439,6 +445,7 @@ class FeatureStoreWriter:
         _write_text_durably(wd / WRITER_FILE, _json_text(self._writer_record()))
         for name in (INDEX_FILE, META_FILE):
             (wd / name).unlink()
+        inputs_file.unlink(missing_ok=True)
         self._replay_journal()
 
     def _replay_journal(self) -> None:
@@ -583,6 +590,9 @@ class FeatureStoreWriter:
         meta = {**self.meta, "dim": self.dim, "dtype": DTYPE_NAME, "n_utterances": len(ids),
                 "n_frames": self._n_frames}
         _write_text_durably(wd / META_FILE, _json_text(meta))
+        # The input fingerprint outlives writer.json until the rename, so that a close() that dies in between
+        # leaves a store whose inputs can still be checked (and kept) by the next writer.
+        _write_text_durably(wd / INPUTS_FILE, _json_text({"inputs": self.inputs}))
         # writer.json goes before the journal: a folder with index + meta and no writer.json is a finished store.
         (wd / WRITER_FILE).unlink()
         if sorted_frames is not None:
@@ -590,6 +600,7 @@ class FeatureStoreWriter:
             _fsync_path(wd)
             os.replace(sorted_frames, wd / FRAMES_FILE)
         (wd / JOURNAL_FILE).unlink(missing_ok=True)
+        (wd / INPUTS_FILE).unlink()   # private to the work folder: the finished store holds its three files only
         _remove_stale_tmp_files(wd)
         _fsync_path(wd)
         _move_into_place(wd, self.root, self._replaceable_children)

@@ -55,3 +55,15 @@ def inputs_fingerprint(rows: Iterable[Mapping[str, Any]], spec: Mapping[str, Any
     for row in rows:
         digest.update(b"\n" + json.dumps(row, sort_keys=True, default=str).encode())
     return digest.hexdigest()
+
+
+def weights_sample(module) -> str:
+    """A cheap identity of a model's weights: every tensor's name and shape and its first and last 64 values.
+    The spec names a model by path or hub name only; a checkpoint replaced under the same name must not resume
+    work made with the old weights (reading every weight of a large model would cost as much as loading it)."""
+    digest = hashlib.sha256()
+    for name, p in module.state_dict().items():
+        flat = p.detach().reshape(-1)
+        digest.update(f"{name}{tuple(p.shape)}".encode())
+        digest.update(flat[:64].float().cpu().numpy().tobytes() + flat[-64:].float().cpu().numpy().tobytes())
+    return digest.hexdigest()

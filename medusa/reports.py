@@ -254,8 +254,9 @@ def ensemble_findings(table3: pd.DataFrame, members: pd.DataFrame, gain_ci: tupl
         vote_verdict = "**holds**" if above_votes else "**does not hold**"
     else:
         vote_gain = float(relative_change(soup["balanced_macro_f1"], votes))
+        # judged on the soup, whose paired interval this is (the single runs' predictions are not kept)
         vote_verdict = (f"the soup's change from {vote} {vote_gain:+.2f} % [{vote_ci[0]:+.2f}, {vote_ci[1]:+.2f}] — "
-                        + _verdict(above_votes, vote_ci[0] > 0 or vote_ci[1] < 0))
+                        + _verdict(vote_gain > 0, vote_ci[0] > 0 or vote_ci[1] < 0))
     return [f"MEDUSA beats the best single model (paper: +{PAPER_MEDUSA_GAIN_PCT} %, {PAPER_MEDUSA_F1:.3f} against "
             f"{PAPER_BEST_SINGLE_F1:.3f}): soup {soup['balanced_macro_f1']:.3f} against {best['model']} "
             f"{best['balanced_macro_f1']:.3f} (balanced macro-F1), {gain:+.2f} % [{gain_ci[0]:+.2f}, {gain_ci[1]:+.2f}] "

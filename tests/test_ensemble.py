@@ -244,3 +244,28 @@ def test_member_table_and_headline_rank_by_balanced_macro_f1(tmp_path):
         ensemble.member_table(["old"], tmp_path)
     with pytest.raises(FileNotFoundError, match="dvc repro train@nope"):
         ensemble.member_table(["nope"], tmp_path)
+
+
+def test_dev_rows_without_a_target_never_train_the_meta_classifier():
+    """A dev row with no class votes (all Other-..., or no annotator rows) has NaN targets: drawn into a batch, it
+    turned every weight of the soup into NaN and every prediction into class A, with exit 0."""
+    rng = np.random.default_rng(0)
+    n = 240
+    splits = np.asarray(["train", "dev", "test"])[np.arange(n) % 3]
+    labels = np.asarray(CODES)[rng.integers(0, 8, n)]
+    manifest = pd.DataFrame({"utt_id": [f"u{i}" for i in range(n)], "split": splits, "label": labels})
+    manifest[list(SOFT_TARGET_COLUMNS)] = np.eye(8)[[CODES.index(c) for c in labels]]
+    manifest[list(ATTRIBUTES)] = 3.0
+    no_votes = manifest.index[manifest["split"] == "dev"][:3]
+    manifest.loc[no_votes, list(SOFT_TARGET_COLUMNS)] = np.nan   # labelled, but no class votes
+    posteriors = {m: _posteriors(manifest, rng) for m in ("a", "b")}
+    result = ensemble.run_subset(posteriors, manifest, ["a", "b"], ensemble.MetaConfig(n_models=0, epochs=5), [0])
+    for weights in result.soup.state_dict().values():
+        assert torch.isfinite(weights).all()
+    probs, _ = ensemble.meta_predict(result.soup, result.test)
+    assert np.isfinite(probs).all()
+    # and a loss that is not finite (here: NaN posteriors from a broken member) stops, naming utterances
+    broken = {m: f.copy() for m, f in posteriors.items()}
+    broken["a"].loc[broken["a"]["split"] == "dev", "p_A"] = np.nan
+    with pytest.raises(ValueError, match=r"loss is not finite on a batch of dev utterances u\d+"):
+        ensemble.run_subset(broken, manifest, ["a", "b"], ensemble.MetaConfig(n_models=0, epochs=2), [0])

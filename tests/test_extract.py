@@ -50,11 +50,8 @@ class Interrupting:
         self.encoder, self.fail_at, self.calls = encoder, fail_at, 0
         self.kind, self.dim, self.frame_rate = encoder.kind, encoder.dim, encoder.frame_rate
 
-    def spec(self):
-        return self.encoder.spec()
-
-    def padded_samples(self, n):
-        return self.encoder.padded_samples(n)
+    def __getattr__(self, name):   # spec(), padded_samples(), the model (its weights are fingerprinted), ...
+        return getattr(self.encoder, name)
 
     def encode(self, batch):
         self.calls += 1
@@ -176,3 +173,46 @@ def test_the_input_fingerprint_stays_out_of_meta_json(tmp_path, items, wavlm):
     assert digest(tmp_path / "here") == digest(tmp_path / "there")
     meta = (tmp_path / "here" / "meta.json").read_text()
     assert "elsewhere" not in meta and "wavs" not in meta and "inputs" not in meta
+
+
+def test_shards_under_other_batch_settings_are_restarted_or_refused_at_merge(tmp_path, items, wavlm, caplog):
+    """Shard i takes batches i, i+n, ... of the plan, so which clips it holds follows batch_size: a shard resumed
+    after batch_size changed starts afresh (it used to stop on clips "not in this work list"), and shards made
+    under two plans, which may miss clips, are refused by the merge instead of giving an incomplete store."""
+    kw = dict(batch_seconds=60.0, num_workers=0, device=CPU)
+    extract_to_store(wavlm, items, tmp_path / "s", shard=0, n_shards=2, batch_size=1, **kw)
+    extract_to_store(wavlm, items, tmp_path / "s", shard=1, n_shards=2, batch_size=3, **kw)
+    with pytest.raises(ValueError, match=r"do not hold the work list: \d+ utterance\(s\) in no shard"):
+        merge_shards(tmp_path / "s", 2, list(items["utt_id"]))
+    with pytest.raises(KeyboardInterrupt):   # shard 0 begun anew under batch_size 3, interrupted ...
+        extract_to_store(Interrupting(wavlm, fail_at=2), items, tmp_path / "s", shard=0, n_shards=2,
+                         batch_size=3, **kw)
+    with caplog.at_level("WARNING", logger="medusa.feature_store"):   # ... and resumed under batch_size 1
+        extract_to_store(wavlm, items, tmp_path / "s", shard=0, n_shards=2, batch_size=1, **kw)
+    assert "discarding the unfinished store" in caplog.text
+    extract_to_store(wavlm, items, tmp_path / "s", shard=0, n_shards=2, batch_size=3, **kw)
+    merged = merge_shards(tmp_path / "s", 2, list(items["utt_id"]))
+    assert sorted(merged.utt_ids) == sorted(items["utt_id"])
+
+
+def test_resume_after_the_weights_changed_under_the_same_path_starts_afresh(tmp_path, items, caplog):
+    """The spec names a model by its folder: refilling the folder with other weights must not resume a store
+    begun with the old ones (the store would mix two models' frames)."""
+    from transformers import WavLMConfig, WavLMModel
+
+    def save(seed):
+        torch.manual_seed(seed)
+        WavLMModel(WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                               feat_extract_norm="layer", do_stable_layer_norm=True)).save_pretrained(tmp_path / "m")
+        return build_encoder("wavlm", "wavlm", str(tmp_path / "m"), [-1], CPU)
+
+    kw = dict(batch_size=3, batch_seconds=60.0, num_workers=0, device=CPU)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_store(Interrupting(save(0), fail_at=3), items, tmp_path / "store", **kw)
+    retrained = save(1)
+    with caplog.at_level("WARNING", logger="medusa.feature_store"):
+        extract_to_store(retrained, items, tmp_path / "store", **kw)
+    assert "discarding the unfinished store" in caplog.text
+    extract_to_store(retrained, items, tmp_path / "straight", **kw)
+    assert digest(tmp_path / "store") == digest(tmp_path / "straight")

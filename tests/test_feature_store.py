@@ -427,3 +427,36 @@ def test_a_sorting_close_that_dies_is_finished_by_the_next_writer(tmp_path, monk
     with FeatureStoreWriter(tmp_path / "s", DIM, META, sort_on_close=True) as w:
         assert w.done == {u for u, _ in utts}
     assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "ref")
+
+
+def test_a_close_that_dies_after_writer_json_keeps_the_store_when_the_inputs_match(tmp_path, monkeypatch):
+    """With an input fingerprint (as extraction always has), a close() killed between removing writer.json and the
+    rename used to discard the whole finished store (its fingerprint went with writer.json): now it outlives
+    writer.json until the rename, so the next writer with the same inputs completes the store and one with other
+    inputs discards it."""
+    import medusa.feature_store as fs
+
+    utts = make_utterances(n=7, seed=5)
+    real_replace = os.replace
+
+    def dying_replace(src, dst):
+        if str(src).endswith(fs.SORTED_FRAMES_FILE):
+            raise Interrupted("process killed")
+        return real_replace(src, dst)
+
+    for inputs, kept in (("fingerprint-1", True), ("fingerprint-2", False)):
+        root = tmp_path / inputs
+        monkeypatch.setattr(os, "replace", dying_replace)
+        with pytest.raises(Interrupted):
+            with FeatureStoreWriter(root, DIM, META, sort_on_close=True, inputs="fingerprint-1") as w:
+                for u, x in utts:
+                    w.add(u, x)
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert not (partial_dir(root) / fs.WRITER_FILE).exists()
+        with FeatureStoreWriter(root, DIM, META, sort_on_close=True, inputs=inputs) as w:
+            assert (w.done == {u for u, _ in utts}) is kept
+            for u, x in utts:
+                if u not in w.done:
+                    w.add(u, x)
+        assert sorted(FeatureStore(root).utt_ids) == sorted(u for u, _ in utts)
+        assert sorted(p.name for p in root.iterdir()) == sorted(fs.STORE_FILES)
