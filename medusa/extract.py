@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from medusa.batches import audio_batches, length_batches
 from medusa.encoders import Encoder
-from medusa.feature_store import FeatureStore, FeatureStoreWriter, merge_stores, shard_dir
+from medusa.feature_store import FeatureStore, FeatureStoreWriter, merge_stores, shard_dir, shard_items
 from medusa.fingerprint import audio_work_rows, inputs_fingerprint, text_work_rows, weights_sample
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
     ids = items["utt_id"].tolist()
     if n_shards > 1:
         root = shard_dir(root, shard, n_shards)
-        batches = batches[shard::n_shards]
+        batches = shard_items(batches, shard, n_shards)  # batches, not clips: the same batch-mates for any n
         # Which clips a shard holds follows the batch plan (batch_size, batch_seconds, padding groups): a shard
         # begun under another plan holds other clips, so the shard's own clip list is part of its fingerprint.
         fingerprint = inputs_fingerprint([{"shard": shard, "n_shards": n_shards,

@@ -25,7 +25,7 @@ The input fingerprint (`inputs`, medusa.fingerprint: the work list with file ide
 in writer.json: a finished store's meta.json holds only what makes the features, so that it is the same on every
 machine and clone for the same corpus.
 
-Sharding: `shard_items` splits a work list, each shard writes its own store (`shard_dir`), and `merge_stores`
+Sharding: `shard_items` splits a work list (extraction splits its list of batches), each shard writes its own store (`shard_dir`), and `merge_stores`
 joins them into one store in sorted utt_id order. A writer with `sort_on_close` also writes its store in sorted
 utt_id order, so one extraction and the merged shards of the same work list give byte-identical stores.
 """

@@ -85,14 +85,19 @@ def _posteriors(manifest: pd.DataFrame, rng) -> pd.DataFrame:
     return rows
 
 
-def test_run_subset_trains_on_dev_only_and_predicts_test():
-    rng = np.random.default_rng(0)
-    n = 240
+def _manifest(rng, n: int = 240) -> pd.DataFrame:
+    """train/dev/test in turn, random labels, one-hot soft targets, attributes 3."""
     splits = np.asarray(["train", "dev", "test"])[np.arange(n) % 3]
     labels = np.asarray(CODES)[rng.integers(0, 8, n)]
     manifest = pd.DataFrame({"utt_id": [f"u{i}" for i in range(n)], "split": splits, "label": labels})
     manifest[list(SOFT_TARGET_COLUMNS)] = np.eye(8)[[CODES.index(c) for c in labels]]
     manifest[list(ATTRIBUTES)] = 3.0
+    return manifest
+
+
+def test_run_subset_trains_on_dev_only_and_predicts_test():
+    rng = np.random.default_rng(0)
+    manifest = _manifest(rng)
     posteriors = {m: _posteriors(manifest, rng) for m in ("a", "b", "c")}
     cfg = ensemble.MetaConfig(n_models=0, epochs=3, attributes_in=True)
     result = ensemble.run_subset(posteriors, manifest, ["a", "c"], cfg, seeds=[0, 1])
@@ -250,12 +255,7 @@ def test_dev_rows_without_a_target_never_train_the_meta_classifier():
     """A dev row with no class votes (all Other-..., or no annotator rows) has NaN targets: drawn into a batch, it
     turned every weight of the soup into NaN and every prediction into class A, with exit 0."""
     rng = np.random.default_rng(0)
-    n = 240
-    splits = np.asarray(["train", "dev", "test"])[np.arange(n) % 3]
-    labels = np.asarray(CODES)[rng.integers(0, 8, n)]
-    manifest = pd.DataFrame({"utt_id": [f"u{i}" for i in range(n)], "split": splits, "label": labels})
-    manifest[list(SOFT_TARGET_COLUMNS)] = np.eye(8)[[CODES.index(c) for c in labels]]
-    manifest[list(ATTRIBUTES)] = 3.0
+    manifest = _manifest(rng)
     no_votes = manifest.index[manifest["split"] == "dev"][:3]
     manifest.loc[no_votes, list(SOFT_TARGET_COLUMNS)] = np.nan   # labelled, but no class votes
     posteriors = {m: _posteriors(manifest, rng) for m in ("a", "b")}
