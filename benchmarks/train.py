@@ -57,6 +57,7 @@ from medusa.dataset import Batch, FeatureDataset, bucketed, scale_attributes  # 
 from medusa.deepser import DeepSER, DeepSERConfig, count_parameters  # noqa: E402
 from medusa.feature_store import FeatureStore, FeatureStoreWriter  # noqa: E402
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, class_weights  # noqa: E402
+from medusa.params import load_params  # noqa: E402
 from medusa.training import TrainConfig, train_step  # noqa: E402
 
 from _common import (Measurement, busy, cpu_memory_method, device_name, load_average, measure,  # noqa: E402
@@ -211,7 +212,7 @@ def timed_training(method: str, model: DeepSER, optimizer: torch.optim.Optimizer
 def run_ours(work: Path, rows: pd.DataFrame, features: list[Feature], model_cfg: DeepSERConfig, size: Size,
              args: argparse.Namespace, device: torch.device, weights: torch.Tensor,
              lengths: dict[str, dict[str, int]]) -> MethodResult:
-    cfg = TrainConfig(batch_size=size.batch_size, amp=True, seed=args.seed)
+    cfg = paper_recipe(size, amp=True, seed=args.seed)
     stores = [FeatureStore(work / "stores" / f.key) for f in features]
     data = FeatureDataset(rows, stores, [1] * len(stores))  # no time pooling: the frames as the paper has them
     rng = np.random.default_rng(args.seed)
@@ -242,7 +243,7 @@ def authors_batch(idx: np.ndarray, utt_ids: np.ndarray, npy_dirs: list[Path], ta
 def run_authors(work: Path, rows: pd.DataFrame, features: list[Feature], model_cfg: DeepSERConfig, size: Size,
                 args: argparse.Namespace, device: torch.device, weights: torch.Tensor,
                 lengths: dict[str, dict[str, int]]) -> MethodResult:
-    cfg = TrainConfig(batch_size=size.batch_size, amp=False, seed=args.seed)  # fp32: no autocast
+    cfg = paper_recipe(size, amp=False, seed=args.seed)  # fp32: no autocast
     npy_dirs = [work / "npy" / f.key for f in features]
     utt_ids = rows["utt_id"].to_numpy()
     targets = rows[list(SOFT_TARGET_COLUMNS)].to_numpy(dtype=np.float32)
@@ -298,9 +299,14 @@ def parse_mix(text: str) -> list[Feature]:
     return [FEATURES[k] for k in keys]
 
 
+def paper_recipe(size: Size, amp: bool, seed: int) -> TrainConfig:
+    """The paper preset's training recipe (configs/paper.yaml: lr, MixUp, loss weights ...) at this size's batch."""
+    return TrainConfig.of(load_params(REPO / "configs" / "paper.yaml").train, seed, batch_size=size.batch_size, amp=amp)
+
+
 def model_config(features: list[Feature], size: Size) -> DeepSERConfig:
     return DeepSERConfig(input_dims=tuple(f.dim for f in features), hidden=size.hidden, layers=size.layers,
-                         heads=size.heads, dropout=0.1, ff_mult=size.ff_mult)
+                         heads=size.heads, dropout=0.1, ff_mult=size.ff_mult, fusion="deep")
 
 
 def describe_model(cfg: DeepSERConfig, features: list[Feature], n_params: int) -> str:

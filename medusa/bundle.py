@@ -1,8 +1,10 @@
 """The predict bundle: one folder that goes from audio files to emotion probabilities, without the training data.
 
     meta.safetensors       the meta-classifier's weights (the soup)
-    meta.json              {"config": MetaConfig, "members": [names, in the meta-classifier's input order]}
-    members/<name>/        each member's model.safetensors and config.json, copied from work/models/<name>/
+    meta.json              {"config": MetaConfig, "members": [names, in the meta-classifier's input order]};
+                           config.include_probes says whether the meta-classifier reads the members' probes
+    members/<name>/        each member's model.safetensors and config.json, copied from work/models/<name>/, and
+                           its probe.json (medusa.baselines.LinearProbe) when the meta-classifier reads probes
     encoders.json          per encoder key any member reads: family, model, layers, batch_size, batch_seconds,
                            pad_seconds -- how to recompute the features the members were trained on -- and, from
                            the feature store's meta.json, its padding rule and the library versions that made it
@@ -19,8 +21,11 @@ did (hub name, local folder or demo:base), and they must be loadable where the b
 Audio goes through the same steps as in training: Whisper transcripts (if a member reads text), each encoder
 on batches planned as the extract stage plans them (medusa.extract.plan_batches), frames rounded to float16 as the
 feature stores hold them, the same pooling and padding (medusa.dataset.batch_from_arrays), the members'
-posteriors and attributes, then the meta-classifier. A clip's features and transcript depend on the clip alone
-(medusa.encoders.base), so several files in one call, in any order, get the features the store would hold.
+posteriors and attributes, with include_probes each member's linear probe on the mean of the same raw (unpooled)
+frames, as it was fitted from the feature stores (medusa.baselines.pooled_means), then the meta-classifier, whose
+inputs are assembled by the ensemble stage's own code (medusa.ensemble.meta_inputs). A clip's features and
+transcript depend on the clip alone (medusa.encoders.base), so several files in one call, in any order, get the
+features the store would hold.
 
 Versions: features depend on the libraries that compute them. `load_bundle` refuses a bundle whose encoders'
 features were made with another major.minor version of transformers, openai-whisper or opensmile than the one
@@ -45,10 +50,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medusa.audio import AudioError, audio_info, load_audio
+from medusa.baselines import PROBE_FILE, LinearProbe, pooled_means
 from medusa.dataset import batch_from_arrays, unscale_attributes
 from medusa.deepser import DeepSER
 from medusa.encoders import build_encoder, kind_of
-from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
+from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict, require_probe_files
 from medusa.io import sha256_file, write_json
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
 from medusa.members import MODEL_FILES, load_member, read_member_config
@@ -199,6 +205,8 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
             raise BundleError(f"{folder / 'config.json'}: {len(config['encoders'])} encoders but "
                               f"{len(config['deepser']['input_dims'])} DeepSER inputs")
         configs[name], sources[name] = config, folder
+    probes = {name: _read_probe(require_probe_files(folder, name, (PROBE_FILE,)), configs[name])
+              for name, folder in sources.items()} if meta.cfg.include_probes else {}
     entries = _encoder_entries(configs, encoders)
     text_keys = [k for k, e in entries.items() if kind_of(e["family"]) == "text"]
     asr_entry = None
@@ -219,7 +227,7 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
     write_json({"config": asdict(meta.cfg), "members": list(configs)}, partial / "meta.json")
     for name, folder in sources.items():
         (partial / "members" / name).mkdir(parents=True)
-        for f in MODEL_FILES:
+        for f in MODEL_FILES + ((PROBE_FILE,) if name in probes else ()):
             shutil.copyfile(folder / f, partial / "members" / name / f)
     write_json(entries, partial / "encoders.json")
     write_json(asr_entry, partial / "asr.json")
@@ -227,8 +235,20 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
     write_json({"format_version": FORMAT_VERSION, **_provenance(), "files": files}, partial / "manifest.json")
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
-    log.info("wrote bundle %s: %d members, encoders %s", out_dir, len(configs), ", ".join(entries))
+    log.info("wrote bundle %s: %d members%s, encoders %s", out_dir, len(configs),
+             " and their probes" if probes else "", ", ".join(entries))
     return out_dir
+
+
+def _read_probe(folder: Path, config: dict[str, Any]) -> LinearProbe:
+    """The member's linear probe, checked against the member's inputs: it reads the concatenated frame means of
+    the member's encoders, so its width must be the sum of theirs."""
+    probe = LinearProbe.load(folder)
+    width = sum(int(d) for d in config["deepser"]["input_dims"])
+    if len(probe.mean) != width or any(len(row) != width for row in probe.coef):
+        raise BundleError(f"{folder / PROBE_FILE}: the probe reads {len(probe.mean)} features, but the member's "
+                          f"encoders ({', '.join(config['encoders'])}) give {width}; retrain the member")
+    return probe
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -239,6 +259,7 @@ class Member:
     name: str
     model: DeepSER
     config: dict[str, Any]
+    probe: LinearProbe | None = None     # loaded when the meta-classifier reads the members' probes
 
     @property
     def encoders(self) -> list[str]:
@@ -358,8 +379,12 @@ class Bundle:
         if n == 0:
             return np.zeros((0, len(CODES)), np.float32), np.zeros((0, m, len(CODES)), np.float32), None
         outputs = [self._member_outputs(member, features, n) for member in self.members]
+        # each probe on the mean of the member's raw frames, per encoder in the member's order, as fitted
+        probe_probs = (np.stack([m.probe.predict_proba(pooled_means([features[k] for k in m.encoders]))
+                                 for m in self.members], 1) if self.meta.cfg.include_probes else None)
         stacked = Stacked(utt_ids=np.arange(n), probs=np.stack([p for p, _ in outputs], 1),
-                          attributes=np.stack([a for _, a in outputs], 1), labels=np.full(n, None, dtype=object))
+                          attributes=np.stack([a for _, a in outputs], 1), labels=np.full(n, None, dtype=object),
+                          probe_probs=probe_probs)
         probs, attrs = meta_predict(self.meta, stacked)
         return probs, stacked.probs, attrs
 
@@ -568,9 +593,17 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
     if cfg.n_models != len(names):
         raise BundleError(f"{path / 'meta.json'}: the meta-classifier takes {cfg.n_models} member(s), "
                           f"{len(names)} are listed")
+    if cfg.include_probes:
+        unlisted = [n for n in names if f"members/{n}/{PROBE_FILE}" not in manifest["files"]]
+        if unlisted:
+            raise BundleError(f"{path / 'members' / unlisted[0] / PROBE_FILE}: the meta-classifier reads the "
+                              f"members' probe posteriors (include_probes) but the bundle has no probe for member "
+                              f"{unlisted[0]!r}; write the bundle again (dvc repro ensemble)")
     meta = MetaClassifier(cfg)
     meta.load_state_dict(load_file(str(path / "meta.safetensors"), device="cpu"))
     members = [Member(n, *load_member(path / "members" / n, device)) for n in names]
+    for m in members if cfg.include_probes else []:
+        m.probe = _read_probe(path / "members" / m.name, m.config)
     encoders = json.loads((path / "encoders.json").read_text())
     asr = json.loads((path / "asr.json").read_text())
     missing = sorted({k for m in members for k in m.encoders} - set(encoders))

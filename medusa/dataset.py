@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
 from medusa.feature_store import FeatureStore
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
@@ -127,6 +129,26 @@ class FeatureDataset:
         xs, masks = batch_from_arrays([[store[u] for u in ids] for store in self.stores], self.pools,
                                       [store.dim for store in self.stores])
         return Batch(xs, masks, torch.from_numpy(self.targets[idx]), torch.from_numpy(self.attributes[idx]), ids)
+
+
+def input_statistics(data: FeatureDataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per modality, the mean and standard deviation of every input dimension over the frames DeepSER sees
+    (pooled as in `data.pools`) of every utterance of `data` (the training split): train.standardise.
+
+    Pooled rather than raw frames, because the model reads pooled ones and pooling shrinks frame-to-frame
+    variance. scikit-learn's StandardScaler.partial_fit does the streaming (one utterance at a time, float64,
+    Chan's merge) and leaves a scale of 1 for a dimension that never varies (a constant would divide by zero)."""
+    statistics = []
+    for store, pool in zip(data.stores, data.pools):
+        scaler = StandardScaler()
+        for u in tqdm(data.rows["utt_id"], desc=f"input statistics of {store.root.name}", unit="utt", leave=False):
+            frames = pool_frames(np.asarray(store[u], dtype=np.float32), pool)
+            if len(frames):  # an utterance without frames adds nothing (partial_fit refuses 0 rows)
+                scaler.partial_fit(frames.astype(np.float64))
+        if not hasattr(scaler, "mean_"):
+            raise ValueError(f"{store.root}: no frames at all for the {len(data)} training utterances")
+        statistics.append((scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)))
+    return statistics
 
 
 def bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

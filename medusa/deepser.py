@@ -13,12 +13,17 @@ The late-fusion variant (Table 2's ablation) keeps only the unimodal ENCs: x = W
 
 Masks are boolean (B, T) with True on real frames. Every attention gets the key-padding mask and pooling
 averages real frames only, so adding padding to a batch never changes a result (the authors' code had no masks).
+
+Input standardisation (not in the paper; train.standardise): each modality's frames are z-scored by a per-dimension
+mean and scale held as buffers of the model (Standardise), so they travel in model.safetensors and training,
+evaluation and prediction all apply the same numbers. Left at 0 and 1 they change nothing.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,13 +32,15 @@ from medusa.labels import ATTRIBUTES, CODES
 
 @dataclass(frozen=True)
 class DeepSERConfig:
+    """The architecture. Its settings are the `train` keys of the same names (medusa.params.TrainParams, where
+    they are declared and documented once); from_train copies them from there."""
     input_dims: tuple[int, ...]        # one per modality, in the order the batches give them
-    hidden: int = 1024                 # paper: 1024
-    layers: int = 2                    # transformer layers per ENC (paper: 2)
-    heads: int = 8
-    dropout: float = 0.1
-    ff_mult: int = 4                   # feed-forward width = ff_mult * hidden
-    fusion: Literal["deep", "late"] = "deep"
+    hidden: int
+    layers: int                        # transformer layers per ENC
+    heads: int
+    dropout: float
+    ff_mult: int                       # feed-forward width = ff_mult * hidden
+    fusion: Literal["deep", "late"]
     n_classes: int = len(CODES)
     n_attributes: int = len(ATTRIBUTES)
     extra: dict = field(default_factory=dict)  # free-form notes kept with the config (e.g. encoder names)
@@ -50,6 +57,25 @@ class DeepSERConfig:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "input_dims": list(self.input_dims)}
+
+    @classmethod
+    def from_train(cls, input_dims: tuple[int, ...] | list[int], train: Any) -> "DeepSERConfig":
+        """The architecture of `train` (a TrainParams, or anything with those attributes) over `input_dims`."""
+        shared = [f.name for f in fields(cls) if f.name != "input_dims" and hasattr(train, f.name)]
+        return cls(input_dims=tuple(input_dims), **{name: getattr(train, name) for name in shared})
+
+
+class Standardise(nn.Module):
+    """(x - mean) / scale per input dimension, padded frames back to 0. The numbers are buffers: saved with the
+    weights, never trained."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return ((x - self.mean) / self.scale).masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
@@ -86,6 +112,7 @@ class DeepSER(nn.Module):
         super().__init__()
         self.cfg = cfg
         n = len(cfg.input_dims)
+        self.standardise = nn.ModuleList(Standardise(d) for d in cfg.input_dims)
         self.unimodal = nn.ModuleList(ENC(d, cfg) for d in cfg.input_dims)
         if cfg.fusion == "deep":
             self.fusion1 = ENC(cfg.hidden, cfg)
@@ -97,10 +124,25 @@ class DeepSER(nn.Module):
         self.class_head = nn.Linear(cfg.hidden, cfg.n_classes)
         self.attribute_head = nn.Linear(cfg.hidden, cfg.n_attributes)
 
+    def set_standardisation(self, statistics: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Per modality (mean, scale) of its input dimensions (medusa.dataset.input_statistics)."""
+        if len(statistics) != len(self.standardise):
+            raise ValueError(f"{len(statistics)} sets of statistics for {len(self.standardise)} modalities")
+        for m, (layer, (mean, scale)) in enumerate(zip(self.standardise, statistics)):
+            mean, scale = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
+            if mean.shape != layer.mean.shape or scale.shape != layer.scale.shape:
+                raise ValueError(f"modality {m}: statistics of shape {tuple(mean.shape)}/{tuple(scale.shape)}, "
+                                 f"expected ({layer.mean.numel()},)")
+            if not (torch.isfinite(mean).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+                raise ValueError(f"modality {m}: input statistics must be finite with positive scales")
+            layer.mean.copy_(mean)
+            layer.scale.copy_(scale)
+
     def fused(self, xs: list[Tensor], masks: list[Tensor]) -> Tensor:
         """The fused representation x (B, hidden): the Manifold MixUp point."""
         if len(xs) != len(self.unimodal) or len(masks) != len(xs):
             raise ValueError(f"expected {len(self.unimodal)} modalities, got {len(xs)} inputs and {len(masks)} masks")
+        xs = [z(x, m) for z, x, m in zip(self.standardise, xs, masks)]
         firsts, lasts, pooled = zip(*(enc(x, m) for enc, x, m in zip(self.unimodal, xs, masks)))
         if self.cfg.fusion == "late":
             return self.fuse(torch.cat(pooled, dim=-1))

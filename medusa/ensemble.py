@@ -7,7 +7,11 @@ confident than unseen ones; training the meta level on them is the paper's setti
 
 Meta-classifier input: the concatenated class posteriors of the chosen members, in member order (M x 8
 values), as in the paper ("a meta-classifier learns to combine the posterior distributions of individual
-classifiers"); `attributes_in` also feeds their attribute predictions (M x 3 more; off in both presets). Output:
+classifiers"); `attributes_in` also feeds their attribute predictions (M x 3 more; off in both presets), and
+`include_probes` (beyond the paper) the posteriors of each member's linear probe (M x 8 more, read from the
+member's probe_posteriors.parquet; medusa.baselines), so that MEDUSA can fall back on its best probe. The blocks
+follow each other in that order (INPUT_BLOCKS), each one member after member; the predict bundle stacks new audio
+through the same `meta_inputs`. Output:
 8 class logits and, when mse_weight > 0 (`attributes_out`), 3 attributes; loss = ce_weight * soft-target CE +
 mse_weight * attribute MSE (the paper's eq. (1)). The two attribute switches are independent. Each epoch draws a
 class-balanced subset of dev (stage 2's sampling, uniform class weights); AdamW; no MixUp. A fixed number of
@@ -15,6 +19,8 @@ epochs, as no split is left for selection. The soup averages the weights of `see
 
 Scores: balanced macro-F1 on test over the run's classes with its 95 % class-stratified bootstrap interval (the
 headline), plain macro-F1 and accuracy beside it (medusa.metrics); the same resamples for every technique.
+Table 3 also carries, whatever `include_probes` says, the soup trained with the other setting of that switch
+(same seeds) and the best probe by dev, so that the switch is measured on every run.
 """
 from __future__ import annotations
 
@@ -45,10 +51,13 @@ class Stacked:
     probs: np.ndarray        # (N, M, 8)
     attributes: np.ndarray   # (N, M, 3), 1..7 scale
     labels: np.ndarray       # (N,) consensus codes (None for blind)
+    probe_probs: np.ndarray | None = None   # (N, M, 8): each member's linear probe, when its posteriors were read
 
 
-def stack(posteriors: dict[str, pd.DataFrame], split: str) -> Stacked:
-    """Align the members' posteriors of `split` (every member must score the same utterances)."""
+def stack(posteriors: dict[str, pd.DataFrame], split: str, probes: dict[str, pd.DataFrame] | None = None
+          ) -> Stacked:
+    """Align the members' posteriors of `split` (every member must score the same utterances) and, with `probes`
+    ({member: its probe's posteriors}, read_probe_posteriors), their probes' posteriors of the same utterances."""
     frames = {name: f[f["split"] == split].set_index("utt_id") for name, f in posteriors.items()}
     first = next(iter(frames.values()))
     ids = first.index.to_numpy()
@@ -57,7 +66,50 @@ def stack(posteriors: dict[str, pd.DataFrame], split: str) -> Stacked:
             raise ValueError(f"member {name!r} scores other {split} utterances than {next(iter(frames))!r}")
     probs = np.stack([f.loc[ids, list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32) for f in frames.values()], 1)
     attrs = np.stack([f.loc[ids, list(ATTRIBUTES)].to_numpy(np.float32) for f in frames.values()], 1)
-    return Stacked(ids, probs, attrs, first.loc[ids, "label"].to_numpy())
+    probe_probs = None
+    if probes is not None:
+        columns = []
+        for name in frames:
+            if name not in probes:
+                raise KeyError(f"no probe posteriors for member {name!r} (have: {', '.join(probes) or 'none'})")
+            f = probes[name][probes[name]["split"] == split].set_index("utt_id")
+            missing = np.setdiff1d(ids, f.index.to_numpy())
+            if len(missing):
+                raise ValueError(f"the probe of member {name!r} does not score {len(missing)} of its {split} "
+                                 f"utterances (e.g. {missing[0]}); retrain it: dvc repro train@{name}")
+            columns.append(f.loc[ids, list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32))
+        probe_probs = np.stack(columns, 1)
+    return Stacked(ids, probs, attrs, first.loc[ids, "label"].to_numpy(), probe_probs)
+
+
+def require_probe_files(folder: str | Path, name: str, files: tuple[str, ...] | None = None) -> Path:
+    """`folder` (member `name`'s), after checking that it holds its linear probe's `files` (default: probe.json
+    and the probe's posteriors); a member trained before members had probes has none, and only retraining
+    makes them."""
+    from medusa.baselines import PROBE_FILE
+    from medusa.members import PROBE_POSTERIORS
+
+    folder = Path(folder)
+    missing = [f for f in (files or (PROBE_FILE, PROBE_POSTERIORS)) if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: member {name!r} has no linear probe ({', '.join(missing)} missing; "
+                                f"trained by an older version of medusa); retrain it: dvc repro train@{name}")
+    return folder
+
+
+def read_probe_posteriors(names: list[str], models_root: str | Path) -> dict[str, pd.DataFrame]:
+    """{member: its linear probe's posteriors (utt_id, split, label, p_A..p_N)} from models_root/<member>/."""
+    from medusa.members import PROBE_POSTERIORS
+
+    out = {}
+    for name in names:
+        path = require_probe_files(Path(models_root) / name, name, (PROBE_POSTERIORS,)) / PROBE_POSTERIORS
+        frame = pd.read_parquet(path)
+        missing = [c for c in ("utt_id", "split", "label", *SOFT_TARGET_COLUMNS) if c not in frame]
+        if missing:
+            raise ValueError(f"{path}: no column(s) {', '.join(missing)}; retrain it: dvc repro train@{name}")
+        out[name] = frame
+    return out
 
 
 def majority_vote(probs: np.ndarray) -> np.ndarray:
@@ -78,6 +130,7 @@ def soft_vote(probs: np.ndarray) -> np.ndarray:
 class MetaConfig:
     n_models: int
     attributes_in: bool = False      # the members' attribute predictions in, beside their posteriors (not the paper's)
+    include_probes: bool = False     # each member's linear-probe posteriors in too (not the paper's)
     attributes_out: bool | None = None   # attribute outputs, trained by eq. (1)'s MSE term; None: mse_weight > 0
     hidden: int = 0                  # 0: linear (the paper); > 0: one ReLU hidden layer
     epochs: int = 30
@@ -100,7 +153,25 @@ class MetaConfig:
 
     @property
     def n_inputs(self) -> int:
-        return self.n_models * (N_CLASSES + (N_ATTRIBUTES if self.attributes_in else 0))
+        return self.n_models * sum(len(columns) for _, columns in input_blocks(self))
+
+
+#: The meta-classifier's input blocks, in order: (block, the MetaConfig switch that puts it in (None: always),
+#: its values per member). Appending blocks at the end keeps the columns of models trained without them.
+INPUT_BLOCKS = (("posteriors", None, SOFT_TARGET_COLUMNS),
+                ("attributes", "attributes_in", ATTRIBUTES),
+                ("probe posteriors", "include_probes", SOFT_TARGET_COLUMNS))
+
+
+def input_blocks(cfg: MetaConfig) -> list[tuple[str, tuple[str, ...]]]:
+    """The blocks `cfg` feeds, in input order: [(block, its columns per member)]."""
+    return [(block, columns) for block, switch, columns in INPUT_BLOCKS if switch is None or getattr(cfg, switch)]
+
+
+def input_names(cfg: MetaConfig, members: list[str]) -> list[str]:
+    """The name of every input column ("m01 p_A", "m01 arousal", "m01 probe p_A"), in input order."""
+    prefix = {"posteriors": "", "attributes": "", "probe posteriors": "probe "}
+    return [f"{m} {prefix[block]}{c}" for block, columns in input_blocks(cfg) for m in members for c in columns]
 
 
 class MetaClassifier(nn.Module):
@@ -118,12 +189,26 @@ class MetaClassifier(nn.Module):
         return out[:, :N_CLASSES], (out[:, N_CLASSES:] if self.cfg.attributes_out else None)
 
 
-def meta_inputs(stacked: Stacked, attributes_in: bool) -> np.ndarray:
-    """(N, M*8) posteriors, member after member; with attributes in, (N, M*11): posteriors then attributes."""
-    x = stacked.probs.reshape(len(stacked.probs), -1)
-    if attributes_in:
-        x = np.concatenate([x, scale_attributes(stacked.attributes).reshape(len(x), -1)], 1)
-    return x.astype(np.float32)
+def meta_inputs(stacked: Stacked, cfg: MetaConfig) -> np.ndarray:
+    """(N, cfg.n_inputs): the blocks `cfg` switches on (input_blocks), each member after member -- the one place
+    where inputs are assembled, for training, dev, test, blind and the predict bundle."""
+    def probe_block() -> np.ndarray:
+        if stacked.probe_probs is None:
+            raise ValueError("the meta-classifier reads the members' probe posteriors (include_probes), but none "
+                             "were stacked: pass them (read_probe_posteriors) to stack / run_subset")
+        return stacked.probe_probs
+
+    values = {"posteriors": lambda: stacked.probs, "attributes": lambda: scale_attributes(stacked.attributes),
+              "probe posteriors": probe_block}
+    n = len(stacked.probs)
+    parts = []
+    for block, columns in input_blocks(cfg):
+        v = np.asarray(values[block]())
+        if v.shape[1:] != (cfg.n_models, len(columns)):
+            raise ValueError(f"the meta-classifier takes {block} of {cfg.n_models} member(s) x {len(columns)}, "
+                             f"got shape {v.shape[1:]}")
+        parts.append(v.reshape(n, -1))
+    return np.concatenate(parts, 1).astype(np.float32)
 
 
 def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
@@ -135,7 +220,7 @@ def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cf
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = MetaClassifier(cfg)
-    x = torch.from_numpy(meta_inputs(stacked, cfg.attributes_in))
+    x = torch.from_numpy(meta_inputs(stacked, cfg))
     t = torch.from_numpy(np.array(targets, np.float32))
     a = torch.from_numpy(scale_attributes(attributes))
     pool = np.flatnonzero(np.isin(stacked.labels, classes) & np.isfinite(np.asarray(targets, np.float64)).all(1))
@@ -176,7 +261,7 @@ def soup(models: list[MetaClassifier]) -> MetaClassifier:
 def meta_predict(model: MetaClassifier, stacked: Stacked) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities (N, 8) and, if the model has them, attributes (N, 3) on the 1..7 scale."""
     with torch.no_grad():
-        logits, attrs = model(torch.from_numpy(meta_inputs(stacked, model.cfg.attributes_in)))
+        logits, attrs = model(torch.from_numpy(meta_inputs(stacked, model.cfg)))
     return torch.softmax(logits, -1).numpy(), (unscale_attributes(attrs.numpy()) if attrs is not None else None)
 
 
@@ -207,27 +292,61 @@ class SubsetResult:
     test: Stacked
     meta_train_utt_ids: np.ndarray            # the utterances the meta-classifiers trained on (dev)
     classes: tuple[str, ...] = field(default=CODES)   # the run's classes: what technique_table scores
+    other_soup: MetaClassifier | None = None  # the soup with the other setting of include_probes (probes read)
+    probe_dev_scores: dict[str, float] = field(default_factory=dict)  # member -> its probe's dev balanced macro-F1
+    best_probe: str | None = None             # the member whose probe has the best dev score (probes read)
+
+
+#: Table 3's row for the soup trained with the other setting of `include_probes`, keyed by the main soup's setting.
+OTHER_PROBES_SOUP = {False: "meta-classifier soup + probes", True: "meta-classifier soup without probes"}
+#: Table 3's row for the probe of the subset's member whose probe scores best on dev.
+BEST_PROBE = "best probe"
+
+
+def probe_dev_scores(dev: Stacked, members: list[str], classes: tuple[str, ...]) -> dict[str, float]:
+    """Each member's probe's balanced macro-F1 on dev (over `classes`): the score the best probe is chosen by."""
+    return {m: balanced_macro_f1(dev.labels, np.asarray(CODES)[dev.probe_probs[:, i].argmax(1)], classes)
+            for i, m in enumerate(members)}
 
 
 def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, members: list[str], cfg: MetaConfig,
-               seeds: list[int]) -> SubsetResult:
+               seeds: list[int], probes: dict[str, pd.DataFrame] | None = None) -> SubsetResult:
     """Stages 3-4 for one subset: meta-classifiers trained on dev with each seed, their soup, and the voting
-    baselines, all predicting test."""
+    baselines, all predicting test. With `probes` ({member: its probe's posteriors}; required when
+    cfg.include_probes), also the soup trained exactly alike (same seeds) with the other setting of
+    include_probes, and the best probe by dev balanced macro-F1 (Table 3's OTHER_PROBES_SOUP and BEST_PROBE)."""
+    if cfg.include_probes and probes is None:
+        raise ValueError("include_probes: the meta-classifier reads the members' probe posteriors; pass them "
+                         "(read_probe_posteriors)")
     chosen = {m: posteriors[m] for m in members}
-    dev, test = stack(chosen, "dev"), stack(chosen, "test")
+    chosen_probes = None if probes is None else {m: probes[m] for m in members}
+    dev, test = stack(chosen, "dev", chosen_probes), stack(chosen, "test", chosen_probes)
     assert_no_leakage(manifest, dev.utt_ids)
     truth = manifest.set_index("utt_id").loc[dev.utt_ids]
     targets = truth[list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32)
     attributes = truth[list(ATTRIBUTES)].to_numpy(np.float32)
     cfg = MetaConfig(**{**asdict(cfg), "n_models": len(members)})
     classes = run_classes(manifest)
-    runs = [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(cfg), "seed": s}), classes) for s in seeds]
+
+    def seeded_runs(c: MetaConfig) -> list[MetaClassifier]:
+        return [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(c), "seed": s}), classes) for s in seeds]
+
+    runs = seeded_runs(cfg)
     mixed = soup(runs)
     single_runs = [meta_predict(r, test)[0].argmax(1) for r in runs]
     predictions = {"majority voting": majority_vote(test.probs), "soft voting": soft_vote(test.probs),
                    "meta-classifier (single)": single_runs[0],
                    "meta-classifier (soup)": meta_predict(mixed, test)[0].argmax(1)}
-    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids, classes)
+    other, scores, best = None, {}, None
+    if probes is not None:
+        # the same dev rows, targets and seeds: the two soups differ by the probe inputs alone
+        other = soup(seeded_runs(MetaConfig(**{**asdict(cfg), "include_probes": not cfg.include_probes})))
+        predictions[OTHER_PROBES_SOUP[cfg.include_probes]] = meta_predict(other, test)[0].argmax(1)
+        scores = probe_dev_scores(dev, list(members), classes)
+        best = top_k_names(scores, 1)[0]
+        predictions[BEST_PROBE] = test.probe_probs[:, list(members).index(best)].argmax(1)
+    return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids, classes, other,
+                        scores, best)
 
 
 def technique_table(results: dict[str, SubsetResult], bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -261,12 +380,17 @@ def technique_table(results: dict[str, SubsetResult], bootstrap: int = 1000, see
 
 def member_class_weights(meta: MetaClassifier, members: list[str]) -> pd.DataFrame:
     """For a linear meta-classifier: the weight from member m's posterior of class c to the logit of class c
-    (rows: members, columns: classes) -- how much each member is trusted for each class."""
+    (rows: members, then, with include_probes, "<member> (probe)" for their probes; columns: classes) -- how much
+    each member (and probe) is trusted for each class."""
     if meta.cfg.hidden:
         raise ValueError("per-member weights are defined for the linear meta-classifier (hidden: 0) only")
-    w = meta.net.weight.detach().numpy()[:N_CLASSES, : len(members) * N_CLASSES]
-    diag = np.stack([np.diag(w[:, m * N_CLASSES:(m + 1) * N_CLASSES]) for m in range(len(members))])
-    return pd.DataFrame(diag, index=members, columns=list(CODES))
+    w = meta.net.weight.detach().numpy()[:N_CLASSES]
+    column = {name: i for i, name in enumerate(input_names(meta.cfg, members))}
+    sources = [(m, f"{m} ") for m in members]
+    if meta.cfg.include_probes:
+        sources += [(f"{m} (probe)", f"{m} probe ") for m in members]
+    diag = [[w[k, column[prefix + c]] for k, c in enumerate(SOFT_TARGET_COLUMNS)] for _, prefix in sources]
+    return pd.DataFrame(np.asarray(diag), index=[row for row, _ in sources], columns=list(CODES))
 
 
 def member_table(names: list[str], models_root) -> pd.DataFrame:
@@ -315,15 +439,17 @@ def headline(table: pd.DataFrame, members: pd.DataFrame, subset: str) -> dict[st
                                               - 1))}
 
 
-def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResult, splits=("test", "blind")
-                        ) -> pd.DataFrame:
-    """The soup's posteriors (utt_id, split, label, p_A..p_N and, with attributes, arousal..dominance)."""
+def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResult, splits=("test", "blind"),
+                        probes: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """The soup's posteriors (utt_id, split, label, p_A..p_N and, with attributes, arousal..dominance); `probes`
+    (the members' probe posteriors) are needed when the soup reads them (include_probes)."""
     frames = []
+    chosen = {m: posteriors[m] for m in result.members}
+    chosen_probes = None if probes is None else {m: probes[m] for m in result.members}
     for split in splits:
-        chosen = {m: posteriors[m] for m in result.members}
         if not any((f["split"] == split).any() for f in chosen.values()):
             continue
-        s = stack(chosen, split)
+        s = stack(chosen, split, chosen_probes)
         probs, attrs = meta_predict(result.soup, s)
         frame = pd.DataFrame({"utt_id": s.utt_ids, "split": split, "label": s.labels})
         frame[list(SOFT_TARGET_COLUMNS)] = probs
@@ -363,3 +489,50 @@ def headline_sentence(summary: dict) -> str:
             f"The single meta-classifiers average {summary['meta_single_test_balanced_macro_f1_mean']:.3f} ± "
             f"{summary['meta_single_test_balanced_macro_f1_std']:.3f}. On {summary['n']} test utterances the 95 % "
             f"interval is ±{(high - low) / 2:.3f} wide: differences smaller than that are within noise here.")
+
+
+def probes_summary(table: pd.DataFrame, result: SubsetResult, subset: str) -> dict[str, Any]:
+    """MEDUSA (the soup over `subset`) with and without the members' probe posteriors in, and the best probe by
+    dev, on test (balanced macro-F1 with its interval). One of the two soups is the main result (`include_probes`,
+    the param), the other is Table 3's OTHER_PROBES_SOUP row; `result` (of `subset`) must have read the probes."""
+    if result.best_probe is None:
+        raise ValueError(f"subset {subset!r} was run without the members' probe posteriors (run_subset(probes=...))")
+    on = result.soup.cfg.include_probes
+
+    def scores(technique: str) -> tuple[float, list[float]]:
+        r = table[(table["technique"] == technique) & (table["subset"] == subset)].iloc[0]
+        return float(r["balanced_macro_f1"]), [float(r["balanced_macro_f1_ci95_low"]),
+                                               float(r["balanced_macro_f1_ci95_high"])]
+
+    main, other = scores("meta-classifier (soup)"), scores(OTHER_PROBES_SOUP[on])
+    (with_f1, with_ci), (without_f1, without_ci) = (main, other) if on else (other, main)
+    probe_f1, probe_ci = scores(BEST_PROBE)
+    return {"subset": subset, "include_probes": on,
+            "with_probes_test_balanced_macro_f1": with_f1, "with_probes_test_balanced_macro_f1_ci95": with_ci,
+            "without_probes_test_balanced_macro_f1": without_f1,
+            "without_probes_test_balanced_macro_f1_ci95": without_ci,
+            "best_probe": result.best_probe,
+            "best_probe_dev_balanced_macro_f1": float(result.probe_dev_scores[result.best_probe]),
+            "best_probe_test_balanced_macro_f1": probe_f1, "best_probe_test_balanced_macro_f1_ci95": probe_ci}
+
+
+def probes_sentence(summary: dict) -> str:
+    """What probes_summary says, in words: MEDUSA with against without the probes, and against the best probe."""
+    with_f1 = summary["with_probes_test_balanced_macro_f1"]
+    without_f1 = summary["without_probes_test_balanced_macro_f1"]
+    probe_f1 = summary["best_probe_test_balanced_macro_f1"]
+    low, high = summary["with_probes_test_balanced_macro_f1_ci95"]
+    half = (high - low) / 2
+    gain, over_probe = with_f1 - without_f1, with_f1 - probe_f1
+    ci = lambda key: "[{:.3f}, {:.3f}]".format(*summary[key])  # noqa: E731
+    where = lambda d: "above" if d > 0 else "below" if d < 0 else "level with"  # noqa: E731
+    on = summary["include_probes"]
+    return (f"MEDUSA here (soup over {summary['subset']}) is the soup {'with' if on else 'without'} the members' "
+            f"probe posteriors in (`ensemble.include_probes: {str(on).lower()}`). With them it reaches test balanced "
+            f"macro-F1 {with_f1:.3f} {ci('with_probes_test_balanced_macro_f1_ci95')}, without them {without_f1:.3f} "
+            f"{ci('without_probes_test_balanced_macro_f1_ci95')} (same dev rows and seeds): the probes move it by "
+            f"{gain:+.3f}, {'within' if abs(gain) <= half else 'beyond'} the ±{half:.3f} half-width of the "
+            f"with-probes soup's 95 % interval. The best probe by dev ({summary['best_probe']}, dev "
+            f"{summary['best_probe_dev_balanced_macro_f1']:.3f}) reaches {probe_f1:.3f} "
+            f"{ci('best_probe_test_balanced_macro_f1_ci95')} on test; the soup with probes is {where(over_probe)} it "
+            f"({over_probe:+.3f}).")

@@ -3,17 +3,19 @@
 A member folder (work/models/<name>/) holds everything later stages and the predict bundle need, in formats that
 load without pickle:
 
-    model.safetensors     the weights selected on dev (balanced macro-F1)
+    model.safetensors     the weights selected on dev (balanced macro-F1), with the input standardisation
     config.json           the resolved configuration: encoders with their feature-store metadata, time pooling,
                           DeepSER architecture, training recipe, seed, targets
     history.json          per epoch: stage, epoch, mean training loss, dev balanced macro-F1, utterances seen,
-                          test macro-F1 (recorded to diagnose the selection; it never drives it)
+                          optimizer steps so far, test balanced macro-F1 (recorded to diagnose the selection; it never drives it)
     posteriors.parquet    utt_id, split, label, p_A..p_N (class probabilities), arousal, valence, dominance
                           (predicted, on the 1..7 scale) for every dev, test and blind utterance
     metrics.json          test-split scores (medusa.metrics.classification_scores), attribute CCC, the dev
                           selection score and where it was reached, and `train_rows`: how many training
                           utterances stage 1 trained on (`stage1`) and stage 2's balanced draw could pick from
-                          (`stage2_pool`, null without stage 2)
+                          (`stage2_pool`, null without stage 2); `probe_test`: the linear probe's test scores
+    probe.json            the member's linear probe (medusa.baselines.LinearProbe) on the same feature stores
+    probe_posteriors.parquet  its posteriors, same columns (attributes NaN), dev, test and blind
 
 The folder is written under a temporary name and renamed when complete, so it is either whole or absent.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medusa.batches import pick_device
-from medusa.dataset import FeatureDataset, unscale_attributes
+from medusa.baselines import PROBE_FILE, fit_probe, probe_posteriors
+from medusa.dataset import FeatureDataset, input_statistics, unscale_attributes
 from medusa.deepser import DeepSER, DeepSERConfig, count_parameters
 from medusa.feature_store import FeatureStore
 from medusa.io import write_json, write_parquet
@@ -45,24 +48,30 @@ log = logging.getLogger(__name__)
 
 #: Splits a member scores (it trains on `train` and selects on `dev`; `test` is never seen in training).
 SCORED_SPLITS = ("dev", "test", "blind")
-FILES = ("model.safetensors", "config.json", "history.json", "posteriors.parquet", "metrics.json")
+PROBE_POSTERIORS = "probe_posteriors.parquet"
+FILES = ("model.safetensors", "config.json", "history.json", "posteriors.parquet", "metrics.json", PROBE_FILE,
+         PROBE_POSTERIORS)
 
 
 @dataclass(frozen=True)
 class MemberSpec:
     name: str
     encoders: tuple[str, ...]        # feature-store keys, in the order of the model's inputs
-    pools: tuple[int, ...]           # time pooling per encoder
-    one_hot: bool                    # one-hot targets instead of the vote distribution (ablation)
-    device: str
-    deepser: DeepSERConfig
-    train: TrainConfig
-    threads: int = 0                 # torch CPU threads while training (0: leave torch's default)
+    deepser: DeepSERConfig           # derived from `train` (DeepSERConfig.from_train) and the stores' widths
+    train: TrainConfig               # params' `train` with the model's overrides, and the model's seed
+
+    @property
+    def pools(self) -> tuple[int, ...]:
+        """Time pooling per encoder (train.pool; encoders not listed: 1)."""
+        return tuple(self.train.pool.get(e, 1) for e in self.encoders)
+
+    @property
+    def one_hot(self) -> bool:
+        return self.train.targets == "one_hot"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "encoders": list(self.encoders), "pools": list(self.pools),
-                "one_hot": self.one_hot, "device": self.device, "threads": self.threads,
-                "deepser": self.deepser.to_dict(), "train": asdict(self.train)}
+                "deepser": self.deepser.to_dict(), "train": self.train.model_dump()}
 
 
 def resolve_member(name: str, model: ModelParams | dict, train: TrainParams | dict, input_dims: dict[str, int],
@@ -75,15 +84,9 @@ def resolve_member(name: str, model: ModelParams | dict, train: TrainParams | di
     missing = [e for e in model.encoders if e not in input_dims]
     if missing:
         raise KeyError(f"model {name!r}: no feature width known for encoder(s) {missing}")
-    deepser = DeepSERConfig(input_dims=tuple(input_dims[e] for e in model.encoders), hidden=t.hidden,
-                            layers=t.layers, heads=t.heads, dropout=t.dropout, ff_mult=t.ff_mult, fusion=t.fusion)
-    recipe = TrainConfig(batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-                         stage1_epochs=t.stage1_epochs, stage2_epochs=t.stage2_epochs, patience=t.patience,
-                         grad_clip=t.grad_clip, mixup_p=t.mixup_p, mixup_alpha=t.mixup_alpha, ce_weight=t.ce_weight,
-                         mse_weight=t.mse_weight, class_weighted=t.class_weighted, amp=t.amp, seed=model.seed)
-    return MemberSpec(name=name, encoders=tuple(model.encoders), pools=tuple(t.pool.get(e, 1) for e in model.encoders),
-                      one_hot=t.targets == "one_hot", device=t.device, deepser=deepser, train=recipe,
-                      threads=t.threads)
+    return MemberSpec(name=name, encoders=tuple(model.encoders),
+                      deepser=DeepSERConfig.from_train([input_dims[e] for e in model.encoders], t),
+                      train=TrainConfig.of(t, model.seed))
 
 
 def open_stores(encoders: tuple[str, ...] | list[str], features_root: str | Path) -> list[FeatureStore]:
@@ -145,9 +148,9 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     """Train one member (stages 1-2, resumable through `checkpoint`), score dev/test/blind, write its folder.
     Returns the contents of metrics.json."""
     out_dir = Path(out_dir)
-    if spec.threads:
-        torch.set_num_threads(spec.threads)  # CPU results depend on the thread count: fix it (params)
-    device = pick_device(spec.device)
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)  # CPU results depend on the thread count: fix it (params)
+    device = pick_device(spec.train.device)
     stores = open_stores(spec.encoders, features_root)
     data = split_datasets(spec, manifest, stores)
     for split in ("train", "dev"):
@@ -155,6 +158,8 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
             raise ValueError(f"model {spec.name!r}: the manifest has no {split!r} utterances")
     torch.manual_seed(spec.train.seed)  # the initial weights come from the seed too
     model = DeepSER(spec.deepser)
+    if spec.train.standardise:  # the training split's statistics, kept in the weights (medusa.deepser.Standardise)
+        model.set_standardisation(input_statistics(data["train"]))
     log.info("%s: DeepSER over %s, %s parameters, on %s", spec.name, "+".join(spec.encoders),
              f"{count_parameters(model):,}", device)
     # the test split is scored after every epoch for the notebook's diagnosis only (never for selection)
@@ -166,7 +171,12 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     posteriors = pd.concat([posteriors_frame(data[s], *predict(model, data[s], 4 * spec.train.batch_size, device,
                                                                 spec.train.amp))
                             for s in SCORED_SPLITS if s in data], ignore_index=True)
+    # the member's linear probe: the same stores, mean-pooled, logistic regression (Table 1 shows both)
+    probe = fit_probe(manifest, stores, spec.train.baseline_c, spec.train.seed)
+    probe_frame = probe_posteriors(probe, manifest[manifest["split"].isin(SCORED_SPLITS)], stores)
     metrics = {"test": score_test_split(manifest, posteriors, spec.train.seed)
+               if "test" in data else None,
+               "probe_test": classification_scores_of(probe_frame, "test", run_classes(manifest), spec.train.seed)
                if "test" in data else None,
                "dev_balanced_macro_f1": best["score"], "best_stage": best["stage"], "best_epoch": best["epoch"],
                "parameters": count_parameters(model),
@@ -181,6 +191,8 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     write_json({**spec.to_dict(), "feature_stores": stores_meta}, partial / "config.json")
     write_json(history, partial / "history.json")
     write_parquet(posteriors, partial / "posteriors.parquet")
+    probe.save(partial)
+    write_parquet(probe_frame, partial / PROBE_POSTERIORS)
     write_json(metrics, partial / "metrics.json")
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
@@ -209,7 +221,13 @@ def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple
     config = read_member_config(folder)
     d = config["deepser"]
     model = DeepSER(DeepSERConfig(**{**d, "input_dims": tuple(d["input_dims"])}))
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+    state = load_file(str(folder / "model.safetensors"), device=str(device))
+    missing = [k for k in model.state_dict() if k not in state]
+    if missing:  # e.g. the standardisation buffers, which members trained before them lack
+        raise ValueError(f"{folder / 'model.safetensors'}: no {', '.join(missing[:3])}"
+                         f"{' ...' if len(missing) > 3 else ''}: written by an older version of medusa; retrain "
+                         "the member (dvc repro train@<name>)")
+    model.load_state_dict(state)
     return model.to(device).eval(), config
 
 
@@ -242,8 +260,8 @@ def score_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
                           "classes": len(s["classes"])} for system, s in scores.items()]).set_index("system")
 
 
-def compare_to_baseline(table: pd.DataFrame, model: str = "DeepSER", baseline: str = "baseline") -> str:
-    """A sentence on how the model compares with its baseline on a score_table (balanced macro-F1, interval
+def compare_to_baseline(table: pd.DataFrame, model: str = "DeepSER", baseline: str = "probe") -> str:
+    """A sentence on how the model compares with its baseline (the member's linear probe) on a score_table (balanced macro-F1, interval
     overlap included)."""
     m, b = table.loc[model], table.loc[baseline]
     gap = m["balanced_macro_f1"] - b["balanced_macro_f1"]
@@ -251,7 +269,7 @@ def compare_to_baseline(table: pd.DataFrame, model: str = "DeepSER", baseline: s
     where = "above" if gap > 0 else "below" if gap < 0 else "level with"
     certainty = ("the 95 % intervals overlap, so on these {n} utterances the difference is within resampling noise"
                  if overlap else "the 95 % intervals do not overlap").format(n=int(m["n"]))
-    return (f"{model} balanced macro-F1 {m['balanced_macro_f1']:.3f} is {where} the baseline's "
+    return (f"{model} balanced macro-F1 {m['balanced_macro_f1']:.3f} is {where} the {baseline}'s "
             f"{b['balanced_macro_f1']:.3f} ({gap:+.3f}); {certainty}. Chance is {1 / m['classes']:.3f} "
             f"({int(m['classes'])} classes).")
 

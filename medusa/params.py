@@ -97,20 +97,29 @@ class TrainParams(Section):
     targets: Literal["soft", "one_hot"]         # one_hot = Table 2's "one-hot targets" ablation
     #: Frames averaged per time step, per encoder key (e.g. 10: 50 frames/s -> 5/s); encoders not listed: 1.
     pool: dict[str, int]
+    #: z-score every input dimension with the mean and deviation of the training split's (pooled) frames, kept in
+    #: the model's weights so that training, evaluation and prediction apply it identically. Not the paper's
+    #: (its SSL features enter raw), but raw eGeMAPS spans 0.0-324 in deviation and up to 2.7e3 in mean.
+    standardise: bool
     # the recipe (paper: AdamW, batch 16, lr 1e-5, MixUp p 0.3, loss 1.5 CE + 0.4 MSE)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
+    #: Optimizer steps per epoch (the unit of dev evaluation, early stopping and checkpoints). 0: one pass over
+    #: the stage's rows (the paper's epoch); N: N steps of batches from fresh passes, so that a small corpus gets
+    #: as many steps as a large one (budget: stage*_epochs x N steps, less if patience stops a stage).
+    epoch_steps: int = Field(ge=0)
     stage1_epochs: int = Field(ge=1)
     stage2_epochs: int = Field(ge=0)            # 0 = Table 2's "w/o stage 2"
-    patience: int = Field(ge=1)
+    patience: int = Field(ge=1)                 # epochs without a better dev score before a stage stops
     grad_clip: float = Field(ge=0)              # 0 = no clipping
     mixup_p: float = Field(ge=0, le=1)          # 0 = Table 2's "w/o MixUp"
     mixup_alpha: float = Field(gt=0)
     ce_weight: float = Field(gt=0)
     mse_weight: float = Field(ge=0)             # 0 = Table 2's "w/o multitask"
     class_weighted: bool                        # stage-1 class weights alpha_c = (N / (|C| f_c))^0.5
-    #: The logistic-regression baseline on mean-pooled features, shown beside each model.
+    #: The member's linear probe (medusa.baselines): logistic regression on its mean-pooled, standardised
+    #: features, fitted beside every member and shown beside it in Table 1.
     baseline_c: float = Field(gt=0)
 
     @model_validator(mode="after")
@@ -140,6 +149,9 @@ class EnsembleParams(Section):
     #: Feed the members' attribute predictions in beside their posteriors (not the paper's: its meta-classifier
     #: reads the posteriors only). Attribute outputs are separate: they exist when mse_weight > 0.
     attributes_in: bool
+    #: Beyond the paper: feed each member's linear-probe posteriors in beside the member's own, so that MEDUSA
+    #: can always fall back on its best probe (off in the paper preset; Table 3 measures it either way).
+    include_probes: bool
     hidden: int = Field(ge=0)       # 0: linear (the paper)
     epochs: int = Field(ge=1)       # a fixed number: dev is the meta-classifier's training set
     batch_size: int = Field(ge=1)

@@ -68,18 +68,27 @@ def write_table(table: pd.DataFrame, stem: str, caption: str, root: str | Path =
 # ---------------------------------------------------------------- Table 1: every model, the average, MEDUSA
 def member_rows(names: list[str], models: dict, models_root: str | Path = paths.MODELS) -> pd.DataFrame:
     """Each member's encoders, seed and test scores (from its metrics.json): balanced macro-F1 with its interval,
-    macro-F1, accuracy, n, and the dev balanced macro-F1 it was selected by."""
+    macro-F1, accuracy, n, the dev balanced macro-F1 it was selected by, and its linear probe's test balanced
+    macro-F1 with its interval (`probe_test`; `probe_*` columns)."""
     from medusa.members import read_metrics
 
     rows = []
     for name in names:
         m = read_metrics(Path(models_root) / name, f"train@{name}")
         test = m["test"]
+        probe = m.get("probe_test") or {}
+        if "balanced_macro_f1_ci95" not in probe:
+            raise ValueError(f"{Path(models_root) / name / 'metrics.json'}: no probe_test scores with a "
+                             f"balanced_macro_f1_ci95 (the member's linear probe; written by an older version of "
+                             f"medusa); rerun `dvc repro train@{name}`")
         rows.append({"model": name, "encoders": " + ".join(models[name]["encoders"]), "seed": models[name]["seed"],
                      "n": test["n"], "balanced_macro_f1": test["balanced_macro_f1"],
                      "ci95_low": test["balanced_macro_f1_ci95"][0], "ci95_high": test["balanced_macro_f1_ci95"][1],
                      "macro_f1": test["macro_f1"], "accuracy": test["accuracy"],
-                     "dev_balanced_macro_f1": m["dev_balanced_macro_f1"]})
+                     "dev_balanced_macro_f1": m["dev_balanced_macro_f1"],
+                     "probe_balanced_macro_f1": probe["balanced_macro_f1"],
+                     "probe_ci95_low": probe["balanced_macro_f1_ci95"][0],
+                     "probe_ci95_high": probe["balanced_macro_f1_ci95"][1]})
     return pd.DataFrame(rows)
 
 
@@ -102,24 +111,29 @@ def mean_interval(truth: np.ndarray, predictions: list[np.ndarray], bootstrap: i
 
 
 TABLE1_F1 = "test bal. macro-F1 [95 % CI]"
+TABLE1_PROBE_F1 = "probe test bal. macro-F1 [95 % CI]"
 
 
 def table1(rows: pd.DataFrame, average_ci: tuple[float, float], medusa: pd.Series) -> pd.DataFrame:
-    """Display frame: one line per model (the top one by test balanced macro-F1 marked), the average, and
-    MEDUSA (the soup over all members, from the ensemble's technique table)."""
+    """Display frame: one line per model (the top one by test balanced macro-F1 marked), its linear probe's test
+    balanced macro-F1 beside its own, the average (the probes' as a plain mean: their predictions are not paired
+    here), and MEDUSA (the soup over all members, from the ensemble's technique table; it has no probe)."""
     top = rows["balanced_macro_f1"].idxmax()
     lines = [{"model": r["model"] + (" (top)" if i == top else ""), "encoders": r["encoders"], "seed": str(r["seed"]),
               TABLE1_F1: cell(r["balanced_macro_f1"], r["ci95_low"], r["ci95_high"]),
+              TABLE1_PROBE_F1: cell(r["probe_balanced_macro_f1"], r["probe_ci95_low"], r["probe_ci95_high"]),
               "test macro-F1": cell(r["macro_f1"]), "test accuracy": cell(r["accuracy"]),
               "dev bal. macro-F1": cell(r["dev_balanced_macro_f1"])}
              for i, r in rows.iterrows()]
     lines.append({"model": "AVG", "encoders": f"{len(rows)} models", "seed": "–",
                   TABLE1_F1: cell(rows["balanced_macro_f1"].mean(), *average_ci),
+                  TABLE1_PROBE_F1: cell(rows["probe_balanced_macro_f1"].mean()),
                   "test macro-F1": cell(rows["macro_f1"].mean()), "test accuracy": cell(rows["accuracy"].mean()),
                   "dev bal. macro-F1": cell(rows["dev_balanced_macro_f1"].mean())})
     lines.append({"model": "MEDUSA", "encoders": f"meta-classifier soup over {medusa['subset']}", "seed": "–",
                   TABLE1_F1: cell(medusa["balanced_macro_f1"], medusa["balanced_macro_f1_ci95_low"],
                                   medusa["balanced_macro_f1_ci95_high"]),
+                  TABLE1_PROBE_F1: "–",
                   "test macro-F1": cell(medusa["macro_f1"]), "test accuracy": cell(medusa["accuracy"]),
                   "dev bal. macro-F1": "–"})
     return pd.DataFrame(lines).set_index("model")

@@ -7,6 +7,8 @@ plus the attribute MSE, Manifold MixUp with probability p.
 Stage 2: from stage 1's best weights, each epoch on a freshly drawn class-balanced subset (utterances with a
 target whose consensus is one of the 8 classes), uniform class weights, one optimizer for the whole stage (the
 authors' release re-created it every epoch, and stepped only once per epoch: here every batch steps).
+An epoch (the unit of dev evaluation, early stopping and checkpoints) is one pass over the stage's rows, or with
+epoch_steps > 0 that many optimizer steps drawn from fresh passes (a budget that does not shrink with the corpus).
 Loss = ce_weight * CE + mse_weight * MSE (paper: 1.5 and 0.4); a loss that is not finite stops training with
 an error naming the batch's utterances. Model selection: balanced macro-F1 on dev (medusa.metrics). Every random
 draw comes from `seed`: same config, same data, same weights on CPU. A checkpoint resumes only a run with the
@@ -32,26 +34,20 @@ from medusa.io import atomic_path
 from medusa.deepser import DeepSER, manifold_mixup, soft_cross_entropy
 from medusa.labels import CODES, balanced_epoch, class_weights
 from medusa.metrics import balanced_macro_f1, classes_of
+from medusa.params import TrainParams
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = 16
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    stage1_epochs: int = 10
-    stage2_epochs: int = 5          # 0 switches stage 2 off (ablation)
-    patience: int = 3               # epochs without a better dev score before a stage stops
-    grad_clip: float = 1.0
-    mixup_p: float = 0.3            # 0 switches Manifold MixUp off (ablation)
-    mixup_alpha: float = 0.4        # lambda ~ Beta(alpha, alpha)
-    ce_weight: float = 1.5
-    mse_weight: float = 0.4         # 0 switches the multitask attribute loss off (ablation)
-    class_weighted: bool = True     # stage-1 class weights
-    amp: bool = True                # bf16 autocast on CUDA (no effect on CPU)
-    seed: int = 0
+class TrainConfig(TrainParams):
+    """What one training run reads: params' `train` section (with the model's overrides applied:
+    medusa.params.resolve_train) and the model's seed. Every setting is declared once, in TrainParams."""
+    seed: int
+
+    @classmethod
+    def of(cls, train: TrainParams, seed: int, **overrides) -> "TrainConfig":
+        """`train` with `seed` (and `overrides`, validated like params) as a run's config."""
+        return cls.model_validate({**train.model_dump(), **overrides, "seed": seed})
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -153,6 +149,7 @@ class _Progress:
     stage: int = 1
     epoch: int = 0                 # epochs completed in `stage`
     stale: int = 0                 # epochs since the best dev score (early stopping)
+    steps: int = 0                 # optimizer steps so far, both stages
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"score": -1.0, "stage": 0, "epoch": 0})
     best_state: dict | None = None
@@ -220,7 +217,8 @@ def _fingerprint(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg
         return identities[key]
 
     splits = [d for d in (train, dev, monitor) if d is not None]
-    blob = json.dumps([asdict(cfg), model.cfg.to_dict(), train.pools, monitor is not None,
+    # the device is where, not what: a run may resume on another one
+    blob = json.dumps([cfg.model_dump(exclude={"device"}), model.cfg.to_dict(), train.pools, monitor is not None,
                        [_rows_digest(d) for d in splits], [[identity(s) for s in d.stores] for d in splits]],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -280,6 +278,21 @@ def _epoch_rows(stage: int, train: FeatureDataset, rng: np.random.Generator) -> 
     return pool[balanced_epoch(train.labels[pool], rng)]
 
 
+def _epoch_batches(stage: int, train: FeatureDataset, cfg: TrainConfig, rng: np.random.Generator
+                   ) -> list[np.ndarray]:
+    """The batches of one epoch: one pass over the stage's rows (epoch_steps 0, the paper's epoch), or
+    epoch_steps batches taken from as many fresh passes as that needs (the last one cut short), so that the
+    number of optimizer steps does not shrink with the corpus. Each pass is shuffled (stage 2: a new
+    class-balanced draw) and length-bucketed."""
+    batches: list[np.ndarray] = []
+    while True:
+        batches += bucketed(_epoch_rows(stage, train, rng), train.lengths, cfg.batch_size, rng)
+        if cfg.epoch_steps == 0:
+            return batches
+        if len(batches) >= cfg.epoch_steps:
+            return batches[:cfg.epoch_steps]
+
+
 def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig,
                   device: torch.device, checkpoint: str | Path | None = None,
                   on_epoch: Callable[[dict], None] | None = None, monitor: FeatureDataset | None = None
@@ -323,18 +336,20 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
         elif stage > 1:  # stage 2 starts from stage 1's best weights, with a fresh optimizer
             model.load_state_dict(progress.best_state)
         while progress.epoch < epochs and progress.stale < cfg.patience:
-            rows = _epoch_rows(stage, train, rng)
+            batches = _epoch_batches(stage, train, cfg, rng)
             model.train()
             try:
                 losses = [train_step(model, optimizer, train.batch(idx), stage_weights, cfg, rng, device)
-                          for idx in tqdm(bucketed(rows, train.lengths, cfg.batch_size, rng), unit="batch",
-                                          desc=f"stage {stage} epoch {progress.epoch + 1}", leave=False)]
+                          for idx in tqdm(batches, unit="batch", desc=f"stage {stage} epoch {progress.epoch + 1}",
+                                          leave=False)]
             except NonFiniteLossError as e:  # say where; no checkpoint of this epoch is written
                 raise NonFiniteLossError(f"stage {stage} epoch {progress.epoch + 1}: {e}") from None
             score = evaluate(model, dev, cfg, device, classes)
             progress.epoch += 1
+            progress.steps += len(batches)
             row = {"stage": stage, "epoch": progress.epoch, "train_loss": float(np.mean(losses)),
-                   "dev_balanced_macro_f1": score, "utterances": int(len(rows))}
+                   "dev_balanced_macro_f1": score, "utterances": int(sum(len(b) for b in batches)),
+                   "steps": progress.steps}
             if monitor is not None:
                 predictions = _labelled_predictions(model, monitor, cfg, device)
                 row["monitor_balanced_macro_f1"] = balanced_macro_f1(*predictions, classes)
@@ -354,4 +369,4 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
                 on_epoch(row)
         progress = replace(progress, stage=stage + 1, epoch=0, stale=0, optimizer=None)
     model.load_state_dict(progress.best_state)
-    return model, progress.history, {**progress.best, "config": asdict(cfg)}
+    return model, progress.history, {**progress.best, "config": cfg.model_dump()}

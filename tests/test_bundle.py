@@ -13,15 +13,16 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
-from medusa import cli
+from tiny_models import deepser_config, train_config
+from medusa import cli, ensemble
 from medusa.audio import AudioError, load_audio
-from medusa.bundle import BundleError, load_bundle, save_bundle
+from medusa.baselines import LinearProbe, pooled_means
+from medusa.bundle import BundleError, load_bundle, save_bundle, stored_agreement
 from medusa.dataset import batch_from_arrays, unscale_attributes
 from medusa.deepser import DeepSER, DeepSERConfig
 from medusa.encoders.opensmile_lld import OpenSmileEncoder
 from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
-from medusa.labels import CODES, SOFT_TARGET_COLUMNS
-from medusa.training import TrainConfig
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
 
 EGEMAPS_STORE = {"family": "opensmile", "feature_set": "eGeMAPSv02", "dim": 25, "kind": "audio", "frame_rate": 100.0}
 EGEMAPS = {"family": "egemaps", "model": "eGeMAPSv02", "layers": [], "batch_size": 16, "batch_seconds": 60.0}
@@ -38,7 +39,7 @@ def write_member(root, name, encoders: dict[str, int], pools, stores: dict[str, 
     """A member folder as members.train_member lays it out (model.safetensors + config.json), random weights;
     the class head is scaled up so the probabilities depend clearly on the input."""
     torch.manual_seed(seed)
-    cfg = DeepSERConfig(input_dims=tuple(encoders.values()), hidden=8, layers=2, heads=2, dropout=0.1, ff_mult=2,
+    cfg = deepser_config(tuple(encoders.values()), hidden=8, layers=2, heads=2, dropout=0.1, ff_mult=2,
                         fusion=fusion)
     model = DeepSER(cfg).eval()
     with torch.no_grad():
@@ -48,7 +49,7 @@ def write_member(root, name, encoders: dict[str, int], pools, stores: dict[str, 
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     config = {"name": name, "encoders": list(encoders), "pools": list(pools), "one_hot": False, "device": "cpu",
-              "deepser": cfg.to_dict(), "train": asdict(TrainConfig(seed=seed)), "feature_stores": stores}
+              "deepser": cfg.to_dict(), "train": train_config(seed=seed).model_dump(), "feature_stores": stores}
     (folder / "config.json").write_text(json.dumps(config))
     return folder, model
 
@@ -353,3 +354,131 @@ def test_missing_encoder_weights_are_a_clear_cli_error(egemaps_bundle, tmp_path,
     assert cli.main(["predict", str(path), str(wavs[0]), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "cannot load the hubert weights '/models/hubert'" in err and "encoders.a.model" in err
+
+
+# ------------------------------------------------------------------------------ with the members' probes
+
+
+def write_probe(folder: Path, pooled: np.ndarray, seed: int) -> LinearProbe:
+    """A member's probe.json as members.train_member writes it: standardised on `pooled` (N, D frame means),
+    random weights over every class, steep enough for the probabilities to depend clearly on the input."""
+    rng = np.random.default_rng(seed)
+    probe = LinearProbe(classes=list(CODES), mean=pooled.mean(0).tolist(), scale=(pooled.std(0) + 1e-3).tolist(),
+                        coef=rng.normal(0, 1.5, (len(CODES), pooled.shape[1])).tolist(), intercept=[0.0] * len(CODES),
+                        c=1.0, seed=seed)
+    probe.save(folder)
+    return probe
+
+
+def member_frames(models, pools, features: list[np.ndarray], rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """posteriors.parquet of eGeMAPS-only members over `rows` (utt_id, split, label), each member on the whole
+    set in one batch, as the training stage scores them."""
+    frames = []
+    with torch.no_grad():
+        for model, p in zip(models, pools):
+            xs, masks = batch_from_arrays([features], p)
+            logits, a = model(xs, masks)
+            frame = rows[["utt_id", "split", "label"]].copy()
+            frame[list(SOFT_TARGET_COLUMNS)] = torch.softmax(logits, -1).numpy()
+            frame[list(ATTRIBUTES)] = unscale_attributes(a.numpy())
+            frames.append(frame)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def probe_bundle(tmp_path_factory):
+    """Two eGeMAPS members, each with its linear probe (probe.json, probe_posteriors.parquet), scored on 24
+    synthesized clips (dev 12, test 6, blind 6); the ensemble stage's soup over them with include_probes, its
+    stored posteriors, and its bundle."""
+    root = tmp_path_factory.mktemp("probes")
+    sr, rng = 16000, np.random.default_rng(1)
+    wavs = []
+    for i in range(24):
+        t = np.arange(int(rng.uniform(0.3, 0.7) * sr)) / sr
+        tone = rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * rng.uniform(100, 600) * t)
+        clip = tone + rng.uniform(0, 0.1) * rng.normal(0, 1, len(t))
+        wavs.append(root / f"clip{i:02d}.wav")
+        sf.write(wavs[-1], clip, sr, subtype="PCM_16")
+    features = [f.astype(np.float16) for f in OpenSmileEncoder("eGeMAPSv02").encode([load_audio(w) for w in wavs])]
+    splits = ["dev"] * 12 + ["test"] * 6 + ["blind"] * 6
+    labels = [str(c) for c in rng.choice(list("ASHN"), 18)] + [None] * 6
+    rows = pd.DataFrame({"utt_id": [w.stem for w in wavs], "split": splits, "label": labels})
+    train = pd.DataFrame({"utt_id": [f"t{i}" for i in range(8)], "split": "train", "label": list("ASHNASHN")})
+    manifest = pd.concat([train, rows], ignore_index=True)
+    labelled = manifest["label"].notna().to_numpy()
+    targets = np.full((len(manifest), len(CODES)), np.nan)
+    targets[labelled] = np.eye(len(CODES))[[CODES.index(c) for c in manifest.loc[labelled, "label"]]]
+    manifest[list(SOFT_TARGET_COLUMNS)] = targets
+    manifest[list(ATTRIBUTES)] = 4.0
+
+    store, pools, names = {"egemaps": EGEMAPS_STORE}, [[20], [5]], ["p_deep", "p_late"]
+    written = [write_member(root / "models", "p_deep", {"egemaps": 25}, pools[0], store, seed=11),
+               write_member(root / "models", "p_late", {"egemaps": 25}, pools[1], store, seed=12, fusion="late")]
+    dirs, models = [d for d, _ in written], [m for _, m in written]
+    pooled = pooled_means([features])
+    probes = [write_probe(d, pooled, seed=20 + i) for i, d in enumerate(dirs)]
+    for d, frame, probe in zip(dirs, member_frames(models, pools, features, rows), probes):
+        frame.to_parquet(d / "posteriors.parquet")
+        probe_frame = rows[["utt_id", "split", "label"]].copy()
+        probe_frame[list(SOFT_TARGET_COLUMNS)] = probe.predict_proba(pooled)
+        probe_frame[list(ATTRIBUTES)] = np.nan
+        probe_frame.to_parquet(d / "probe_posteriors.parquet")
+    posteriors = {n: pd.read_parquet(d / "posteriors.parquet") for n, d in zip(names, dirs)}
+    probe_posteriors = ensemble.read_probe_posteriors(names, root / "models")
+    cfg = MetaConfig(n_models=0, include_probes=True, epochs=20, lr=1e-2)
+    result = ensemble.run_subset(posteriors, manifest, names, cfg, [0, 1], probe_posteriors)
+    stored = ensemble.ensemble_posteriors(posteriors, result, ("test", "blind"), probe_posteriors)
+    out = save_bundle(root / "bundle", result.soup, dirs, {"egemaps": EGEMAPS}, None)
+    return {"bundle": out, "dirs": dirs, "probes": probes, "soup": result.soup, "stored": stored, "wavs": wavs,
+            "features": features, "rows": rows}
+
+
+def test_a_bundle_with_probes_reproduces_the_ensembles_stored_posteriors(probe_bundle):
+    path = probe_bundle["bundle"]
+    names = sorted(p.relative_to(path).as_posix() for p in path.rglob("probe.json"))
+    assert names == ["members/p_deep/probe.json", "members/p_late/probe.json"]
+    assert set(names) <= set(json.loads((path / "manifest.json").read_text())["files"])   # checksummed
+    assert json.loads((path / "meta.json").read_text())["config"]["include_probes"] is True
+    bundle = load_bundle(path)
+    assert bundle.meta.cfg.include_probes and bundle.meta.cfg.n_inputs == 2 * (8 + 8)
+    assert [m.probe for m in bundle.members] == probe_bundle["probes"]
+    stored, rows = probe_bundle["stored"], probe_bundle["rows"]
+    # from the same features: the ensemble's stored posteriors of test and blind
+    scored = rows.index[rows["split"].isin(["test", "blind"])]
+    probs, _ = bundle.predict_features({"egemaps": [probe_bundle["features"][i] for i in scored]})
+    expected = stored.set_index("utt_id").loc[rows.loc[scored, "utt_id"], list(SOFT_TARGET_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
+    # from the wav files, blind clips in a shuffled request: the stage's own check
+    blind = [probe_bundle["wavs"][i] for i in rows.index[rows["split"] == "blind"]][::-1]
+    check = stored_agreement(bundle, blind, stored)
+    assert check["clips"] == 6 and check["argmax_agree"] == 6 and check["max_abs_diff"] <= 1e-5, check
+    # the probes are really read: another probe for one member changes the ensemble's output
+    bundle.members[0].probe = bundle.members[1].probe
+    moved, _ = bundle.predict_features({"egemaps": [probe_bundle["features"][i] for i in scored]})
+    assert np.abs(moved - probs).max() > 1e-3
+
+
+def test_a_bundle_with_probes_needs_every_members_probe(probe_bundle, tmp_path):
+    dirs, soup = probe_bundle["dirs"], probe_bundle["soup"]
+    # writing: a member trained before members had probes
+    old = Path(shutil.copytree(dirs[1], tmp_path / "models" / "p_late"))
+    (old / "probe.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"member 'p_late' has no linear probe \(probe\.json missing.*"
+                                                r"retrain it: dvc repro train@p_late"):
+        save_bundle(tmp_path / "b", soup, [dirs[0], old], {"egemaps": EGEMAPS}, None)
+    write_probe(old, np.random.default_rng(0).normal(0, 1, (5, 10)), seed=0)       # 10 features, not 25
+    with pytest.raises(BundleError, match=r"p_late/probe\.json: the probe reads 10 features, but the member's "
+                                          r"encoders \(egemaps\) give 25"):
+        save_bundle(tmp_path / "b", soup, [dirs[0], old], {"egemaps": EGEMAPS}, None)
+    # loading: the file gone, or gone from the manifest too
+    gone = Path(shutil.copytree(probe_bundle["bundle"], tmp_path / "gone"))
+    (gone / "members/p_deep/probe.json").unlink()
+    with pytest.raises(BundleError, match=r"members/p_deep/probe\.json: listed in the bundle's manifest but missing"):
+        load_bundle(gone)
+    manifest = json.loads((gone / "manifest.json").read_text())
+    del manifest["files"]["members/p_deep/probe.json"]
+    (gone / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"members/p_deep/probe\.json: the meta-classifier reads the members' probe "
+                                          r"posteriors \(include_probes\) but the bundle has no probe for member "
+                                          r"'p_deep'"):
+        load_bundle(gone)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tiny_models import deepser_config, train_config
 from medusa.deepser import DeepSER, DeepSERConfig, count_parameters, manifold_mixup, soft_cross_entropy
 from medusa.labels import CODES, balanced_epoch, class_weights
 
@@ -29,7 +30,7 @@ def pad(xs, masks, extra):
 @pytest.mark.parametrize("fusion", ["deep", "late"])
 def test_padding_leaves_outputs_unchanged(fusion):
     torch.manual_seed(0)
-    cfg = DeepSERConfig(input_dims=(12, 5, 9), hidden=16, heads=2, dropout=0.1, fusion=fusion)
+    cfg = deepser_config((12, 5, 9), hidden=16, heads=2, dropout=0.1, fusion=fusion)
     model = DeepSER(cfg).eval()
     xs, masks = batch(cfg.input_dims, [[6, 3], [8, 8], [2, 5]])
     with torch.no_grad():
@@ -42,7 +43,7 @@ def test_padding_leaves_outputs_unchanged(fusion):
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_any_number_of_modalities_and_every_leg_gets_gradient(n):
     torch.manual_seed(n)
-    cfg = DeepSERConfig(input_dims=tuple(range(4, 4 + n)), hidden=16, heads=4, layers=3, dropout=0.0)
+    cfg = deepser_config(tuple(range(4, 4 + n)), hidden=16, heads=4, layers=3, dropout=0.0)
     model = DeepSER(cfg)
     xs, masks = batch(cfg.input_dims, [[5, 3]] * n)
     logits, attrs = model(xs, masks)
@@ -53,18 +54,18 @@ def test_any_number_of_modalities_and_every_leg_gets_gradient(n):
 
 
 def test_late_fusion_has_no_fusion_encoders_and_fewer_parameters():
-    deep = DeepSER(DeepSERConfig(input_dims=(8, 8), hidden=16, heads=2))
-    late = DeepSER(DeepSERConfig(input_dims=(8, 8), hidden=16, heads=2, fusion="late"))
+    deep = DeepSER(deepser_config((8, 8), hidden=16, heads=2))
+    late = DeepSER(deepser_config((8, 8), hidden=16, heads=2, fusion="late"))
     assert not hasattr(late, "fusion1") and count_parameters(late) < count_parameters(deep)
 
 
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="at least 2 transformer layers"):
-        DeepSERConfig(input_dims=(4,), layers=1)
+        deepser_config((4,), layers=1)
     with pytest.raises(ValueError, match="divisible by heads"):
-        DeepSERConfig(input_dims=(4,), hidden=10, heads=3)
+        deepser_config((4,), hidden=10, heads=3)
     with pytest.raises(ValueError, match="expected 2 modalities"):
-        DeepSER(DeepSERConfig(input_dims=(4, 4), hidden=8, heads=2))(*batch((4,), [[3]]))
+        DeepSER(deepser_config((4, 4), hidden=8, heads=2))(*batch((4,), [[3]]))
 
 
 def test_mixup_mixes_features_targets_and_attributes_with_one_lambda():
@@ -105,3 +106,34 @@ def test_balanced_epoch_has_equal_counts_and_is_fresh_each_draw():
     assert len(set(a)) == len(a) and not np.array_equal(np.sort(a), np.sort(b))
     big = balanced_epoch(labels, rng, per_class=10)
     assert {c: int((labels[big] == c).sum()) for c in ("N", "H", "F")} == {"N": 10, "H": 10, "F": 10}
+
+
+def test_standardised_inputs_make_the_model_blind_to_each_dimensions_scale_and_offset():
+    """With statistics set (train.standardise), features a*x + b give the same outputs as x when the statistics
+    follow: raw eGeMAPS (deviations 0-324, means up to 2.7e3) reaches the first layer on the same footing as a
+    unit-scale encoder. Padded frames stay zero, so padding still changes nothing."""
+    torch.manual_seed(0)
+    model = DeepSER(deepser_config((6, 3))).eval()
+    xs, masks = batch((6, 3), [[5, 2], [3, 4]])
+    scale, offset = torch.tensor([1e-2, 1.0, 10.0, 300.0, 1e3, 5.0]), torch.tensor([0.0, -4.0, 2e3, 7.0, 0.0, 1.0])
+    stats = [(torch.randn(6).numpy(), (torch.rand(6) + 0.5).numpy()), (np.zeros(3), np.ones(3))]
+    model.set_standardisation(stats)
+    ref = model(xs, masks)
+    moved = [(xs[0] * scale + offset) * masks[0].unsqueeze(-1), xs[1]]
+    model.set_standardisation([(stats[0][0] * scale.numpy() + offset.numpy(), stats[0][1] * scale.numpy()), stats[1]])
+    out = model(moved, masks)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the statistics are buffers: in the state dict (so in model.safetensors and the bundle), never trained
+    assert "standardise.0.mean" in model.state_dict() and not any("standardise" in n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="positive scales"):
+        model.set_standardisation([(np.zeros(6), np.zeros(6)), stats[1]])
+    with pytest.raises(ValueError, match="modality 1"):
+        model.set_standardisation([stats[0], (np.zeros(4), np.ones(4))])
+
+
+def test_the_architecture_is_read_from_the_train_settings_it_is_declared_in():
+    train = train_config(hidden=24, heads=3, layers=3, dropout=0.2, ff_mult=2, fusion="late")
+    cfg = DeepSERConfig.from_train((7, 5), train)
+    assert (cfg.input_dims, cfg.hidden, cfg.heads, cfg.layers, cfg.dropout, cfg.ff_mult, cfg.fusion) == \
+        ((7, 5), 24, 3, 3, 0.2, 2, "late")

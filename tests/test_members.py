@@ -1,5 +1,6 @@
 """A member end to end on small stores the test writes: resolve from params, train, write, load, score."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,8 @@ from medusa.params import ParamsError, load_params
 TRAIN = {"device": "cpu", "amp": True, "hidden": 16, "layers": 2, "heads": 2, "dropout": 0.1, "ff_mult": 2,
          "fusion": "deep", "targets": "soft", "pool": {"a": 2}, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01,
          "stage1_epochs": 4, "stage2_epochs": 1, "patience": 4, "grad_clip": 1.0, "mixup_p": 0.3,
-         "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True, "baseline_c": 1.0}
+         "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True, "baseline_c": 1.0,
+         "standardise": True, "epoch_steps": 24}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,9 @@ def test_member_folder_is_complete_and_scores_far_above_chance(trained, corpus):
     # every training row has a soft target and one of the 8 classes here: all train in both stages
     n_train = int((manifest["split"] == "train").sum())
     assert metrics["train_rows"] == {"stage1": n_train, "stage2_pool": n_train}
-    assert history.loc[history["stage"] == 1, "utterances"].eq(n_train).all()
+    # epoch_steps 24 batches of 16 = two whole passes over the 192 training rows per epoch
+    assert n_train == 192 and history.loc[history["stage"] == 1, "utterances"].eq(24 * 16).all()
+    assert history["steps"].tolist() == [24 * (i + 1) for i in range(len(history))]
 
 
 def test_training_rows_of_soft_and_one_hot_members(corpus, tmp_path):
@@ -108,7 +112,7 @@ def test_training_rows_of_soft_and_one_hot_members(corpus, tmp_path):
     manifest.loc[train_ids[10:14], "label"] = "O"
     manifest.loc[train_ids[14:17], list(SOFT_TARGET_COLUMNS)] = np.nan   # only Other votes (or none)
     n = len(train_ids)
-    train = {**TRAIN, "stage1_epochs": 1, "stage2_epochs": 1}
+    train = {**TRAIN, "stage1_epochs": 1, "stage2_epochs": 1, "epoch_steps": 0}  # one pass: utterances = rows
     for targets, expected in (("soft", {"stage1": n - 3, "stage2_pool": n - 17}),
                               ("one_hot", {"stage1": n - 17, "stage2_pool": n - 17})):
         spec = members.resolve_member("m", {"encoders": ["a"], "seed": 0}, {**train, "targets": targets},
@@ -137,6 +141,31 @@ def test_a_loaded_member_reproduces_its_posteriors(trained, corpus):
     np.testing.assert_allclose(probs, saved[list(SOFT_TARGET_COLUMNS)].to_numpy(), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="not a trained member folder"):
         members.load_member(out.parent / "nothing")
+    # the input standardisation travelled in the weights: the train split's pooled-frame statistics
+    from medusa.dataset import input_statistics
+    train = members.split_datasets(spec, manifest, members.open_stores(spec.encoders, root))["train"]
+    for layer, (mean, scale) in zip(model.standardise, input_statistics(train)):
+        np.testing.assert_allclose(layer.mean.numpy(), mean, rtol=1e-6)
+        np.testing.assert_allclose(layer.scale.numpy(), scale, rtol=1e-6)
+    assert not np.allclose(model.standardise[0].mean.numpy(), 0)
+    # its probe reproduces its stored posteriors too
+    from medusa.baselines import LinearProbe, probe_posteriors
+    probe = probe_posteriors(LinearProbe.load(out), manifest[manifest["split"] == "test"],
+                             members.open_stores(spec.encoders, root))
+    stored = pd.read_parquet(out / members.PROBE_POSTERIORS).query("split == 'test'")
+    np.testing.assert_allclose(probe[list(SOFT_TARGET_COLUMNS)].to_numpy(), stored[list(SOFT_TARGET_COLUMNS)].to_numpy(),
+                               atol=1e-6)
+
+
+def test_a_member_of_an_older_version_without_standardisation_is_refused_clearly(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+    _, out, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    state = {k: v for k, v in load_file(str(old / "model.safetensors")).items() if "standardise" not in k}
+    save_file(state, str(old / "model.safetensors"))
+    with pytest.raises(ValueError, match="older version of medusa; retrain"):
+        members.load_member(old)
 
 
 def test_baseline_posteriors_are_in_class_order(corpus):
@@ -184,7 +213,7 @@ def test_score_table_rows_match_the_scores(corpus, trained):
 def test_compare_to_baseline_states_the_gap_and_the_overlap():
     table = pd.DataFrame({"n": [100, 100], "balanced_macro_f1": [0.40, 0.30], "ci95_low": [0.33, 0.24],
                           "ci95_high": [0.47, 0.36], "macro_f1": [0.1, 0.9], "classes": [4, 4]},
-                         index=["DeepSER", "baseline"])
+                         index=["DeepSER", "probe"])
     text = members.compare_to_baseline(table)
     assert "balanced macro-F1 0.400 is above" in text and "+0.100" in text and "overlap" in text
     assert "do not" not in text and "Chance is 0.250 (4 classes)" in text

@@ -93,7 +93,7 @@ def test_ensemble_members_and_top_k_are_checked(raw):
     assert "ensemble.top_k: 0 is not in 1..1" in message
 
 
-@pytest.mark.parametrize("preset", ["params.yaml", "configs/paper.yaml"])
+@pytest.mark.parametrize("preset", ["params.yaml", "configs/paper.yaml", "configs/small-corpus.yaml"])
 def test_meta_classifier_reads_posteriors_only_in_both_presets(repo_root, preset):
     """The paper's meta-classifier combines the members' posteriors: attribute inputs are off in both presets;
     attribute outputs (eq. (1)'s MSE) stay on through mse_weight."""

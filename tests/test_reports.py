@@ -76,11 +76,18 @@ def test_table_notes_go_under_the_markdown_and_into_the_latex(tmp_path):
     assert "923" not in out["csv"].read_text()                     # a CSV holds the table only
 
 
-def _member(folder, bal, low, high, plain, acc, dev):
-    folder.mkdir(parents=True)
-    test = {"n": 60, "balanced_macro_f1": bal, "balanced_macro_f1_ci95": [low, high], "macro_f1": plain,
+def _scores(bal, low, high, plain, acc):
+    return {"n": 60, "balanced_macro_f1": bal, "balanced_macro_f1_ci95": [low, high], "macro_f1": plain,
             "macro_f1_ci95": [0.0, 1.0], "accuracy": acc, "per_class_f1": {}, "classes": ["A", "S", "N"]}
-    (folder / "metrics.json").write_text(json.dumps({"test": test, "dev_balanced_macro_f1": dev}))
+
+
+def _member(folder, bal, low, high, plain, acc, dev, probe=(0.30, 0.20, 0.40)):
+    """A member's metrics.json: its test scores, its dev selection score and its probe's test scores."""
+    folder.mkdir(parents=True)
+    metrics = {"test": _scores(bal, low, high, plain, acc), "dev_balanced_macro_f1": dev}
+    if probe is not None:
+        metrics["probe_test"] = _scores(*probe, probe[0] + 0.1, probe[0] + 0.2)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
 def _table3():
@@ -96,14 +103,20 @@ def _table3():
 
 def test_table1_and_report_json_lead_with_balanced_macro_f1(tmp_path):
     _member(tmp_path / "a", 0.50, 0.40, 0.60, 0.62, 0.70, 0.30)     # best balanced
-    _member(tmp_path / "b", 0.45, 0.35, 0.55, 0.66, 0.75, 0.35)     # best plain macro-F1 and accuracy
+    _member(tmp_path / "b", 0.45, 0.35, 0.55, 0.66, 0.75, 0.35, probe=(0.52, 0.41, 0.63))   # below its probe
     models = {"a": {"encoders": ["w", "t"], "seed": 0}, "b": {"encoders": ["e"], "seed": 1}}
     rows = reports.member_rows(["a", "b"], models, tmp_path)
     table3 = _table3()
     t1 = reports.table1(rows, (0.41, 0.55), table3.iloc[3])
     assert list(t1.index) == ["a (top)", "b", "AVG", "MEDUSA"]
-    assert list(t1.columns) == ["encoders", "seed", "test bal. macro-F1 [95 % CI]", "test macro-F1", "test accuracy",
+    assert list(t1.columns) == ["encoders", "seed", "test bal. macro-F1 [95 % CI]",
+                                "probe test bal. macro-F1 [95 % CI]", "test macro-F1", "test accuracy",
                                 "dev bal. macro-F1"]
+    # each member's probe beside it, from metrics.json's probe_test; nothing marked on the probe side
+    assert t1.loc["a (top)", "probe test bal. macro-F1 [95 % CI]"] == "0.300 [0.200, 0.400]"
+    assert t1.loc["b", "probe test bal. macro-F1 [95 % CI]"] == "0.520 [0.410, 0.630]"
+    assert t1.loc["AVG", "probe test bal. macro-F1 [95 % CI]"] == "0.410"
+    assert t1.loc["MEDUSA", "probe test bal. macro-F1 [95 % CI]"] == "–"
     assert t1.loc["a (top)", "test bal. macro-F1 [95 % CI]"] == "0.500 [0.400, 0.600]"
     assert t1.loc["AVG", "test bal. macro-F1 [95 % CI]"] == "0.475 [0.410, 0.550]"
     assert t1.loc["MEDUSA", "test bal. macro-F1 [95 % CI]"] == "0.550 [0.450, 0.650]"
@@ -174,3 +187,11 @@ def test_no_largest_drop_when_no_variant_lowers_the_score():
     lines = reports.ablation_findings(table)
     assert "w. one-hot targets lowers balanced macro-F1" in lines[0]
     assert lines[-1].endswith("no variant lowers balanced macro-F1 here — **does not hold**.")
+
+
+def test_table1_names_the_member_to_retrain_when_its_probe_scores_are_missing(tmp_path):
+    _member(tmp_path / "old", 0.50, 0.40, 0.60, 0.62, 0.70, 0.30, probe=None)
+    models = {"old": {"encoders": ["w"], "seed": 0}}
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'old' / 'metrics.json'}: no probe_test scores .*"
+                                         r"rerun `dvc repro train@old`"):
+        reports.member_rows(["old"], models, tmp_path)

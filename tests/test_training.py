@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
+from tiny_models import deepser_config, train_config
 from medusa import training
 from medusa.dataset import FeatureDataset, pool_frames
 from medusa.deepser import DeepSER, DeepSERConfig
 from medusa.feature_store import RESERVED_META_KEYS, FeatureStore, FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.training import (NonFiniteLossError, TrainConfig, _epoch_rows, _stage1_rows, _stage2_pool, predict,
+from medusa.training import (NonFiniteLossError, _epoch_rows, _stage1_rows, _stage2_pool, predict,
                              train_deepser, train_step, training_rows)
 
 CPU = torch.device("cpu")
@@ -43,7 +44,7 @@ def problem(tmp_path_factory):
 
 def model(seed=0):
     torch.manual_seed(seed)
-    return DeepSER(DeepSERConfig(input_dims=(6, 4), hidden=16, heads=2, dropout=0.1))
+    return DeepSER(deepser_config((6, 4), hidden=16, heads=2, dropout=0.1))
 
 
 def test_pool_frames_averages_windows():
@@ -54,7 +55,7 @@ def test_pool_frames_averages_windows():
 
 def test_a_learnable_problem_is_learned(problem):
     train, dev = problem
-    cfg = TrainConfig(batch_size=16, lr=3e-3, stage1_epochs=8, stage2_epochs=2, patience=8, seed=0)
+    cfg = train_config(batch_size=16, lr=3e-3, stage1_epochs=8, stage2_epochs=2, patience=8, seed=0)
     trained, history, best = train_deepser(model(), train, dev, cfg, CPU)
     assert best["score"] > 0.85, history
     assert [h["stage"] for h in history].count(2) >= 1
@@ -68,7 +69,7 @@ def test_a_learnable_problem_is_learned(problem):
 
 def test_same_seed_same_weights(problem):
     train, dev = problem
-    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=1, seed=5)
+    cfg = train_config(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=1, seed=5)
     a, _, _ = train_deepser(model(), train, dev, cfg, CPU)
     b, _, _ = train_deepser(model(), train, dev, cfg, CPU)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -91,7 +92,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(problem, tmp_path):
     """Interrupt after stage 1's epoch 2, then (resumed) after stage 2's epoch 1, then finish: the result is
     the uninterrupted run's: same weights, same history, same best epoch."""
     train, dev = problem
-    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=3, stage2_epochs=2, patience=5, mixup_p=0.5, seed=3)
+    cfg = train_config(batch_size=16, lr=1e-3, stage1_epochs=3, stage2_epochs=2, patience=5, mixup_p=0.5, seed=3)
     full, full_history, full_best = train_deepser(model(), train, dev, cfg, CPU)
     ckpt = tmp_path / "m.checkpoint.pt"
     for _ in range(2):  # each call runs two epochs, then is interrupted
@@ -113,9 +114,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(problem, tmp_path):
 def test_a_checkpoint_of_other_settings_is_not_resumed(problem, tmp_path, caplog):
     train, dev = problem
     ckpt = tmp_path / "m.checkpoint.pt"
-    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=2, stage2_epochs=0, seed=1)
+    cfg = train_config(batch_size=16, lr=1e-3, stage1_epochs=2, stage2_epochs=0, seed=1)
     train_deepser(model(), train, dev, cfg, CPU, checkpoint=ckpt)
-    other = TrainConfig(batch_size=16, lr=2e-3, stage1_epochs=2, stage2_epochs=0, seed=1)
+    other = train_config(batch_size=16, lr=2e-3, stage1_epochs=2, stage2_epochs=0, seed=1)
     _, history, _ = train_deepser(model(), train, dev, other, CPU, checkpoint=ckpt)
     assert "other settings" in caplog.text
     assert [h["epoch"] for h in history] == [1, 2]
@@ -156,10 +157,10 @@ def test_one_hot_training_rows_exclude_x_o_and_all_other_rows_and_soft_keeps_x(p
     # soft: X and O rows keep their vote distributions in stage 1; only rows without class votes are out
     assert ids(soft, _stage1_rows(soft)) == everything - set(kinds["all_other"])
     assert ids(soft, _stage2_pool(soft)) == ids(hot, _stage2_pool(hot))  # stage 2 balances by consensus class
-    cfg = TrainConfig(stage2_epochs=1)
+    cfg = train_config(stage2_epochs=1)
     assert training_rows(hot, cfg) == {"stage1": len(rows) - 15, "stage2_pool": len(rows) - 15}
     assert training_rows(soft, cfg) == {"stage1": len(rows) - 3, "stage2_pool": len(rows) - 15}
-    assert training_rows(soft, TrainConfig(stage2_epochs=0))["stage2_pool"] is None
+    assert training_rows(soft, train_config(stage2_epochs=0))["stage2_pool"] is None
 
 
 def test_one_hot_training_uses_only_rows_with_a_class(problem):
@@ -168,7 +169,7 @@ def test_one_hot_training_uses_only_rows_with_a_class(problem):
     train, dev = problem
     rows, kinds = _with_targetless_rows(train.rows)
     hot = FeatureDataset(rows, train.stores, [1, 1], one_hot=True)
-    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=1, seed=2)
+    cfg = train_config(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=1, seed=2)
     _, history, _ = train_deepser(model(), hot, dev, cfg, CPU)
     assert history[0]["stage"] == 1 and history[0]["utterances"] == len(rows) - 15
     assert all(np.isfinite(h["train_loss"]) for h in history)
@@ -185,7 +186,7 @@ def test_rows_without_a_target_are_never_drawn_in_stage_2(problem):
     for _ in range(20):
         drawn |= set(soft.rows["utt_id"].to_numpy()[_epoch_rows(2, soft, rng)])
     assert drawn and not drawn & set(kinds["all_other"]) and not drawn & set(kinds["X"] + kinds["O"])
-    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=2, patience=5, seed=4)
+    cfg = train_config(batch_size=16, lr=1e-3, stage1_epochs=1, stage2_epochs=2, patience=5, seed=4)
     _, history, _ = train_deepser(model(), soft, dev, cfg, CPU)
     assert [h["stage"] for h in history] == [1, 2, 2]
     assert all(np.isfinite(h["train_loss"]) for h in history), history
@@ -195,7 +196,7 @@ def test_a_non_finite_loss_stops_training_and_names_the_batch(problem):
     train, dev = problem
     rows, kinds = _with_targetless_rows(train.rows)
     soft = FeatureDataset(rows, train.stores, [1, 1])
-    cfg = TrainConfig(batch_size=16, lr=1e-3, mixup_p=0.0, seed=0)
+    cfg = train_config(batch_size=16, lr=1e-3, mixup_p=0.0, seed=0)
     rng = np.random.default_rng(0)
     # a batch holding a row without a target (as the old stage-2 draw produced): the error names the batch
     # and the culprit, and no weight has changed
@@ -217,7 +218,7 @@ def test_a_non_finite_loss_stops_training_and_names_the_batch(problem):
         m.class_head.bias[0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"^stage 1 epoch 1: the training loss is nan on the batch of "
                                                  r"utterances u\d{4}, .*the model itself diverged"):
-        train_deepser(m, train, dev, TrainConfig(batch_size=16, stage1_epochs=1, stage2_epochs=0), CPU)
+        train_deepser(m, train, dev, train_config(batch_size=16, stage1_epochs=1, stage2_epochs=0), CPU)
 
 
 # ------------------------------------------------------------ checkpoints resume only for the same inputs
@@ -249,7 +250,7 @@ def test_a_checkpoint_is_not_resumed_after_a_manifest_or_store_change(problem, t
     stores = _copy_stores(problem, tmp_path)
     make = lambda rows: FeatureDataset(rows, stores, [1, 1])  # noqa: E731
     train, dev = make(train0.rows), make(dev0.rows)
-    cfg = TrainConfig(batch_size=16, lr=1e-3, stage1_epochs=2, stage2_epochs=0, patience=5, seed=6)
+    cfg = train_config(batch_size=16, lr=1e-3, stage1_epochs=2, stage2_epochs=0, patience=5, seed=6)
     ckpt = tmp_path / "m.checkpoint.pt"
 
     def fresh(train_, dev_):
@@ -320,10 +321,36 @@ def test_a_training_set_without_usable_rows_is_an_error_before_any_epoch(problem
     train, dev = problem
     rows = train.rows.copy()
     rows["label"] = "X"                     # soft: X rows train in stage 1, but stage 2 has nothing to balance
-    cfg = TrainConfig(stage1_epochs=1, stage2_epochs=1)
+    cfg = train_config(stage1_epochs=1, stage2_epochs=1)
     with pytest.raises(ValueError, match="no training utterance with a target has one of A S H U F D C N as its "
                                          "consensus; set train.stage2_epochs: 0"):
         train_deepser(model(), FeatureDataset(rows, train.stores, [1, 1]), dev, cfg, CPU)
     with pytest.raises(ValueError, match=rf"none of the {len(rows)} training utterances has a training target "
                                          r"\(one-hot: X/O consensus or no class votes\)"):
         train_deepser(model(), FeatureDataset(rows, train.stores, [1, 1], one_hot=True), dev, cfg, CPU)
+
+
+def test_an_epoch_of_epoch_steps_takes_that_many_batches_from_fresh_passes(problem):
+    """epoch_steps 0: one pass over the stage's rows; N: N batches from as many reshuffled passes as needed (a
+    small corpus trains as many steps as a large one); stage 2 draws a new balanced subset for each pass."""
+    train, _ = problem
+    rows = len(training._stage1_rows(train))
+    rng = np.random.default_rng(0)
+    one_pass = training._epoch_batches(1, train, train_config(batch_size=16, epoch_steps=0), rng)
+    assert sorted(np.concatenate(one_pass)) == list(training._stage1_rows(train))
+    n = 3 * len(one_pass) + 2
+    batches = training._epoch_batches(1, train, train_config(batch_size=16, epoch_steps=n), rng)
+    assert len(batches) == n and all(len(b) <= 16 for b in batches)
+    counts = np.bincount(np.concatenate(batches), minlength=len(train))
+    assert counts[training._stage1_rows(train)].min() >= 3  # three whole passes, then a part of a fourth
+    assert counts.sum() == 3 * rows + sum(len(b) for b in batches[-2:])
+    stage2 = training._epoch_batches(2, train, train_config(batch_size=16, epoch_steps=n), rng)
+    assert len(stage2) == n
+
+
+def test_a_step_budget_is_recorded_and_checkpointed(problem, tmp_path):
+    train, dev = problem
+    cfg = train_config(batch_size=16, lr=1e-3, stage1_epochs=2, stage2_epochs=1, patience=5, epoch_steps=7, seed=2)
+    _, history, _ = train_deepser(model(), train, dev, cfg, CPU)
+    assert [h["steps"] for h in history] == [7, 14, 21]
+    assert all(h["utterances"] <= 7 * 16 for h in history)
