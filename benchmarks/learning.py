@@ -2,8 +2,8 @@
 
     python benchmarks/learning.py [--sizes 150 300 828] [--members whisper_egemaps egemaps_minilm]
                                   [--variants demo scales one_annotator few_frames] [--changes base raw ...]
-                                  [--seeds 0] [--workers 2] [--work work/learning] [--out reports/benchmarks.md]
-                                  [--figure reports/figures/learning.png] [--csv reports/metrics/learning.csv]
+                                  [--seeds S ...] [--workers 2] [--work work/learning] [--out reports/benchmarks.md]
+                                  [--figure reports/benchmark_figures/learning.png] [--csv reports/metrics/learning.csv]
 
 Run from the repository root after `dvc repro` (it reads work/manifest.parquet and work/features, and never writes
 there). For every variant of the data, training-set size, member and change of the training settings it trains
@@ -516,7 +516,7 @@ def plan_jobs(args: argparse.Namespace, params: Any, manifest: pd.DataFrame, src
             for member, model in data.members.items():
                 for change in change_names:
                     overrides = {**data.overrides, **resolve_overrides(change, all_changes)}
-                    for seed in args.seeds:
+                    for seed in (args.seeds if args.seeds is not None else [model["seed"]]):
                         spec = resolve_member(member, {**model, "seed": seed}, base_train, dims,
                                               extra_overrides=overrides)
                         h = digest({"spec": spec.to_dict(), "train_ids": train_ids, "data": data.fingerprint,
@@ -765,7 +765,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--changes", nargs="+", default=None,
                     help=f"names ({', '.join(CHANGES)}) or NAME={{yaml train overrides}}; default: per variant "
                          f"{DEFAULT_PLAN}")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="model seeds (each member's own is replaced)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="model seeds, replacing each member's own (default: the member's seed in params)")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the subsamples and the synthetic variants")
     ap.add_argument("--workers", type=int, default=2, help="runs trained side by side (processes)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -774,7 +775,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--work", type=Path, default=Path("work/learning"),
                     help="built variants, member folders and result JSONs (never the demo's own files)")
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks.md"))
-    ap.add_argument("--figure", type=Path, default=Path("reports/figures/learning.png"))
+    ap.add_argument("--figure", type=Path, default=Path("reports/benchmark_figures/learning.png"))
     ap.add_argument("--csv", type=Path, default=Path("reports/metrics/learning.csv"))
     ap.add_argument("--retry-failed", action="store_true", help="train again the runs whose result is an error")
     ap.add_argument("--dry-run", action="store_true", help="build the variants and list the runs; train nothing")
