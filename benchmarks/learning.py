@@ -112,13 +112,12 @@ def digest(obj: Any) -> str:
 
 
 def store_fingerprint(root: Path) -> str:
-    """What identifies a finished store's contents, cheaply: its meta.json and index.parquet bytes and the size of
-    its frames (a changed store rewrites all three)."""
-    h = hashlib.sha256()
-    for name in ("meta.json", "index.parquet"):
-        h.update((root / name).read_bytes())
-    h.update(str((root / "frames.f16").stat().st_size).encode())
-    return h.hexdigest()[:12]
+    """The identity of the finished store at `root` (medusa.training.store_identity: meta.json, index.parquet, and
+    the frames file's size and mtime, the rule checkpoints are resumed by), shortened."""
+    from medusa.feature_store import FeatureStore
+    from medusa.training import store_identity
+
+    return store_identity(FeatureStore(root))[:12]
 
 
 def code_fingerprint() -> str:
@@ -391,7 +390,6 @@ class Job:
     spec: Any                      # medusa.members.MemberSpec
     manifest: pd.DataFrame
     features_root: Path
-    baseline_c: float
     result_path: Path
     run_dir: Path
     steps_per_utterance: float = 0.0  # time steps the model sees per utterance (all modalities, pooled): its cost
@@ -427,7 +425,8 @@ def _score_summary(scores: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Train one member, read (or compute) its probe's test scores, write the result JSON; also returned.
+    """Train one member (train_member fits its probe too), write the result JSON with both test scores; also
+    returned.
     An exception is recorded as the result (same inputs, same failure: not retried unless --retry-failed)."""
     from medusa import members
     from medusa.io import write_json
@@ -443,12 +442,9 @@ def run_job(job: Job) -> dict[str, Any]:
         metrics = members.train_member(job.spec, job.manifest, job.features_root, job.run_dir / "member",
                                        job.run_dir / "checkpoint.pt")
         result["train_s"] = time.perf_counter() - start
-        probe, source = metrics.get("probe_test"), "train_member"
-        if probe is None:  # a medusa without the member's probe: fit it here, scored the same way
-            probe, source = _probe_scores(job), "benchmark"
         history = json.loads((job.run_dir / "member" / "history.json").read_text())
         result.update(
-            member_test=_score_summary(metrics["test"]), probe_test=_score_summary(probe), probe_source=source,
+            member_test=_score_summary(metrics["test"]), probe_test=_score_summary(metrics["probe_test"]),
             dev_balanced_macro_f1=metrics.get("dev_balanced_macro_f1"), best_stage=metrics.get("best_stage"),
             best_epoch=metrics.get("best_epoch"), train_rows=metrics.get("train_rows"),
             parameters=metrics.get("parameters"), epochs=len(history),
@@ -461,17 +457,6 @@ def run_job(job: Job) -> dict[str, Any]:
     result["finished_at"] = time.time()  # with train_s: when the run went, for the report's wall time of the set
     write_json(result, job.result_path)
     return result
-
-
-def _probe_scores(job: Job) -> dict[str, Any]:
-    from medusa.baselines import fit_probe, probe_posteriors
-    from medusa.members import classification_scores_of, open_stores
-    from medusa.metrics import run_classes
-
-    stores = open_stores(job.spec.encoders, job.features_root)
-    probe = fit_probe(job.manifest, stores, job.baseline_c, job.spec.train.seed)
-    post = probe_posteriors(probe, job.manifest[job.manifest["split"] == "test"], stores)
-    return classification_scores_of(post, "test", run_classes(job.manifest), job.spec.train.seed)
 
 
 def _worker_init() -> None:
@@ -520,11 +505,11 @@ def plan_jobs(args: argparse.Namespace, params: Any, manifest: pd.DataFrame, src
                         spec = resolve_member(member, {**model, "seed": seed}, base_train, dims,
                                               extra_overrides=overrides)
                         h = digest({"spec": spec.to_dict(), "train_ids": train_ids, "data": data.fingerprint,
-                                    "baseline_c": base_train.baseline_c, "code": code, "version": RESULT_VERSION,
+                                    "code": code, "version": RESULT_VERSION,
                                     "manifest": digest(sub.to_json())})
                         key = f"{v}__n{size}__{member}__{change}__s{seed}__{h}"
                         jobs.append(Job(key, v, size, size, member, change, seed, overrides, spec, sub,
-                                        data.features_root, base_train.baseline_c, work / "results" / f"{key}.json",
+                                        data.features_root, work / "results" / f"{key}.json",
                                         work / "runs" / key,
                                         sum(mean_frames[e] / p for e, p in zip(spec.encoders, spec.pools))))
     return jobs, variants, all_changes
@@ -589,7 +574,7 @@ def results_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
     for r in results:
         row = {k: r.get(k) for k in ("variant", "size", "train_utterances", "member", "change", "seed", "train_s",
                                      "epochs", "steps", "dev_balanced_macro_f1", "best_stage", "best_epoch",
-                                     "probe_source", "error")}
+                                     "error")}
         row["overrides"] = json.dumps(r.get("overrides", {}), sort_keys=True)
         row["stage1_rows"] = (r.get("train_rows") or {}).get("stage1")
         for who in ("member", "probe"):

@@ -71,7 +71,7 @@ class LinearProbe:
         path = Path(folder) / PROBE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no linear probe (a member trained by an older version of medusa); "
-                                    "retrain it (dvc repro train@<name>)")
+                                    f"retrain it: dvc repro train@{Path(folder).name}")
         return cls(**json.loads(path.read_text()))
 
 

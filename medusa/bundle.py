@@ -54,7 +54,7 @@ from medusa.baselines import PROBE_FILE, LinearProbe, pooled_means
 from medusa.dataset import batch_from_arrays, unscale_attributes
 from medusa.deepser import DeepSER
 from medusa.encoders import build_encoder, kind_of
-from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict, require_probe_files
+from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
 from medusa.io import sha256_file, write_json
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
 from medusa.members import MODEL_FILES, load_member, read_member_config
@@ -205,7 +205,7 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
             raise BundleError(f"{folder / 'config.json'}: {len(config['encoders'])} encoders but "
                               f"{len(config['deepser']['input_dims'])} DeepSER inputs")
         configs[name], sources[name] = config, folder
-    probes = {name: _read_probe(require_probe_files(folder, name, (PROBE_FILE,)), configs[name])
+    probes = {name: _read_probe(Path(folder), configs[name])
               for name, folder in sources.items()} if meta.cfg.include_probes else {}
     entries = _encoder_entries(configs, encoders)
     text_keys = [k for k, e in entries.items() if kind_of(e["family"]) == "text"]

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from medusa.dataset import scale_attributes, unscale_attributes
 from medusa.deepser import soft_cross_entropy
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, balanced_epoch
+from medusa.members import PROBE_POSTERIORS
 from medusa.metrics import (accuracy, balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval,
                             run_classes, stratified_bootstrap_indices)
 
@@ -82,28 +83,15 @@ def stack(posteriors: dict[str, pd.DataFrame], split: str, probes: dict[str, pd.
     return Stacked(ids, probs, attrs, first.loc[ids, "label"].to_numpy(), probe_probs)
 
 
-def require_probe_files(folder: str | Path, name: str, files: tuple[str, ...] | None = None) -> Path:
-    """`folder` (member `name`'s), after checking that it holds its linear probe's `files` (default: probe.json
-    and the probe's posteriors); a member trained before members had probes has none, and only retraining
-    makes them."""
-    from medusa.baselines import PROBE_FILE
-    from medusa.members import PROBE_POSTERIORS
-
-    folder = Path(folder)
-    missing = [f for f in (files or (PROBE_FILE, PROBE_POSTERIORS)) if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: member {name!r} has no linear probe ({', '.join(missing)} missing; "
-                                f"trained by an older version of medusa); retrain it: dvc repro train@{name}")
-    return folder
-
-
 def read_probe_posteriors(names: list[str], models_root: str | Path) -> dict[str, pd.DataFrame]:
     """{member: its linear probe's posteriors (utt_id, split, label, p_A..p_N)} from models_root/<member>/."""
-    from medusa.members import PROBE_POSTERIORS
-
     out = {}
     for name in names:
-        path = require_probe_files(Path(models_root) / name, name, (PROBE_POSTERIORS,)) / PROBE_POSTERIORS
+        path = Path(models_root) / name / PROBE_POSTERIORS
+        if not path.is_file():  # a member trained before members had probes: only retraining makes them
+            raise FileNotFoundError(f"{path.parent}: member {name!r} has no linear probe ({PROBE_POSTERIORS} "
+                                    f"missing; trained by an older version of medusa); retrain it: dvc repro "
+                                    f"train@{name}")
         frame = pd.read_parquet(path)
         missing = [c for c in ("utt_id", "split", "label", *SOFT_TARGET_COLUMNS) if c not in frame]
         if missing:

@@ -1,8 +1,6 @@
 """benchmarks/learning.py on tiny stores the test writes: the variant builders, the subsampling, and one tiny run
 end to end (a row of the table, the figure, the CSV, and a rerun that trains nothing)."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +12,7 @@ from medusa.feature_store import FeatureStore, FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """benchmarks/learning.py as a module (the benchmarks folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmark_learning", ROOT / "benchmarks" / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+BENCHMARK = "learning"  # the `bench` fixture (conftest) loads benchmarks/learning.py
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,7 @@
 """benchmarks/train.py on a tiny configuration: both ways train, and only its own report section is rewritten."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """benchmarks/train.py as a module (the benchmarks folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmark_train", ROOT / "benchmarks" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+BENCHMARK = "train"  # the `bench` fixture (conftest) loads benchmarks/train.py
 
 
 TINY = ["--device", "cpu", "--size", "small", "--hidden", "16", "--heads", "2", "--utterances", "6",

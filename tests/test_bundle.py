@@ -463,8 +463,8 @@ def test_a_bundle_with_probes_needs_every_members_probe(probe_bundle, tmp_path):
     # writing: a member trained before members had probes
     old = Path(shutil.copytree(dirs[1], tmp_path / "models" / "p_late"))
     (old / "probe.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"member 'p_late' has no linear probe \(probe\.json missing.*"
-                                                r"retrain it: dvc repro train@p_late"):
+    with pytest.raises(FileNotFoundError, match=r"p_late/probe\.json: no linear probe .*retrain it: dvc repro "
+                                                r"train@p_late"):
         save_bundle(tmp_path / "b", soup, [dirs[0], old], {"egemaps": EGEMAPS}, None)
     write_probe(old, np.random.default_rng(0).normal(0, 1, (5, 10)), seed=0)       # 10 features, not 25
     with pytest.raises(BundleError, match=r"p_late/probe\.json: the probe reads 10 features, but the member's "

@@ -401,8 +401,6 @@ def test_missing_probe_files_name_the_member_folder_and_the_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'm1'}: member 'm1' has no linear probe "
                                                 r"\(probe_posteriors\.parquet missing.*retrain it: dvc repro train@m1"):
         ensemble.read_probe_posteriors(["m1"], tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"probe\.json, probe_posteriors\.parquet missing"):
-        ensemble.require_probe_files(tmp_path / "m1", "m1")
     pd.DataFrame({"utt_id": ["u0"], "split": ["dev"]}).to_parquet(tmp_path / "m1" / "probe_posteriors.parquet")
     with pytest.raises(ValueError, match=r"probe_posteriors\.parquet: no column\(s\) label, p_A"):
         ensemble.read_probe_posteriors(["m1"], tmp_path)
