@@ -17,6 +17,24 @@ OTHER, NO_AGREEMENT = "O", "X"
 CONSENSUS_CODES: tuple[str, ...] = CODES + (OTHER, NO_AGREEMENT)
 #: Manifest columns holding the soft targets, in class order.
 SOFT_TARGET_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CODES)
+
+
+def target_columns(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The soft-target / posterior columns of a run over `classes` (codes, in CODES order): p_<code> each."""
+    return tuple(f"p_{c}" for c in classes)
+
+
+def classes_of(frame) -> tuple[str, ...]:
+    """The run's classes recorded by a table (the manifest, a posteriors frame, a prediction): the codes whose
+    p_<code> column it holds, in CODES order. The manifest holds exactly the run's classes (medusa.corpora),
+    so every later table and model follows it. ValueError if it holds none."""
+    columns = set(getattr(frame, "columns", frame))
+    found = tuple(c for c in CODES if f"p_{c}" in columns)
+    if not found:
+        raise ValueError(f"no class column (p_A .. p_N) among {sorted(map(str, columns))[:12]}")
+    return found
+
+
 #: Emotional attributes (MSP-Podcast EmoAct, EmoVal, EmoDom), rated 1..7.
 ATTRIBUTES: tuple[str, ...] = ("arousal", "valence", "dominance")
 
