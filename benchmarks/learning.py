@@ -254,16 +254,17 @@ def build_scales(manifest: pd.DataFrame, src_root: Path, work: Path, encoders: l
 
 def one_annotator_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     """Soft targets -> the consensus label's one-hot on every labelled row; train rows without a class consensus
-    (X, O) dropped. Dev and test keep their X/O rows (never trained on, never scored); agreement and n_votes say
-    one annotator."""
-    from medusa.labels import CODES, SOFT_TARGET_COLUMNS
+    (X, O, or a label that is not one of the run's classes) dropped. Dev and test keep those rows (never trained
+    on, never scored); agreement and n_votes say one annotator."""
+    from medusa.labels import classes_of, target_columns
 
+    classes = classes_of(manifest)  # the run's classes: the manifest's p_ columns
     out = manifest.copy()
-    labelled = out["label"].isin(CODES)
+    labelled = out["label"].isin(classes)
     out = out[labelled | (out["split"] != "train")].copy()
-    labelled = out["label"].isin(CODES).to_numpy()
-    onehot = (out["label"].to_numpy()[:, None] == np.asarray(CODES)[None, :]).astype(float)
-    cols = list(SOFT_TARGET_COLUMNS)
+    labelled = out["label"].isin(classes).to_numpy()
+    onehot = (out["label"].to_numpy()[:, None] == np.asarray(classes)[None, :]).astype(float)
+    cols = list(target_columns(classes))
     out.loc[labelled, cols] = onehot[labelled]
     for col, value in (("agreement", 1.0), ("n_votes", 1.0)):
         if col in out:
@@ -291,24 +292,26 @@ def burst_frames(label_index: int, centres: np.ndarray, rng: np.random.Generator
 
 
 def burst_classes(manifest: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    """The class each utterance's burst carries: its consensus label; for X/O (or unlabelled) rows a draw from its
-    vote distribution (uniform without votes)."""
-    from medusa.labels import CODES, SOFT_TARGET_COLUMNS
+    """The class each utterance's burst carries (an index into the run's classes, the manifest's p_ columns): its
+    consensus label; for rows without one of those classes (X/O, unlabelled) a draw from its vote distribution
+    (uniform without votes)."""
+    from medusa.labels import classes_of, target_columns
 
-    soft = manifest[list(SOFT_TARGET_COLUMNS)].to_numpy(dtype=float)
+    classes = classes_of(manifest)
+    soft = manifest[list(target_columns(classes))].to_numpy(dtype=float)
     out = np.empty(len(manifest), dtype=int)
     for i, label in enumerate(manifest["label"].to_numpy()):
-        if label in CODES:
-            out[i] = CODES.index(label)
+        if label in classes:
+            out[i] = classes.index(label)
         else:
-            p = soft[i] if np.isfinite(soft[i]).all() and soft[i].sum() > 0 else np.ones(len(CODES))
-            out[i] = rng.choice(len(CODES), p=p / p.sum())
+            p = soft[i] if np.isfinite(soft[i]).all() and soft[i].sum() > 0 else np.ones(len(classes))
+            out[i] = rng.choice(len(classes), p=p / p.sum())
     return out
 
 
 def build_few_frames(manifest: pd.DataFrame, src_root: Path, work: Path, encoders: list[str],
                      members: dict[str, dict[str, Any]], seed: int) -> VariantData:
-    from medusa.labels import CODES
+    from medusa.labels import classes_of
 
     root = work / "variants" / "few_frames"
     prints = _link_all(src_root, root, encoders)  # the demo's stores too, for members that mix burst with them
@@ -321,7 +324,7 @@ def build_few_frames(manifest: pd.DataFrame, src_root: Path, work: Path, encoder
     if not built(dst, recipe):
         log.info("few_frames: writing %s (%d utterances)", dst, len(ids))
         rng = np.random.default_rng([seed, 17])
-        centres = rng.normal(0.0, 1.0, (len(CODES), BURST_DIM))
+        centres = rng.normal(0.0, 1.0, (len(classes_of(manifest)), BURST_DIM))  # one pattern per run class
         ordered = manifest.set_index("utt_id").loc[ids].reset_index()
         classes = burst_classes(ordered, rng)
         meta = {"family": "synthetic", "kind": "audio", "frame_rate": BURST_RATE, "learning_variant": "few_frames",

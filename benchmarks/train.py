@@ -128,7 +128,7 @@ SIZES = {
 
 def make_rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """n utterances as FeatureDataset wants them (utt_id, label, p_A..p_N, arousal, valence, dominance), and
-    their durations in seconds (uniform in [2.75, 11])."""
+    their durations in seconds (uniform in [2.75, 11]). All 8 classes, as DeepSERConfig's default n_classes."""
     rng = np.random.default_rng(seed)
     durations = rng.uniform(MIN_S, MAX_S, n)
     soft = rng.dirichlet(np.full(len(CODES), 0.5), n)  # ambiguous votes, as soft targets are

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medusa import members, paths
-from medusa.labels import CODES
+from medusa.labels import classes_of, common_classes
 from medusa.metrics import (accuracy, balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval,
                             relative_change, stratified_bootstrap_indices)
 from medusa.params import REFERENCE_VARIANT, Params
@@ -164,11 +164,13 @@ def load_runs(variants: list[str], models_: list[str], configs: dict[str, str], 
 
 
 def aligned_test_predictions(frames: dict[Any, pd.DataFrame]) -> tuple[np.ndarray, dict[Any, np.ndarray]]:
-    """From posteriors frames: the test labels (utterances with one of the 8 classes, ordered by utt_id) and
-    each frame's argmax predictions on them, so that bootstrap resamples pair up across systems."""
+    """From posteriors frames (all over the same classes, the run's): the test labels (utterances with one of
+    those classes, ordered by utt_id) and each frame's argmax predictions on them, so that bootstrap resamples
+    pair up across systems."""
+    classes = common_classes({str(key): classes_of(post) for key, post in frames.items()}, "systems' posteriors")
     truth, predictions = None, {}
     for key, post in frames.items():
-        test = post[(post["split"] == "test") & post["label"].isin(CODES)].sort_values("utt_id")
+        test = post[(post["split"] == "test") & post["label"].isin(classes)].sort_values("utt_id")
         if truth is None:
             truth = test[["utt_id", "label"]].reset_index(drop=True)
         elif not np.array_equal(truth["utt_id"].to_numpy(), test["utt_id"].to_numpy()):
@@ -186,8 +188,8 @@ def test_predictions(runs: pd.DataFrame, root: str | Path = paths.ABLATIONS, mod
 
 
 def table2(runs: pd.DataFrame, truth: np.ndarray, predictions: dict[tuple[str, str], np.ndarray],
-           bootstrap: int = 1000, seed: int = 0, reference: str = REFERENCE_VARIANT,
-           classes: tuple[str, ...] = CODES) -> pd.DataFrame:
+           bootstrap: int = 1000, seed: int = 0, reference: str = REFERENCE_VARIANT, *,
+           classes: tuple[str, ...]) -> pd.DataFrame:
     """Table 2 in long form: one row per (variant, configuration) and one per (variant, "AVG").
 
     Scored from each run's test `predictions` over `classes` (the run's classes, medusa.metrics): per

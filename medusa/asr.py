@@ -82,12 +82,21 @@ def _decode_by_window(model, clips: list, language: str, windows: list[tuple[int
     return encode_by_padded_length(clips, windows, lambda sub, w: _decode(model, sub, language, w, beam_size))
 
 
+def whisper_language(model, language: str) -> str | None:
+    """transcribe.language for Whisper: `auto` lets it detect each clip's language (from that clip's own encoding,
+    so the transcript still depends on the clip alone); an English-only model is always English."""
+    if language != "auto":
+        return language
+    return None if model.is_multilingual else "en"
+
+
 @torch.inference_mode()
 def transcribe_clips(model, audios: list, language: str, pad_seconds: float, beam_size: int = 1) -> list[str]:
     """Transcripts of float32 16 kHz clips, each decoded only with clips of the same padded length (so its
     transcript does not depend on the others). A clip whose short-padded decode loops (compression ratio over
     openai-whisper's 2.4) is decoded again in a 30 s window, as Whisper was trained, with the same budget."""
     device = next(model.parameters()).device
+    language = whisper_language(model, language)
     texts: dict[int, str] = {}
     short = [i for i, a in enumerate(audios) if len(a) <= MAX_SAMPLES]
     for i in sorted(set(range(len(audios))) - set(short)):

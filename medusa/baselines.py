@@ -2,18 +2,20 @@
 
 Each utterance becomes the concatenation, over the member's encoders, of the mean of its frames (text: of its
 tokens); standardised on train; a class-balanced logistic regression (scikit-learn) is fitted on the train
-utterances whose consensus is one of the 8 classes. Same encoders, same splits as the DeepSER beside it, so the
-gap between the two is what the sequence model and the training recipe add (issue #12: a member should not fall
-below its probe). Its posteriors are scored exactly like a member's (medusa.members.classification_scores_of).
+utterances whose consensus is one of the run's classes (the manifest's p_ columns). Same encoders, same splits
+as the DeepSER beside it, so the gap between the two is what the sequence model and the training recipe add
+(issue #12: a member should not fall below its probe). Its posteriors are scored exactly like a member's
+(medusa.members.classification_scores_of).
 
-The fitted probe is kept as plain numbers (`probe.json`: standardisation, weights, classes), not a pickle, so a
-member folder and the predict bundle load without running code from a file, and so that the meta-classifier may
-read the probe's posteriors on new audio (ensemble.include_probes).
+The fitted probe is kept as plain numbers (`probe.json`: standardisation, weights, the classes it was fitted on
+and the run's classes it outputs), not a pickle, so a member folder and the predict bundle load without running
+code from a file, and so that the meta-classifier may read the probe's posteriors on new audio
+(ensemble.include_probes).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,8 @@ from sklearn.preprocessing import StandardScaler
 
 from medusa.feature_store import FeatureStore
 from medusa.io import write_json
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.labels import ATTRIBUTES, CODES, target_columns
+from medusa.metrics import run_classes
 
 PROBE_FILE = "probe.json"
 
@@ -41,17 +44,22 @@ def mean_pooled(stores: list[FeatureStore], utt_ids: list[str]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LinearProbe:
-    """A fitted probe as numbers: p = softmax(((x - mean) / scale) @ coef.T + intercept) over `classes`."""
-    classes: list[str]                 # the classes it was fitted on (a subset of CODES, in sorted order)
+    """A fitted probe as numbers: p = softmax(((x - mean) / scale) @ coef.T + intercept) over `classes`, laid
+    out over `outputs`."""
+    classes: list[str]                 # the classes it was fitted on (those of the run it saw, in sorted order)
     mean: list[float]
     scale: list[float]
     coef: list[list[float]]            # (n_classes, n_features)
     intercept: list[float]
     c: float
     seed: int
+    # the run's classes (CODES order): the columns of predict_proba. Probes saved before it was recorded
+    # output all 8 codes.
+    outputs: list[str] = field(default_factory=lambda: list(CODES))
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 8) in CODES order (0 for a class the probe never saw) from pooled features."""
+        """Class probabilities (N, len(outputs)) over the run's classes, in `outputs` order (0 for a class the
+        probe never saw), from pooled features."""
         z = (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
         logits = z @ np.asarray(self.coef).T + np.asarray(self.intercept)
         if len(self.classes) == 2:  # scikit-learn's binary model keeps one row of weights: logit of classes[1]
@@ -59,8 +67,8 @@ class LinearProbe:
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(1, keepdims=True)
-        out = np.zeros((len(p), len(CODES)))
-        out[:, [CODES.index(c) for c in self.classes]] = p
+        out = np.zeros((len(p), len(self.outputs)))
+        out[:, [self.outputs.index(c) for c in self.classes]] = p
         return out.astype(np.float32)
 
     def save(self, folder: str | Path) -> None:
@@ -76,10 +84,12 @@ class LinearProbe:
 
 
 def fit_probe(manifest: pd.DataFrame, stores: list[FeatureStore], c: float, seed: int) -> LinearProbe:
-    """The probe fitted on the train utterances of `manifest` labelled with one of the 8 classes."""
-    fit_rows = manifest[(manifest["split"] == "train") & manifest["label"].isin(CODES)]
+    """The probe fitted on the train utterances of `manifest` labelled with one of the run's classes, with
+    outputs over all of them (medusa.metrics.run_classes)."""
+    classes = run_classes(manifest)
+    fit_rows = manifest[(manifest["split"] == "train") & manifest["label"].isin(classes)]
     if fit_rows.empty:
-        raise ValueError("the manifest has no train utterance with one of the 8 class labels")
+        raise ValueError(f"the manifest has no train utterance labelled with one of its classes {' '.join(classes)}")
     x = mean_pooled(stores, list(fit_rows["utt_id"])).astype(np.float64)
     y = fit_rows["label"].to_numpy()
     if len(set(y)) < 2:
@@ -89,13 +99,14 @@ def fit_probe(manifest: pd.DataFrame, stores: list[FeatureStore], c: float, seed
     clf.fit(scaler.transform(x), y)
     return LinearProbe(classes=[str(k) for k in clf.classes_], mean=scaler.mean_.tolist(),
                        scale=scaler.scale_.tolist(), coef=clf.coef_.tolist(), intercept=clf.intercept_.tolist(),
-                       c=float(c), seed=int(seed))
+                       c=float(c), seed=int(seed), outputs=list(classes))
 
 
 def probe_posteriors(probe: LinearProbe, rows: pd.DataFrame, stores: list[FeatureStore]) -> pd.DataFrame:
-    """Posteriors (utt_id, split, label, p_A..p_N; attributes NaN: a probe predicts none) of `rows`."""
+    """Posteriors (utt_id, split, label, p_<code> of each of the probe's outputs, the run's classes; attributes
+    NaN: a probe predicts none) of `rows`."""
     frame = rows[["utt_id", "split", "label"]].reset_index(drop=True)
-    frame[list(SOFT_TARGET_COLUMNS)] = probe.predict_proba(mean_pooled(stores, list(frame["utt_id"])))
+    frame[list(target_columns(probe.outputs))] = probe.predict_proba(mean_pooled(stores, list(frame["utt_id"])))
     for a in ATTRIBUTES:
         frame[a] = np.nan
     return frame

@@ -2,7 +2,9 @@
 
     meta.safetensors       the meta-classifier's weights (the soup)
     meta.json              {"config": MetaConfig, "members": [names, in the meta-classifier's input order]};
-                           config.include_probes says whether the meta-classifier reads the members' probes
+                           config.include_probes says whether the meta-classifier reads the members' probes,
+                           config.classes the run's classes (every member's config.json records the same ones):
+                           the columns p_<code> of every prediction (bundles written before it: all 8 codes)
     members/<name>/        each member's model.safetensors and config.json, copied from work/models/<name>/, and
                            its probe.json (medusa.baselines.LinearProbe) when the meta-classifier reads probes
     encoders.json          per encoder key any member reads: family, model, layers, batch_size, batch_seconds,
@@ -56,8 +58,8 @@ from medusa.deepser import DeepSER
 from medusa.encoders import build_encoder, kind_of
 from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
 from medusa.io import sha256_file, write_json
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.members import MODEL_FILES, load_member, read_member_config
+from medusa.labels import ATTRIBUTES, common_classes, target_columns
+from medusa.members import MODEL_FILES, load_member, member_classes, read_member_config
 from medusa.training import autocast
 
 log = logging.getLogger(__name__)
@@ -205,6 +207,7 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
             raise BundleError(f"{folder / 'config.json'}: {len(config['encoders'])} encoders but "
                               f"{len(config['deepser']['input_dims'])} DeepSER inputs")
         configs[name], sources[name] = config, folder
+    _check_classes(meta.cfg.classes, configs, out_dir)
     probes = {name: _read_probe(Path(folder), configs[name])
               for name, folder in sources.items()} if meta.cfg.include_probes else {}
     entries = _encoder_entries(configs, encoders)
@@ -240,14 +243,29 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
     return out_dir
 
 
+def _check_classes(classes: tuple[str, ...], configs: dict[str, dict[str, Any]], where: Path) -> None:
+    """Every member predicts the classes the meta-classifier reads (`classes`, the run's), in the same order; a
+    BundleError naming the members and their classes otherwise."""
+    try:
+        shared = common_classes({f"member {name!r}": member_classes(c) for name, c in configs.items()}, "members")
+    except ValueError as e:
+        raise BundleError(f"{where}: {e}") from None
+    if shared != tuple(classes):
+        raise BundleError(f"{where}: the meta-classifier reads posteriors over the classes {' '.join(classes)}, "
+                          f"its members ({', '.join(configs)}) predict {' '.join(shared)}")
+
+
 def _read_probe(folder: Path, config: dict[str, Any]) -> LinearProbe:
     """The member's linear probe, checked against the member's inputs: it reads the concatenated frame means of
-    the member's encoders, so its width must be the sum of theirs."""
+    the member's encoders, so its width must be the sum of theirs; its outputs are the member's classes."""
     probe = LinearProbe.load(folder)
     width = sum(int(d) for d in config["deepser"]["input_dims"])
     if len(probe.mean) != width or any(len(row) != width for row in probe.coef):
         raise BundleError(f"{folder / PROBE_FILE}: the probe reads {len(probe.mean)} features, but the member's "
                           f"encoders ({', '.join(config['encoders'])}) give {width}; retrain the member")
+    if tuple(probe.outputs) != member_classes(config):
+        raise BundleError(f"{folder / PROBE_FILE}: the probe predicts the classes {' '.join(probe.outputs)}, the "
+                          f"member {' '.join(member_classes(config))}; retrain the member")
     return probe
 
 
@@ -272,6 +290,11 @@ class Member:
     @property
     def input_dims(self) -> list[int]:
         return [int(d) for d in self.config["deepser"]["input_dims"]]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The classes of its class outputs, in order (config.json)."""
+        return member_classes(self.config)
 
     @property
     def amp(self) -> bool:
@@ -325,6 +348,11 @@ class Bundle:
         return [m.name for m in self.members]
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """The run's classes (codes, CODES order): the columns p_<code> of every prediction, in that order."""
+        return self.meta.cfg.classes
+
+    @property
     def encoder_keys(self) -> list[str]:
         """Every encoder key a member reads, in first-use order."""
         return list(dict.fromkeys(k for m in self.members for k in m.encoders))
@@ -354,12 +382,12 @@ class Bundle:
     @torch.no_grad()
     def _member_outputs(self, member: Member, features: Mapping[str, list[np.ndarray]], n: int
                         ) -> tuple[np.ndarray, np.ndarray]:
-        """One member's class probabilities (n, 8) and attributes (n, 3; 1..7 scale), in input order."""
+        """One member's class probabilities (n, C) and attributes (n, 3; 1..7 scale), in input order."""
         seqs = [features[k] for k in member.encoders]
         # length-sorted batches, as training.predict does: little padding (the masks make it harmless anyway)
         lengths = np.asarray([sum(-(-len(s[i]) // p) for s, p in zip(seqs, member.pools)) for i in range(n)])
         order = np.argsort(lengths, kind="stable")
-        probs, attrs = np.zeros((n, len(CODES)), np.float32), np.zeros((n, len(ATTRIBUTES)), np.float32)
+        probs, attrs = np.zeros((n, len(member.classes)), np.float32), np.zeros((n, len(ATTRIBUTES)), np.float32)
         member.model.eval()
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -372,25 +400,25 @@ class Bundle:
 
     def predict_all(self, features: Mapping[str, list[np.ndarray]]
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Ensemble class probabilities (N, 8), the members' (N, M, 8), and the ensemble's attributes (N, 3;
-        1..7 scale) when its meta-classifier predicts them (else None)."""
+        """Ensemble class probabilities (N, C), the members' (N, M, C), and the ensemble's attributes (N, 3;
+        1..7 scale) when its meta-classifier predicts them (else None); C = the bundle's classes, in order."""
         n = self._check_features(features)
-        m = len(self.members)
+        m, c = len(self.members), len(self.classes)
         if n == 0:
-            return np.zeros((0, len(CODES)), np.float32), np.zeros((0, m, len(CODES)), np.float32), None
+            return np.zeros((0, c), np.float32), np.zeros((0, m, c), np.float32), None
         outputs = [self._member_outputs(member, features, n) for member in self.members]
         # each probe on the mean of the member's raw frames, per encoder in the member's order, as fitted
         probe_probs = (np.stack([m.probe.predict_proba(pooled_means([features[k] for k in m.encoders]))
                                  for m in self.members], 1) if self.meta.cfg.include_probes else None)
         stacked = Stacked(utt_ids=np.arange(n), probs=np.stack([p for p, _ in outputs], 1),
                           attributes=np.stack([a for _, a in outputs], 1), labels=np.full(n, None, dtype=object),
-                          probe_probs=probe_probs)
+                          probe_probs=probe_probs, classes=self.classes)
         probs, attrs = meta_predict(self.meta, stacked)
         return probs, stacked.probs, attrs
 
     def predict_features(self, features: Mapping[str, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """From frame sequences per encoder key ((T_i, dim) each, the same utterance order for every key):
-        the ensemble's class probabilities (N, 8) and the members' (N, M, 8), classes in CODES order."""
+        the ensemble's class probabilities (N, C) and the members' (N, M, C), over the bundle's classes in order."""
         probs, member_probs, _ = self.predict_all(features)
         return probs, member_probs
 
@@ -465,8 +493,9 @@ class Bundle:
     def predict_audio(self, paths: list[str | Path], cache_dir: str | Path = "work/cache",
                       device: torch.device | str | None = None) -> pd.DataFrame:
         """Predictions for audio files (16 kHz; several channels are averaged): one row per file with utt_id
-        (the file's stem), path, text (when a member reads transcripts), p_A..p_N, `predicted` (the argmax
-        class code) and, when the meta-classifier predicts them, arousal/valence/dominance (1..7 scale).
+        (the file's stem), path, text (when a member reads transcripts), p_<code> of each of the bundle's classes,
+        `predicted` (the argmax class code among them) and, when the meta-classifier predicts them,
+        arousal/valence/dominance (1..7 scale).
         `device` runs the encoders and ASR (default: the bundle's)."""
         paths = [Path(p) for p in paths]
         audios = [_read_clip(p) for p in paths]
@@ -483,8 +512,8 @@ class Bundle:
         frame = pd.DataFrame({"utt_id": [p.stem for p in paths], "path": [str(p) for p in paths]})
         if texts is not None:
             frame["text"] = texts
-        frame[list(SOFT_TARGET_COLUMNS)] = probs
-        frame["predicted"] = np.asarray(CODES)[probs.argmax(1)] if len(probs) else np.asarray([], dtype=object)
+        frame[list(target_columns(self.classes))] = probs
+        frame["predicted"] = np.asarray(self.classes)[probs.argmax(1)] if len(probs) else np.asarray([], dtype=object)
         if attrs is not None:
             frame[list(ATTRIBUTES)] = attrs
         return frame
@@ -500,11 +529,11 @@ class Bundle:
 def stored_agreement(bundle: Bundle, files: list[str | Path], stored: pd.DataFrame, cache_dir: str | Path = "work/cache"
                      ) -> dict[str, Any]:
     """Score `files` with the bundle in one call and compare with the pipeline's stored posteriors for the same
-    clips (`stored`: utt_id = the file's stem, p_A..p_N), e.g. the ensemble stage's soup posteriors. Batch
-    invariance makes them agree up to float noise; a gap means prediction and pipeline compute features
-    differently."""
+    clips (`stored`: utt_id = the file's stem, p_<code> of the bundle's classes), e.g. the ensemble stage's soup
+    posteriors. Batch invariance makes them agree up to float noise; a gap means prediction and pipeline compute
+    features differently."""
     predicted = bundle.predict_audio(list(files), cache_dir)
-    columns = list(SOFT_TARGET_COLUMNS)
+    columns = list(target_columns(bundle.classes))
     reference = stored.set_index("utt_id").loc[predicted["utt_id"], columns].to_numpy(dtype=np.float64)
     ours = predicted[columns].to_numpy(dtype=np.float64)
     return {"clips": len(predicted), "max_abs_diff": float(np.abs(ours - reference).max()),
@@ -602,6 +631,7 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
     meta = MetaClassifier(cfg)
     meta.load_state_dict(load_file(str(path / "meta.safetensors"), device="cpu"))
     members = [Member(n, *load_member(path / "members" / n, device)) for n in names]
+    _check_classes(cfg.classes, {m.name: m.config for m in members}, path)
     for m in members if cfg.include_probes else []:
         m.probe = _read_probe(path / "members" / m.name, m.config)
     encoders = json.loads((path / "encoders.json").read_text())

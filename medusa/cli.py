@@ -1,6 +1,7 @@
 """`medusa` console entry point.
 
-    medusa demo-corpus OUT_DIR [--params params.yaml]   write the synthetic demo corpus (MSP-Podcast layout)
+    medusa demo-corpus OUT_DIR [--params params.yaml]   write the synthetic demo corpus (MSP-Podcast layout;
+          [--manifest]                                  --manifest: also as a CSV manifest, OUT_DIR/manifest.csv)
     medusa run NOTEBOOK --section NAME [--key KEY]      execute a stage notebook (see medusa.run)
     medusa extract ENCODER --shard I/N                  extract one shard of an encoder's features (one machine
                                                         or GPU per shard), then
@@ -8,6 +9,9 @@
     medusa predict BUNDLE AUDIO... [--out CSV]          emotion probabilities of audio files from a predict
           [--allow-version-mismatch]                    bundle (medusa.bundle); refuses other library versions
                                                         than those that made its features unless allowed
+    medusa evaluate BUNDLE CORPUS [--label-map W=C ...] a bundle scored on another corpus's labelled rows (a CSV
+          [--splits S ...] [--out metrics.json]         manifest or an MSP-layout folder; medusa.evaluate)
+          [--figure confusion.png] [--predictions CSV]
 """
 from __future__ import annotations
 
@@ -25,6 +29,70 @@ def _demo_corpus(args: argparse.Namespace) -> int:
     counts = build_demo_corpus(args.out_dir, params)
     print(f"wrote {sum(counts.values())} utterances to {args.out_dir} ({counts}); "
           f"digest {tree_digest(args.out_dir)[:16]}")
+    if args.manifest:
+        from pathlib import Path
+
+        from medusa.corpora.csv_manifest import write_manifest_csv
+
+        out = write_manifest_csv(args.out_dir, Path(args.out_dir) / "manifest.csv")
+        print(f"wrote the CSV manifest {out} (prepare.corpus: {out})")
+    return 0
+
+
+def _label_map(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        word, sep, code = pair.partition("=")
+        if not sep or not word.strip() or not code.strip():
+            raise ParamsError(f"--label-map takes WORD=CODE (e.g. boredom=O), got {pair!r}")
+        out[word.strip()] = code.strip()
+    return out
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medusa import plots
+    from medusa.audio import AudioError
+    from medusa.batches import pick_device
+    from medusa.bundle import BundleError, load_bundle
+    from medusa.corpora.msp_podcast import CorpusError
+    from medusa.evaluate import evaluate
+    from medusa.io import atomic_path, write_json
+
+    try:
+        bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
+        result = evaluate(bundle, args.corpus, _label_map(args.label_map), args.splits, args.audio_cache,
+                          args.cache_dir, args.skip_bad_audio, args.seed, args.bootstrap)
+    except (BundleError, AudioError, CorpusError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = result.metrics
+    if m["n"]:
+        low, high = m["balanced_macro_f1_ci95"]
+        print(f"{m['n']} utterances over {' '.join(m['classes'])}: balanced macro-F1 {m['balanced_macro_f1']:.3f} "
+              f"[{low:.3f}, {high:.3f}], macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}")
+        print("per-class F1: " + ", ".join(f"{c} {v:.3f}" for c, v in m["per_class_f1"].items()))
+    for label, info in m["not_scored"].items():
+        print(f"not scored: {info['utterances']} rows labelled {label} (not one of the bundle's classes); "
+              f"predicted {info['predicted']}")
+    if m["skipped_audio"]:
+        print(f"skipped {len(m['skipped_audio'])} unusable audio files (listed in the metrics)")
+    if args.out:
+        write_json(m, args.out)
+        print(f"wrote {args.out}")
+    figure = args.figure or (str(Path(args.out).with_name(Path(args.out).stem + "_confusion.png")) if args.out else None)
+    if figure and m["n"]:
+        scored = result.predictions[result.predictions["label"].isin(m["classes"])]
+        fig = plots.confusion_matrix(scored["label"], scored["predicted"], tuple(m["classes"]),
+                                     f"{Path(args.bundle).name} on {Path(args.corpus).name}")
+        with atomic_path(figure) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        print(f"wrote {figure}")
+    if args.predictions:
+        with atomic_path(args.predictions) as tmp:
+            result.predictions.to_csv(tmp, index=False)
+        print(f"wrote {args.predictions}")
     return 0
 
 
@@ -101,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo-corpus", help="write the synthetic demo corpus in the MSP-Podcast layout")
     demo.add_argument("out_dir")
     demo.add_argument("--params", default=str(PARAMS_FILE), help="params file with a demo_corpus section")
+    demo.add_argument("--manifest", action="store_true", help="also write OUT_DIR/manifest.csv (the CSV form)")
     demo.set_defaults(func=_demo_corpus)
     sub.add_parser("run", help="execute a stage notebook (medusa run --help)")
     ext = sub.add_parser("extract", help="extract one shard of an encoder's features, or merge the shards")
@@ -121,6 +190,24 @@ def main(argv: list[str] | None = None) -> int:
                       help="score even if the installed transformers/openai-whisper/opensmile differ (major.minor) "
                            "from those that made the members' features")
     pred.set_defaults(func=_predict)
+    ev = sub.add_parser("evaluate", help="score a bundle on another corpus's labelled rows (cross-corpus)")
+    ev.add_argument("bundle", help="a bundle folder (e.g. work/bundle)")
+    ev.add_argument("corpus", help="a CSV manifest or a folder in the MSP-Podcast layout")
+    ev.add_argument("--label-map", nargs="+", action="extend", default=[], metavar="WORD=CODE",
+                    help="labels that are not class codes or names, e.g. boredom=O calm=N")
+    ev.add_argument("--splits", nargs="+", action="extend", help="only rows of these CSV `split` values (or MSP "
+                    "Split_Sets)")
+    ev.add_argument("--out", help="write the metrics to this JSON file (and the confusion matrix beside it)")
+    ev.add_argument("--figure", help="write the confusion matrix to this PNG (default: beside --out)")
+    ev.add_argument("--predictions", help="write every row's prediction to this CSV")
+    ev.add_argument("--skip-bad-audio", action="store_true", help="list and skip unusable audio instead of stopping")
+    ev.add_argument("--audio-cache", default="work/cache/audio", help="where audio converted to 16 kHz mono is kept")
+    ev.add_argument("--cache-dir", default="work/cache", help="converted model checkpoints (e.g. the demo Whisper)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples behind the interval")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the 95 %% interval")
+    ev.add_argument("--allow-version-mismatch", action="store_true")
+    ev.set_defaults(func=_evaluate)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from medusa.feature_store import FeatureStore
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.labels import ATTRIBUTES, classes_of, target_columns
 
 ATTRIBUTE_RANGE = (1.0, 7.0)  # MSP-Podcast ratings; scaled to [0, 1] for the MSE term
 
@@ -76,7 +76,7 @@ def batch_from_arrays(sequences_per_modality: list[list[np.ndarray]], pools: lis
 class Batch:
     xs: list[torch.Tensor]        # per modality (B, T_m, D_m) float32
     masks: list[torch.Tensor]     # per modality (B, T_m) bool, True on real frames
-    targets: torch.Tensor         # (B, 8) soft targets (or one-hot)
+    targets: torch.Tensor         # (B, C) soft targets (or one-hot) over the run's C classes
     attributes: torch.Tensor      # (B, 3) scaled to [0, 1]; NaN where unknown
     utt_ids: list[str]
 
@@ -84,15 +84,19 @@ class Batch:
 class FeatureDataset:
     """Utterances of the manifest rows given, with features of several stores (one per modality).
 
+    The run's classes (`classes`) are those whose p_<code> column the rows hold (medusa.labels.classes_of: the
+    manifest holds exactly the run's); targets have one column per class, in that order.
+
     Training targets (`targets`, one row per utterance; `has_target` says which rows have one):
-    - soft (default): the vote distribution p_A..p_N. Rows whose votes are all `Other-...` (or that have no
-      annotator rows) have none (NaN). X and O rows with class votes keep theirs: the paper's point (section
-      3.2) is that they carry information a consensus label throws away.
-    - one_hot (Table 2's ablation, the standard training of the field): the consensus class. X and O rows name
-      no class, and rows without class votes are left out too, so that the one-hot run trains on exactly the
-      rows a conventional recipe would. Rows without a target hold NaN, never an all-zero row: an all-zero
-      target would still train the attribute head and dilute the batch's cross-entropy, and a NaN that slipped
-      into a batch shows up as a non-finite loss instead of a silently different training.
+    - soft (default): the vote distribution over the run's classes (the manifest's p_ columns). Rows whose votes
+      are all `Other-...` (or that have no annotator rows) have none (NaN). X and O rows with class votes keep
+      theirs: the paper's point (section 3.2) is that they carry information a consensus label throws away.
+    - one_hot (Table 2's ablation, the standard training of the field): the consensus class. X and O rows, and a
+      consensus that is not one of the run's classes, name no class; rows without class votes are left out too,
+      so that the one-hot run trains on exactly the rows a conventional recipe would. Rows without a target
+      hold NaN, never an all-zero row: an all-zero target would still train the attribute head and dilute the
+      batch's cross-entropy, and a NaN that slipped into a batch shows up as a non-finite loss instead of a
+      silently different training.
     """
 
     def __init__(self, rows: pd.DataFrame, stores: list[FeatureStore], pools: list[int], one_hot: bool = False):
@@ -107,12 +111,13 @@ class FeatureDataset:
         self.stores, self.pools = stores, pools
         self.one_hot = one_hot
         self.labels = self.rows["label"].to_numpy()
-        soft = self.rows[list(SOFT_TARGET_COLUMNS)].to_numpy(dtype=np.float32)
+        self.classes = classes_of(self.rows)
+        soft = self.rows[list(target_columns(self.classes))].to_numpy(dtype=np.float32)
         has_votes = ~np.isnan(soft).any(1)
         if one_hot:  # the ablation: the consensus class as a one-hot target
-            in_class = np.isin(self.labels, CODES)
+            in_class = np.isin(self.labels, self.classes)
             self.has_target = in_class & has_votes
-            self.targets = (self.labels[:, None] == np.asarray(CODES)[None, :]).astype(np.float32)
+            self.targets = (self.labels[:, None] == np.asarray(self.classes)[None, :]).astype(np.float32)
             self.targets[~self.has_target] = np.nan
         else:
             self.has_target = has_votes

@@ -8,7 +8,7 @@ DeepSER (Algorithm 2), N modalities:
     fusion ENC f1 over the time-concatenation of all h_first_m -> keep its h_last (a sequence)
     fusion ENC f2 over the concatenation of all h_last_m and f1's h_last -> keep its pooled vector
     x = W(concat(pooled_1 .. pooled_N, f2 pooled))          (the point where Manifold MixUp mixes)
-    class logits = W_c(ReLU(x)), attributes = W_r(ReLU(x))
+    class logits = W_c(ReLU(x)) (one per class of the run), attributes = W_r(ReLU(x))
 The late-fusion variant (Table 2's ablation) keeps only the unimodal ENCs: x = W(concat(pooled_m)).
 
 Masks are boolean (B, T) with True on real frames. Every attention gets the key-padding mask and pooling
@@ -41,7 +41,7 @@ class DeepSERConfig:
     dropout: float
     ff_mult: int                       # feed-forward width = ff_mult * hidden
     fusion: Literal["deep", "late"]
-    n_classes: int = len(CODES)
+    n_classes: int = len(CODES)        # the run's classes (members.train_member sets it from the manifest)
     n_attributes: int = len(ATTRIBUTES)
     extra: dict = field(default_factory=dict)  # free-form notes kept with the config (e.g. encoder names)
 

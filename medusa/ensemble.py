@@ -5,14 +5,15 @@ trains on the members' posteriors of `dev` (utterances no member trained on); ev
 `test`, which neither level saw. (The members' epochs were chosen on dev, so dev posteriors are slightly more
 confident than unseen ones; training the meta level on them is the paper's setting, and test stays clean.)
 
-Meta-classifier input: the concatenated class posteriors of the chosen members, in member order (M x 8
-values), as in the paper ("a meta-classifier learns to combine the posterior distributions of individual
-classifiers"); `attributes_in` also feeds their attribute predictions (M x 3 more; off in both presets), and
-`include_probes` (beyond the paper) the posteriors of each member's linear probe (M x 8 more, read from the
+Meta-classifier input: the concatenated class posteriors of the chosen members, in member order (M x C
+values, C = the run's classes: the manifest's p_ columns, which every member's posteriors share), as in the
+paper ("a meta-classifier learns to combine the posterior distributions of individual classifiers");
+`attributes_in` also feeds their attribute predictions (M x 3 more; off in both presets), and
+`include_probes` (beyond the paper) the posteriors of each member's linear probe (M x C more, read from the
 member's probe_posteriors.parquet; medusa.baselines), so that MEDUSA can fall back on its best probe. The blocks
 follow each other in that order (INPUT_BLOCKS), each one member after member; the predict bundle stacks new audio
 through the same `meta_inputs`. Output:
-8 class logits and, when mse_weight > 0 (`attributes_out`), 3 attributes; loss = ce_weight * soft-target CE +
+C class logits and, when mse_weight > 0 (`attributes_out`), 3 attributes; loss = ce_weight * soft-target CE +
 mse_weight * attribute MSE (the paper's eq. (1)). The two attribute switches are independent. Each epoch draws a
 class-balanced subset of dev (stage 2's sampling, uniform class weights); AdamW; no MixUp. A fixed number of
 epochs, as no split is left for selection. The soup averages the weights of `seeds` runs.
@@ -37,39 +38,46 @@ from torch import Tensor, nn
 
 from medusa.dataset import scale_attributes, unscale_attributes
 from medusa.deepser import soft_cross_entropy
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, balanced_epoch
+from medusa.labels import ATTRIBUTES, CODES, balanced_epoch, classes_of, common_classes, target_columns
 from medusa.members import PROBE_POSTERIORS
 from medusa.metrics import (accuracy, balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval,
                             run_classes, stratified_bootstrap_indices)
 
-N_CLASSES, N_ATTRIBUTES = len(CODES), len(ATTRIBUTES)
+N_ATTRIBUTES = len(ATTRIBUTES)
 
 
 @dataclass
 class Stacked:
     """The members' outputs on one split, aligned on utt_id."""
     utt_ids: np.ndarray
-    probs: np.ndarray        # (N, M, 8)
+    probs: np.ndarray        # (N, M, C) over `classes`
     attributes: np.ndarray   # (N, M, 3), 1..7 scale
     labels: np.ndarray       # (N,) consensus codes (None for blind)
-    probe_probs: np.ndarray | None = None   # (N, M, 8): each member's linear probe, when its posteriors were read
+    probe_probs: np.ndarray | None = None   # (N, M, C): each member's linear probe, when its posteriors were read
+    classes: tuple[str, ...] = CODES         # the run's classes, in the order of the last axis of probs
 
 
 def stack(posteriors: dict[str, pd.DataFrame], split: str, probes: dict[str, pd.DataFrame] | None = None
           ) -> Stacked:
-    """Align the members' posteriors of `split` (every member must score the same utterances) and, with `probes`
-    ({member: its probe's posteriors}, read_probe_posteriors), their probes' posteriors of the same utterances."""
+    """Align the members' posteriors of `split` (every member must score the same utterances, over the same
+    classes) and, with `probes` ({member: its probe's posteriors}, read_probe_posteriors), their probes'
+    posteriors of the same utterances."""
     frames = {name: f[f["split"] == split].set_index("utt_id") for name, f in posteriors.items()}
+    found = {f"member {name!r}": classes_of(f) for name, f in frames.items()}
+    if probes is not None:
+        found.update({f"the probe of {name!r}": classes_of(probes[name]) for name in frames if name in probes})
+    classes = common_classes(found, "members' posteriors")
+    columns = list(target_columns(classes))
     first = next(iter(frames.values()))
     ids = first.index.to_numpy()
     for name, f in frames.items():
         if set(f.index) != set(ids):
             raise ValueError(f"member {name!r} scores other {split} utterances than {next(iter(frames))!r}")
-    probs = np.stack([f.loc[ids, list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32) for f in frames.values()], 1)
+    probs = np.stack([f.loc[ids, columns].to_numpy(np.float32) for f in frames.values()], 1)
     attrs = np.stack([f.loc[ids, list(ATTRIBUTES)].to_numpy(np.float32) for f in frames.values()], 1)
     probe_probs = None
     if probes is not None:
-        columns = []
+        probe_columns = []
         for name in frames:
             if name not in probes:
                 raise KeyError(f"no probe posteriors for member {name!r} (have: {', '.join(probes) or 'none'})")
@@ -78,13 +86,14 @@ def stack(posteriors: dict[str, pd.DataFrame], split: str, probes: dict[str, pd.
             if len(missing):
                 raise ValueError(f"the probe of member {name!r} does not score {len(missing)} of its {split} "
                                  f"utterances (e.g. {missing[0]}); retrain it: dvc repro train@{name}")
-            columns.append(f.loc[ids, list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32))
-        probe_probs = np.stack(columns, 1)
-    return Stacked(ids, probs, attrs, first.loc[ids, "label"].to_numpy(), probe_probs)
+            probe_columns.append(f.loc[ids, columns].to_numpy(np.float32))
+        probe_probs = np.stack(probe_columns, 1)
+    return Stacked(ids, probs, attrs, first.loc[ids, "label"].to_numpy(), probe_probs, classes)
 
 
 def read_probe_posteriors(names: list[str], models_root: str | Path) -> dict[str, pd.DataFrame]:
-    """{member: its linear probe's posteriors (utt_id, split, label, p_A..p_N)} from models_root/<member>/."""
+    """{member: its linear probe's posteriors (utt_id, split, label, p_<code> per class)} from
+    models_root/<member>/."""
     out = {}
     for name in names:
         path = Path(models_root) / name / PROBE_POSTERIORS
@@ -93,7 +102,9 @@ def read_probe_posteriors(names: list[str], models_root: str | Path) -> dict[str
                                     f"missing; trained by an older version of medusa); retrain it: dvc repro "
                                     f"train@{name}")
         frame = pd.read_parquet(path)
-        missing = [c for c in ("utt_id", "split", "label", *SOFT_TARGET_COLUMNS) if c not in frame]
+        missing = [c for c in ("utt_id", "split", "label") if c not in frame]
+        if not any(c.startswith("p_") for c in frame.columns):
+            missing.append("p_<code>")
         if missing:
             raise ValueError(f"{path}: no column(s) {', '.join(missing)}; retrain it: dvc repro train@{name}")
         out[name] = frame
@@ -102,7 +113,7 @@ def read_probe_posteriors(names: list[str], models_root: str | Path) -> dict[str
 
 def majority_vote(probs: np.ndarray) -> np.ndarray:
     """Hard voting: each member votes its argmax; the most-voted class wins; a tie goes to the tied class
-    with the highest mean posterior. probs (N, M, 8) -> class indices (N,)."""
+    with the highest mean posterior. probs (N, M, C) -> class indices (N,) into the C classes."""
     votes = np.zeros((probs.shape[0], probs.shape[2]))
     np.add.at(votes, (np.arange(len(probs))[:, None], probs.argmax(2)), 1)
     tie_break = probs.mean(1) / 2  # < 1: only decides between classes with equal votes
@@ -110,7 +121,7 @@ def majority_vote(probs: np.ndarray) -> np.ndarray:
 
 
 def soft_vote(probs: np.ndarray) -> np.ndarray:
-    """Soft voting: argmax of the mean posterior. (N, M, 8) -> (N,)."""
+    """Soft voting: argmax of the mean posterior. (N, M, C) -> (N,)."""
     return probs.mean(1).argmax(1)
 
 
@@ -128,11 +139,15 @@ class MetaConfig:
     ce_weight: float = 1.5
     mse_weight: float = 0.4
     seed: int = 0
+    #: The run's classes: the class outputs, and the posteriors read from each member. Bundles saved before
+    #: it was recorded predict all 8 codes.
+    classes: tuple[str, ...] = CODES
     #: The former single switch (attributes in *and* out), still read from bundles saved before the split so
     #: that their meta.json keeps loading with the same shapes; not a field, so asdict never writes it again.
     use_attributes: InitVar[bool | None] = None
 
     def __post_init__(self, use_attributes: bool | None) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))  # meta.json holds a list
         if use_attributes is not None:
             object.__setattr__(self, "attributes_in", bool(use_attributes))
             object.__setattr__(self, "attributes_out", bool(use_attributes))
@@ -145,15 +160,17 @@ class MetaConfig:
 
 
 #: The meta-classifier's input blocks, in order: (block, the MetaConfig switch that puts it in (None: always),
-#: its values per member). Appending blocks at the end keeps the columns of models trained without them.
-INPUT_BLOCKS = (("posteriors", None, SOFT_TARGET_COLUMNS),
-                ("attributes", "attributes_in", ATTRIBUTES),
-                ("probe posteriors", "include_probes", SOFT_TARGET_COLUMNS))
+#: its values per member, from the config: posteriors are over the run's classes). Appending blocks at the end
+#: keeps the columns of models trained without them.
+INPUT_BLOCKS = (("posteriors", None, lambda cfg: target_columns(cfg.classes)),
+                ("attributes", "attributes_in", lambda cfg: ATTRIBUTES),
+                ("probe posteriors", "include_probes", lambda cfg: target_columns(cfg.classes)))
 
 
 def input_blocks(cfg: MetaConfig) -> list[tuple[str, tuple[str, ...]]]:
     """The blocks `cfg` feeds, in input order: [(block, its columns per member)]."""
-    return [(block, columns) for block, switch, columns in INPUT_BLOCKS if switch is None or getattr(cfg, switch)]
+    return [(block, columns(cfg)) for block, switch, columns in INPUT_BLOCKS
+            if switch is None or getattr(cfg, switch)]
 
 
 def input_names(cfg: MetaConfig, members: list[str]) -> list[str]:
@@ -166,15 +183,15 @@ class MetaClassifier(nn.Module):
     def __init__(self, cfg: MetaConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        n_out = N_CLASSES + (N_ATTRIBUTES if cfg.attributes_out else 0)
+        n_out = len(cfg.classes) + (N_ATTRIBUTES if cfg.attributes_out else 0)
         if cfg.hidden:
             self.net = nn.Sequential(nn.Linear(cfg.n_inputs, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_out))
         else:
             self.net = nn.Linear(cfg.n_inputs, n_out)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        out = self.net(x)
-        return out[:, :N_CLASSES], (out[:, N_CLASSES:] if self.cfg.attributes_out else None)
+        out, n_classes = self.net(x), len(self.cfg.classes)
+        return out[:, :n_classes], (out[:, n_classes:] if self.cfg.attributes_out else None)
 
 
 def meta_inputs(stacked: Stacked, cfg: MetaConfig) -> np.ndarray:
@@ -186,6 +203,9 @@ def meta_inputs(stacked: Stacked, cfg: MetaConfig) -> np.ndarray:
                              "were stacked: pass them (read_probe_posteriors) to stack / run_subset")
         return stacked.probe_probs
 
+    if stacked.classes != cfg.classes:
+        raise ValueError(f"the meta-classifier reads posteriors over the classes {' '.join(cfg.classes)}, the "
+                         f"members' are over {' '.join(stacked.classes)}")
     values = {"posteriors": lambda: stacked.probs, "attributes": lambda: scale_attributes(stacked.attributes),
               "probe posteriors": probe_block}
     n = len(stacked.probs)
@@ -199,12 +219,16 @@ def meta_inputs(stacked: Stacked, cfg: MetaConfig) -> np.ndarray:
     return np.concatenate(parts, 1).astype(np.float32)
 
 
-def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
-               classes: tuple[str, ...] = CODES) -> MetaClassifier:
-    """Stage 3 on `stacked` (dev): soft `targets` (N, 8), `attributes` (N, 3) on the 1..7 scale (NaN = unrated).
-    Only utterances whose consensus is one of `classes` (the run's) and that have a target (class votes) are
-    drawn, class-balanced, afresh every epoch: a row without votes has NaN targets, and one NaN in a batch would
-    turn every weight of the soup into NaN. A loss that is not finite stops with the batch's utterances named."""
+def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig) -> MetaClassifier:
+    """Stage 3 on `stacked` (dev): soft `targets` (N, C) over cfg.classes (the run's), `attributes` (N, 3) on the
+    1..7 scale (NaN = unrated: the MSE term reads rated rows only, and none when no row is rated). Only utterances
+    whose consensus is one of the run's classes and that have a target (class votes) are drawn, class-balanced,
+    afresh every epoch: a row without votes has NaN targets, and one NaN in a batch would turn every weight of
+    the soup into NaN. A loss that is not finite stops with the batch's utterances named."""
+    classes = cfg.classes
+    if np.shape(targets) != (len(stacked.probs), len(classes)):
+        raise ValueError(f"targets of shape {np.shape(targets)}, expected ({len(stacked.probs)}, {len(classes)}): "
+                         f"one column per class of the run ({' '.join(classes)})")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = MetaClassifier(cfg)
@@ -218,7 +242,7 @@ def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cf
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     for _ in range(cfg.epochs):
-        rows = pool[balanced_epoch(stacked.labels[pool], rng)]
+        rows = pool[balanced_epoch(stacked.labels[pool], rng, classes=classes)]
         for start in range(0, len(rows), cfg.batch_size):
             idx = torch.from_numpy(rows[start:start + cfg.batch_size])
             logits, pred_a = model(x[idx])
@@ -247,7 +271,8 @@ def soup(models: list[MetaClassifier]) -> MetaClassifier:
 
 
 def meta_predict(model: MetaClassifier, stacked: Stacked) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class probabilities (N, 8) and, if the model has them, attributes (N, 3) on the 1..7 scale."""
+    """Class probabilities (N, C) over model.cfg.classes and, if the model has them, attributes (N, 3) on the
+    1..7 scale."""
     with torch.no_grad():
         logits, attrs = model(torch.from_numpy(meta_inputs(stacked, model.cfg)))
     return torch.softmax(logits, -1).numpy(), (unscale_attributes(attrs.numpy()) if attrs is not None else None)
@@ -293,7 +318,7 @@ BEST_PROBE = "best probe"
 
 def probe_dev_scores(dev: Stacked, members: list[str], classes: tuple[str, ...]) -> dict[str, float]:
     """Each member's probe's balanced macro-F1 on dev (over `classes`): the score the best probe is chosen by."""
-    return {m: balanced_macro_f1(dev.labels, np.asarray(CODES)[dev.probe_probs[:, i].argmax(1)], classes)
+    return {m: balanced_macro_f1(dev.labels, np.asarray(dev.classes)[dev.probe_probs[:, i].argmax(1)], classes)
             for i, m in enumerate(members)}
 
 
@@ -310,14 +335,17 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
     chosen_probes = None if probes is None else {m: probes[m] for m in members}
     dev, test = stack(chosen, "dev", chosen_probes), stack(chosen, "test", chosen_probes)
     assert_no_leakage(manifest, dev.utt_ids)
-    truth = manifest.set_index("utt_id").loc[dev.utt_ids]
-    targets = truth[list(SOFT_TARGET_COLUMNS)].to_numpy(np.float32)
-    attributes = truth[list(ATTRIBUTES)].to_numpy(np.float32)
-    cfg = MetaConfig(**{**asdict(cfg), "n_models": len(members)})
     classes = run_classes(manifest)
+    if dev.classes != classes:
+        raise ValueError(f"the members' posteriors are over the classes {' '.join(dev.classes)}, the manifest's run "
+                         f"over {' '.join(classes)}: retrain the members on this manifest")
+    truth = manifest.set_index("utt_id").loc[dev.utt_ids]
+    targets = truth[list(target_columns(classes))].to_numpy(np.float32)
+    attributes = truth[list(ATTRIBUTES)].to_numpy(np.float32)
+    cfg = MetaConfig(**{**asdict(cfg), "n_models": len(members), "classes": classes})
 
     def seeded_runs(c: MetaConfig) -> list[MetaClassifier]:
-        return [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(c), "seed": s}), classes) for s in seeds]
+        return [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(c), "seed": s})) for s in seeds]
 
     runs = seeded_runs(cfg)
     mixed = soup(runs)
@@ -346,7 +374,7 @@ def technique_table(results: dict[str, SubsetResult], bootstrap: int = 1000, see
     for subset, r in results.items():
         keep = np.isin(r.test.labels, r.classes)
         truth = r.test.labels[keep]
-        named = lambda idx: np.asarray(CODES)[idx][keep]  # noqa: E731
+        named = lambda idx: np.asarray(r.classes)[idx][keep]  # noqa: E731
         indices = stratified_bootstrap_indices(truth, bootstrap, seed)
         for technique, idx in r.predictions.items():
             runs = [named(run) for run in (r.single_runs if technique == "meta-classifier (single)" else [idx])]
@@ -372,13 +400,14 @@ def member_class_weights(meta: MetaClassifier, members: list[str]) -> pd.DataFra
     each member (and probe) is trusted for each class."""
     if meta.cfg.hidden:
         raise ValueError("per-member weights are defined for the linear meta-classifier (hidden: 0) only")
-    w = meta.net.weight.detach().numpy()[:N_CLASSES]
+    classes = meta.cfg.classes
+    w = meta.net.weight.detach().numpy()[:len(classes)]
     column = {name: i for i, name in enumerate(input_names(meta.cfg, members))}
     sources = [(m, f"{m} ") for m in members]
     if meta.cfg.include_probes:
         sources += [(f"{m} (probe)", f"{m} probe ") for m in members]
-    diag = [[w[k, column[prefix + c]] for k, c in enumerate(SOFT_TARGET_COLUMNS)] for _, prefix in sources]
-    return pd.DataFrame(np.asarray(diag), index=[row for row, _ in sources], columns=list(CODES))
+    diag = [[w[k, column[prefix + c]] for k, c in enumerate(target_columns(classes))] for _, prefix in sources]
+    return pd.DataFrame(np.asarray(diag), index=[row for row, _ in sources], columns=list(classes))
 
 
 def member_table(names: list[str], models_root) -> pd.DataFrame:
@@ -429,7 +458,8 @@ def headline(table: pd.DataFrame, members: pd.DataFrame, subset: str) -> dict[st
 
 def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResult, splits=("test", "blind"),
                         probes: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """The soup's posteriors (utt_id, split, label, p_A..p_N and, with attributes, arousal..dominance); `probes`
+    """The soup's posteriors (utt_id, split, label, p_<code> of each of the run's classes and, with attributes,
+    arousal..dominance; NaN without); `probes`
     (the members' probe posteriors) are needed when the soup reads them (include_probes)."""
     frames = []
     chosen = {m: posteriors[m] for m in result.members}
@@ -440,7 +470,7 @@ def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResul
         s = stack(chosen, split, chosen_probes)
         probs, attrs = meta_predict(result.soup, s)
         frame = pd.DataFrame({"utt_id": s.utt_ids, "split": split, "label": s.labels})
-        frame[list(SOFT_TARGET_COLUMNS)] = probs
+        frame[list(target_columns(result.soup.cfg.classes))] = probs
         frame[list(ATTRIBUTES)] = attrs if attrs is not None else np.nan
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

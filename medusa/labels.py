@@ -35,6 +35,19 @@ def classes_of(frame) -> tuple[str, ...]:
     return found
 
 
+def common_classes(classes: dict[str, tuple[str, ...]], what: str) -> tuple[str, ...]:
+    """The one class list shared by every entry of `classes` ({name: its classes}, e.g. an ensemble's members);
+    ValueError naming each entry with its classes when they differ (`what` names the entries in the message).
+    Posteriors over other classes cannot be stacked or compared column by column."""
+    if not classes:
+        raise ValueError(f"no {what} to take the classes of")
+    if len(set(classes.values())) > 1:
+        listed = "; ".join(f"{name}: {' '.join(c)}" for name, c in classes.items())
+        raise ValueError(f"the {what} are over different classes ({listed}); they must all come from one run "
+                         "(the same manifest): retrain those of another run")
+    return next(iter(classes.values()))
+
+
 #: Emotional attributes (MSP-Podcast EmoAct, EmoVal, EmoDom), rated 1..7.
 ATTRIBUTES: tuple[str, ...] = ("arousal", "valence", "dominance")
 

@@ -5,10 +5,12 @@ load without pickle:
 
     model.safetensors     the weights selected on dev (balanced macro-F1), with the input standardisation
     config.json           the resolved configuration: encoders with their feature-store metadata, time pooling,
-                          DeepSER architecture, training recipe, seed, targets
+                          DeepSER architecture, training recipe, seed, targets, and `classes`: the run's classes
+                          (the manifest's p_ columns), in the order of the model's class outputs
     history.json          per epoch: stage, epoch, mean training loss, dev balanced macro-F1, utterances seen,
                           optimizer steps so far, test balanced macro-F1 (recorded to diagnose the selection; it never drives it)
-    posteriors.parquet    utt_id, split, label, p_A..p_N (class probabilities), arousal, valence, dominance
+    posteriors.parquet    utt_id, split, label, p_<code> of each of the run's classes (class probabilities),
+                          arousal, valence, dominance
                           (predicted, on the 1..7 scale) for every dev, test and blind utterance
     metrics.json          test-split scores (medusa.metrics.classification_scores), attribute CCC, the dev
                           selection score and where it was reached, and `train_rows`: how many training
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from medusa.dataset import FeatureDataset, input_statistics, unscale_attributes
 from medusa.deepser import DeepSER, DeepSERConfig, count_parameters
 from medusa.feature_store import FeatureStore
 from medusa.io import write_json, write_parquet
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.labels import ATTRIBUTES, CODES, classes_of, target_columns
 from medusa.metrics import ccc, classification_scores, run_classes
 from medusa.params import ModelParams, TrainParams, resolve_train
 from medusa.training import TrainConfig, predict, train_deepser, training_rows
@@ -105,14 +107,17 @@ def split_datasets(spec: MemberSpec, manifest: pd.DataFrame, stores: list[Featur
 
 
 def posteriors_frame(data: FeatureDataset, probs: np.ndarray, attrs: np.ndarray) -> pd.DataFrame:
+    """utt_id, split, label, p_<code> of each of the run's classes (`data.classes`), attributes (1..7 scale)."""
     frame = data.rows[["utt_id", "split", "label"]].copy()
-    frame[list(SOFT_TARGET_COLUMNS)] = probs
+    frame[list(target_columns(data.classes))] = probs
     frame[list(ATTRIBUTES)] = unscale_attributes(attrs)
     return frame.reset_index(drop=True)
 
 
 def predicted_labels(posteriors: pd.DataFrame) -> np.ndarray:
-    return np.asarray(CODES)[posteriors[list(SOFT_TARGET_COLUMNS)].to_numpy().argmax(1)]
+    """The argmax class code of every row of a posteriors frame, among the classes it holds columns for."""
+    classes = classes_of(posteriors)
+    return np.asarray(classes)[posteriors[list(target_columns(classes))].to_numpy().argmax(1)]
 
 
 def attribute_ccc(truth: pd.DataFrame, posteriors: pd.DataFrame) -> dict[str, float]:
@@ -136,8 +141,9 @@ def classification_scores_of(posteriors: pd.DataFrame, split: str, classes: tupl
 
 def score_test_split(manifest: pd.DataFrame, posteriors: pd.DataFrame, seed: int, bootstrap: int = 1000
                      ) -> dict[str, Any]:
-    """Scores of a member's (or any model's) posteriors on the test split, over the run's classes (those
-    labelling a training row of `manifest`), attribute CCC included."""
+    """Scores of a member's (or any model's) posteriors on the test split, over the run's classes (the
+    manifest's p_ columns), attribute CCC included (NaN, null on disk, for an attribute rated on fewer than 2
+    test utterances, e.g. a corpus without attribute ratings)."""
     scores = classification_scores_of(posteriors, "test", run_classes(manifest), seed, bootstrap)
     test = posteriors[posteriors["split"] == "test"]
     return {**scores, "ccc": attribute_ccc(manifest[manifest["split"] == "test"], test)}
@@ -156,6 +162,9 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     for split in ("train", "dev"):
         if split not in data:
             raise ValueError(f"model {spec.name!r}: the manifest has no {split!r} utterances")
+    classes = run_classes(manifest)
+    # one class output per class of the run (the manifest's p_ columns); config.json records them
+    spec = replace(spec, deepser=replace(spec.deepser, n_classes=len(classes)))
     torch.manual_seed(spec.train.seed)  # the initial weights come from the seed too
     model = DeepSER(spec.deepser)
     if spec.train.standardise:  # the training split's statistics, kept in the weights (medusa.deepser.Standardise)
@@ -176,7 +185,7 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     probe_frame = probe_posteriors(probe, manifest[manifest["split"].isin(SCORED_SPLITS)], stores)
     metrics = {"test": score_test_split(manifest, posteriors, spec.train.seed)
                if "test" in data else None,
-               "probe_test": classification_scores_of(probe_frame, "test", run_classes(manifest), spec.train.seed)
+               "probe_test": classification_scores_of(probe_frame, "test", classes, spec.train.seed)
                if "test" in data else None,
                "dev_balanced_macro_f1": best["score"], "best_stage": best["stage"], "best_epoch": best["epoch"],
                "parameters": count_parameters(model),
@@ -188,7 +197,7 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     partial.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(partial / "model.safetensors"))
-    write_json({**spec.to_dict(), "feature_stores": stores_meta}, partial / "config.json")
+    write_json({**spec.to_dict(), "classes": list(classes), "feature_stores": stores_meta}, partial / "config.json")
     write_json(history, partial / "history.json")
     write_parquet(posteriors, partial / "posteriors.parquet")
     probe.save(partial)
@@ -215,10 +224,28 @@ def read_member_config(folder: str | Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text())
 
 
+def member_classes(config: dict[str, Any]) -> tuple[str, ...]:
+    """The classes of a member's class outputs, in order, from its config.json (`classes`; members trained
+    before configs recorded them predict all 8 CODES). ValueError if they are not distinct codes in CODES order,
+    one per class output of its DeepSER."""
+    classes = tuple(config.get("classes", CODES))
+    outputs = int(config["deepser"].get("n_classes", len(CODES)))
+    if list(classes) != [c for c in CODES if c in classes]:  # an unknown code, a repeat or another order
+        raise ValueError(f"classes {list(classes)} are not distinct class codes in the order {' '.join(CODES)}")
+    if len(classes) != outputs:
+        raise ValueError(f"{len(classes)} classes ({' '.join(classes)}) but the model has {outputs} class outputs")
+    return classes
+
+
 def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DeepSER, dict[str, Any]]:
-    """The trained DeepSER of a member folder (safetensors + JSON only) and its resolved config."""
+    """The trained DeepSER of a member folder (safetensors + JSON only) and its resolved config; its classes
+    are checked against the model's class outputs (member_classes)."""
     folder = Path(folder)
     config = read_member_config(folder)
+    try:
+        member_classes(config)
+    except ValueError as e:
+        raise ValueError(f"{folder / 'config.json'}: {e}; retrain the member (dvc repro train@<name>)") from None
     d = config["deepser"]
     model = DeepSER(DeepSERConfig(**{**d, "input_dims": tuple(d["input_dims"])}))
     state = load_file(str(folder / "model.safetensors"), device=str(device))
@@ -237,9 +264,11 @@ def history_frame(folder: str | Path) -> pd.DataFrame:
     return history
 
 
-def read_metrics(folder: str | Path, stage: str) -> dict[str, Any]:
+def read_metrics(folder: str | Path, stage: str | None = None) -> dict[str, Any]:
     """A trained folder's metrics.json (a member or an ablation run); a clear error naming the DVC `stage` to
-    rerun when it is missing or was written before test scores led with balanced macro-F1."""
+    rerun (default: the member's, train@<folder name>) when it is missing or was written before test scores led
+    with balanced macro-F1."""
+    stage = stage or f"train@{Path(folder).name}"
     path = Path(folder) / "metrics.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not trained; run `dvc repro {stage}`")

@@ -1,8 +1,9 @@
 """Scores used in every report: balanced macro-F1 (the headline), plain macro-F1, accuracy, per-class F1, their
 95 % intervals (class-stratified percentile bootstrap), and concordance correlation (attributes).
 
-What is scored. The run's classes (`run_classes`) are the codes, in CODES order, that label at least one row of
-the training split: a corpus with 4 emotions is scored over those 4, not over 8. Every score is over the
+What is scored. The run's classes (`run_classes`) are the codes, in CODES order, whose soft-target column p_<code>
+the manifest holds (medusa.labels.classes_of; the prepare stage writes exactly the classes with training rows):
+a corpus with 4 emotions is scored over those 4, not over 8. Every score is over the
 utterances whose consensus is one of the run's classes (X, O, and a class the run never trained on, are not part
 of its task, so they are not scored); macro averages run over the run's classes present among those utterances (a
 class with no utterance to recall has no F1 and is left out, rather than counted as 0, so that a small test split
@@ -33,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+import medusa.labels
 from medusa.labels import CODES
 
 
@@ -43,15 +45,14 @@ def classes_of(labels: Sequence) -> tuple[str, ...]:
 
 
 def run_classes(manifest: pd.DataFrame) -> tuple[str, ...]:
-    """The run's classes: the codes (in CODES order) with at least one training-split row labelled with them."""
-    missing = [c for c in ("split", "label") if c not in manifest]
-    if missing:
-        raise KeyError(f"the manifest has no column(s) {missing}: cannot tell the run's classes")
-    classes = classes_of(manifest.loc[manifest["split"] == "train", "label"])
-    if not classes:
-        raise ValueError(f"the manifest has no train row labelled with one of the classes {', '.join(CODES)}: "
-                         "there is no class to score")
-    return classes
+    """The run's classes: the codes (in CODES order) whose p_<code> column the manifest holds
+    (medusa.labels.classes_of). Every model, posteriors table and score of the run follows them."""
+    try:
+        return medusa.labels.classes_of(manifest)  # its columns (classes_of above reads label values)
+    except ValueError as e:
+        raise ValueError(f"the manifest has no soft-target column p_<code> for any of the classes "
+                         f"{', '.join(CODES)}, so it names no class to train or score ({e}); rerun the prepare "
+                         "stage") from None
 
 
 def _class_indices(y_true: Sequence, y_pred: Sequence, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medusa.labels import CODES, CONSENSUS_CODES
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -36,20 +38,57 @@ class DemoCorpusParams(Section):
 
 class PrepareParams(Section):
     """Corpus -> manifest (medusa.corpora.manifest)."""
-    corpus_dir: str
-    #: Split_Set values of the corpus that form the training pool (cut into train/test) and dev.
+    #: A folder in the MSP-Podcast challenge layout (Audios/, Labels/, Transcripts/) or a CSV manifest (a file
+    #: ending in .csv; columns in medusa/corpora/csv_manifest.py).
+    corpus: str
+    #: Split_Set values of an MSP-layout corpus that form the training pool (cut into train/test) and dev.
     train_sets: list[str]
     dev_sets: list[str]
+    #: The run's classes: "auto" (the codes with training rows, in A S H U F D C N order) or a list of codes.
+    classes: Literal["auto"] | list[str]
+    #: Labels of a CSV manifest that are not a class code or name, mapped to one, e.g. {boredom: O, calm: N}.
+    label_map: dict[str, str]
+    #: Shares of the speakers' utterances for dev and test where a CSV manifest gives no split (speaker-disjoint,
+    #: stratified by class); test_fraction is also the test cut of a training pool that has no test rows.
+    dev_fraction: float = Field(ge=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
+    #: The prepare notebook warns where a class has fewer utterances than this in a split.
+    min_per_class: int = Field(ge=0)
+    #: Audio longer than Whisper's 30 s window: reject (an error naming the file) or segment (equal pieces).
+    long_audio: Literal["reject", "segment"]
+    #: List and skip unreadable, empty, too short or too long audio instead of stopping at the first report.
+    skip_bad_audio: bool
     seed: int
     #: The channel probes of the prepare notebook run on at most this many train+test utterances.
     probe_max_utterances: int = Field(ge=50)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "corpus_dir" in data:
+            raise ValueError("corpus_dir was renamed to `corpus` (a folder in the MSP-Podcast layout or a CSV "
+                             "manifest): write `corpus: " + str(data["corpus_dir"]) + "`")
+        return data
+
+    @model_validator(mode="after")
+    def _known_codes(self) -> "PrepareParams":
+        if self.classes != "auto":
+            bad = [c for c in self.classes if c not in CODES]
+            if bad or not self.classes or len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes: expected auto or distinct codes of {' '.join(CODES)}, got {self.classes}")
+        bad = {k: v for k, v in self.label_map.items() if v not in CONSENSUS_CODES}
+        if bad:
+            raise ValueError(f"label_map: {bad} maps to no code of {' '.join(CONSENSUS_CODES)} (O: other, "
+                             "X: no agreement)")
+        if self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError(f"dev_fraction + test_fraction must be < 1, got {self.dev_fraction + self.test_fraction}")
+        return self
 
 
 class TranscribeParams(Section):
     """Whisper ASR (medusa.asr)."""
     model: str                  # checkpoint path, openai-whisper name (large-v3), or demo:base / demo:tiny.en
-    language: str
+    language: str               # a Whisper language code, or auto (detected per clip)
     batch_size: int = Field(ge=1)
     #: Pad each clip to whole seconds, at least clip + 1 s and pad_seconds (clips of one padded length are decoded
     #: together); 30 = Whisper's fixed 30 s window.

@@ -3,6 +3,8 @@ from pathlib import Path
 
 WORK = Path("work")
 MANIFEST = WORK / "manifest.parquet"
+#: Corpus audio converted to 16 kHz mono by prepare (files already in that form are read where they are).
+AUDIO_CACHE = WORK / "audio"
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 FIGURES = REPORTS / "figures"

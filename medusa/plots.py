@@ -60,17 +60,19 @@ def frames_vs_duration(store, items: pd.DataFrame, name: str) -> plt.Figure:
     return fig
 
 
-def training_curves(history: pd.DataFrame, name: str = "") -> plt.Figure:
+def training_curves(history: pd.DataFrame, name: str = "", n_classes: int | None = None) -> plt.Figure:
     """Left: mean training loss per epoch. Right: dev balanced macro-F1 (the selection score) and, where the
-    history has it, test balanced macro-F1 (recorded for diagnosis only). Stage 2's epochs are shaded."""
+    history has it, test balanced macro-F1 (recorded for diagnosis only), with chance (1 / `n_classes`, the
+    run's classes) when given. Stage 2's epochs are shaded."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     sns.lineplot(history, x="step", y="train_loss", marker="o", ax=axes[0])
     scores = [c for c in ("dev_balanced_macro_f1", "test_balanced_macro_f1") if c in history]
     long = history.melt(id_vars="step", value_vars=scores, var_name="score", value_name="F1")
     sns.lineplot(long, x="step", y="F1", hue="score", style="score", markers=True, ax=axes[1])
-    axes[1].axhline(1 / len(CODES), color="grey", linestyle=":", linewidth=1)
+    if n_classes:
+        axes[1].axhline(1 / n_classes, color="grey", linestyle=":", linewidth=1)
     stage2 = history.loc[history["stage"] == 2, "step"]
-    for ax, title in zip(axes, ("training loss", "macro-F1 (grey: chance)")):
+    for ax, title in zip(axes, ("training loss", "macro-F1 (grey: chance)" if n_classes else "macro-F1")):
         if len(stage2):
             ax.axvspan(stage2.min() - 0.5, stage2.max() + 0.5, color="grey", alpha=0.12, label="stage 2")
         ax.set_xlabel("epoch (stage 1, then stage 2 shaded)")
@@ -78,14 +80,16 @@ def training_curves(history: pd.DataFrame, name: str = "") -> plt.Figure:
     return fig
 
 
-def confusion_matrix(y_true, y_pred, title: str = "") -> plt.Figure:
-    """Row-normalised confusion matrix over the 8 classes (rows: consensus, columns: prediction)."""
+def confusion_matrix(y_true, y_pred, classes, title: str = "") -> plt.Figure:
+    """Row-normalised confusion matrix over `classes`, the run's (rows: consensus, columns: prediction);
+    utterances whose consensus is not one of them (X, O) are left out."""
     from sklearn.metrics import confusion_matrix as sk_confusion
 
-    counts = sk_confusion(y_true, y_pred, labels=list(CODES))
+    classes = list(classes)
+    counts = sk_confusion(y_true, y_pred, labels=classes)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    sns.heatmap(pd.DataFrame(shares, index=list(CODES), columns=list(CODES)), annot=counts, fmt="d",
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(classes), 0.5 + 0.5 * len(classes)))
+    sns.heatmap(pd.DataFrame(shares, index=classes, columns=classes), annot=counts, fmt="d",
                 cmap="Blues", vmin=0, vmax=1, cbar_kws={"label": "share of the row"}, ax=ax)
     ax.set_xlabel("predicted")
     ax.set_ylabel("consensus")
@@ -94,13 +98,21 @@ def confusion_matrix(y_true, y_pred, title: str = "") -> plt.Figure:
 
 
 def per_class_f1(scores: dict[str, dict[str, float]], title: str = "Per-class F1") -> plt.Figure:
-    """F1 per class for several systems: {system name: {class code: F1}}."""
+    """F1 per class for several systems: {system name: {class code: F1}}, over the classes the scores name
+    (the run's), in CODES order."""
     data = pd.DataFrame([{"system": name, "class": c, "F1": f1} for name, per in scores.items()
                          for c, f1 in per.items()])
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    sns.barplot(data, x="class", y="F1", hue="system", order=list(CODES), ax=ax)
+    sns.barplot(data, x="class", y="F1", hue="system", order=scored_classes(scores), ax=ax)
     ax.set_title(title)
     return fig
+
+
+def scored_classes(scores: dict[str, dict[str, float]]) -> list[str]:
+    """The class codes named by any system's per-class scores, in CODES order: the run's classes, so that a
+    3-class run shows 3 columns, not 8."""
+    named = {c for per in scores.values() for c in per}
+    return [c for c in CODES if c in named]
 
 
 def member_weights(weights: pd.DataFrame, title: str = "Meta-classifier: weight of member m's P(c) on class c") -> plt.Figure:
@@ -112,8 +124,9 @@ def member_weights(weights: pd.DataFrame, title: str = "Meta-classifier: weight 
 
 
 def per_class_f1_heatmap(scores: dict[str, dict[str, float]], title: str = "Per-class F1 on test") -> plt.Figure:
-    """F1 per class (columns) for many systems (rows): {system: {class code: F1}}."""
-    frame = pd.DataFrame(scores).T.reindex(columns=list(CODES))
+    """F1 per class (columns: the classes the scores name, the run's) for many systems (rows):
+    {system: {class code: F1}}."""
+    frame = pd.DataFrame(scores).T.reindex(columns=scored_classes(scores))
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(frame) + 1.6))
     sns.heatmap(frame, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax)
     ax.set_title(title)

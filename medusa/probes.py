@@ -33,9 +33,11 @@ def egemaps_functionals(paths: list[str]) -> np.ndarray:
 
 
 def probe_sample(manifest: pd.DataFrame, max_utterances: int, seed: int) -> pd.DataFrame:
-    """Utterances of train, dev and test with a class label and a transcript, subsampled (seeded) if needed."""
-    rows = manifest[manifest["split"].isin(["train", "dev", "test"]) & manifest["label"].isin(CODES)
-                    & manifest["ref_text"].notna()]
+    """Utterances of train, dev and test with a class label, subsampled (seeded) if needed; those with a reference
+    transcript when the corpus has any (the text probe needs one), all of them when it has none."""
+    rows = manifest[manifest["split"].isin(["train", "dev", "test"]) & manifest["label"].isin(CODES)]
+    if rows["ref_text"].notna().any():
+        rows = rows[rows["ref_text"].notna()]
     if len(rows) > max_utterances:
         rows = rows.sample(n=max_utterances, random_state=seed).sort_index()
     return rows
@@ -45,20 +47,23 @@ def run_probes(rows: pd.DataFrame, audio_features: np.ndarray, seed: int,
                classes: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Balanced macro-F1, macro-F1 and accuracy of the three probes on test and dev (rows as from probe_sample),
     over `classes`: the run's classes (medusa.metrics.run_classes of the whole manifest; default: the classes
-    labelling a train row of `rows`)."""
+    labelling a train row of `rows`). Without reference transcripts (a corpus that has none) the text probe and
+    the fusion are left out: only the audio probe is scored."""
     y = rows["label"].to_numpy()
     train = (rows["split"] == "train").to_numpy()
     classes = classes_of(y[train]) if classes is None else tuple(classes)
     audio = StandardScaler().fit(audio_features[train]).transform(audio_features)
-    audio = np.nan_to_num(audio)
-    tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(rows["ref_text"][train])
-    text = tfidf.transform(rows["ref_text"])
+    channels = [("audio (eGeMAPS)", np.nan_to_num(audio), 0.1)]
+    if rows["ref_text"].notna().all():
+        tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(rows["ref_text"][train])
+        channels.append(("text (TF-IDF)", tfidf.transform(rows["ref_text"]), 1.0))
     log_probs = {}
-    for name, x, c in (("audio (eGeMAPS)", audio, 0.1), ("text (TF-IDF)", text, 1.0)):
+    for name, x, c in channels:
         clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
         clf.fit(x[train], y[train])
         log_probs[name] = pd.DataFrame(clf.predict_log_proba(x), columns=clf.classes_)
-    log_probs["audio + text"] = (log_probs["audio (eGeMAPS)"] + log_probs["text (TF-IDF)"]) / 2
+    if len(log_probs) == 2:
+        log_probs["audio + text"] = (log_probs["audio (eGeMAPS)"] + log_probs["text (TF-IDF)"]) / 2
     results = []
     for name, lp in log_probs.items():
         for split in ("test", "dev"):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from medusa import paths
 from medusa.ablation import PAPER_DELTA_PCT, variant_title
-from medusa.labels import CODES
+from medusa.labels import classes_of, target_columns
 from medusa.metrics import bootstrap_macro_f1, percentile_interval, relative_change, stratified_bootstrap_indices
 from medusa.params import REFERENCE_VARIANT
 
@@ -93,18 +93,18 @@ def member_rows(names: list[str], models: dict, models_root: str | Path = paths.
 
 
 def paired_change(truth: np.ndarray, system: np.ndarray, reference: np.ndarray, bootstrap: int, seed: int,
-                  classes: tuple[str, ...] = CODES) -> tuple[float, float]:
-    """95 % interval of the relative balanced macro-F1 change (%) of `system` from `reference`, both scored on
-    each class-stratified resample of the same utterances."""
+                  classes: tuple[str, ...]) -> tuple[float, float]:
+    """95 % interval of the relative balanced macro-F1 change (%) of `system` from `reference`, both scored over
+    `classes` (the run's) on each class-stratified resample of the same utterances."""
     indices = stratified_bootstrap_indices(truth, bootstrap, seed)
     curve = lambda pred: bootstrap_macro_f1(truth, pred, classes=classes, indices=indices, balanced=True)  # noqa: E731
     return percentile_interval(relative_change(curve(system), curve(reference)))
 
 
 def mean_interval(truth: np.ndarray, predictions: list[np.ndarray], bootstrap: int, seed: int,
-                  classes: tuple[str, ...] = CODES) -> tuple[float, float]:
-    """95 % interval of the mean balanced macro-F1 of several systems scored on the same utterances (paired
-    class-stratified resamples)."""
+                  classes: tuple[str, ...]) -> tuple[float, float]:
+    """95 % interval of the mean balanced macro-F1 of several systems scored over `classes` (the run's) on the
+    same utterances (paired class-stratified resamples)."""
     indices = stratified_bootstrap_indices(truth, bootstrap, seed)
     return percentile_interval(np.mean([bootstrap_macro_f1(truth, p, classes=classes, indices=indices, balanced=True)
                                         for p in predictions], axis=0))
@@ -236,16 +236,15 @@ VOTES = ("majority voting", "soft voting")
 
 
 def vote_frames(posteriors: dict[str, pd.DataFrame], names: list[str]) -> dict[str, pd.DataFrame]:
-    """The two votes over the members `names` on test, as posteriors frames (one-hot on the voted class), so
-    that they pair up with other systems in medusa.ablation.aligned_test_predictions."""
+    """The two votes over the members `names` on test, as posteriors frames over the members' classes (one-hot
+    on the voted class), so that they pair up with other systems in medusa.ablation.aligned_test_predictions."""
     from medusa.ensemble import majority_vote, soft_vote, stack
-    from medusa.labels import SOFT_TARGET_COLUMNS
 
     test = stack({n: posteriors[n] for n in names}, "test")
     out = {}
     for name, vote in zip(VOTES, (majority_vote, soft_vote)):
         frame = pd.DataFrame({"utt_id": test.utt_ids, "split": "test", "label": test.labels})
-        frame[list(SOFT_TARGET_COLUMNS)] = np.eye(len(CODES))[vote(test.probs)]
+        frame[list(target_columns(test.classes))] = np.eye(len(test.classes))[vote(test.probs)]
         out[name] = frame
     return out
 
@@ -317,14 +316,16 @@ def headline_metrics(rows: pd.DataFrame, table3: pd.DataFrame, ablations: pd.Dat
     return out
 
 
-def per_class_scores(posteriors: dict[str, pd.DataFrame], classes: tuple[str, ...] = CODES
+def per_class_scores(posteriors: dict[str, pd.DataFrame], classes: tuple[str, ...] | None = None
                      ) -> dict[str, dict[str, float]]:
-    """Per-class test F1 of each system from its posteriors frame, over `classes` (the run's classes)."""
+    """Per-class test F1 of each system from its posteriors frame, over `classes` (the run's classes; by default
+    those the frame's posteriors are over)."""
     from medusa.members import predicted_labels
     from medusa.metrics import per_class_f1
 
     out = {}
     for name, frame in posteriors.items():
-        test = frame[(frame["split"] == "test") & frame["label"].isin(classes)]
-        out[name] = per_class_f1(test["label"].to_numpy(), predicted_labels(test), classes)
+        scored = classes_of(frame) if classes is None else tuple(classes)
+        test = frame[(frame["split"] == "test") & frame["label"].isin(scored)]
+        out[name] = per_class_f1(test["label"].to_numpy(), predicted_labels(test), scored)
     return out

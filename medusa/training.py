@@ -1,11 +1,11 @@
 """Stages 1-2 of MEDUSA's recipe for one DeepSER.
 
 Stage 1: every training utterance with a target (FeatureDataset.has_target: soft targets keep X and O rows
-that have class votes; one-hot targets only rows of the 8 classes; neither has rows without class votes),
+that have class votes; one-hot targets only rows of the run's classes; neither has rows without class votes),
 soft-target cross-entropy with class weights alpha_c = (N / (|C| f_c))^0.5 (f_c = the target mass of class c),
 plus the attribute MSE, Manifold MixUp with probability p.
 Stage 2: from stage 1's best weights, each epoch on a freshly drawn class-balanced subset (utterances with a
-target whose consensus is one of the 8 classes), uniform class weights, one optimizer for the whole stage (the
+target whose consensus is one of the run's classes), uniform class weights, one optimizer for the whole stage (the
 authors' release re-created it every epoch, and stepped only once per epoch: here every batch steps).
 An epoch (the unit of dev evaluation, early stopping and checkpoints) is one pass over the stage's rows, or with
 epoch_steps > 0 that many optimizer steps drawn from fresh passes (a budget that does not shrink with the corpus).
@@ -32,8 +32,8 @@ from medusa.dataset import Batch, FeatureDataset, bucketed
 from medusa.feature_store import FRAMES_FILE, INDEX_FILE, META_FILE, FeatureStore
 from medusa.io import atomic_path
 from medusa.deepser import DeepSER, manifold_mixup, soft_cross_entropy
-from medusa.labels import CODES, balanced_epoch, class_weights
-from medusa.metrics import balanced_macro_f1, classes_of
+from medusa.labels import balanced_epoch, class_weights
+from medusa.metrics import balanced_macro_f1
 from medusa.params import TrainParams
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,10 @@ def autocast(device: torch.device, enabled: bool):
 
 def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch.device, amp: bool = True
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, 8) and scaled attributes (N, 3), in the dataset's row order."""
+    """Class probabilities (N, C: the model's classes) and scaled attributes (N, 3), in the dataset's row order."""
     model.eval()
-    probs, attrs = np.zeros((len(data), len(CODES)), np.float32), np.zeros((len(data), 3), np.float32)
+    probs = np.zeros((len(data), model.cfg.n_classes), np.float32)
+    attrs = np.zeros((len(data), model.cfg.n_attributes), np.float32)
     order = np.argsort(data.lengths, kind="stable")
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
@@ -74,19 +75,18 @@ def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch
 
 def _labelled_predictions(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(consensus, predicted class) over the utterances of `data` whose consensus is one of the 8 classes."""
+    """(consensus, predicted class) over the utterances of `data` whose consensus is one of its classes (the
+    run's: the model's outputs, in the same order)."""
     probs, _ = predict(model, data, 4 * cfg.batch_size, device, cfg.amp)
-    keep = np.isin(data.labels, CODES)
-    return data.labels[keep], np.asarray(CODES)[probs.argmax(1)][keep]
+    keep = np.isin(data.labels, data.classes)
+    return data.labels[keep], np.asarray(data.classes)[probs.argmax(1)][keep]
 
 
-def evaluate(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device,
-             classes: tuple[str, ...] = CODES) -> float:
+def evaluate(model: DeepSER, data: FeatureDataset, cfg: TrainConfig, device: torch.device) -> float:
     """Balanced macro-F1 (medusa.metrics: the class-balanced confusion matrix, deterministic, so selection does
-    not depend on a resampling seed) on the utterances of `data` whose consensus is one of `classes` (the run's
-    classes; CODES scores every labelled utterance, which is the same whenever `data` holds no class that the
-    training split lacks)."""
-    return balanced_macro_f1(*_labelled_predictions(model, data, cfg, device), classes)
+    not depend on a resampling seed) on the utterances of `data` whose consensus is one of the run's classes
+    (`data.classes`)."""
+    return balanced_macro_f1(*_labelled_predictions(model, data, cfg, device), data.classes)
 
 
 def batch_loss(model: DeepSER, batch: Batch, weights: torch.Tensor | None, cfg: TrainConfig,
@@ -118,7 +118,7 @@ def _non_finite_loss_message(value: float, batch: Batch) -> str:
     no_target = [u for u, t in zip(batch.utt_ids, batch.targets) if not torch.isfinite(t).all()]
     cause = (f"{', '.join(no_target)} {'has' if len(no_target) == 1 else 'have'} no finite training target "
              "(e.g. no annotator rows, or only `Other-...` votes): such rows must not be drawn; check the "
-             "manifest's p_A..p_N" if no_target else
+             "manifest's p_ columns" if no_target else
              "every target is finite, so the model itself diverged (lower train.lr, check the features)")
     return (f"the training loss is {value} on the batch of utterances {', '.join(batch.utt_ids)}; {cause}. "
             "Training stopped rather than go on with weights a non-finite gradient would ruin.")
@@ -258,10 +258,10 @@ def _stage1_rows(train: FeatureDataset) -> np.ndarray:
 
 
 def _stage2_pool(train: FeatureDataset) -> np.ndarray:
-    """Stage 2 draws from utterances with a target whose consensus is one of the 8 classes (it balances by
+    """Stage 2 draws from utterances with a target whose consensus is one of the run's classes (it balances by
     consensus). A labelled row without a target (no annotator rows, or only `Other-...` votes) is never
     drawn: its NaN target would make every loss of the stage nan."""
-    return np.flatnonzero(train.has_target & np.isin(train.labels, CODES))
+    return np.flatnonzero(train.has_target & np.isin(train.labels, train.classes))
 
 
 def training_rows(train: FeatureDataset, cfg: TrainConfig) -> dict[str, int | None]:
@@ -275,7 +275,7 @@ def _epoch_rows(stage: int, train: FeatureDataset, rng: np.random.Generator) -> 
     if stage == 1:
         return _stage1_rows(train)
     pool = _stage2_pool(train)  # stage 2: a fresh class-balanced subset every epoch
-    return pool[balanced_epoch(train.labels[pool], rng)]
+    return pool[balanced_epoch(train.labels[pool], rng, classes=train.classes)]
 
 
 def _epoch_batches(stage: int, train: FeatureDataset, cfg: TrainConfig, rng: np.random.Generator
@@ -309,14 +309,21 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model.to(device)
+    for split, data in (("training", train), ("dev", dev), ("monitor", monitor)):
+        if data is not None and data.classes != train.classes:
+            raise ValueError(f"the {split} rows have the classes {' '.join(data.classes)} but the training rows "
+                             f"{' '.join(train.classes)}: every split must come from one manifest")
+    if model.cfg.n_classes != len(train.classes):
+        raise ValueError(f"the model has {model.cfg.n_classes} class outputs but the run has {len(train.classes)} "
+                         f"classes ({' '.join(train.classes)}): build it with n_classes={len(train.classes)}")
     if not len(_stage1_rows(train)):
         raise ValueError(f"none of the {len(train)} training utterances has a training target "
                          f"({'one-hot: X/O consensus or no class votes' if train.one_hot else 'no class votes'}); "
-                         "check the manifest's label and p_A..p_N columns")
+                         "check the manifest's label and p_ columns")
     if cfg.stage2_epochs > 0 and not len(_stage2_pool(train)):
         raise ValueError("stage 2 draws class-balanced subsets by consensus class, but no training utterance with "
-                         f"a target has one of {' '.join(CODES)} as its consensus; set train.stage2_epochs: 0")
-    classes = classes_of(train.labels)  # the run's classes: dev selection and the monitor score over them
+                         f"a target has one of {' '.join(train.classes)} as its consensus; set train.stage2_epochs: 0")
+    classes = train.classes  # the run's classes: dev selection and the monitor score over them
     weights = None
     if cfg.class_weighted:  # rows without a target hold NaN: nansum counts the target mass of the rows that train
         mass = np.nansum(train.targets, axis=0)
@@ -344,7 +351,7 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
                                           leave=False)]
             except NonFiniteLossError as e:  # say where; no checkpoint of this epoch is written
                 raise NonFiniteLossError(f"stage {stage} epoch {progress.epoch + 1}: {e}") from None
-            score = evaluate(model, dev, cfg, device, classes)
+            score = evaluate(model, dev, cfg, device)
             progress.epoch += 1
             progress.steps += len(batches)
             row = {"stage": stage, "epoch": progress.epoch, "train_loss": float(np.mean(losses)),

@@ -29,7 +29,7 @@ def test_table2_on_hand_made_predictions():
     predictions = {(REFERENCE_VARIANT, "m1"): good, (REFERENCE_VARIANT, "m2"): worse,
                    ("no_mixup", "m1"): worse, ("no_mixup", "m2"): worse}
     runs = _runs([(v, m, m, macro_f1(truth, p), float(np.mean(truth == p))) for (v, m), p in predictions.items()])
-    table = ablation.table2(runs, truth, predictions, bootstrap=200, seed=1)
+    table = ablation.table2(runs, truth, predictions, bootstrap=200, seed=1, classes=("A", "S", "N"))
     assert list(table["variant"]) == [REFERENCE_VARIANT] * 3 + ["no_mixup"] * 3
     assert list(table["configuration"]) == ["m1", "m2", "AVG"] * 2
     row = table.set_index(["variant", "configuration"])
@@ -55,12 +55,13 @@ def test_seed_repeats_of_one_configuration_give_mean_and_std():
     a, b = np.array(list("AANN")), np.array(list("ANNN"))
     predictions = {(REFERENCE_VARIANT, "m"): a, (REFERENCE_VARIANT, "m_s1"): b, ("x", "m"): b, ("x", "m_s1"): b}
     runs = _runs([(v, m, "m", macro_f1(truth, p), float(np.mean(truth == p))) for (v, m), p in predictions.items()])
-    row = ablation.table2(runs, truth, predictions, bootstrap=100).set_index(["variant", "configuration"])
+    row = ablation.table2(runs, truth, predictions, bootstrap=100, classes=("A", "N")).set_index(
+        ["variant", "configuration"])
     f_b = macro_f1(truth, b)
     assert row.loc[(REFERENCE_VARIANT, "m"), "seeds"] == 2
     assert row.loc[(REFERENCE_VARIANT, "m"), "macro_f1"] == pytest.approx((1 + f_b) / 2)
     assert row.loc[(REFERENCE_VARIANT, "m"), "macro_f1_std"] == pytest.approx((1 - f_b) / 2)
-    view = reports.table2_view(ablation.table2(runs, truth, predictions, bootstrap=100))
+    view = reports.table2_view(ablation.table2(runs, truth, predictions, bootstrap=100, classes=("A", "N")))
     assert " ± " in view.loc["DeepSER", "m bal. F1"] and view.loc["DeepSER", "Δ (%)"] == "–"
 
 
@@ -68,7 +69,7 @@ def test_table2_needs_the_reference():
     truth = np.array(list("AN"))
     runs = _runs([("x", "m", "m", 1.0, 1.0)])
     with pytest.raises(ValueError, match="reference"):
-        ablation.table2(runs, truth, {("x", "m"): truth}, bootstrap=100)
+        ablation.table2(runs, truth, {("x", "m"): truth}, bootstrap=100, classes=("A", "N"))
 
 
 def test_configurations_group_seed_repeats():
@@ -193,4 +194,4 @@ def test_ensemble_findings_use_the_paired_interval():
     assert "within noise" in reports.ensemble_findings(table3, rows, (-3.0, 18.0))[0]
     assert lines[1].endswith("**holds**.") and lines[2].endswith("**holds**.")
     truth = np.array(list("AANNSS"))
-    assert reports.paired_change(truth, truth, truth, 100, 0) == (0.0, 0.0)
+    assert reports.paired_change(truth, truth, truth, 100, 0, ("A", "S", "N")) == (0.0, 0.0)

@@ -106,6 +106,23 @@ def test_one_annotator_and_demo_variants(bench, corpus, tmp_path):
     assert (data.features_root / "b").is_symlink()
 
 
+def test_one_annotator_and_bursts_follow_the_run_classes(bench, corpus):
+    """A 4-class run (the manifest holds p_A, p_S, p_H, p_N): one-hot targets over those 4, train rows of any
+    other label dropped; each burst carries one of the 4 classes (an index into them)."""
+    manifest, _ = corpus
+    four = ["A", "S", "H", "N"]
+    run = manifest.drop(columns=[f"p_{c}" for c in CODES if c not in four])
+    m = bench.one_annotator_manifest(run)
+    train = m[m["split"] == "train"]
+    assert [c for c in m.columns if c.startswith("p_")] == [f"p_{c}" for c in four]
+    assert set(train["label"]) == set(four)
+    assert np.array_equal(train[[f"p_{c}" for c in four]].to_numpy(),
+                          (train["label"].to_numpy()[:, None] == np.asarray(four)).astype(float))
+    classes = bench.burst_classes(run, np.random.default_rng(0))
+    labelled = run["label"].isin(four).to_numpy()
+    assert classes.max() < 4 and list(np.asarray(four)[classes[labelled]]) == list(run.loc[labelled, "label"])
+
+
 def test_few_frames_variant_hides_the_class_in_a_short_burst(bench, corpus, tmp_path):
     manifest, src = corpus
     data = bench.build_few_frames(manifest, src, tmp_path, ["a"], {}, 0)

@@ -22,7 +22,7 @@ from medusa.dataset import batch_from_arrays, unscale_attributes
 from medusa.deepser import DeepSER, DeepSERConfig
 from medusa.encoders.opensmile_lld import OpenSmileEncoder
 from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, target_columns
 
 EGEMAPS_STORE = {"family": "opensmile", "feature_set": "eGeMAPSv02", "dim": 25, "kind": "audio", "frame_rate": 100.0}
 EGEMAPS = {"family": "egemaps", "model": "eGeMAPSv02", "layers": [], "batch_size": 16, "batch_seconds": 60.0}
@@ -35,12 +35,13 @@ ASR = {"model": "demo:base", "language": "en", "batch_size": 4, "pad_seconds": 0
 
 
 def write_member(root, name, encoders: dict[str, int], pools, stores: dict[str, dict], seed: int,
-                 fusion: str = "deep") -> tuple:
-    """A member folder as members.train_member lays it out (model.safetensors + config.json), random weights;
-    the class head is scaled up so the probabilities depend clearly on the input."""
+                 fusion: str = "deep", classes: tuple[str, ...] = CODES) -> tuple:
+    """A member folder as members.train_member lays it out (model.safetensors + config.json), random weights,
+    one class output per class of `classes` (the run's); the class head is scaled up so the probabilities
+    depend clearly on the input."""
     torch.manual_seed(seed)
     cfg = deepser_config(tuple(encoders.values()), hidden=8, layers=2, heads=2, dropout=0.1, ff_mult=2,
-                        fusion=fusion)
+                        fusion=fusion, n_classes=len(classes))
     model = DeepSER(cfg).eval()
     with torch.no_grad():
         model.class_head.weight.mul_(20)
@@ -49,7 +50,8 @@ def write_member(root, name, encoders: dict[str, int], pools, stores: dict[str, 
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     config = {"name": name, "encoders": list(encoders), "pools": list(pools), "one_hot": False, "device": "cpu",
-              "deepser": cfg.to_dict(), "train": train_config(seed=seed).model_dump(), "feature_stores": stores}
+              "deepser": cfg.to_dict(), "train": train_config(seed=seed).model_dump(), "classes": list(classes),
+              "feature_stores": stores}
     (folder / "config.json").write_text(json.dumps(config))
     return folder, model
 
@@ -359,18 +361,20 @@ def test_missing_encoder_weights_are_a_clear_cli_error(egemaps_bundle, tmp_path,
 # ------------------------------------------------------------------------------ with the members' probes
 
 
-def write_probe(folder: Path, pooled: np.ndarray, seed: int) -> LinearProbe:
+def write_probe(folder: Path, pooled: np.ndarray, seed: int, classes: tuple[str, ...] = CODES) -> LinearProbe:
     """A member's probe.json as members.train_member writes it: standardised on `pooled` (N, D frame means),
-    random weights over every class, steep enough for the probabilities to depend clearly on the input."""
+    random weights over every class of the run (`classes`), steep enough for the probabilities to depend
+    clearly on the input."""
     rng = np.random.default_rng(seed)
-    probe = LinearProbe(classes=list(CODES), mean=pooled.mean(0).tolist(), scale=(pooled.std(0) + 1e-3).tolist(),
-                        coef=rng.normal(0, 1.5, (len(CODES), pooled.shape[1])).tolist(), intercept=[0.0] * len(CODES),
-                        c=1.0, seed=seed)
+    probe = LinearProbe(classes=list(classes), mean=pooled.mean(0).tolist(), scale=(pooled.std(0) + 1e-3).tolist(),
+                        coef=rng.normal(0, 1.5, (len(classes), pooled.shape[1])).tolist(),
+                        intercept=[0.0] * len(classes), c=1.0, seed=seed, outputs=list(classes))
     probe.save(folder)
     return probe
 
 
-def member_frames(models, pools, features: list[np.ndarray], rows: pd.DataFrame) -> list[pd.DataFrame]:
+def member_frames(models, pools, features: list[np.ndarray], rows: pd.DataFrame, classes: tuple[str, ...] = CODES
+                  ) -> list[pd.DataFrame]:
     """posteriors.parquet of eGeMAPS-only members over `rows` (utt_id, split, label), each member on the whole
     set in one batch, as the training stage scores them."""
     frames = []
@@ -379,18 +383,16 @@ def member_frames(models, pools, features: list[np.ndarray], rows: pd.DataFrame)
             xs, masks = batch_from_arrays([features], p)
             logits, a = model(xs, masks)
             frame = rows[["utt_id", "split", "label"]].copy()
-            frame[list(SOFT_TARGET_COLUMNS)] = torch.softmax(logits, -1).numpy()
+            frame[list(target_columns(classes))] = torch.softmax(logits, -1).numpy()
             frame[list(ATTRIBUTES)] = unscale_attributes(a.numpy())
             frames.append(frame)
     return frames
 
 
-@pytest.fixture(scope="module")
-def probe_bundle(tmp_path_factory):
-    """Two eGeMAPS members, each with its linear probe (probe.json, probe_posteriors.parquet), scored on 24
-    synthesized clips (dev 12, test 6, blind 6); the ensemble stage's soup over them with include_probes, its
-    stored posteriors, and its bundle."""
-    root = tmp_path_factory.mktemp("probes")
+def probe_run(root: Path, classes: tuple[str, ...]) -> dict:
+    """Two eGeMAPS members of a run over `classes` (the manifest's p_ columns), each with its linear probe
+    (probe.json, probe_posteriors.parquet), scored on 24 synthesized clips (dev 12, test 6, blind 6); the
+    ensemble stage's soup over them with include_probes, its stored posteriors, and its bundle."""
     sr, rng = 16000, np.random.default_rng(1)
     wavs = []
     for i in range(24):
@@ -406,21 +408,22 @@ def probe_bundle(tmp_path_factory):
     train = pd.DataFrame({"utt_id": [f"t{i}" for i in range(8)], "split": "train", "label": list("ASHNASHN")})
     manifest = pd.concat([train, rows], ignore_index=True)
     labelled = manifest["label"].notna().to_numpy()
-    targets = np.full((len(manifest), len(CODES)), np.nan)
-    targets[labelled] = np.eye(len(CODES))[[CODES.index(c) for c in manifest.loc[labelled, "label"]]]
-    manifest[list(SOFT_TARGET_COLUMNS)] = targets
+    targets = np.full((len(manifest), len(classes)), np.nan)
+    targets[labelled] = np.eye(len(classes))[[classes.index(c) for c in manifest.loc[labelled, "label"]]]
+    manifest[list(target_columns(classes))] = targets
     manifest[list(ATTRIBUTES)] = 4.0
 
     store, pools, names = {"egemaps": EGEMAPS_STORE}, [[20], [5]], ["p_deep", "p_late"]
-    written = [write_member(root / "models", "p_deep", {"egemaps": 25}, pools[0], store, seed=11),
-               write_member(root / "models", "p_late", {"egemaps": 25}, pools[1], store, seed=12, fusion="late")]
+    written = [write_member(root / "models", "p_deep", {"egemaps": 25}, pools[0], store, seed=11, classes=classes),
+               write_member(root / "models", "p_late", {"egemaps": 25}, pools[1], store, seed=12, fusion="late",
+                            classes=classes)]
     dirs, models = [d for d, _ in written], [m for _, m in written]
     pooled = pooled_means([features])
-    probes = [write_probe(d, pooled, seed=20 + i) for i, d in enumerate(dirs)]
-    for d, frame, probe in zip(dirs, member_frames(models, pools, features, rows), probes):
+    probes = [write_probe(d, pooled, seed=20 + i, classes=classes) for i, d in enumerate(dirs)]
+    for d, frame, probe in zip(dirs, member_frames(models, pools, features, rows, classes), probes):
         frame.to_parquet(d / "posteriors.parquet")
         probe_frame = rows[["utt_id", "split", "label"]].copy()
-        probe_frame[list(SOFT_TARGET_COLUMNS)] = probe.predict_proba(pooled)
+        probe_frame[list(target_columns(classes))] = probe.predict_proba(pooled)
         probe_frame[list(ATTRIBUTES)] = np.nan
         probe_frame.to_parquet(d / "probe_posteriors.parquet")
     posteriors = {n: pd.read_parquet(d / "posteriors.parquet") for n, d in zip(names, dirs)}
@@ -431,6 +434,18 @@ def probe_bundle(tmp_path_factory):
     out = save_bundle(root / "bundle", result.soup, dirs, {"egemaps": EGEMAPS}, None)
     return {"bundle": out, "dirs": dirs, "probes": probes, "soup": result.soup, "stored": stored, "wavs": wavs,
             "features": features, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def probe_bundle(tmp_path_factory):
+    """probe_run over all 8 classes."""
+    return probe_run(tmp_path_factory.mktemp("probes"), CODES)
+
+
+@pytest.fixture(scope="module")
+def four_class_bundle(tmp_path_factory):
+    """probe_run of a 4-class run (IEMOCAP's A S H N): the manifest holds p_A, p_S, p_H, p_N only."""
+    return probe_run(tmp_path_factory.mktemp("four"), ("A", "S", "H", "N"))
 
 
 def test_a_bundle_with_probes_reproduces_the_ensembles_stored_posteriors(probe_bundle):
@@ -482,3 +497,75 @@ def test_a_bundle_with_probes_needs_every_members_probe(probe_bundle, tmp_path):
                                           r"posteriors \(include_probes\) but the bundle has no probe for member "
                                           r"'p_deep'"):
         load_bundle(gone)
+
+
+# ------------------------------------------------------------------------------ the run's classes
+
+
+def test_a_four_class_bundle_predicts_its_classes_only(four_class_bundle):
+    """A bundle of a 4-class run: meta.json and every member record the classes, predictions carry p_A, p_S, p_H,
+    p_N only (and `predicted` among them), and agree with the ensemble stage's stored posteriors."""
+    four = ("A", "S", "H", "N")
+    path, rows, features = four_class_bundle["bundle"], four_class_bundle["rows"], four_class_bundle["features"]
+    assert json.loads((path / "meta.json").read_text())["config"]["classes"] == list(four)
+    for name in ("p_deep", "p_late"):
+        assert json.loads((path / "members" / name / "config.json").read_text())["classes"] == list(four)
+        assert json.loads((path / "members" / name / "probe.json").read_text())["outputs"] == list(four)
+    bundle = load_bundle(path)
+    assert bundle.classes == four and [m.classes for m in bundle.members] == [four, four]
+    assert bundle.meta.cfg.n_inputs == 2 * (4 + 4)               # each member's posteriors and its probe's
+    test = list(rows.index[rows["split"] == "test"])
+    frame = bundle.predict_audio([four_class_bundle["wavs"][i] for i in test])
+    assert list(frame.columns) == ["utt_id", "path", "p_A", "p_S", "p_H", "p_N", "predicted", *ATTRIBUTES]
+    assert set(frame["predicted"]) <= set(four)
+    probs, member_probs = bundle.predict_features({"egemaps": [features[i] for i in test]})
+    assert probs.shape == (len(test), 4) and member_probs.shape == (len(test), 2, 4)
+    np.testing.assert_allclose(frame[["p_A", "p_S", "p_H", "p_N"]].to_numpy(), probs, rtol=0, atol=1e-6)
+    assert list(frame["predicted"]) == list(np.asarray(four)[probs.argmax(1)])
+    stored = four_class_bundle["stored"]
+    assert [c for c in stored.columns if c.startswith("p_")] == ["p_A", "p_S", "p_H", "p_N"]
+    check = stored_agreement(bundle, [four_class_bundle["wavs"][i] for i in test], stored)
+    assert check["argmax_agree"] == len(test) and check["max_abs_diff"] <= 1e-5, check
+    empty, empty_members, _ = bundle.predict_all({"egemaps": []})
+    assert empty.shape == (0, 4) and empty_members.shape == (0, 2, 4)
+
+
+def _rewrite(bundle: Path, rel: str, change) -> None:
+    """Edit one JSON file of a bundle (change(dict) -> dict) and record its new checksum in the manifest."""
+    from medusa.io import sha256_file
+
+    path = bundle / rel
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][rel] = sha256_file(path)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_members_of_other_classes_are_refused(four_class_bundle, probe_bundle, tmp_path):
+    four = four_class_bundle
+    # writing: a member of the 8-class run beside one of the 4-class run
+    with pytest.raises(BundleError, match=r"the members are over different classes \(member 'p_deep': A S H N; "
+                                          r"member 'p_late': A S H U F D C N\)"):
+        save_bundle(tmp_path / "b", four["soup"], [four["dirs"][0], probe_bundle["dirs"][1]], {"egemaps": EGEMAPS},
+                    None)
+    # loading: a meta-classifier over other classes than its members' (same count, so the weights would load)
+    other = Path(shutil.copytree(four["bundle"], tmp_path / "other"))
+    _rewrite(other, "meta.json", lambda m: {**m, "config": {**m["config"], "classes": ["A", "S", "H", "U"]}})
+    with pytest.raises(BundleError, match=r"reads posteriors over the classes A S H U, its members \(p_deep, "
+                                          r"p_late\) predict A S H N"):
+        load_bundle(other)
+
+
+def test_a_bundle_written_before_classes_were_recorded_predicts_all_8(probe_bundle, tmp_path):
+    """meta.json, the members' config.json and probe.json of older bundles name no classes: all 8 codes."""
+    old = Path(shutil.copytree(probe_bundle["bundle"], tmp_path / "old"))
+    drop = lambda key: lambda d: {k: v for k, v in d.items() if k != key}  # noqa: E731
+    _rewrite(old, "meta.json", lambda m: {**m, "config": drop("classes")(m["config"])})
+    for name in ("p_deep", "p_late"):
+        _rewrite(old, f"members/{name}/config.json", drop("classes"))
+        _rewrite(old, f"members/{name}/probe.json", drop("outputs"))
+    bundle = load_bundle(old)
+    assert bundle.classes == CODES and bundle.members[0].probe.outputs == list(CODES)
+    features = {"egemaps": probe_bundle["features"][:5]}
+    np.testing.assert_array_equal(bundle.predict_features(features)[0],
+                                  load_bundle(probe_bundle["bundle"]).predict_features(features)[0])

@@ -1,8 +1,11 @@
 """The synthetic demo corpus: deterministic, in the documented format, consistent, with every class."""
 import csv
 from collections import Counter, defaultdict
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 from medusa.corpora.demo import MAX_DURATION_S, MIN_DURATION_S, build_demo_corpus, tree_digest
 from medusa.corpora.manifest import build_manifest, speaker_overlap
@@ -11,6 +14,11 @@ from medusa.labels import CODES, plurality
 from medusa.params import load_params
 
 SMALL = dict(seed=11, n_speakers=12, n_train=60, n_development=20, n_blind=8, annotators_min=5, annotators_max=7)
+
+
+def build(p):
+    """The manifest of a corpus the test wrote, converted audio cached beside it (not in the repo's work/)."""
+    return build_manifest(p, cache_dir=Path(p.corpus).parent / f"{Path(p.corpus).name}.audio")
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +74,7 @@ def test_consensus_is_the_plurality_of_detailed_votes(full_corpus):
 
 
 def test_every_class_has_30_training_utterances_and_splits_are_speaker_disjoint(full_corpus, demo_params):
-    m = build_manifest(demo_params.prepare.model_copy(update={"corpus_dir": str(full_corpus)}))
+    m = build(demo_params.prepare.model_copy(update={"corpus": str(full_corpus)}))
     train_counts = m.loc[m["split"] == "train", "label"].value_counts()
     assert all(train_counts.get(c, 0) >= 30 for c in CODES), train_counts.to_dict()
     # MSP-like imbalance: Neutral and Happy are the most common classes.
@@ -80,3 +88,24 @@ def test_every_class_has_30_training_utterances_and_splits_are_speaker_disjoint(
     assert m["duration_s"].between(MIN_DURATION_S, MAX_DURATION_S).all()
     assert (m["split"] == "blind").sum() == demo_params.demo_corpus.n_blind
     assert m.loc[m["split"] != "blind", "ref_text"].notna().all()
+
+
+def test_the_demo_corpus_as_a_csv_manifest_gives_the_same_manifest(tmp_path, demo_params):
+    """`medusa demo-corpus DIR --manifest`: the same corpus in the form a researcher writes for theirs; prepare
+    reads it into the same work/manifest.parquet (same bytes) as the MSP-Podcast layout."""
+    from medusa import cli
+    from medusa.io import write_parquet
+
+    params = tmp_path / "params.yaml"
+    raw = demo_params.model_dump()
+    raw["demo_corpus"].update(SMALL)
+    params.write_text(yaml.safe_dump(raw))
+    assert cli.main(["demo-corpus", str(tmp_path / "demo"), "--params", str(params), "--manifest"]) == 0
+    manifests = {}
+    for corpus in ("demo", "demo/manifest.csv"):
+        p = demo_params.prepare.model_copy(update={"corpus": str(tmp_path / corpus)})
+        write_parquet(build_manifest(p, cache_dir=tmp_path / "audio"), tmp_path / "m.parquet")
+        manifests[corpus] = (tmp_path / "m.parquet").read_bytes()
+    assert manifests["demo"] == manifests["demo/manifest.csv"]
+    m = pd.read_parquet(tmp_path / "m.parquet")
+    assert set(m["split"]) == {"train", "test", "dev", "blind"} and len(m) == 60 + 20 + 8

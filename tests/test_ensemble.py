@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medusa import ensemble
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, classes_of, target_columns
 from medusa.metrics import balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval, \
     stratified_bootstrap_indices
 
@@ -78,19 +78,21 @@ def test_meta_classifier_learns_which_member_to_trust_and_beats_both():
 
 
 def _posteriors(manifest: pd.DataFrame, rng) -> pd.DataFrame:
+    """Random posteriors over the manifest's classes (its p_ columns) of its dev and test rows."""
     rows = manifest[manifest["split"] != "train"][["utt_id", "split", "label"]].reset_index(drop=True)
-    p = rng.dirichlet(np.ones(8), len(rows))
-    rows[list(SOFT_TARGET_COLUMNS)] = p
+    classes = classes_of(manifest)
+    p = rng.dirichlet(np.ones(len(classes)), len(rows))
+    rows[list(target_columns(classes))] = p
     rows[list(ATTRIBUTES)] = 4.0
     return rows
 
 
-def _manifest(rng, n: int = 240) -> pd.DataFrame:
-    """train/dev/test in turn, random labels, one-hot soft targets, attributes 3."""
+def _manifest(rng, n: int = 240, classes: tuple[str, ...] = CODES) -> pd.DataFrame:
+    """train/dev/test in turn, random labels, one-hot soft targets over `classes` (the run's), attributes 3."""
     splits = np.asarray(["train", "dev", "test"])[np.arange(n) % 3]
-    labels = np.asarray(CODES)[rng.integers(0, 8, n)]
+    labels = np.asarray(classes)[rng.integers(0, len(classes), n)]
     manifest = pd.DataFrame({"utt_id": [f"u{i}" for i in range(n)], "split": splits, "label": labels})
-    manifest[list(SOFT_TARGET_COLUMNS)] = np.eye(8)[[CODES.index(c) for c in labels]]
+    manifest[list(target_columns(classes))] = np.eye(len(classes))[[classes.index(c) for c in labels]]
     manifest[list(ATTRIBUTES)] = 3.0
     return manifest
 
@@ -183,19 +185,20 @@ def test_a_bundle_config_saved_before_the_split_loads_with_its_shapes():
 def _subset_result(truth: np.ndarray, predictions: dict[str, np.ndarray], singles: list[np.ndarray],
                    classes: tuple[str, ...]) -> ensemble.SubsetResult:
     n = len(truth)
-    test = ensemble.Stacked(np.asarray([f"u{i}" for i in range(n)]), np.zeros((n, 1, 8), np.float32),
-                            np.zeros((n, 1, 3), np.float32), truth)
+    test = ensemble.Stacked(np.asarray([f"u{i}" for i in range(n)]), np.zeros((n, 1, len(classes)), np.float32),
+                            np.zeros((n, 1, 3), np.float32), truth, classes=classes)
     return ensemble.SubsetResult(["m"], predictions, singles, None, [], test, np.asarray([]), classes)
 
 
 def test_technique_table_leads_with_balanced_macro_f1_over_the_run_classes():
     rng = np.random.default_rng(3)
     truth = np.asarray(list("N" * 60 + "A" * 25 + "S" * 10 + "X" * 5 + "F" * 3))
-    idx = lambda labels: np.asarray([CODES.index(c) if c in CODES else 7 for c in labels])  # noqa: E731
+    classes = ("A", "S", "N")                     # the run's: F is not one of them, so not scored, nor is X
+    # predictions are indices into the run's classes (a 3-class system cannot predict X or F: N stands in there)
+    idx = lambda labels: np.asarray([classes.index(c) if c in classes else 2 for c in labels])  # noqa: E731
     noisy = [np.where(rng.random(len(truth)) < 0.7, truth, rng.choice(list("NAS"), len(truth))) for _ in range(3)]
     preds = {"majority voting": idx(np.full(len(truth), "N")), "soft voting": idx(noisy[0]),
              "meta-classifier (single)": idx(noisy[1]), "meta-classifier (soup)": idx(noisy[2])}
-    classes = ("A", "S", "N")                     # F never labels a train row here: not scored, nor is X
     table = ensemble.technique_table({"all": _subset_result(truth, preds, [idx(noisy[1]), idx(noisy[0])], classes)},
                                      bootstrap=300, seed=2).set_index("technique")
     scored = np.isin(truth, classes)
@@ -402,5 +405,56 @@ def test_missing_probe_files_name_the_member_folder_and_the_stage(tmp_path):
                                                 r"\(probe_posteriors\.parquet missing.*retrain it: dvc repro train@m1"):
         ensemble.read_probe_posteriors(["m1"], tmp_path)
     pd.DataFrame({"utt_id": ["u0"], "split": ["dev"]}).to_parquet(tmp_path / "m1" / "probe_posteriors.parquet")
-    with pytest.raises(ValueError, match=r"probe_posteriors\.parquet: no column\(s\) label, p_A"):
+    with pytest.raises(ValueError, match=r"probe_posteriors\.parquet: no column\(s\) label, p_<code>"):
         ensemble.read_probe_posteriors(["m1"], tmp_path)
+
+
+# ------------------------------------------------------------------------------ the run's classes
+
+
+def test_a_three_class_run_stacks_trains_and_predicts_over_its_classes():
+    """A 3-class run (the manifest's p_ columns: A S N) without attribute ratings: the meta-classifier reads and
+    predicts 3 classes, its posteriors carry p_A, p_S, p_N only, votes and weights are over those classes, and
+    the attribute outputs train on nothing rather than on made-up ratings."""
+    three = ("A", "S", "N")
+    rng = np.random.default_rng(0)
+    manifest = _manifest(rng, 240, three).assign(**{a: np.nan for a in ATTRIBUTES})
+    posteriors = {m: _posteriors(manifest, rng) for m in ("a", "b")}
+    probes = {m: _posteriors(manifest, rng) for m in ("a", "b")}
+    cfg = ensemble.MetaConfig(n_models=0, epochs=5, attributes_in=True, include_probes=True, mse_weight=0.4)
+    result = ensemble.run_subset(posteriors, manifest, ["a", "b"], cfg, [0, 1], probes)
+    assert result.classes == three and result.soup.cfg.classes == three and result.test.classes == three
+    assert result.soup.cfg.n_inputs == 2 * (3 + 3 + 3)
+    assert result.soup.net.out_features == 3 + 3                          # 3 classes, 3 attributes
+    for weights in result.soup.state_dict().values():
+        assert torch.isfinite(weights).all()
+    assert all(p.max() < 3 for p in result.predictions.values())          # indices into the 3 classes
+    table = ensemble.technique_table({"all": result}, bootstrap=100)
+    assert (table["n"] == (manifest["split"] == "test").sum()).all()
+    frame = ensemble.ensemble_posteriors(posteriors, result, ("test",), probes)
+    assert [c for c in frame.columns if c.startswith("p_")] == ["p_A", "p_S", "p_N"]
+    assert np.isfinite(frame[list(ATTRIBUTES)].to_numpy()).all()
+    weights = ensemble.member_class_weights(result.soup, ["a", "b"])
+    assert list(weights.columns) == list(three) and list(weights.index) == ["a", "b", "a (probe)", "b (probe)"]
+    from medusa import reports
+    votes = reports.vote_frames(posteriors, ["a", "b"])
+    assert all([c for c in f.columns if c.startswith("p_")] == ["p_A", "p_S", "p_N"] for f in votes.values())
+    assert list(reports.per_class_scores({"soup": frame})["soup"]) == list(three)
+
+
+def test_members_over_other_classes_are_refused_by_name():
+    rng = np.random.default_rng(0)
+    manifest = _manifest(rng, 120, ("A", "S", "N"))
+    posteriors = {"a": _posteriors(manifest, rng), "b": _posteriors(manifest, rng)}
+    posteriors["b"]["p_H"] = 0.0                                          # a member of a 4-class run
+    with pytest.raises(ValueError, match=r"the members' posteriors are over different classes \(member 'a': A S N; "
+                                         r"member 'b': A S H N\)"):
+        ensemble.stack(posteriors, "dev")
+    eight = _manifest(rng, 120)
+    with pytest.raises(ValueError, match=r"the members' posteriors are over the classes A S N, the manifest's run "
+                                         r"over A S H U F D C N: retrain the members"):
+        ensemble.run_subset({"a": posteriors["a"]}, eight, ["a"], ensemble.MetaConfig(n_models=0, epochs=1), [0])
+    meta = ensemble.MetaClassifier(ensemble.MetaConfig(n_models=1))               # 8 classes
+    with pytest.raises(ValueError, match=r"reads posteriors over the classes A S H U F D C N, the members' are over "
+                                         r"A S N"):
+        ensemble.meta_predict(meta, ensemble.stack({"a": posteriors["a"]}, "test"))

@@ -1,6 +1,7 @@
 """A member end to end on small stores the test writes: resolve from params, train, write, load, score."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -177,13 +178,25 @@ def test_baseline_posteriors_are_in_class_order(corpus):
     assert scores["balanced_macro_f1"] > 0.8  # the class is in store a's frame mean: a linear model finds it
 
 
+def four_class(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The corpus as a 4-class run (IEMOCAP's A S H N): the manifest holds p_A, p_S, p_H, p_N only, soft targets
+    renormalised over them; train rows of the other classes are labelled X (no agreement), other splits keep
+    their labels (a label outside the run's classes is not scored)."""
+    four = ["A", "S", "H", "N"]
+    out = manifest.drop(columns=[f"p_{c}" for c in CODES if c not in four])
+    columns = [f"p_{c}" for c in four]
+    out[columns] = out[columns].div(out[columns].sum(axis=1), axis=0)
+    out["label"] = out["label"].where(out["label"].isin(four) | (out["split"] != "train"), "X")
+    return out
+
+
 def test_members_are_scored_over_the_run_classes(corpus):
-    """A run whose training split has 4 classes is scored over those 4: the same predictions score higher than
-    averaged over all 8 codes would, and test utterances of the other classes are not scored."""
+    """A 4-class run is scored over those 4: the same predictions score higher than averaged over all 8 codes
+    would, and test utterances of the other classes are not scored."""
     manifest, root = corpus
-    post = logistic_baseline(manifest, members.open_stores(["a", "b"], root), 1.0, 0)
-    four = manifest.assign(label=manifest["label"].where(manifest["label"].isin(["A", "S", "H", "N"]) |
-                                                          (manifest["split"] != "train"), "X"))
+    four = four_class(manifest)
+    post = logistic_baseline(four, members.open_stores(["a", "b"], root), 1.0, 0)
+    assert [c for c in post.columns if c.startswith("p_")] == ["p_A", "p_S", "p_H", "p_N"]
     scores = members.score_test_split(four, post, seed=0, bootstrap=200)
     assert scores["classes"] == ["A", "S", "H", "N"] and list(scores["per_class_f1"]) == ["A", "S", "H", "N"]
     test = post[(post["split"] == "test") & post["label"].isin(["A", "S", "H", "N"])]
@@ -195,6 +208,67 @@ def test_members_are_scored_over_the_run_classes(corpus):
     over_8 = f1_score(test["label"], members.predicted_labels(test), labels=list(CODES), average="macro",
                       zero_division=0)
     assert over_8 < 0.6 < scores["macro_f1"]          # 4 codes without utterances would each add a 0
+
+
+def test_a_four_class_run_trains_a_member_over_its_classes(corpus, tmp_path):
+    """The manifest's p_ columns are the run's classes: the member has one class output per class, its config
+    records them, its posteriors (and its probe's) carry those columns only, and it is scored over them."""
+    manifest, root = corpus
+    four = four_class(manifest)
+    train = {**TRAIN, "stage1_epochs": 2, "stage2_epochs": 1, "epoch_steps": 6}
+    spec = members.resolve_member("m4", {"encoders": ["a", "b"], "seed": 0}, train,
+                                  members.store_dims(["a", "b"], root))
+    metrics = members.train_member(spec, four, root, tmp_path / "m4")
+    model, config = members.load_member(tmp_path / "m4")
+    assert model.class_head.out_features == 4 and config["deepser"]["n_classes"] == 4
+    assert config["classes"] == ["A", "S", "H", "N"] and members.member_classes(config) == ("A", "S", "H", "N")
+    for file in ("posteriors.parquet", members.PROBE_POSTERIORS):
+        post = pd.read_parquet(tmp_path / "m4" / file)
+        assert [c for c in post.columns if c.startswith("p_")] == ["p_A", "p_S", "p_H", "p_N"], file
+        np.testing.assert_allclose(post.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+        assert set(members.predicted_labels(post)) <= {"A", "S", "H", "N"}
+    for block in ("test", "probe_test"):
+        assert metrics[block]["classes"] == ["A", "S", "H", "N"], block
+        assert list(metrics[block]["per_class_f1"]) == ["A", "S", "H", "N"], block
+    # scored: the test utterances labelled with a run class (the fixture's test split holds A, H, F, C and X)
+    test = four[four["split"] == "test"]
+    assert metrics["test"]["n"] == int(test["label"].isin(["A", "S", "H", "N"]).sum())
+    # stage 1 trains every row with votes (train rows of other classes are X now), stage 2 draws A S H N rows
+    n_train = int((four["split"] == "train").sum())
+    assert metrics["train_rows"] == {"stage1": n_train, "stage2_pool": n_train // 2}
+    # a config whose classes do not match the model's outputs is refused by name
+    config["classes"] = list(CODES)
+    (tmp_path / "m4" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"m4/config\.json: 8 classes \(A S H U F D C N\) but the model has 4 class "
+                                         r"outputs; retrain"):
+        members.load_member(tmp_path / "m4")
+
+
+def test_a_member_config_without_classes_predicts_all_8(trained, tmp_path):
+    """Members trained before config.json recorded `classes` have 8 class outputs, in CODES order."""
+    _, out, _ = trained
+    old = Path(shutil.copytree(out, tmp_path / "old"))
+    config = json.loads((old / "config.json").read_text())
+    assert config.pop("classes") == list(CODES)
+    (old / "config.json").write_text(json.dumps(config))
+    model, config = members.load_member(old)
+    assert members.member_classes(config) == CODES and model.class_head.out_features == 8
+
+
+def test_a_run_without_attribute_ratings_trains_and_reports_null_ccc(corpus, tmp_path):
+    """A corpus without arousal/valence/dominance ratings (all NaN): the MSE term has nothing to read and adds
+    nothing, training stays finite, and the member's CCC is NaN (null in metrics.json), not a number made up from
+    zeros."""
+    manifest, root = corpus
+    unrated = manifest.assign(**{a: np.nan for a in ATTRIBUTES})
+    train = {**TRAIN, "stage1_epochs": 2, "stage2_epochs": 1, "epoch_steps": 6}
+    spec = members.resolve_member("u", {"encoders": ["a"], "seed": 0}, train, members.store_dims(["a"], root))
+    metrics = members.train_member(spec, unrated, root, tmp_path / "u")
+    assert all(np.isnan(v) for v in metrics["test"]["ccc"].values())
+    assert json.loads((tmp_path / "u" / "metrics.json").read_text())["test"]["ccc"] == dict.fromkeys(ATTRIBUTES)
+    assert np.isfinite(members.history_frame(tmp_path / "u")["train_loss"]).all()
+    post = pd.read_parquet(tmp_path / "u" / "posteriors.parquet")
+    assert np.isfinite(post[list(SOFT_TARGET_COLUMNS)].to_numpy()).all() and metrics["test"]["macro_f1"] > 0.5
 
 
 def test_score_table_rows_match_the_scores(corpus, trained):

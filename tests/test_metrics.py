@@ -81,14 +81,16 @@ def test_scores_are_over_the_run_classes_only():
     assert macro_f1(y, p3, classes) == pytest.approx((8 / 9 + 3) / 4)
 
 
-def test_run_classes_come_from_the_train_split():
+def test_run_classes_are_the_manifest_soft_target_columns():
+    """The manifest holds a p_ column for exactly the run's classes (prepare writes them): those are the classes,
+    in CODES order, whatever the labels (X, O, a code outside the run) say."""
     manifest = pd.DataFrame({"split": ["train", "train", "train", "dev", "test", "blind"],
-                             "label": ["N", "X", "A", "S", "H", None]})
-    assert run_classes(manifest) == ("A", "N")                  # CODES order; X, dev and test labels do not count
-    with pytest.raises(ValueError, match="no train row labelled"):
-        run_classes(manifest.assign(split="dev"))
-    with pytest.raises(KeyError, match="label"):
-        run_classes(manifest.drop(columns="label"))
+                             "label": ["N", "X", "A", "S", "F", None],
+                             "p_N": [1.0, 0.5, 0.0, 0.0, 0.0, None], "p_A": [0.0, 0.5, 1.0, 0.0, 0.0, None],
+                             "p_S": [0.0, 0.0, 0.0, 1.0, 0.0, None]})
+    assert run_classes(manifest) == ("A", "S", "N")            # CODES order; F has no column: not a run class
+    with pytest.raises(ValueError, match="no soft-target column p_<code>.*rerun the prepare stage"):
+        run_classes(manifest.drop(columns=["p_N", "p_A", "p_S"]))
 
 
 def test_ccc_values():

@@ -2,6 +2,8 @@
 import csv
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ import soundfile as sf
 from medusa.audio import AudioError
 from medusa.corpora.manifest import build_manifest, speaker_disjoint_cut
 from medusa.corpora.msp_podcast import CorpusError, read_consensus, read_detailed
-from medusa.labels import SOFT_TARGET_COLUMNS
+from medusa.labels import classes_of, target_columns
 from medusa.params import PrepareParams
 
 # file, consensus, speaker, split set, votes (primary words)
@@ -22,8 +24,15 @@ ROWS = [
     ("MSP-PODCAST_0004_0001.wav", "H", "Unknown", "Train", ["Happy", "Happy"]),
     ("MSP-PODCAST_0005_0001.wav", "N", "14", "Development", ["Neutral", "Neutral", "Contempt"]),
     ("MSP-PODCAST_0006_0001.wav", "C", "15", "Test1", ["Contempt"]),
+    ("MSP-PODCAST_0007_0001.wav", "N", "16", "Train", ["Neutral", "Neutral"]),
+    ("MSP-PODCAST_0008_0001.wav", "H", "17", "Train", ["Happy", "Happy", "Surprise"]),
 ]
 BLIND = ["MSP-PODCAST_test3_0001.wav"]
+
+
+def build(p):
+    """The manifest of a corpus the test wrote, converted audio cached beside it (not in the repo's work/)."""
+    return build_manifest(p, cache_dir=Path(p.corpus).parent / f"{Path(p.corpus).name}.audio")
 
 
 def _detail(worker: int, word: str) -> str:
@@ -63,15 +72,16 @@ def write_corpus(root, form="csv", spelling="consensus", sample_rate=16000):
 
 
 def params(root, **kw):
-    base = dict(corpus_dir=str(root), train_sets=["Train"], dev_sets=["Development"], test_fraction=0.25,
-                seed=0, probe_max_utterances=100)
+    base = dict(corpus=str(root), train_sets=["Train"], dev_sets=["Development"], classes="auto", label_map={},
+                dev_fraction=0.1, test_fraction=0.25, min_per_class=1, long_audio="reject", skip_bad_audio=False,
+                seed=1, probe_max_utterances=100)  # seed 1: the test cut leaves A, S, H and N in train
     return PrepareParams(**{**base, **kw})
 
 
 @pytest.mark.parametrize("form", ["csv", "json"])
 @pytest.mark.parametrize("spelling", ["consensus", "concensus"])
 def test_loader_accepts_csv_and_json_and_both_spellings(tmp_path, form, spelling):
-    m = build_manifest(params(write_corpus(tmp_path, form, spelling)))
+    m = build(params(write_corpus(tmp_path, form, spelling)))
     assert set(m["split"]) == {"train", "test", "dev", "blind"}
     assert len(m) == len(ROWS) - 1 + len(BLIND)          # the Test1 row is left out
     row = m.set_index("utt_id").loc["MSP-PODCAST_0002_0001"]
@@ -83,19 +93,19 @@ def test_loader_accepts_csv_and_json_and_both_spellings(tmp_path, form, spelling
 
 
 def test_csv_and_json_forms_give_the_same_manifest(tmp_path):
-    a = build_manifest(params(write_corpus(tmp_path / "a", "csv")))
-    b = build_manifest(params(write_corpus(tmp_path / "b", "json", "concensus")))
-    cols = ["utt_id", "split", "label", "speaker", *SOFT_TARGET_COLUMNS, "arousal", "agreement"]
+    a = build(params(write_corpus(tmp_path / "a", "csv")))
+    b = build(params(write_corpus(tmp_path / "b", "json", "concensus")))
+    cols = ["utt_id", "split", "label", "speaker", *target_columns(classes_of(a)), "arousal", "agreement"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
 def test_blind_and_other_rows(tmp_path):
-    m = build_manifest(params(write_corpus(tmp_path))).set_index("utt_id")
+    m = build(params(write_corpus(tmp_path))).set_index("utt_id")
     blind = m.loc["MSP-PODCAST_test3_0001"]
-    assert blind["split"] == "blind" and np.isnan(blind[list(SOFT_TARGET_COLUMNS)].astype(float)).all()
+    assert blind["split"] == "blind" and np.isnan(blind[list(target_columns(classes_of(m)))].astype(float)).all()
     other = m.loc["MSP-PODCAST_0003_0001"]          # 2 Other + 1 Happy: O consensus, soft target all Happy
     assert other["label"] == "O" and other["p_H"] == 1.0
-    soft = m.loc[m["split"] != "blind", list(SOFT_TARGET_COLUMNS)].astype(float)
+    soft = m.loc[m["split"] != "blind", list(target_columns(classes_of(m)))].astype(float)
     assert np.allclose(soft.sum(axis=1), 1.0)
 
 
@@ -137,20 +147,24 @@ def test_malformed_json_entry_is_named(tmp_path):
         read_consensus(path)
 
 
-def test_missing_labelled_audio_and_wrong_format_are_errors(tmp_path):
+def test_missing_labelled_audio_is_an_error_and_other_formats_are_converted(tmp_path):
     root = write_corpus(tmp_path)
     (root / "Audios" / "MSP-PODCAST_0001_0001.wav").unlink()
     with pytest.raises(CorpusError, match="1 labelled files are missing.*MSP-PODCAST_0001_0001.wav"):
-        build_manifest(params(root))
+        build(params(root))
     root = write_corpus(tmp_path / "b")
-    sf.write(root / "Audios" / "MSP-PODCAST_0001_0002.wav", np.zeros(4410), 44100, subtype="PCM_16")
-    with pytest.raises(AudioError, match="MSP-PODCAST_0001_0002.wav: expected 16000 Hz mono PCM_16, got 44100"):
-        build_manifest(params(root))
+    sf.write(root / "Audios" / "MSP-PODCAST_0001_0002.wav", np.zeros((22050, 2)), 44100, subtype="PCM_24")
+    row = build(params(root)).set_index("utt_id").loc["MSP-PODCAST_0001_0002"]
+    assert row["duration_s"] == 0.5 and sf.info(row["path"]).samplerate == 16000  # converted, into the cache
+    assert sf.info(row["path"]).channels == 1 and "Audios" not in row["path"]
+    (root / "Audios" / "MSP-PODCAST_0001_0002.wav").write_bytes(b"not audio at all")
+    with pytest.raises(AudioError, match="MSP-PODCAST_0001_0002.wav"):
+        build(params(root))
 
 
 def test_unknown_split_sets_in_params_are_an_error(tmp_path):
     with pytest.raises(CorpusError, match="no row has a Split_Set in"):
-        build_manifest(params(write_corpus(tmp_path), train_sets=["Training"], dev_sets=["Dev"]))
+        build(params(write_corpus(tmp_path), train_sets=["Training"], dev_sets=["Dev"]))
 
 
 def test_speaker_disjoint_cut_is_seeded_and_whole_speakers():
@@ -181,7 +195,7 @@ def test_a_duplicated_detailed_row_is_refused_naming_file_and_lines(tmp_path):
     other = lines[2].replace("Angry", "Sad")
     path.write_text("\n".join(lines + [other]) + "\n")
     with pytest.raises(CorpusError, match=rf"labels_detailed\.csv:{n + 1}: .* already rated on line 3"):
-        build_manifest(params(root))
+        build(params(root))
 
 
 def test_a_duplicated_json_entry_or_worker_is_refused(tmp_path):
@@ -222,4 +236,4 @@ def test_a_truncated_wav_stops_prepare_naming_file_and_lengths(tmp_path):
     path.write_bytes(path.read_bytes()[:44 + 8000])
     with pytest.raises(AudioError, match=r"MSP-PODCAST_0002_0001\.wav: truncated audio: the header declares 8000 "
                                          r"samples \(0\.500 s\) but the file holds 4000 \(0\.250 s\)"):
-        build_manifest(params(root))
+        build(params(root))

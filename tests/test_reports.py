@@ -173,11 +173,27 @@ def test_vote_frames_pair_the_votes_with_other_systems():
 
 
 def test_per_class_scores_cover_the_run_classes():
+    """Posteriors of a 3-class run (p_A, p_S, p_N): per-class F1 of those 3 (NaN for S, absent from test), by
+    default the classes the posteriors are over."""
     frame = pd.DataFrame({"utt_id": ["u0", "u1", "u2", "u3"], "split": "test", "label": ["A", "N", "N", "X"]})
-    frame[list(SOFT_TARGET_COLUMNS)] = np.eye(8)[[0, 7, 0, 0]]
-    scores = reports.per_class_scores({"m": frame}, ("A", "S", "N"))["m"]
+    frame[["p_A", "p_S", "p_N"]] = np.eye(3)[[0, 2, 0, 0]]
+    scores = reports.per_class_scores({"m": frame})["m"]
+    assert pd.Series(scores).equals(pd.Series(reports.per_class_scores({"m": frame}, ("A", "S", "N"))["m"]))
     assert list(scores) == ["A", "S", "N"] and np.isnan(scores["S"])
     assert scores["A"] == pytest.approx(2 / 3) and scores["N"] == pytest.approx(2 / 3)
+    # the figures show those 3 classes, not 8
+    from medusa import plots
+    heatmap = plots.per_class_f1_heatmap({"m": scores, "n": {"A": 0.5, "S": 0.1, "N": 0.2}})
+    assert [t.get_text() for t in heatmap.axes[0].get_xticklabels()] == ["A", "S", "N"]
+    bars = plots.per_class_f1({"m": scores})
+    assert [t.get_text() for t in bars.axes[0].get_xticklabels()] == ["A", "S", "N"]
+    matrix = plots.confusion_matrix(frame["label"], ["A", "N", "A", "A"], ("A", "S", "N"))
+    assert [t.get_text() for t in matrix.axes[0].get_xticklabels()] == ["A", "S", "N"]
+    curves = plots.training_curves(pd.DataFrame({"step": [1, 2], "stage": [1, 2], "train_loss": [1.0, 0.8],
+                                                 "dev_balanced_macro_f1": [0.4, 0.5]}), "m", n_classes=3)
+    assert any(list(line.get_ydata()) == [1 / 3, 1 / 3] for line in curves.axes[1].get_lines())
+    import matplotlib.pyplot as plt
+    plt.close("all")
 
 
 def test_no_largest_drop_when_no_variant_lowers_the_score():

@@ -66,11 +66,11 @@ def test_notebook_without_parameters_cell_is_refused(tmp_path):
 
 def test_cli_reads_params_section_and_exits_nonzero_on_failure(tmp_path, repo_root):
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["prepare"]["corpus_dir"] = "no-such-corpus"
+    params["prepare"]["corpus"] = "no-such-corpus"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     declared = "\n".join(f"{k} = None" for k in params["prepare"])  # the section's keys, as 01_prepare has
     nb = make_notebook(tmp_path / "nb.ipynb", [declared, "assert isinstance(train_sets, list), train_sets\n"
-                                                         "raise FileNotFoundError(corpus_dir)"])
+                                                         "raise FileNotFoundError(corpus)"])
     proc = subprocess.run([sys.executable, "-m", "medusa.run", str(nb), "--section", "prepare",
                            "--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path / "o"),
                            "--html-dir", str(tmp_path / "h")], capture_output=True, text=True)
@@ -104,7 +104,7 @@ def test_cli_with_the_wrong_section_exits_nonzero(tmp_path, repo_root):
                            "--section", "prepare", "--params", str(repo_root / "params.yaml"), "--out-dir", str(out),
                            "--html-dir", str(tmp_path / "h")], capture_output=True, text=True, cwd=repo_root)
     assert proc.returncode == 1
-    assert "parameters it does not declare: corpus_dir" in proc.stderr
+    assert "parameters it does not declare: classes, corpus" in proc.stderr
     assert not out.exists()
 
 

@@ -354,3 +354,61 @@ def test_a_step_budget_is_recorded_and_checkpointed(problem, tmp_path):
     _, history, _ = train_deepser(model(), train, dev, cfg, CPU)
     assert [h["steps"] for h in history] == [7, 14, 21]
     assert all(h["utterances"] <= 7 * 16 for h in history)
+
+
+# ------------------------------------------------------------------ the run's classes: the manifest's p_ columns
+
+def _three_class(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows as a 3-class run (A S N): only p_A, p_S, p_N, soft targets renormalised over them; rows of the
+    other classes are labelled X (they keep their class votes)."""
+    columns = ["p_A", "p_S", "p_N"]
+    out = rows.drop(columns=[c for c in SOFT_TARGET_COLUMNS if c not in columns]).reset_index(drop=True)
+    out[columns] = out[columns].div(out[columns].sum(axis=1), axis=0)
+    out["label"] = out["label"].where(out["label"].isin(["A", "S", "N"]), "X")
+    return out
+
+
+def test_targets_weights_and_balanced_draws_follow_the_run_classes(problem):
+    train, dev = problem
+    rows = _three_class(train.rows)
+    soft = FeatureDataset(rows, train.stores, [1, 1])
+    hot = FeatureDataset(rows, train.stores, [1, 1], one_hot=True)
+    assert soft.classes == hot.classes == ("A", "S", "N")
+    assert soft.targets.shape == hot.targets.shape == (len(rows), 3)
+    np.testing.assert_allclose(soft.targets, rows[["p_A", "p_S", "p_N"]].to_numpy(np.float32))
+    in_class = rows["label"].isin(["A", "S", "N"]).to_numpy()
+    assert soft.has_target.all() and (hot.has_target == in_class).all()     # X rows keep their votes when soft
+    np.testing.assert_array_equal(hot.targets[in_class].argmax(1),
+                                  [("A", "S", "N").index(c) for c in rows.loc[in_class, "label"]])
+    # stage 2 balances over the three classes only
+    rng = np.random.default_rng(0)
+    drawn = soft.labels[_epoch_rows(2, soft, rng)]
+    labels, counts = np.unique(drawn, return_counts=True)
+    assert list(labels) == ["A", "N", "S"] and len(set(counts)) == 1
+    # a 3-output model trains and selects over the three classes; an 8-output one is refused
+    dev3 = FeatureDataset(_three_class(dev.rows), dev.stores, [1, 1])
+    cfg = train_config(batch_size=16, lr=3e-3, stage1_epochs=2, stage2_epochs=1, seed=0)
+    torch.manual_seed(0)
+    trained, history, best = train_deepser(DeepSER(deepser_config((6, 4), n_classes=3)), soft, dev3, cfg, CPU)
+    probs, _ = predict(trained, dev3, 32, CPU)
+    assert probs.shape == (len(dev3), 3) and best["score"] > 0.5 and len(history) == 3
+    with pytest.raises(ValueError, match=r"the model has 8 class outputs but the run has 3 classes \(A S N\)"):
+        train_deepser(model(), soft, dev3, cfg, CPU)
+    with pytest.raises(ValueError, match=r"the dev rows have the classes A S H U F D C N but the training rows A S N"):
+        train_deepser(DeepSER(deepser_config((6, 4), n_classes=3)), soft, dev, cfg, CPU)
+
+
+def test_rows_without_attribute_ratings_add_no_attribute_loss(problem):
+    """All attributes NaN (a corpus without ratings): the MSE term reads no row, so the loss is the weighted
+    cross-entropy alone, exactly as with mse_weight 0; nothing stands in for the missing ratings."""
+    from medusa.training import batch_loss
+
+    train, _ = problem
+    unrated = FeatureDataset(train.rows.assign(**{a: np.nan for a in ATTRIBUTES}), train.stores, [1, 1])
+    batch = unrated.batch(np.arange(16))
+    m = model()
+    m.eval()  # no dropout: two calls on the same batch give the same numbers
+    for mixup in (0.0, 1.0):
+        losses = [batch_loss(m, batch, None, train_config(mixup_p=mixup, mse_weight=w), np.random.default_rng(0), CPU)
+                  for w in (0.4, 0.0)]
+        assert torch.isfinite(losses[0]) and losses[0].item() == losses[1].item(), mixup

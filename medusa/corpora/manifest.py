@@ -1,46 +1,50 @@
-"""Corpus in the MSP-Podcast challenge layout -> the manifest every later stage reads.
+"""A corpus -> the manifest every later stage reads (work/manifest.parquet).
 
-Manifest columns (one row per utterance):
-    utt_id, path, duration_s, speaker, gender, split, label, p_A .. p_N (soft targets), arousal, valence,
-    dominance, agreement, n_votes, ref_text
+A corpus is a CSV manifest (medusa.corpora.csv_manifest: the form for any corpus) or a folder in the MSP-Podcast
+challenge layout (medusa.corpora.msp_podcast). Both become the same table:
+    utt_id, path, duration_s, speaker, gender, split, label, p_<code> for each of the run's classes (soft
+    targets), arousal, valence, dominance, agreement, n_votes, ref_text
+The p_ columns record the run's classes (medusa.labels.classes_of): every later model, table and prediction
+follows them. `path` is the 16 kHz mono file to read (the original, or its conversion in work/audio/).
 Splits:
-    train  the corpus's training sets (params prepare.train_sets) minus the test cut;
-    test   the paper's in-house cut: `test_fraction` of those utterances, speaker-disjoint from train, seeded;
-    dev    the development sets (prepare.dev_sets), used for model selection;
-    blind  audio in Audios/ with no label row (like the challenge's Test3), kept for prediction.
-Rows of other Split_Set values (e.g. Test1/Test2 of older releases) are left out, with a log line.
-Soft targets: the normalised primary votes over the 8 classes. `Other-...` votes name no class, so they are
+    train  the training rows (MSP layout: prepare.train_sets) minus the test cut;
+    test   given, or cut from train: `test_fraction` of it, speaker-disjoint, seeded (the paper's in-house cut);
+    dev    given (MSP layout: prepare.dev_sets), used for model selection;
+    blind  audio without a label (like the challenge's Test3), kept for prediction.
+A CSV's rows without a split are split speaker-disjointly and stratified by class (stratified_speaker_split).
+Rows of other MSP Split_Set values (e.g. Test1/Test2 of older releases) are left out, with a log line.
+Soft targets: the normalised primary votes over the run's classes. `Other-...` votes name no class, so they are
 dropped before normalising (an utterance with 2 Sad, 1 Neutral and 1 Other vote gets p_S = 2/3, p_N = 1/3);
 an utterance whose votes are all Other (or that has none) has no soft target (NaN), as have blind rows.
 """
 from __future__ import annotations
 
 import logging
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from medusa.audio import check_corpus_audio
+from medusa.audio import prepare_audio
+from medusa.io import atomic_path
+from medusa.corpora.csv_manifest import consensus_votes, read_csv_manifest
 from medusa.corpora.msp_podcast import (CONSENSUS_NAMES, DETAILED_NAMES, CorpusError, find_label_file,
                                         read_consensus, read_detailed)
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, soft_targets, vote_counts
+from medusa.labels import ATTRIBUTES, CODES, classes_of, soft_targets, target_columns, vote_counts
 from medusa.params import PrepareParams
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test", "blind")
 UNKNOWN_SPEAKER = "Unknown"
-MANIFEST_COLUMNS = ("utt_id", "path", "duration_s", "speaker", "gender", "split", "label",
-                    *SOFT_TARGET_COLUMNS, *ATTRIBUTES, "agreement", "n_votes", "ref_text")
 
 
 def speaker_disjoint_cut(speakers: pd.Series, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the rows forming a held-out cut of about `fraction` of the rows, whole speakers at a
     time. Speakers are taken in a seeded random order until the cut reaches the target size; an utterance of
     an unknown speaker counts as a speaker of its own (it cannot be matched to anyone)."""
-    groups = speakers.astype(str).where(speakers.astype(str) != UNKNOWN_SPEAKER,
-                                        "unknown:" + speakers.index.astype(str))
+    groups = pd.Series(_speaker_groups(speakers), index=speakers.index)
     sizes = groups.value_counts().sort_index()
     order = np.random.default_rng(seed).permutation(len(sizes))
     target = fraction * len(groups)
@@ -56,16 +60,53 @@ def speaker_disjoint_cut(speakers: pd.Series, fraction: float, seed: int) -> np.
     return groups.isin(chosen).to_numpy()
 
 
-def build_manifest(p: PrepareParams, check_audio: bool = True) -> pd.DataFrame:
-    corpus = Path(p.corpus_dir)
+@dataclass
+class PreparedCorpus:
+    """What prepare makes of a corpus: the manifest, its classes, and what it left out (and why)."""
+    manifest: pd.DataFrame
+    classes: tuple[str, ...]
+    skipped_audio: pd.DataFrame      # source, reason: files prepare.skip_bad_audio left out
+    outside_classes: pd.DataFrame    # split, label, utterances: rows labelled with a class outside the run's
+
+
+def build_manifest(p: PrepareParams, cache_dir: str | Path, check_audio: bool = True) -> pd.DataFrame:
+    return prepare_corpus(p, cache_dir, check_audio).manifest
+
+
+def prepare_corpus(p: PrepareParams, cache_dir: str | Path, check_audio: bool = True) -> PreparedCorpus:
+    """Read `prepare.corpus` (a CSV manifest or an MSP-Podcast-layout folder) and build the manifest: audio
+    checked and converted to 16 kHz mono once (medusa.audio.prepare_audio), splits, the run's classes, soft
+    targets over them. `cache_dir` receives converted audio (the pipeline's: medusa.paths.AUDIO_CACHE).
+    `check_audio=False` skips the audio (tests of the label logic only)."""
+    corpus = Path(p.corpus)
+    if corpus.suffix.lower() == ".csv":
+        rows = read_csv_manifest(corpus, p.label_map)
+    else:
+        rows = _read_msp_layout(corpus, p)
+    rows, skipped = _audio(rows, p, check_audio, cache_dir)
+    rows = _assign_splits(rows, p)
+    classes = _classes(rows, p.classes, corpus)
+    outside = _outside_classes(rows, classes)
+    rows = _targets(rows, classes)
+    label = rows["label"].astype(object)
+    rows["label"] = label.where(label.notna(), None)  # None on blind rows, whichever reader made the table
+    rows = rows.sort_values(["split", "utt_id"], key=lambda s: s.map(SPLITS.index) if s.name == "split" else s)
+    columns = ["utt_id", "path", "duration_s", "speaker", "gender", "split", "label", *target_columns(classes),
+               *ATTRIBUTES, "agreement", "n_votes", "ref_text"]
+    return PreparedCorpus(rows.loc[:, columns].reset_index(drop=True), classes, skipped, outside)
+
+
+def _read_msp_layout(corpus: Path, p: PrepareParams) -> pd.DataFrame:
+    """The challenge layout's rows: Split_Sets mapped to train/dev (test is cut from train later), annotators'
+    primary votes per file, audio in Audios/ without a label row as blind."""
     audio_dir = corpus / "Audios"
     if not audio_dir.is_dir():
-        raise CorpusError(f"{audio_dir}: not found (prepare.corpus_dir must hold Audios/, Labels/, Transcripts/)")
+        raise CorpusError(f"{audio_dir}: not found (prepare.corpus must be a CSV manifest or a folder holding "
+                          "Audios/, Labels/, Transcripts/)")
     consensus = read_consensus(find_label_file(corpus / "Labels", CONSENSUS_NAMES))
     detailed = read_detailed(find_label_file(corpus / "Labels", DETAILED_NAMES))
     log.info("read %d consensus rows and %d annotator rows", len(consensus), len(detailed))
 
-    # Labelled rows: keep the split sets asked for.
     set_to_split = {**{s: "train" for s in p.train_sets}, **{s: "dev" for s in p.dev_sets}}
     labelled = consensus[consensus["split_set"].isin(set_to_split)].copy()
     dropped = consensus.loc[~consensus["split_set"].isin(set_to_split), "split_set"].value_counts()
@@ -75,53 +116,175 @@ def build_manifest(p: PrepareParams, check_audio: bool = True) -> pd.DataFrame:
         raise CorpusError(f"{corpus}: no row has a Split_Set in {sorted(set_to_split)}; "
                           f"found {sorted(consensus['split_set'].unique())}")
     labelled["split"] = labelled["split_set"].map(set_to_split)
-    pool = labelled["split"] == "train"
-    cut = speaker_disjoint_cut(labelled.loc[pool, "speaker"].reset_index(drop=True), p.test_fraction, p.seed)
-    labelled.loc[labelled.index[pool.to_numpy()][cut], "split"] = "test"
-
-    # Soft targets and agreement from the annotators' primary votes.
     votes = detailed.groupby("file_name")["primary"].agg(list)
-    file_votes = labelled["file_name"].map(votes)
-    no_votes = file_votes.isna()
+    labelled["votes"] = labelled["file_name"].map(votes)
+    no_votes = labelled["votes"].isna()
     if no_votes.any():
         log.warning("%d labelled files have no annotator rows (e.g. %s): they get no soft target",
                     int(no_votes.sum()), labelled.loc[no_votes, "file_name"].iloc[0])
-    file_votes = file_votes.apply(lambda v: v if isinstance(v, list) else [])
-    counts = np.stack([vote_counts(v) for v in file_votes]) if len(file_votes) else np.zeros((0, len(CODES)))
-    n_votes = file_votes.apply(len).to_numpy()
-    targets = soft_targets(counts)
-    agreement = np.where(n_votes > 0, counts.max(axis=1) / np.maximum(n_votes, 1), np.nan)
-    for j, col in enumerate(SOFT_TARGET_COLUMNS):
-        labelled[col] = targets[:, j]
-    labelled["agreement"] = agreement
-    labelled["n_votes"] = n_votes
+    labelled["votes"] = labelled["votes"].apply(lambda v: v if isinstance(v, list) else [])
 
-    # Audio: every labelled file must exist; audio without a label row is blind.
     on_disk = {f.name for f in audio_dir.glob("*.wav")}
     missing = sorted(set(labelled["file_name"]) - on_disk)
     if missing:
         raise CorpusError(f"{audio_dir}: {len(missing)} labelled files are missing, e.g. {missing[:3]}")
     blind = pd.DataFrame({"file_name": sorted(on_disk - set(consensus["file_name"]))})
-    blind["split"] = "blind"
-    blind["label"] = None
-    blind["speaker"] = UNKNOWN_SPEAKER
-    blind["gender"] = "Unknown"
+    blind["split"], blind["label"], blind["votes"] = "blind", None, None
+    blind["speaker"], blind["gender"] = UNKNOWN_SPEAKER, "Unknown"
     table = pd.concat([labelled, blind], ignore_index=True)
-
     table["utt_id"] = table["file_name"].str.removesuffix(".wav")
-    table["path"] = [str(audio_dir / f) for f in table["file_name"]]
-    durations = []
-    for path in tqdm(table["path"], desc="checking audio headers", unit="file", disable=not check_audio):
-        durations.append(check_corpus_audio(path).duration_s if check_audio else np.nan)
-    table["duration_s"] = durations
+    table["source"] = [str(audio_dir / f) for f in table["file_name"]]
     transcripts = corpus / "Transcripts"
     table["ref_text"] = [_read_transcript(transcripts / f"{u}.txt") for u in table["utt_id"]]
-    table = table.sort_values(["split", "utt_id"], key=lambda s: s.map(SPLITS.index) if s.name == "split" else s)
-    return table.loc[:, list(MANIFEST_COLUMNS)].reset_index(drop=True)
+    return table.drop(columns=["file_name", "split_set"])
+
+
+def _audio(rows: pd.DataFrame, p: PrepareParams, check: bool, cache_dir: str | Path
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every file checked (and converted to 16 kHz mono where it is not) once; a file over 30 s becomes
+    `<utt_id>_segNN` rows when prepare.long_audio is segment; bad files stop prepare or, with
+    prepare.skip_bad_audio, are left out and listed."""
+    if not check:
+        return rows.assign(path=rows["source"], duration_s=np.nan), pd.DataFrame(columns=["source", "reason"])
+    audio, skipped = prepare_audio(list(rows["source"]), cache_dir, long_audio=p.long_audio,
+                                   skip_bad=p.skip_bad_audio)
+    # The cache's index: which file became which (and, for the demo, that nothing needed converting). It also
+    # keeps the folder non-empty, so that DVC can track it as the stage's output.
+    with atomic_path(Path(cache_dir) / "index.csv") as tmp:
+        audio.to_csv(tmp, index=False)
+    pieces = audio.groupby("source")["segment"].transform("size")
+    audio = audio.assign(cut=pieces > 1)
+    out = rows.merge(audio[["source", "segment", "path", "duration_s", "cut"]], on="source", how="inner",
+                     validate="one_to_many")
+    out.loc[out["cut"], "utt_id"] = [f"{u}_seg{k:02d}" for u, k in out.loc[out["cut"], ["utt_id", "segment"]]
+                                     .itertuples(index=False)]
+    out["path"] = out["path"].astype(str)  # pandas' string dtype, as for every other text column
+    return out.drop(columns=["segment", "cut"]), skipped
+
+
+def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> pd.DataFrame:
+    """Splits as given; rows without one: speaker-disjoint train/dev/test stratified by class
+    (stratified_speaker_split). A training pool with no test row anywhere (MSP-Podcast's Train set, or a CSV
+    that names train and dev only) gets its test cut by speaker_disjoint_cut, as the paper's in-house split."""
+    rows = rows.copy()
+    derive = (rows["split"] == "").to_numpy()
+    if derive.any():
+        part = rows[derive]
+        rows.loc[derive, "split"] = stratified_speaker_split(part["label"].fillna("").astype(str).to_numpy(),
+                                                             part["speaker"], p.dev_fraction, p.test_fraction,
+                                                             p.seed)
+    pool = (rows["split"] == "train").to_numpy()
+    if not (rows["split"] == "test").any() and pool.any():
+        cut = speaker_disjoint_cut(rows.loc[pool, "speaker"].reset_index(drop=True), p.test_fraction, p.seed)
+        rows.loc[rows.index[pool][cut], "split"] = "test"
+    for split in ("train", "dev"):
+        if not (rows["split"] == split).any():
+            raise CorpusError(f"{p.corpus}: no {split} rows (give `split` values or leave them empty to derive)")
+    return rows
+
+
+def _classes(rows: pd.DataFrame, wanted: str | list[str], corpus: Path) -> tuple[str, ...]:
+    """The run's classes: every code labelling a train row (auto), or the list asked for, each of which must
+    label at least one train row (a class without training rows cannot be learnt)."""
+    present = set(rows.loc[rows["split"] == "train", "label"].dropna())
+    if wanted == "auto":
+        classes = tuple(c for c in CODES if c in present)
+        if not classes:
+            raise CorpusError(f"{corpus}: no train row is labelled with a class ({' '.join(CODES)})")
+        return classes
+    absent = [c for c in wanted if c not in present]
+    if absent:
+        raise CorpusError(f"{corpus}: prepare.classes lists {', '.join(absent)}, which label(s) no train row "
+                          f"(train labels: {', '.join(sorted(present))})")
+    return tuple(c for c in CODES if c in wanted)
+
+
+def _outside_classes(rows: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """(split, label, utterances) of the rows labelled with a class that is not one of the run's: they stay in the
+    manifest (predicted, shown) but get no soft target (a distribution over the run's classes alone would teach a
+    wrong answer) and are not scored, like O and X rows."""
+    outside = rows["label"].isin(CODES) & ~rows["label"].isin(classes)
+    counts = rows[outside].groupby(["split", "label"]).size().rename("utterances").reset_index()
+    for r in counts.itertuples():
+        log.warning("%d %s rows are labelled %s, not one of the run's classes (%s): kept without a target, not "
+                    "scored", r.utterances, r.split, r.label, " ".join(classes))
+    return counts
+
+
+def _targets(rows: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Soft targets: the primary votes for the run's classes, normalised (Other votes and votes for classes
+    outside the run name none of its classes, so they are dropped first); no votes: the label's one-hot;
+    neither: no target (NaN), as for blind rows and rows labelled with a class outside the run's.
+    agreement = the top class's share of all votes."""
+    rows = rows.copy()
+    outside = rows["label"].isin(CODES) & ~rows["label"].isin(classes)
+    vote_lists = [consensus_votes(label, votes)[0] if split != "blind" else []
+                  for label, votes, split in zip(rows["label"], rows["votes"], rows["split"])]
+    counts = np.stack([vote_counts(v) for v in vote_lists]) if len(rows) else np.zeros((0, len(CODES)))
+    n_votes = np.array([len(v) for v in vote_lists])
+    given = np.array([isinstance(v, list) for v in rows["votes"]])
+    keep = [CODES.index(c) for c in classes]
+    targets = soft_targets(counts[:, keep])
+    targets[outside.to_numpy()] = np.nan
+    for j, col in enumerate(target_columns(classes)):
+        rows[col] = targets[:, j]
+    rows["agreement"] = np.where(given & (n_votes > 0), counts.max(axis=1) / np.maximum(n_votes, 1), np.nan)
+    rows["n_votes"] = np.where(given, n_votes, np.nan)  # NaN: the corpus gives no votes
+    for a in ATTRIBUTES:
+        if a not in rows:
+            rows[a] = np.nan
+    return rows
+
+
+def stratified_speaker_split(labels: np.ndarray, speakers: pd.Series, dev_fraction: float, test_fraction: float,
+                             seed: int) -> np.ndarray:
+    """train/dev/test per row: whole speakers at a time, each split's class mix as close to the whole's as the
+    speakers allow (scikit-learn's StratifiedGroupKFold: one fold of round(1/fraction) is the held-out split, so
+    the shares are 1/k: 0.1 -> 1/10, 0.3 -> 1/3). Test first, then dev from the rest; seeded."""
+    groups = _speaker_groups(speakers.reset_index(drop=True))
+    out = np.full(len(labels), "train", dtype=object)
+    test = _one_fold(labels, groups, test_fraction, seed, "test_fraction")
+    out[test] = "test"
+    rest = np.flatnonzero(out == "train")
+    dev = _one_fold(labels[rest], groups[rest], dev_fraction / (1 - test_fraction), seed + 1, "dev_fraction")
+    out[rest[dev]] = "dev"
+    return out
+
+
+def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, key: str) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    k = max(2, round(1 / fraction))
+    n_groups = len(set(groups))
+    if n_groups < k:
+        raise CorpusError(f"{n_groups} speakers cannot give a speaker-disjoint share of {fraction:.2f} "
+                          f"(prepare.{key} needs at least {k}); give a `split` column or a larger fraction")
+    with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": expected
+        warnings.simplefilter("ignore", UserWarning)
+        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
+    return held_out
+
+
+def _speaker_groups(speakers: pd.Series) -> np.ndarray:
+    """Speaker per row; an unknown speaker counts as a speaker of its own (it cannot be matched to anyone)."""
+    s = speakers.astype(str)
+    return s.where(s != UNKNOWN_SPEAKER, "unknown:" + s.index.astype(str)).to_numpy()
+
+
+def thin_classes(manifest: pd.DataFrame, classes: tuple[str, ...], minimum: int) -> pd.DataFrame:
+    """(split, class, utterances) where a run class has fewer than `minimum` utterances in train, dev or test:
+    a balanced score over 2 clips of a class is a coin toss, and model selection on it is noise."""
+    labelled = manifest[manifest["split"].isin(["train", "dev", "test"])]
+    counts = pd.crosstab(labelled["split"], labelled["label"]).reindex(index=["train", "dev", "test"],
+                                                                       columns=list(classes), fill_value=0)
+    thin = counts.stack().rename("utterances").reset_index().rename(columns={"label": "class"})
+    return thin[thin["utterances"] < minimum].reset_index(drop=True)
 
 
 def _read_transcript(path: Path) -> str | None:
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    """The reference transcript, or None (no file, or an empty one: no reference, not an empty sentence)."""
+    return (path.read_text(encoding="utf-8").strip() or None) if path.is_file() else None
 
 
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +294,7 @@ def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
         "utterances": g.size(),
         "speakers": g["speaker"].nunique(),
         "hours": g["duration_s"].sum() / 3600,
-        "with_soft_target": g[SOFT_TARGET_COLUMNS[0]].count(),
+        "with_soft_target": g[target_columns(classes_of(manifest))[0]].count(),
     }).reindex([s for s in SPLITS if s in set(manifest["split"])])
 
 
