@@ -343,6 +343,11 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
     targets = truth[list(target_columns(classes))].to_numpy(np.float32)
     attributes = truth[list(ATTRIBUTES)].to_numpy(np.float32)
     cfg = MetaConfig(**{**asdict(cfg), "n_models": len(members), "classes": classes})
+    if not np.isfinite(attributes).any():  # a corpus without ratings: nothing would train attribute outputs
+        if cfg.attributes_in:
+            raise ValueError("ensemble.attributes_in: no dev utterance has attribute ratings, so the members' "
+                             "attribute predictions are empty; set ensemble.attributes_in: false")
+        cfg = MetaConfig(**{**asdict(cfg), "attributes_out": False})
 
     def seeded_runs(c: MetaConfig) -> list[MetaClassifier]:
         return [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(c), "seed": s})) for s in seeds]

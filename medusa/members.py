@@ -106,11 +106,13 @@ def split_datasets(spec: MemberSpec, manifest: pd.DataFrame, stores: list[Featur
             for split, rows in manifest.groupby("split", sort=False) if len(rows)}
 
 
-def posteriors_frame(data: FeatureDataset, probs: np.ndarray, attrs: np.ndarray) -> pd.DataFrame:
-    """utt_id, split, label, p_<code> of each of the run's classes (`data.classes`), attributes (1..7 scale)."""
+def posteriors_frame(data: FeatureDataset, probs: np.ndarray, attrs: np.ndarray, rated: bool = True
+                     ) -> pd.DataFrame:
+    """utt_id, split, label, p_<code> of each of the run's classes (`data.classes`), attributes (1..7 scale; NaN
+    when no training row was rated: an attribute head the MSE term never reached predicts nothing)."""
     frame = data.rows[["utt_id", "split", "label"]].copy()
     frame[list(target_columns(data.classes))] = probs
-    frame[list(ATTRIBUTES)] = unscale_attributes(attrs)
+    frame[list(ATTRIBUTES)] = unscale_attributes(attrs) if rated else np.nan
     return frame.reset_index(drop=True)
 
 
@@ -177,8 +179,11 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     for row in history:
         if "monitor_balanced_macro_f1" in row:
             row["test_balanced_macro_f1"] = row.pop("monitor_balanced_macro_f1")
+    rated = bool(np.isfinite(data["train"].attributes).any())
+    if not rated:
+        log.info("%s: no training utterance has attribute ratings: the member predicts classes only", spec.name)
     posteriors = pd.concat([posteriors_frame(data[s], *predict(model, data[s], 4 * spec.train.batch_size, device,
-                                                                spec.train.amp))
+                                                                spec.train.amp), rated)
                             for s in SCORED_SPLITS if s in data], ignore_index=True)
     # the member's linear probe: the same stores, mean-pooled, logistic regression (Table 1 shows both)
     probe = fit_probe(manifest, stores, spec.train.baseline_c, spec.train.seed)

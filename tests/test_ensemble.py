@@ -415,17 +415,20 @@ def test_missing_probe_files_name_the_member_folder_and_the_stage(tmp_path):
 def test_a_three_class_run_stacks_trains_and_predicts_over_its_classes():
     """A 3-class run (the manifest's p_ columns: A S N) without attribute ratings: the meta-classifier reads and
     predicts 3 classes, its posteriors carry p_A, p_S, p_N only, votes and weights are over those classes, and
-    the attribute outputs train on nothing rather than on made-up ratings."""
+    there are no attribute outputs (nothing would train them) and attribute inputs are refused."""
     three = ("A", "S", "N")
     rng = np.random.default_rng(0)
     manifest = _manifest(rng, 240, three).assign(**{a: np.nan for a in ATTRIBUTES})
     posteriors = {m: _posteriors(manifest, rng) for m in ("a", "b")}
     probes = {m: _posteriors(manifest, rng) for m in ("a", "b")}
     cfg = ensemble.MetaConfig(n_models=0, epochs=5, attributes_in=True, include_probes=True, mse_weight=0.4)
+    with pytest.raises(ValueError, match="ensemble.attributes_in: no dev utterance has attribute ratings"):
+        ensemble.run_subset(posteriors, manifest, ["a", "b"], cfg, [0, 1], probes)
+    cfg = ensemble.MetaConfig(n_models=0, epochs=5, include_probes=True, mse_weight=0.4)
     result = ensemble.run_subset(posteriors, manifest, ["a", "b"], cfg, [0, 1], probes)
     assert result.classes == three and result.soup.cfg.classes == three and result.test.classes == three
-    assert result.soup.cfg.n_inputs == 2 * (3 + 3 + 3)
-    assert result.soup.net.out_features == 3 + 3                          # 3 classes, 3 attributes
+    assert result.soup.cfg.n_inputs == 2 * (3 + 3)
+    assert result.soup.net.out_features == 3                              # 3 classes, no attribute outputs
     for weights in result.soup.state_dict().values():
         assert torch.isfinite(weights).all()
     assert all(p.max() < 3 for p in result.predictions.values())          # indices into the 3 classes
@@ -433,7 +436,7 @@ def test_a_three_class_run_stacks_trains_and_predicts_over_its_classes():
     assert (table["n"] == (manifest["split"] == "test").sum()).all()
     frame = ensemble.ensemble_posteriors(posteriors, result, ("test",), probes)
     assert [c for c in frame.columns if c.startswith("p_")] == ["p_A", "p_S", "p_N"]
-    assert np.isfinite(frame[list(ATTRIBUTES)].to_numpy()).all()
+    assert frame[list(ATTRIBUTES)].isna().all().all()
     weights = ensemble.member_class_weights(result.soup, ["a", "b"])
     assert list(weights.columns) == list(three) and list(weights.index) == ["a", "b", "a (probe)", "b (probe)"]
     from medusa import reports

@@ -198,6 +198,8 @@ def test_iemocap_like_keeps_its_split_column_transcripts_and_ratings(runs):
     assert set(run["probes"]["probe"]) == {"audio (eGeMAPS)", "text (TF-IDF)", "audio + text"}
     ccc = members.read_metrics(run["work"] / "models" / "egemaps")["test"]["ccc"]
     assert all(v is not None for v in ccc.values())
+    assert np.isfinite(run["posteriors"]["egemaps"][["arousal", "valence", "dominance"]].to_numpy()).all()
+    assert run["result"].soup.cfg.attributes_out is True
 
 
 def test_a_corpus_without_transcripts_ratings_or_splits(runs):
@@ -210,6 +212,8 @@ def test_a_corpus_without_transcripts_ratings_or_splits(runs):
     assert all(v is None or np.isnan(v) for v in ccc.values())          # no ratings: no attribute score
     for frame in run["posteriors"].values():
         assert np.isfinite(frame[["p_A", "p_S", "p_N"]].to_numpy()).all()
+        assert frame[["arousal", "valence", "dominance"]].isna().all().all()  # untrained heads predict nothing
+    assert run["result"].soup.cfg.attributes_out is False                    # nor does the meta-classifier
 
 
 @pytest.mark.parametrize("name", list(CORPORA))
