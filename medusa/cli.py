@@ -40,12 +40,15 @@ def _demo_corpus(args: argparse.Namespace) -> int:
 
 
 def _label_map(pairs: list[str]) -> dict[str, str]:
+    from medusa.labels import CONSENSUS_CODES
+
     out = {}
     for pair in pairs:
         word, sep, code = pair.partition("=")
-        if not sep or not word.strip() or not code.strip():
-            raise ParamsError(f"--label-map takes WORD=CODE (e.g. boredom=O), got {pair!r}")
-        out[word.strip()] = code.strip()
+        if not sep or not word.strip() or code.strip().upper() not in CONSENSUS_CODES:
+            raise ParamsError(f"--label-map takes WORD=CODE with a code of {' '.join(CONSENSUS_CODES)} (e.g. "
+                              f"boredom=O calm=N), got {pair!r}")
+        out[word.strip()] = code.strip().upper()
     return out
 
 
@@ -60,9 +63,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medusa.evaluate import evaluate
     from medusa.io import atomic_path, write_json
 
+    label_map = _label_map(args.label_map)  # a mistyped code is reported before any model loads
     try:
         bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
-        result = evaluate(bundle, args.corpus, _label_map(args.label_map), args.splits, args.audio_cache,
+        result = evaluate(bundle, args.corpus, label_map, args.splits, args.audio_cache,
                           args.cache_dir, args.skip_bad_audio, args.seed, args.bootstrap)
     except (BundleError, AudioError, CorpusError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

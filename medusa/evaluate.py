@@ -57,10 +57,15 @@ def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None
              audio_cache: str | Path = "work/cache/audio", cache_dir: str | Path = "work/cache",
              skip_bad_audio: bool = False, seed: int = 0, bootstrap: int = 1000) -> Evaluation:
     """Predict every labelled row of `corpus` with `bundle` (a medusa.bundle.Bundle) and score it."""
-    from medusa.audio import prepare_audio
+    from medusa.audio import AudioError, prepare_audio
 
     rows = corpus_rows(corpus, label_map or {}, splits)
-    audio, skipped = prepare_audio(list(rows["source"]), audio_cache, long_audio="reject", skip_bad=skip_bad_audio)
+    try:
+        audio, skipped = prepare_audio(list(rows["source"]), audio_cache, long_audio="reject",
+                                       skip_bad=skip_bad_audio)
+    except AudioError as e:  # its hints name prepare's params; say what evaluate takes
+        raise AudioError(f"{e}\n(medusa evaluate: --skip-bad-audio lists and skips such files; files over 30 s "
+                         "must be cut first)") from None
     rows = rows.merge(audio[["source", "path"]], on="source", how="inner")
     log.info("scoring %d utterances of %s with the bundle's %d members", len(rows), corpus,
              len(bundle.member_names))

@@ -50,7 +50,7 @@ class PrepareParams(Section):
     label_map: dict[str, str]
     #: Shares of the speakers' utterances for dev and test where a CSV manifest gives no split (speaker-disjoint,
     #: stratified by class); test_fraction is also the test cut of a training pool that has no test rows.
-    dev_fraction: float = Field(ge=0, lt=1)
+    dev_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     #: The prepare notebook warns where a class has fewer utterances than this in a split.
     min_per_class: int = Field(ge=0)
@@ -68,6 +68,12 @@ class PrepareParams(Section):
         if isinstance(data, dict) and "corpus_dir" in data:
             raise ValueError("corpus_dir was renamed to `corpus` (a folder in the MSP-Podcast layout or a CSV "
                              "manifest): write `corpus: " + str(data["corpus_dir"]) + "`")
+        label_map = data.get("label_map") if isinstance(data, dict) else None
+        if isinstance(label_map, dict):
+            bad = [k for k, v in label_map.items() if not isinstance(k, str) or not isinstance(v, str)]
+            if bad:
+                raise ValueError(f"label_map: {bad[0]!r}: {label_map[bad[0]]!r}: words and codes are text; quote "
+                                 "numbers, e.g. '01': N")
         return data
 
     @model_validator(mode="after")

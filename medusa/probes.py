@@ -19,8 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from medusa.labels import CODES
-from medusa.metrics import accuracy, balanced_macro_f1, classes_of, macro_f1
+from medusa.metrics import accuracy, balanced_macro_f1, classes_of, macro_f1, run_classes
 
 
 def egemaps_functionals(paths: list[str]) -> np.ndarray:
@@ -33,9 +32,9 @@ def egemaps_functionals(paths: list[str]) -> np.ndarray:
 
 
 def probe_sample(manifest: pd.DataFrame, max_utterances: int, seed: int) -> pd.DataFrame:
-    """Utterances of train, dev and test with a class label, subsampled (seeded) if needed; those with a reference
+    """Utterances of train, dev and test labelled with one of the run's classes, subsampled (seeded) if needed; those with a reference
     transcript when the corpus has any (the text probe needs one), all of them when it has none."""
-    rows = manifest[manifest["split"].isin(["train", "dev", "test"]) & manifest["label"].isin(CODES)]
+    rows = manifest[manifest["split"].isin(["train", "dev", "test"]) & manifest["label"].isin(run_classes(manifest))]
     if rows["ref_text"].notna().any():
         rows = rows[rows["ref_text"].notna()]
     if len(rows) > max_utterances:

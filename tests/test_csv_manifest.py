@@ -187,3 +187,61 @@ def test_the_old_corpus_dir_key_says_it_was_renamed(repo_root):
     raw["prepare"]["corpus_dir"] = raw["prepare"].pop("corpus")
     with pytest.raises(ParamsError, match="prepare: corpus_dir was renamed to `corpus`.*write `corpus: data`"):
         validate_params(raw)
+    raw["prepare"]["corpus"] = raw["prepare"].pop("corpus_dir")
+    raw["prepare"]["label_map"] = {1: "N"}
+    with pytest.raises(ParamsError, match="label_map: 1: 'N': words and codes are text; quote numbers"):
+        validate_params(raw)
+
+
+def test_an_unknown_speakers_long_file_keeps_its_pieces_together_without_its_transcript(tmp_path):
+    (tmp_path / "wav").mkdir()
+    rows = []
+    for i in range(20):
+        tone(tmp_path / "wav" / f"u{i}.wav", seconds=40.0 if i == 0 else 0.5)
+        rows.append([f"wav/u{i}.wav", ["angry", "neutral"][i % 2], "" if i == 0 else f"s{i % 10}", f"words {i}"])
+    path = write_csv(tmp_path, HEADER + ["transcript"], rows)
+    m = prepare_corpus(prepare_params(path, long_audio="segment"), tmp_path / "cache").manifest
+    pieces = m[m["utt_id"].str.startswith("u0_seg")]
+    assert len(pieces) == 2 and pieces["split"].nunique() == 1 and pieces["ref_text"].isna().all()
+    tone(tmp_path / "wav" / "u0_seg00.wav")
+    path = write_csv(tmp_path, HEADER + ["transcript"], rows + [["wav/u0_seg00.wav", "angry", "s1", "x"]])
+    with pytest.raises(CorpusError, match="'u0_seg00' is given twice after cutting long files"):
+        prepare_corpus(prepare_params(path, long_audio="segment"), tmp_path / "cache")
+
+
+def test_a_speakers_rows_without_a_split_follow_its_given_split(tmp_path):
+    (tmp_path / "wav").mkdir()
+    rows = []
+    for i in range(60):
+        tone(tmp_path / "wav" / f"u{i}.wav")
+        given = {0: "train", 1: "test"}.get(i // 30 if i % 3 == 0 else -1, "")  # some rows of s0..s9 named
+        rows.append([f"wav/u{i}.wav", ["angry", "neutral"][i % 2], f"s{i % 10}", given if i < 10 else ""])
+    path = write_csv(tmp_path, HEADER + ["split"], rows)
+    m = prepare_corpus(prepare_params(path), tmp_path / "cache").manifest
+    splits = m.groupby("speaker")["split"].agg(set)
+    assert all(len(s) == 1 for s in splits) and splits["s0"] == {"train"} and splits["s3"] == {"train"}
+    rows[1][3], rows[11][3] = "train", "test"  # s1 given in two splits, with more rows left empty
+    path = write_csv(tmp_path, HEADER + ["split"], rows)
+    with pytest.raises(CorpusError, match="speaker 's1' has rows in test and train and rows without a split"):
+        prepare_corpus(prepare_params(path), tmp_path / "cache")
+
+
+def test_votes_must_agree_with_a_class_label_and_text_must_be_utf8(tmp_path):
+    tone(tmp_path / "a.wav")
+    path = write_csv(tmp_path, HEADER + ["transcript", "votes"],
+                     [["a.wav", "angry", "s", "two\nlines", "angry:1;neutral:1"],
+                      ["a.wav", "angry", "s", "", "neutral:3;angry:1"]])
+    with pytest.raises(CorpusError, match=r"corpus.csv:4: label 'angry' \(A\) is not the most common vote"):
+        prepare_corpus(prepare_params(path), tmp_path / "cache")   # line 4: the first record spans lines 2-3
+    (tmp_path / "latin.csv").write_bytes("path,label,speaker\na.wav,col\xe8re,s\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin.csv: not UTF-8 text .*save it as UTF-8"):
+        prepare_corpus(prepare_params(tmp_path / "latin.csv"), tmp_path / "cache")
+
+
+def test_evaluate_refuses_a_label_map_value_that_is_no_code(tmp_path, capsys):
+    from medusa import cli
+
+    assert cli.main(["evaluate", str(tmp_path / "no-bundle"), str(tmp_path / "c.csv"), "--label-map",
+                     "calm=neutral"]) == 1
+    err = capsys.readouterr().err
+    assert "--label-map takes WORD=CODE" in err and "'calm=neutral'" in err

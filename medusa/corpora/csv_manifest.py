@@ -19,6 +19,7 @@ Every error names the file, the line and the value; all unmapped label words are
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections import Counter
@@ -88,26 +89,34 @@ def read_csv_manifest(path: str | Path, label_map: dict[str, str]) -> pd.DataFra
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: prepare.corpus names no such file")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise CorpusError(f"{path}:1: the header lacks column(s) {', '.join(missing)} (required: "
-                              f"{', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)}; got: {', '.join(header)})")
-        unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
-        if unknown or len(set(header)) != len(header):
-            twice = [c for c, n in Counter(header).items() if n > 1]
-            raise CorpusError(f"{path}:1: unknown or repeated column(s) {', '.join(unknown + twice)} (known: "
-                              f"{', '.join(REQUIRED + OPTIONAL)}); rename or drop them")
-        rows, lines, unmapped = [], [], {}
-        for line, fields in enumerate(reader, start=2):
-            if not any(f.strip() for f in fields):
-                continue
-            if len(fields) != len(header):
-                raise CorpusError(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
-            rows.append(_row(dict(zip(header, fields)), f"{path}:{line}", path.parent, label_map, unmapped, line))
-            lines.append(line)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); save it as "
+                          "UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise CorpusError(f"{path}:1: the header lacks column(s) {', '.join(missing)} (required: "
+                          f"{', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)}; got: {', '.join(header)})")
+    unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
+    if unknown or len(set(header)) != len(header):
+        twice = [c for c, n in Counter(header).items() if n > 1]
+        raise CorpusError(f"{path}:1: unknown or repeated column(s) {', '.join(unknown + twice)} (known: "
+                          f"{', '.join(REQUIRED + OPTIONAL)}); rename or drop them")
+    rows, lines, unmapped = [], [], {}
+    while True:
+        line = reader.line_num + 1  # where the next record starts (a quoted cell may span several lines)
+        fields = next(reader, None)
+        if fields is None:
+            break
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise CorpusError(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
+        rows.append(_row(dict(zip(header, fields)), f"{path}:{line}", path.parent, label_map, unmapped, line))
+        lines.append(line)
     if unmapped:
         listed = "; ".join(f"{w!r} ({len(ls)} rows, first on line {ls[0]})" for w, ls in sorted(unmapped.items()))
         first = min(ls[0] for ls in unmapped.values())
@@ -151,6 +160,11 @@ def _row(values: dict[str, str], where: str, folder: Path, label_map: dict[str, 
     vote_codes = _votes(votes, where, label_map, unmapped, line) if votes else None
     if vote_codes is not None and not word:
         raise CorpusError(f"{where}: votes given for a row without a label")
+    if vote_codes and label in CODES:  # the label is a class: it must be (one of) the votes' most common answer
+        counts = Counter(vote_codes)
+        if counts[label] < max(counts.values()):
+            raise CorpusError(f"{where}: label {word!r} ({label}) is not the most common vote in {votes!r}; fix "
+                              "the label or the votes (X: no agreement; O: other)")
     source_path = Path(source) if Path(source).is_absolute() else folder / source
     return {
         "utt_id": values.get("utt_id", "").strip() or Path(source).stem,
@@ -175,8 +189,8 @@ def _refuse_repeats(table: pd.DataFrame, path: Path, column: str, what: str) -> 
 
 
 def consensus_votes(label: str | None, votes: list[str] | None) -> tuple[list[str], str | None]:
-    """(votes, consensus) of a row: a votes cell as given (its plurality must agree with a class label, or the
-    label is X/O); without one, the label itself as a single vote (its one-hot soft target)."""
+    """(votes, consensus) of a row: a votes cell as given (read_csv_manifest checked that a class label is its
+    most common answer); without one, the label itself as a single vote (its one-hot soft target)."""
     if votes is None:
         return ([label] if label in CODES else []), label
     return votes, label if label is not None else plurality(votes)

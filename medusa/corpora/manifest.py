@@ -158,29 +158,62 @@ def _audio(rows: pd.DataFrame, p: PrepareParams, check: bool, cache_dir: str | P
                      validate="one_to_many")
     out.loc[out["cut"], "utt_id"] = [f"{u}_seg{k:02d}" for u, k in out.loc[out["cut"], ["utt_id", "segment"]]
                                      .itertuples(index=False)]
+    if out["cut"].any() and out.loc[out["cut"], "ref_text"].notna().any():
+        log.warning("%d segmented files had a reference transcript: their pieces get none (which words fall in "
+                    "which piece is unknown), so WER and the text probe leave them out", out.loc[out["cut"], "source"]
+                    .nunique())
+        out.loc[out["cut"], "ref_text"] = None
+    twice = out["utt_id"][out["utt_id"].duplicated()]
+    if len(twice):
+        raise CorpusError(f"the utterance name {twice.iloc[0]!r} is given twice after cutting long files into "
+                          "`<utt_id>_segNN` pieces; rename the file (or give an `utt_id` column)")
     out["path"] = out["path"].astype(str)  # pandas' string dtype, as for every other text column
     return out.drop(columns=["segment", "cut"]), skipped
 
 
 def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> pd.DataFrame:
-    """Splits as given; rows without one: speaker-disjoint train/dev/test stratified by class
-    (stratified_speaker_split). A training pool with no test row anywhere (MSP-Podcast's Train set, or a CSV
-    that names train and dev only) gets its test cut by speaker_disjoint_cut, as the paper's in-house split."""
+    """Splits as given; rows without one: their speaker's given split if it has one, otherwise speaker-disjoint
+    train/dev/test stratified by class (stratified_speaker_split). A training pool with no test row anywhere
+    (MSP-Podcast's Train set, or a CSV that names train and dev only) gets its test cut by speaker_disjoint_cut,
+    as the paper's in-house split. An unknown speaker is a speaker of its own per audio file (so the pieces of a
+    segmented file stay together)."""
     rows = rows.copy()
-    derive = (rows["split"] == "").to_numpy()
+    speakers = rows["speaker"].where(rows["speaker"] != UNKNOWN_SPEAKER, UNKNOWN_SPEAKER + ":" + rows["source"])
+    derive = (rows["split"] == "").to_numpy().copy()
+    if derive.any():
+        given = rows[~derive & rows["split"].isin(["train", "dev", "test"])].groupby(speakers)["split"].agg(set)
+        mixed = [s for s in speakers[derive].unique() if len(given.get(s, ())) > 1]
+        if mixed:
+            raise CorpusError(f"{p.corpus}: speaker {mixed[0]!r} has rows in {' and '.join(sorted(given[mixed[0]]))} "
+                              "and rows without a split; give those a split too (a speaker's rows in one split)")
+        inherit = derive & speakers.map(lambda s: len(given.get(s, ())) == 1).to_numpy(dtype=bool)
+        rows.loc[inherit, "split"] = [next(iter(given[s])) for s in speakers[inherit]]
+        derive &= ~inherit
     if derive.any():
         part = rows[derive]
         rows.loc[derive, "split"] = stratified_speaker_split(part["label"].fillna("").astype(str).to_numpy(),
-                                                             part["speaker"], p.dev_fraction, p.test_fraction,
+                                                             speakers[derive], p.dev_fraction, p.test_fraction,
                                                              p.seed)
     pool = (rows["split"] == "train").to_numpy()
     if not (rows["split"] == "test").any() and pool.any():
-        cut = speaker_disjoint_cut(rows.loc[pool, "speaker"].reset_index(drop=True), p.test_fraction, p.seed)
+        cut = speaker_disjoint_cut(speakers[pool].reset_index(drop=True), p.test_fraction, p.seed)
         rows.loc[rows.index[pool][cut], "split"] = "test"
     for split in ("train", "dev"):
         if not (rows["split"] == split).any():
             raise CorpusError(f"{p.corpus}: no {split} rows (give `split` values or leave them empty to derive)")
+    shared = _shared_speakers(rows.assign(speaker=speakers))
+    if shared:
+        log.warning("the given splits share speakers (%s): scores on them are not speaker-independent", shared)
     return rows
+
+
+def _shared_speakers(rows: pd.DataFrame) -> str:
+    """'train/test: 3 speakers, e.g. ...' for each pair of labelled splits sharing speakers ('' if none)."""
+    by_split = rows[rows["split"].isin(["train", "dev", "test"])].groupby("split")["speaker"].agg(set)
+    pairs = [(a, b) for a, b in (("train", "dev"), ("train", "test"), ("dev", "test"))
+             if a in by_split and b in by_split and by_split[a] & by_split[b]]
+    return "; ".join(f"{a}/{b}: {len(by_split[a] & by_split[b])} speakers, e.g. "
+                     f"{sorted(by_split[a] & by_split[b])[0]}" for a, b in pairs)
 
 
 def _classes(rows: pd.DataFrame, wanted: str | list[str], corpus: Path) -> tuple[str, ...]:
@@ -191,11 +224,15 @@ def _classes(rows: pd.DataFrame, wanted: str | list[str], corpus: Path) -> tuple
         classes = tuple(c for c in CODES if c in present)
         if not classes:
             raise CorpusError(f"{corpus}: no train row is labelled with a class ({' '.join(CODES)})")
+        for code in sorted(set(rows["label"].dropna()) & set(CODES) - set(classes)):
+            log.warning("class %s labels %d rows but none in train (the split put all its speakers elsewhere): "
+                        "it is not one of the run's classes", code, int((rows["label"] == code).sum()))
         return classes
     absent = [c for c in wanted if c not in present]
     if absent:
         raise CorpusError(f"{corpus}: prepare.classes lists {', '.join(absent)}, which label(s) no train row "
-                          f"(train labels: {', '.join(sorted(present))})")
+                          f"(train labels: {', '.join(sorted(present))}; if the corpus has such rows, the split put "
+                          "all their speakers in dev or test)")
     return tuple(c for c in CODES if c in wanted)
 
 
