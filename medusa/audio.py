@@ -302,7 +302,7 @@ PREPARED_COLUMNS = {"source": object, "segment": "int64", "path": object, "durat
 
 
 def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_audio: str = "reject",
-                  skip_bad: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  skip_bad: bool = False, listed_at: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check every source file once and make it readable by load_audio: (table, skipped).
 
     A plain 16 kHz mono PCM16 WAV of MIN_SECONDS..MAX_SECONDS is used where it lies. Any other file is converted
@@ -313,7 +313,8 @@ def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_au
     table: one row per (source, segment), in the order of `paths`: source (as given), segment (0-based), path (the
     16 kHz file to read), duration_s (of that file), orig_sample_rate, orig_channels, converted (path is a file
     written to the cache). Bad files (unreadable, empty, truncated, too short, too long under "reject") raise one
-    AudioError listing them all, or with skip_bad are left out and returned in skipped (source, reason)."""
+    AudioError listing them all, or with skip_bad are left out and returned in skipped (source, reason).
+    `listed_at` (one per path, e.g. "corpus.csv:12") prefixes each reason with where the file is listed."""
     from tqdm import tqdm
 
     if long_audio not in LONG_AUDIO_MODES:
@@ -322,11 +323,11 @@ def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_au
     rows: list[dict] = []
     bad: list[tuple[str, str]] = []
     counts = dict.fromkeys(("kept", "converted", "reused", "segmented"), 0)
-    for source in tqdm(paths, desc="checking and converting audio", unit="file"):
+    for i, source in enumerate(tqdm(paths, desc="checking and converting audio", unit="file")):
         try:
             prepared = _prepare_one(source, cache_dir, long_audio)
         except AudioError as e:  # collect them all: one run names every file to fix, not the first
-            bad.append((source, str(e)))
+            bad.append((source, str(e) if listed_at is None else f"{listed_at[i]}: {e}"))
             continue
         rows.extend(prepared.rows)
         counts[prepared.status] += 1

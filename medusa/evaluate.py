@@ -31,7 +31,7 @@ class Evaluation:
 
 
 def corpus_rows(corpus: str | Path, label_map: dict[str, str], splits: list[str] | None = None) -> pd.DataFrame:
-    """utt_id, source, label of a corpus's labelled rows (CSV `split` values, or MSP Split_Set values, in `splits`
+    """utt_id, source, label (and, for a CSV, listed_at: file:line) of a corpus's labelled rows (CSV `split` values, or MSP Split_Set values, in `splits`
     when given)."""
     corpus = Path(corpus)
     if corpus.suffix.lower() == ".csv":
@@ -50,7 +50,7 @@ def corpus_rows(corpus: str | Path, label_map: dict[str, str], splits: list[str]
                              "label": consensus["label"]})
     if rows.empty:
         raise CorpusError(f"{corpus}: no labelled row" + (f" in split(s) {', '.join(splits)}" if splits else ""))
-    return rows[["utt_id", "source", "label"]].reset_index(drop=True)
+    return rows[["utt_id", "source", "label", *(["listed_at"] if "listed_at" in rows else [])]].reset_index(drop=True)
 
 
 def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None, splits: list[str] | None = None,
@@ -62,7 +62,8 @@ def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None
     rows = corpus_rows(corpus, label_map or {}, splits)
     try:
         audio, skipped = prepare_audio(list(rows["source"]), audio_cache, long_audio="reject",
-                                       skip_bad=skip_bad_audio)
+                                       skip_bad=skip_bad_audio,
+                                       listed_at=list(rows["listed_at"]) if "listed_at" in rows else None)
     except AudioError as e:  # its hints name prepare's params; say what evaluate takes
         raise AudioError(f"{e}\n(medusa evaluate: --skip-bad-audio lists and skips such files; files over 30 s "
                          "must be cut first)") from None

@@ -146,7 +146,8 @@ def test_bad_audio_stops_prepare_or_is_skipped(tmp_path):
     path = corpus(tmp_path, ["angry", "neutral"], speakers=10)
     (tmp_path / "wav" / "s03_01.wav").write_bytes(b"RIFF....not a wav")
     tone(tmp_path / "wav" / "s04_00.wav", seconds=0.02)
-    with pytest.raises(AudioError, match=r"(?s)s03_01.wav.*s04_00.wav.*0.1 s.*prepare.skip_bad_audio: true"):
+    with pytest.raises(AudioError, match=r"(?s)corpus.csv:9: .*s03_01.wav.*corpus.csv:10: .*s04_00.wav.*0.1 s.*"
+                                         r"prepare.skip_bad_audio: true"):
         prepare_corpus(prepare_params(path), tmp_path / "cache")
     prepared = prepare_corpus(prepare_params(path, skip_bad_audio=True), tmp_path / "cache")
     assert len(prepared.manifest) == 18 and len(prepared.skipped_audio) == 2

@@ -136,6 +136,7 @@ def read_csv_manifest(path: str | Path, label_map: dict[str, str]) -> pd.DataFra
         first = absent.iloc[0]
         raise CorpusError(f"{path}:{first['line']}: audio file not found: {first['source']} ({len(absent)} of "
                           f"{len(table)} files are missing; paths are relative to {path.parent})")
+    table["listed_at"] = [f"{path}:{line}" for line in table["line"]]  # named in audio errors (prepare_audio)
     return table.drop(columns="line")
 
 

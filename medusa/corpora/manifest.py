@@ -147,7 +147,8 @@ def _audio(rows: pd.DataFrame, p: PrepareParams, check: bool, cache_dir: str | P
     if not check:
         return rows.assign(path=rows["source"], duration_s=np.nan), pd.DataFrame(columns=["source", "reason"])
     audio, skipped = prepare_audio(list(rows["source"]), cache_dir, long_audio=p.long_audio,
-                                   skip_bad=p.skip_bad_audio)
+                                   skip_bad=p.skip_bad_audio,
+                                   listed_at=list(rows["listed_at"]) if "listed_at" in rows else None)
     # The cache's index: which file became which (and, for the demo, that nothing needed converting). It also
     # keeps the folder non-empty, so that DVC can track it as the stage's output.
     with atomic_path(Path(cache_dir) / "index.csv") as tmp:
