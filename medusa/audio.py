@@ -193,8 +193,6 @@ def read_any(path: str | Path) -> tuple[np.ndarray, AudioInfo]:
     Nyquist frequency is filtered out instead of folding back as aliases, which naive decimation or linear
     interpolation would do). AudioError naming the file for an unreadable, empty or truncated file, or one that
     holds NaN or infinite samples (float formats can)."""
-    import soxr
-
     info = audio_info(path)
     if info.duration_s <= 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
@@ -204,10 +202,18 @@ def read_any(path: str | Path) -> tuple[np.ndarray, AudioInfo]:
         raise AudioError(f"{path}: empty audio (0 samples)")
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: holds NaN or infinite samples")
-    mono = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
-    if sr != SAMPLE_RATE:
-        mono = soxr.resample(mono, sr, SAMPLE_RATE, quality=_SOXR_QUALITY)
-    return np.ascontiguousarray(mono, dtype=np.float32), info
+    return to_mono_16k(x, sr), info
+
+
+def to_mono_16k(frames: np.ndarray, sample_rate: int) -> np.ndarray:
+    """float32 mono samples at 16 kHz of float32 frames (N, channels) at `sample_rate`, as read_any converts a
+    file's: channels averaged, another rate resampled with soxr (see read_any)."""
+    import soxr
+
+    mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
+    if sample_rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, sample_rate, SAMPLE_RATE, quality=_SOXR_QUALITY)
+    return np.ascontiguousarray(mono, dtype=np.float32)
 
 
 def _is_corpus_wav(info) -> bool:

@@ -309,10 +309,20 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
         raise BundleError(f"{path}: not a predict bundle (no manifest.json); write one with save_bundle")
-    manifest = json.loads(manifest_file.read_text())
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON, or bytes that are not UTF-8 text
+        raise BundleError(f"{manifest_file}: cannot be read as JSON ({e}); the bundle is damaged: copy it "
+                          "again") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_file}: not a bundle manifest (a JSON object with `format_version` and "
+                          "`files`); the bundle is damaged: copy it again")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{manifest_file}: bundle format {manifest.get('format_version')!r}, this version of "
                           f"medusa reads format {FORMAT_VERSION}")
+    if not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"{manifest_file}: no `files` object (the checksums of the bundle's files); the bundle "
+                          "is damaged: copy it again")
     root = path.resolve()
     for rel, digest in manifest["files"].items():
         file = (path / rel).resolve()
@@ -360,6 +370,17 @@ class Bundle:
     @property
     def needs_asr(self) -> bool:
         return any(kind_of(self.encoders[k]["family"]) == "text" for k in self.encoder_keys)
+
+    @property
+    def whisper_keys(self) -> list[str]:
+        """The encoder keys of Whisper encoders: they take clips of at most WHISPER_MAX_SECONDS."""
+        return [k for k in self.encoder_keys if self.encoders[k]["family"] == "whisper"]
+
+    @property
+    def max_clip_seconds(self) -> float | None:
+        """The longest clip the bundle scores (Whisper's window, when a Whisper encoder or the Whisper ASR reads
+        the audio), or None when no part of it limits the length."""
+        return WHISPER_MAX_SECONDS if self.whisper_keys or self.needs_asr else None
 
     # ---- features -> probabilities
 
@@ -490,25 +511,38 @@ class Bundle:
                 torch.cuda.empty_cache()  # the next encoder may be as large
         return features
 
+    def predict_clips(self, audios: list[np.ndarray], names: list[str] | None = None,
+                      cache_dir: str | Path = "work/cache", device: torch.device | str | None = None
+                      ) -> tuple[list[str] | None, np.ndarray, np.ndarray | None]:
+        """From clips already in memory (float32 mono 16 kHz, e.g. medusa.audio.read_any's): the transcripts (None
+        when no member reads text), the ensemble's class probabilities (N, C) over the bundle's classes, and its
+        attributes (N, 3; 1..7 scale) when the meta-classifier predicts them (else None). Each clip's outputs
+        depend on that clip alone (up to float noise), whatever else is in the call. `names` label clips in error
+        messages; AudioError naming the clip if one is longer than the Whisper encoder takes."""
+        names = names or [f"clip {i}" for i in range(len(audios))]
+        whisper_keys = self.whisper_keys
+        if whisper_keys:
+            for name, a in zip(names, audios):
+                if len(a) > WHISPER_MAX_SECONDS * 16000:
+                    raise AudioError(f"{name}: {len(a) / 16000:.1f} s long; the Whisper encoder "
+                                     f"({', '.join(whisper_keys)}) takes at most {WHISPER_MAX_SECONDS:g} s clips "
+                                     "(cut it into shorter segments)")
+        texts = self.transcribe(audios, cache_dir, device) if self.needs_asr else None
+        features = self.encode(audios, texts, cache_dir, device, names=names)
+        probs, _, attrs = self.predict_all(features)
+        return texts, probs, attrs
+
     def predict_audio(self, paths: list[str | Path], cache_dir: str | Path = "work/cache",
                       device: torch.device | str | None = None) -> pd.DataFrame:
         """Predictions for audio files (16 kHz; several channels are averaged): one row per file with utt_id
         (the file's stem), path, text (when a member reads transcripts), p_<code> of each of the bundle's classes,
         `predicted` (the argmax class code among them) and, when the meta-classifier predicts them,
         arousal/valence/dominance (1..7 scale).
-        `device` runs the encoders and ASR (default: the bundle's)."""
+        `device` runs the encoders and ASR (default: the bundle's). Files of any format, rate or length, each
+        error in its own row: medusa.predict.Predictor."""
         paths = [Path(p) for p in paths]
         audios = [_read_clip(p) for p in paths]
-        whisper_keys = [k for k in self.encoder_keys if self.encoders[k]["family"] == "whisper"]
-        if whisper_keys:
-            for p, a in zip(paths, audios):
-                if len(a) > WHISPER_MAX_SECONDS * 16000:
-                    raise AudioError(f"{p}: {len(a) / 16000:.1f} s long; the Whisper encoder "
-                                     f"({', '.join(whisper_keys)}) takes at most {WHISPER_MAX_SECONDS:g} s clips "
-                                     "(cut it into shorter segments)")
-        texts = self.transcribe(audios, cache_dir, device) if self.needs_asr else None
-        features = self.encode(audios, texts, cache_dir, device, names=[str(p) for p in paths])
-        probs, _, attrs = self.predict_all(features)
+        texts, probs, attrs = self.predict_clips(audios, [str(p) for p in paths], cache_dir, device)
         frame = pd.DataFrame({"utt_id": [p.stem for p in paths], "path": [str(p) for p in paths]})
         if texts is not None:
             frame["text"] = texts

@@ -6,9 +6,15 @@
     medusa extract ENCODER --shard I/N                  extract one shard of an encoder's features (one machine
                                                         or GPU per shard), then
     medusa extract ENCODER --merge N                    join the N shards into work/features/ENCODER
-    medusa predict BUNDLE AUDIO... [--out CSV]          emotion probabilities of audio files from a predict
-          [--allow-version-mismatch]                    bundle (medusa.bundle); refuses other library versions
-                                                        than those that made its features unless allowed
+    medusa predict BUNDLE PATH... [--out F]             emotion probabilities of audio files, folders or @lists
+          [--window S] [--hop S] [--batch-size N]       (any format, rate, length; medusa.predict) from a predict
+          [--device D] [--cache-dir D]                  bundle; --out .csv/.json/.parquet; exit status 1 when a
+          [--allow-version-mismatch]                    file could not be scored (its row says why); refuses
+                                                        other library versions than those that made its features
+                                                        unless allowed
+    medusa submission BUNDLE CORPUS --out CSV           the bundle's predictions for an MSP-layout corpus's blind
+          [--device D] [--cache-dir D]                  files, as a submission CSV (medusa.submission)
+          [--allow-version-mismatch]
     medusa evaluate BUNDLE CORPUS [--label-map W=C ...] a bundle scored on another corpus's labelled rows (a CSV
           [--splits S ...] [--out metrics.json]         manifest or an MSP-layout folder; medusa.evaluate)
           [--figure confusion.png] [--predictions CSV]
@@ -133,33 +139,86 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+#: rows of the table `medusa predict` prints when it also writes them all to --out
+_SHOWN_ROWS = 40
+
+
+def _prediction_table(frame, classes: tuple[str, ...], limit: int | None) -> str:
+    """A compact text table of predictions: the file, its span when files were cut into windows, the transcript's
+    start, the probabilities, the prediction, attributes, and the start of a warning or error."""
     import pandas as pd
 
+    from medusa.labels import ATTRIBUTES, target_columns
+
+    shown = frame.head(limit) if limit is not None else frame
+    columns = ["file"]
+    if (frame["level"] == "segment").any():
+        columns += ["level", "start_s", "end_s"]
+    columns += ["text"] if "text" in frame else []
+    columns += [*target_columns(classes), "predicted", *(a for a in ATTRIBUTES if a in frame)]
+    table = shown[columns].copy()
+    if "text" in table:
+        table["text"] = table["text"].fillna("").str.slice(0, 30)
+    table["predicted"] = table["predicted"].fillna("-")
+    table["note"] = [f"ERROR {e}"[:66] if pd.notna(e) else str(w)[:60] if pd.notna(w) else ""
+                     for e, w in zip(shown["error"], shown["warning"])]
+    with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 70):
+        text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+    if len(shown) < len(frame):
+        text += f"\n... {len(frame) - len(shown)} more rows"
+    return text
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medusa.audio import AudioError
+    from medusa.bundle import BundleError
+    from medusa.predict import PredictError, Predictor, check_output_path, write_predictions
+
+    try:
+        if args.out:
+            check_output_path(args.out)  # an unknown format is said before any model loads
+        predictor = Predictor.from_bundle(args.bundle, args.device, args.cache_dir, args.allow_version_mismatch)
+        frame = predictor.predict_files(args.paths, args.window, args.hop, args.batch_size)
+        if args.out:
+            write_predictions(frame, args.out)
+    except (BundleError, AudioError, PredictError, OSError, RuntimeError) as e:
+        # OSError covers a missing bundle, EncoderWeightsError (pretrained weights not here; a FileNotFoundError)
+        # and an --out that cannot be written; RuntimeError: a CUDA device asked for where there is none. Bad
+        # audio files are not among them: each is reported in its own row. A traceback would hide the message.
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(_prediction_table(frame, predictor.classes, _SHOWN_ROWS if args.out else None))
+    files = frame[frame["level"] == "file"]
+    errors, warnings = files["error"].dropna(), frame["warning"].notna().sum()
+    if args.out:
+        print(f"wrote {len(frame)} predictions to {args.out} ({len(files)} files, {len(frame) - len(files)} "
+              f"windows of longer files)")
+    if warnings:
+        print(f"{warnings} rows with a warning (silence or very short clips): see the `warning` column")
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if len(errors):
+        print(f"error: {len(errors)} of {len(files)} files could not be scored"
+              f"{' (their rows in ' + args.out + ' hold the reasons)' if args.out else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _submission(args: argparse.Namespace) -> int:
     from medusa.audio import AudioError
     from medusa.batches import pick_device
     from medusa.bundle import BundleError, load_bundle
-    from medusa.io import atomic_path
+    from medusa.corpora.msp_podcast import CorpusError
+    from medusa.submission import SubmissionError, blind_files, submission_from_bundle, write_submission
 
     try:
-        device = pick_device(args.device)
-        bundle = load_bundle(args.bundle, device, allow_version_mismatch=args.allow_version_mismatch)
-        frame = bundle.predict_audio(args.audio, cache_dir=args.cache_dir)
-    except (BundleError, AudioError, FileNotFoundError, RuntimeError) as e:
-        # FileNotFoundError covers a missing bundle and EncoderWeightsError (pretrained weights not here);
-        # RuntimeError: a CUDA device asked for where there is none. A traceback would hide the message.
+        bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
+        frame = submission_from_bundle(bundle, args.corpus, args.cache_dir)
+        write_submission(frame, args.out, blind_files(args.corpus))
+    except (SubmissionError, BundleError, AudioError, CorpusError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.out:
-        with atomic_path(args.out) as tmp:
-            frame.to_csv(tmp, index=False)
-    shown = frame.drop(columns=["path"])
-    if "text" in shown:
-        shown["text"] = shown["text"].str.slice(0, 40)
-    with pd.option_context("display.width", 200, "display.max_columns", None):
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if args.out:
-        print(f"wrote {len(frame)} predictions to {args.out}")
+    print(f"wrote {len(frame)} predictions to {args.out}")
     return 0
 
 
@@ -183,10 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--merge", type=int, metavar="N", help="join the N finished shards")
     ext.add_argument("--params", default=str(PARAMS_FILE))
     ext.set_defaults(func=_extract)
-    pred = sub.add_parser("predict", help="emotion probabilities of audio files (16 kHz wav) from a predict bundle")
+    pred = sub.add_parser("predict", help="emotion probabilities of audio files, folders or @lists (any format, "
+                          "rate, length) from a predict bundle")
     pred.add_argument("bundle", help="a bundle folder (written by the bundle stage, e.g. work/bundle)")
-    pred.add_argument("audio", nargs="+", help="audio files, 16 kHz (several channels are averaged)")
-    pred.add_argument("--out", help="also write the predictions to this CSV file")
+    pred.add_argument("paths", nargs="+", metavar="PATH",
+                      help="audio files (any format libsndfile reads, any rate; channels are averaged), folders "
+                           "(their audio files, subfolders too) or @LIST.txt (one path a line, relative to the list)")
+    pred.add_argument("--out", help="also write the predictions to this .csv, .json or .parquet file")
+    pred.add_argument("--window", type=float, default=30.0, metavar="S",
+                      help="files longer than this are cut into windows of S seconds, each scored, and the file "
+                           "scored as their duration-weighted mean (at most 30 with Whisper; default 30)")
+    pred.add_argument("--hop", type=float, metavar="S", help="seconds between windows' starts (default: the window)")
+    pred.add_argument("--batch-size", type=int, metavar="N",
+                      help="windows encoded and scored together (speed and memory only; default 64)")
     pred.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     pred.add_argument("--cache-dir", default="work/cache",
                       help="where converted model checkpoints (e.g. the demo Whisper) are kept")
@@ -194,6 +262,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="score even if the installed transformers/openai-whisper/opensmile differ (major.minor) "
                            "from those that made the members' features")
     pred.set_defaults(func=_predict)
+    subm = sub.add_parser("submission", help="a bundle's predictions for a corpus's blind (unlabelled) files, as "
+                                             "a challenge submission CSV")
+    subm.add_argument("bundle", help="a bundle folder (e.g. work/bundle)")
+    subm.add_argument("corpus", help="a folder in the MSP-Podcast layout (Audios/*.wav, Labels/)")
+    subm.add_argument("--out", required=True, help="the submission CSV to write")
+    subm.add_argument("--device", default="auto")
+    subm.add_argument("--cache-dir", default="work/cache", help="converted model checkpoints (e.g. the demo Whisper)")
+    subm.add_argument("--allow-version-mismatch", action="store_true")
+    subm.set_defaults(func=_submission)
     ev = sub.add_parser("evaluate", help="score a bundle on another corpus's labelled rows (cross-corpus)")
     ev.add_argument("bundle", help="a bundle folder (e.g. work/bundle)")
     ev.add_argument("corpus", help="a CSV manifest or a folder in the MSP-Podcast layout")

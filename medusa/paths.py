@@ -32,6 +32,8 @@ def model_checkpoint(name: str) -> Path:
 ENSEMBLE = WORK / "ensemble"
 #: Everything needed to go from audio to probabilities (medusa.bundle).
 BUNDLE = WORK / "bundle"
+#: The challenge's submission file (FileName,EmoClass) for the blind split, from the soup's posteriors.
+SUBMISSION = WORK / "submission.csv"
 #: Table 2's runs: one folder per variant, one member folder per (model, seed) in it (medusa.ablation).
 ABLATIONS = WORK / "ablations"
 #: The summary report's tables (Markdown, CSV, LaTeX).
