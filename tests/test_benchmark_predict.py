@@ -1,0 +1,35 @@
+"""benchmarks/predict.py on a tiny eGeMAPS-only bundle (no hub, no ASR) and four short wav files."""
+import re
+
+import soundfile as sf
+
+from test_predict import SR, bundle_path, voice  # noqa: F401  (bundle_path: the module-scoped bundle fixture)
+
+BENCHMARK = "predict"
+
+
+def test_the_section_has_both_ways_positive_numbers_and_equal_classes(bench, bundle_path, tmp_path):  # noqa: F811
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i, seconds in enumerate([2.0, 3.1, 1.5, 2.5]):
+        sf.write(audio / f"c{i}.wav", voice(seconds, seed=i), SR, subtype="PCM_16")
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\n## Other\n\nkept\n", encoding="utf-8")
+
+    res = bench.main(["--bundle", str(bundle_path), "--audio", str(audio), "--files", "4", "--device", "cpu",
+                      "--report", str(report), "--cache-dir", str(tmp_path / "cache")])
+
+    assert res.same_classes and res.errors == 0 and res.max_abs_diff < 1e-4
+    assert len(res.files) == 4 and abs(res.audio_s - 9.1) < 1e-6 and res.load_s > 0
+    for row in res.rows:
+        assert row.files == 4 and row.wall_s > 0 and row.files_per_s > 0 and row.rtf > 0 and row.peak_mb >= 0
+    assert [r.calls for r in res.rows] == [1, 4] and [r.batch_size for r in res.rows][1] == 1
+
+    text = report.read_text(encoding="utf-8")
+    assert "## Other\n\nkept" in text and text.count(bench.REPORT_SECTION) == 1
+    section = text[text.index(bench.REPORT_SECTION):]
+    assert "e_deep" in section and "e_late" in section and "the same predicted class for every file" in section
+    for way in ("batched", "one at a time"):
+        cells = re.search(rf"^\| {way} \|(.*)\|$", section, re.M).group(1).split("|")
+        numbers = [float(c) for c in cells]
+        assert numbers[3] > 0 and all(n > 0 for n in numbers[4:7])  # audio s, wall s, files/s, RTF
