@@ -194,15 +194,26 @@ def read_any(path: str | Path) -> tuple[np.ndarray, AudioInfo]:
     interpolation would do). AudioError naming the file for an unreadable, empty or truncated file, or one that
     holds NaN or infinite samples (float formats can)."""
     info = audio_info(path)
-    if info.duration_s <= 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
     _check_wav_complete(path)  # libsndfile would read a cut-short WAV as a shorter clip
+    return _decode(path), info
+
+
+def _decode(path: str | Path) -> np.ndarray:
+    """The samples of a file whose header was checked, at 16 kHz mono (to_mono_16k); AudioError if it decodes to
+    nothing, to fewer frames than its header counts, or to NaN / infinite values."""
     x, sr = _read_frames(path)
     if not len(x):
         raise AudioError(f"{path}: empty audio (0 samples)")
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: holds NaN or infinite samples")
-    return to_mono_16k(x, sr), info
+    return to_mono_16k(x, sr)
+
+
+def check_min_duration(name: str | Path, seconds: float) -> None:
+    """AudioError naming `name` when a clip is shorter than MIN_SECONDS."""
+    if seconds < MIN_SECONDS:
+        raise AudioError(f"{name}: too short: {seconds:.3f} s, the minimum is {MIN_SECONDS:g} s (the shortest "
+                         "clip every encoder gives a frame for)")
 
 
 def to_mono_16k(frames: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -278,9 +289,7 @@ def _prepare_one(source: str, cache_dir: Path, long_audio: str) -> _Prepared:
     if info.frames <= 0:
         raise AudioError(f"{source}: empty audio (0 samples)")
     duration = info.frames / info.samplerate
-    if duration < MIN_SECONDS:
-        raise AudioError(f"{source}: too short: {duration:.3f} s, the minimum is {MIN_SECONDS:g} s (the shortest "
-                         "clip every encoder gives a frame for)")
+    check_min_duration(source, duration)
     n = _segments(info.frames, info.samplerate)
     if n > 1 and long_audio == "reject":
         raise AudioError(f"{source}: too long: {duration:.2f} s, the limit is {MAX_SECONDS:g} s (Whisper's window); "
@@ -294,7 +303,7 @@ def _prepare_one(source: str, cache_dir: Path, long_audio: str) -> _Prepared:
     durations = _cached_durations(targets)
     status = "reused" if durations is not None else "segmented" if n > 1 else "converted"
     if durations is None:
-        samples, _ = read_any(source)
+        samples = _decode(source)  # its header and WAV chunks were checked above
         parts = np.array_split(samples, n)  # lengths differ by at most one sample
         for part, target in zip(parts, targets):
             _write_pcm16(part, target)

@@ -67,7 +67,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medusa.bundle import BundleError, load_bundle
     from medusa.corpora.msp_podcast import CorpusError
     from medusa.evaluate import evaluate
-    from medusa.io import atomic_path, write_json
+    from medusa.io import write_json
+    from medusa.predict import write_predictions
 
     label_map = _label_map(args.label_map)  # a mistyped code is reported before any model loads
     try:
@@ -96,12 +97,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         scored = result.predictions[result.predictions["label"].isin(m["classes"])]
         fig = plots.confusion_matrix(scored["label"], scored["predicted"], tuple(m["classes"]),
                                      f"{Path(args.bundle).name} on {Path(args.corpus).name}")
-        with atomic_path(figure) as tmp:
-            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        plots.save_figure(fig, figure)
         print(f"wrote {figure}")
     if args.predictions:
-        with atomic_path(args.predictions) as tmp:
-            result.predictions.to_csv(tmp, index=False)
+        write_predictions(result.predictions, args.predictions)  # .csv, .json or .parquet, as medusa predict
         print(f"wrote {args.predictions}")
     return 0
 
@@ -213,8 +212,9 @@ def _submission(args: argparse.Namespace) -> int:
 
     try:
         bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
-        frame = submission_from_bundle(bundle, args.corpus, args.cache_dir)
-        write_submission(frame, args.out, blind_files(args.corpus))
+        blind = blind_files(args.corpus)
+        frame = submission_from_bundle(bundle, args.corpus, args.cache_dir, names=blind)
+        write_submission(frame, args.out, blind)
     except (SubmissionError, BundleError, AudioError, CorpusError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     "Split_Sets)")
     ev.add_argument("--out", help="write the metrics to this JSON file (and the confusion matrix beside it)")
     ev.add_argument("--figure", help="write the confusion matrix to this PNG (default: beside --out)")
-    ev.add_argument("--predictions", help="write every row's prediction to this CSV")
+    ev.add_argument("--predictions", help="write every row's prediction to this .csv, .json or .parquet file")
     ev.add_argument("--skip-bad-audio", action="store_true", help="list and skip unusable audio instead of stopping")
     ev.add_argument("--audio-cache", default="work/cache/audio", help="where audio converted to 16 kHz mono is kept")
     ev.add_argument("--cache-dir", default="work/cache", help="converted model checkpoints (e.g. the demo Whisper)")

@@ -19,6 +19,7 @@ import pandas as pd
 
 from medusa.corpora.csv_manifest import read_csv_manifest
 from medusa.corpora.msp_podcast import (CONSENSUS_NAMES, CorpusError, find_label_file, read_consensus)
+from medusa.labels import target_columns
 from medusa.metrics import classification_scores
 
 log = logging.getLogger(__name__)
@@ -84,5 +85,5 @@ def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None
     metrics["corpus"] = str(corpus)
     if not scored.any():
         log.warning("no row of %s is labelled with one of the bundle's classes (%s)", corpus, " ".join(classes))
-    columns = ["utt_id", "path", "label", "predicted", *[c for c in frame.columns if c.startswith("p_")]]
+    columns = ["utt_id", "path", "label", "predicted", *target_columns(classes)]
     return Evaluation(metrics, frame[columns])

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from medusa.audio import MIN_SECONDS, SAMPLE_RATE, AudioError, read_any, to_mono_16k
+from medusa.audio import MIN_SECONDS, SAMPLE_RATE, AudioError, check_min_duration, read_any, to_mono_16k
 from medusa.labels import ATTRIBUTES, target_columns
 
 if TYPE_CHECKING:
@@ -319,9 +319,10 @@ class Predictor:
                 continue
             n = len(samples)
             clip.duration_s = n / SAMPLE_RATE
-            if clip.duration_s < MIN_SECONDS:
-                clip.error = (f"{file}: too short: {clip.duration_s:.3f} s, the minimum is {MIN_SECONDS:g} s (the "
-                              "shortest clip every encoder gives a frame for)")
+            try:
+                check_min_duration(file, clip.duration_s)
+            except AudioError as e:
+                clip.error = str(e)
                 continue
             clip.warning = clip_warning(samples)
             starts = window_starts(n, w, h)

@@ -105,12 +105,13 @@ def submission_from_posteriors(posteriors: pd.DataFrame) -> pd.DataFrame:
     return submission_frame(blind["utt_id"].astype(str), predicted_labels(blind))
 
 
-def submission_from_bundle(bundle, corpus: str | Path, cache_dir: str | Path = "work/cache") -> pd.DataFrame:
+def submission_from_bundle(bundle, corpus: str | Path, cache_dir: str | Path = "work/cache",
+                           names: list[str] | None = None) -> pd.DataFrame:
     """The submission of a loaded medusa.bundle.Bundle run on every blind file of an MSP-layout corpus, read as
     MSP ships it (16 kHz wav; predict_audio names a file of another rate). One predict_audio call: its batches
     are length-sorted, so one call predicts as the pipeline does; `cache_dir` holds its ASR/encoder caches."""
     corpus = Path(corpus)
-    names = blind_files(corpus)
+    names = blind_files(corpus) if names is None else names  # the caller's list, when it already has one
     frame = bundle.predict_audio([corpus / "Audios" / n for n in names], cache_dir=cache_dir)
     return submission_frame(frame["utt_id"].astype(str), frame["predicted"])
 

@@ -237,11 +237,16 @@ def _classes(rows: pd.DataFrame, wanted: str | list[str], corpus: Path) -> tuple
     return tuple(c for c in CODES if c in wanted)
 
 
+def _outside_mask(rows: pd.DataFrame, classes: tuple[str, ...]) -> pd.Series:
+    """Rows labelled with a class that is not one of the run's: they stay in the manifest (predicted, shown) but
+    get no soft target (a distribution over the run's classes alone would teach a wrong answer) and are not
+    scored, like O and X rows."""
+    return rows["label"].isin(CODES) & ~rows["label"].isin(classes)
+
+
 def _outside_classes(rows: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
-    """(split, label, utterances) of the rows labelled with a class that is not one of the run's: they stay in the
-    manifest (predicted, shown) but get no soft target (a distribution over the run's classes alone would teach a
-    wrong answer) and are not scored, like O and X rows."""
-    outside = rows["label"].isin(CODES) & ~rows["label"].isin(classes)
+    """(split, label, utterances) of the rows of _outside_mask, each logged."""
+    outside = _outside_mask(rows, classes)
     counts = rows[outside].groupby(["split", "label"]).size().rename("utterances").reset_index()
     for r in counts.itertuples():
         log.warning("%d %s rows are labelled %s, not one of the run's classes (%s): kept without a target, not "
@@ -255,7 +260,7 @@ def _targets(rows: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
     neither: no target (NaN), as for blind rows and rows labelled with a class outside the run's.
     agreement = the top class's share of all votes."""
     rows = rows.copy()
-    outside = rows["label"].isin(CODES) & ~rows["label"].isin(classes)
+    outside = _outside_mask(rows, classes)
     vote_lists = [consensus_votes(label, votes)[0] if split != "blind" else []
                   for label, votes, split in zip(rows["label"], rows["votes"], rows["split"])]
     counts = np.stack([vote_counts(v) for v in vote_lists]) if len(rows) else np.zeros((0, len(CODES)))
