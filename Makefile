@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 # The demo needs no model hub; set HF_HUB_OFFLINE=0 to let transformers download named models.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: repro test install demo-corpus clean-work
+.PHONY: repro test install demo-corpus clean-work paper-dry-run
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ repro: $(VENV)/.installed demo-corpus
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+# The paper preset (configs/paper.yaml) through DVC at a tiny size: every stage, member, ablation and ensemble of
+# it, on a synthetic corpus with tiny stand-ins of its encoders (medusa/dryrun.py; reports in build/paper-dry-run).
+paper-dry-run: $(VENV)/.installed
+	$(BIN)/python -m medusa.dryrun
 
 clean-work:
 	rm -rf work

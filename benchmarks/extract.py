@@ -22,7 +22,6 @@ laptop; `--size full` is the paper's scale and is meant for a GPU. The script pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -30,7 +29,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +52,8 @@ from medusa.batches import pick_device  # noqa: E402
 from medusa.encoders import Encoder, build_encoder  # noqa: E402
 from medusa.extract import extract_to_store  # noqa: E402
 from medusa.feature_store import FeatureStore  # noqa: E402
+from medusa.standins import (Arch, MAX_WORDS, MIN_WORDS, architectures, describe, save_model, sentence,  # noqa: E402
+                             tokenizer_corpus, word_pool, zipf_weights)
 
 from _common import (Measurement, busy, cpu_memory_method, device_name, load_average, measure,  # noqa: E402
                      write_section)
@@ -60,159 +61,11 @@ from _common import (Measurement, busy, cpu_memory_method, device_name, load_ave
 SR = 16000
 MIN_S, MAX_S = 2.75, 11.0           # MSP-Podcast-like segment durations
 WORDS_PER_SECOND = 2.7              # transcript length follows the clip's duration, 8 to 30 words
-MIN_WORDS, MAX_WORDS = 8, 30
 AUTHORS_CHUNK = 3000                # samples per WavLM/HuBERT forward pass in the authors' way (0.19 s)
 CONV_RECEPTIVE_FIELD = 400          # the conv front end of WavLM/HuBERT needs at least this many samples
-SSL_LAYERS = [-4, -3, -2, -1]       # ours averages the last 4 hidden states, the authors sum them: same cost
-WHISPER_LAYERS = [-1]               # the encoder output, as in the authors' way
-ROBERTA_VOCAB, MODERNBERT_VOCAB = 50265, 50368  # the real embedding tables, so parameters and memory match
 DEFAULT_UTTERANCES = {"small": 12, "full": 200}
 REPORT_SECTION = "## Feature extraction"
 CPU_NOT_INCLUDED = "model weights, and the DataLoader worker's own memory, are not included"
-
-
-# ------------------------------------------------------------------------------------------- architectures
-
-
-@dataclass(frozen=True)
-class Arch:
-    """One encoder of the paper at one size: which build_encoder family it is and its dimensions."""
-    key: str                 # table name: wavlm, hubert, whisper, roberta, modernbert
-    family: str              # build_encoder family
-    name: str                # the model it stands for, e.g. WavLM-large
-    dims: dict               # config keyword arguments (transformers) or ModelDimensions fields (whisper)
-
-    @property
-    def kind(self) -> str:
-        return "text" if self.family in ("roberta", "modernbert") else "audio"
-
-    @property
-    def layers(self) -> list[int]:
-        return WHISPER_LAYERS if self.family == "whisper" else SSL_LAYERS
-
-
-def _speech_dims(size: str) -> dict:
-    if size == "full":  # wavlm-large / hubert-large
-        return dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                    feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
-    return dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
-
-
-def _whisper_dims(size: str) -> dict:
-    # Only the encoder runs; a 1-layer decoder keeps the checkpoint small (its width must match the encoder's
-    # for cross-attention, and the real vocabulary keeps the checkpoint loadable as is).
-    if size == "full":  # large-v3
-        return dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
-                    n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=1)
-    return dict(n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8, n_audio_layer=6,  # base
-                n_vocab=51865, n_text_ctx=448, n_text_state=512, n_text_head=8, n_text_layer=1)
-
-
-def architectures(size: str) -> list[Arch]:
-    tag = "large" if size == "full" else "base"
-    roberta = (dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
-               if size == "full" else
-               dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072))
-    modernbert = (dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, intermediate_size=2624)
-                  if size == "full" else
-                  dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152))
-    return [
-        Arch("wavlm", "wavlm", f"WavLM-{tag}", _speech_dims(size)),
-        Arch("hubert", "hubert", f"HuBERT-{tag}", _speech_dims(size)),
-        Arch("whisper", "whisper", "Whisper-large-v3 encoder" if size == "full" else "Whisper-base encoder",
-             _whisper_dims(size)),
-        Arch("roberta", "roberta", f"RoBERTa-{tag}", roberta),
-        Arch("modernbert", "modernbert", f"ModernBERT-{tag}", modernbert),
-    ]
-
-
-def describe(arch: Arch, n_params: int) -> str:
-    d = arch.dims
-    if arch.family == "whisper":
-        shape = f"{d['n_audio_state']} d, {d['n_audio_layer']} layers, {d['n_audio_head']} heads, {d['n_mels']} mels"
-    else:
-        shape = (f"{d['hidden_size']} d, {d['num_hidden_layers']} layers, {d['num_attention_heads']} heads, "
-                 f"FFN {d['intermediate_size']}")
-    return f"{arch.name} ({shape}; {n_params / 1e6:.0f} M params)"
-
-
-# ------------------------------------------------------------------------------ building the random models
-
-
-def save_speech_model(arch: Arch, folder: Path) -> str:
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
-
-    config_cls, model_cls = (WavLMConfig, WavLMModel) if arch.family == "wavlm" else (HubertConfig, HubertModel)
-    model_cls(config_cls(**arch.dims)).save_pretrained(folder)
-    # The large checkpoints' preprocessing: per-utterance normalisation, with an attention mask.
-    Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=True).save_pretrained(folder)
-    return str(folder)
-
-
-def save_whisper_model(arch: Arch, folder: Path) -> str:
-    from whisper.model import ModelDimensions, Whisper
-
-    dims = ModelDimensions(**arch.dims)
-    path = folder / "whisper.pt"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)  # openai-whisper's format
-    return str(path)
-
-
-def save_text_model(arch: Arch, folder: Path, sentences: list[str]) -> str:
-    from transformers import ModernBertConfig, ModernBertModel, RobertaConfig, RobertaModel
-
-    tokenizer = make_tokenizer(arch.family, sentences)
-    tokenizer.save_pretrained(folder)
-    if arch.family == "roberta":
-        config = RobertaConfig(vocab_size=ROBERTA_VOCAB, max_position_embeddings=514, type_vocab_size=1,
-                               layer_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch.dims)
-        RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
-    else:
-        config = ModernBertConfig(vocab_size=MODERNBERT_VOCAB, pad_token_id=tokenizer.pad_token_id,
-                                  cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-                                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                                  **arch.dims)
-        ModernBertModel(config).save_pretrained(folder)
-    return str(folder)
-
-
-def save_model(arch: Arch, folder: Path, sentences: list[str]) -> str:
-    """Build `arch` with random weights, save it where build_encoder can load it; return the `model` argument."""
-    if arch.family == "whisper":
-        return save_whisper_model(arch, folder)
-    if arch.kind == "text":
-        return save_text_model(arch, folder, sentences)
-    return save_speech_model(arch, folder)
-
-
-def make_tokenizer(family: str, sentences: list[str]):
-    """A byte-level BPE tokenizer trained offline on the synthetic transcripts.
-
-    Its vocabulary is kept small enough that rarer words split into several pieces, giving about as many tokens
-    per word as GPT-2's BPE gives on English transcripts. RoBERTa gets RobertaTokenizerFast (<s> ... </s>);
-    ModernBERT a plain fast tokenizer with a [CLS] ... [SEP] template, like its real one."""
-    from tokenizers import ByteLevelBPETokenizer, Tokenizer
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(sentences, vocab_size=1200, min_frequency=2, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    if family == "roberta":
-        model = json.loads(bpe._tokenizer.to_str())["model"]
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-        # vocab=/merges= objects: in transformers 5 a vocab_file= argument silently gives an empty vocabulary.
-        return RobertaTokenizerFast(vocab=bpe.get_vocab(), merges=merges)
-    tok = Tokenizer.from_str(bpe._tokenizer.to_str())
-    tok.add_special_tokens(["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"])
-    tok.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-                                   unk_token="[UNK]", mask_token="[MASK]")
 
 
 # ----------------------------------------------------------------------------------------- synthetic corpus
@@ -231,23 +84,13 @@ def speech_like(n: int, rng: np.random.Generator) -> np.ndarray:
     return (x / max(1.0, np.abs(x).max())).astype(np.float32)
 
 
-def word_pool(rng: random.Random, n: int = 3000) -> list[str]:
-    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"] + ["the", "and", "ing", "er", "ly"]
-    return ["".join(rng.choice(syllables) for _ in range(rng.choice((1, 1, 2, 2, 2, 3)))) for _ in range(n)]
-
-
-def sentence(words: list[str], weights: list[float], n_words: int, rng: random.Random) -> str:
-    text = " ".join(rng.choices(words, weights, k=n_words))
-    return text[0].upper() + text[1:] + rng.choice((".", ".", "?", "!"))
-
-
 def make_corpus(folder: Path, n: int, seed: int) -> pd.DataFrame:
     """n wav files (16 kHz mono PCM16, durations uniform in [2.75, 11] s) and a transcript for each.
 
     Columns as extract_to_store wants them: utt_id, duration_s, path, text."""
     rng, prng = np.random.default_rng(seed), random.Random(seed)
     words = word_pool(prng)
-    weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf: a few words are very frequent
+    weights = zipf_weights(len(words))
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
@@ -258,14 +101,6 @@ def make_corpus(folder: Path, n: int, seed: int) -> pd.DataFrame:
         rows.append({"utt_id": f"utt{i:05d}", "duration_s": samples / SR, "path": str(path),
                      "text": sentence(words, weights, n_words, prng)})
     return pd.DataFrame(rows)
-
-
-def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
-    """Sentences from the same word distribution as the transcripts, to train the tokenizers on."""
-    prng = random.Random(seed)
-    words = word_pool(prng)  # same seed -> the same pool as make_corpus
-    weights = [1 / (rank + 1) for rank in range(len(words))]
-    return [sentence(words, weights, prng.randint(MIN_WORDS, MAX_WORDS), prng) for _ in range(n)]
 
 
 # ------------------------------------------------------------------------------- timing and peak memory
@@ -520,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     if threads:
         torch.set_num_threads(threads)
     wanted = [k.strip() for k in args.encoders.split(",") if k.strip()]
-    archs = [a for a in architectures(args.size) if a.key in wanted]
+    archs = [a for a in architectures('full' if args.size == 'full' else 'base') if a.key in wanted]
     if not archs:
         raise SystemExit(f"--encoders {args.encoders!r} names none of wavlm, hubert, whisper, roberta, modernbert")
 

@@ -2,7 +2,7 @@
 
     python benchmarks/train.py [--size small|full] [--device auto|cpu|cuda] [--utterances N] [--steps N]
                                [--mixes wavlm,hubert,roberta whisper,wavlm,modernbert]
-                               [--out reports/benchmarks.md]
+                               [--ways ours,authors] [--out reports/benchmarks.md]
 
 Both ways train the same DeepSER (`medusa.deepser`, deep fusion, same initial weights) with the same loss and
 optimizer (`medusa.training.train_step`: AdamW, soft-target CE with stage-1 class weights + attribute MSE,
@@ -16,6 +16,7 @@ features (one set of arrays per utterance and feature, written once in each way'
   feature, `np.load`ed for every sample of every step, batches in random order (no length buckets), every
   feature zero-padded to the longest in the batch and no masks (all-True masks: padding frames are attended to
   and pooled, as in their code), fp32 throughout.
+* ours fp32 (only with `--ways ...,ours-fp32,...`): ours without autocast, to isolate what bf16 brings on a GPU.
 
 Sequence lengths follow the paper's features: WavLM-large / HuBERT-large / the Whisper-large-v3 encoder at 50
 frames/s (1024 / 1024 / 1280 dims), RoBERTa-large / ModernBERT-large at 3 tokens/s plus 2 special tokens
@@ -97,6 +98,7 @@ FEATURES = {f.key: f for f in (
 # Whisper-large-v3 encoder + WavLM + ModernBERT), whose 1280-d Whisper frames make the widest input.
 TABLE1_MODELS = {"wavlm+hubert+roberta": "Table 1's model 2", "whisper+wavlm+modernbert": "Table 1's model 14"}
 DEFAULT_MIXES = ("wavlm,hubert,roberta", "whisper,wavlm,modernbert")
+DEFAULT_WAYS = ("ours", "authors")  # `--ways` names among WAYS (below), timed in that order
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,8 @@ def timed_training(method: str, model: DeepSER, optimizer: torch.optim.Optimizer
 
 def run_ours(work: Path, rows: pd.DataFrame, features: list[Feature], model_cfg: DeepSERConfig, size: Size,
              args: argparse.Namespace, device: torch.device, weights: torch.Tensor,
-             lengths: dict[str, dict[str, int]]) -> MethodResult:
-    cfg = paper_recipe(size, amp=True, seed=args.seed)
+             lengths: dict[str, dict[str, int]], amp: bool = True) -> MethodResult:
+    cfg = paper_recipe(size, amp=amp, seed=args.seed)
     stores = [FeatureStore(work / "stores" / f.key) for f in features]
     data = FeatureDataset(rows, stores, [1] * len(stores))  # no time pooling: the frames as the paper has them
     rng = np.random.default_rng(args.seed)
@@ -220,7 +222,13 @@ def run_ours(work: Path, rows: pd.DataFrame, features: list[Feature], model_cfg:
     index_batches = forever(lambda: bucketed(every_row, data.lengths, cfg.batch_size, rng))
     batches = (data.batch(idx) for idx in index_batches)
     model, optimizer = new_model(model_cfg, args.seed, device, cfg)
-    return timed_training("ours", model, optimizer, batches, size.steps, weights, cfg, rng, device, lengths)
+    return timed_training("ours" if amp else "ours fp32", model, optimizer, batches, size.steps, weights, cfg, rng,
+                          device, lengths)
+
+
+def run_ours_fp32(*args, **kwargs) -> MethodResult:
+    """Ours without autocast (fp32 on a GPU too): the bf16-vs-fp32 comparison of the same pipeline."""
+    return run_ours(*args, **kwargs, amp=False)
 
 
 def authors_batch(idx: np.ndarray, utt_ids: np.ndarray, npy_dirs: list[Path], targets: np.ndarray,
@@ -258,6 +266,17 @@ def run_authors(work: Path, rows: pd.DataFrame, features: list[Feature], model_c
     batches = (authors_batch(idx, utt_ids, npy_dirs, targets, attributes) for idx in forever(shuffled_epoch))
     model, optimizer = new_model(model_cfg, args.seed, device, cfg)
     return timed_training("authors'", model, optimizer, batches, size.steps, weights, cfg, rng, device, lengths)
+
+
+WAYS: dict[str, Callable[..., MethodResult]] = {"ours": run_ours, "ours-fp32": run_ours_fp32, "authors": run_authors}
+
+
+def parse_ways(text: str) -> tuple[str, ...]:
+    ways = tuple(w.strip() for w in text.split(",") if w.strip())
+    unknown = [w for w in ways if w not in WAYS]
+    if not ways or unknown or len(set(ways)) != len(ways):
+        raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(WAYS)} at most once, comma-separated")
+    return ways
 
 
 # ------------------------------------------------------------------------------------------------ one mix
@@ -341,18 +360,18 @@ def bench_mix(mix: str, size: Size, args: argparse.Namespace, device: torch.devi
                        frames)
 
     runs = []
-    for run in (run_ours, run_authors):
+    for run in (WAYS[way] for way in getattr(args, "ways", DEFAULT_WAYS)):
         runs.append(run(folder, rows, features, model_cfg, size, args, device, weights, lengths))
         gc.collect()  # the model and AdamW state of one way are gone before the other way starts
         if device.type == "cuda":
             torch.cuda.empty_cache()
     shutil.rmtree(folder, ignore_errors=True)  # at full size a mix's features take gigabytes
-    ours, authors = runs
     per_sample = {r.method: r.measurement.wall_s / r.samples for r in runs}
+    authors = per_sample.get("authors'")  # speed-ups are against the authors' way (nan when it did not run)
     for r in runs:
         result.rows.append(Row(
             label, r.method, r.samples / r.measurement.wall_s,
-            per_sample[authors.method] / per_sample[r.method], r.measurement.wall_s / r.steps,
+            authors / per_sample[r.method] if authors else float("nan"), r.measurement.wall_s / r.steps,
             r.real_frames / r.steps, r.padded_frames / r.steps, r.measurement.peak_mb, r.measurement.wall_s,
             r.final_loss))
     return result
@@ -421,6 +440,8 @@ def report_section(args: argparse.Namespace, size: Size, device: torch.device, r
         "`np.load`ed for every sample of every step; random batches (no length buckets); every feature "
         "zero-padded to the longest in the batch; all-True masks (padding attended to and pooled, as without "
         "masks); fp32 (`amp=False`).",
+        *(["- Ours fp32: ours with `TrainConfig(amp=False)` (no autocast), to isolate what bf16 brings."]
+          if "ours-fp32" in args.ways else []),
         f"- Both: the same frames, the same initial weights (seed {args.seed}) and the same `train_step` (AdamW "
         "lr 1e-5, weight decay 0.01, gradient clipping 1.0, soft-target CE ×1.5 with stage-1 class weights + "
         "attribute MSE ×0.4, Manifold MixUp p 0.3); one untimed warm-up step, then "
@@ -463,6 +484,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixes", nargs="+", default=list(DEFAULT_MIXES),
                    help=f"feature mixes, each comma-separated among {', '.join(FEATURES)} "
                         f"(default: {' '.join(DEFAULT_MIXES)})")
+    p.add_argument("--ways", type=parse_ways, default=DEFAULT_WAYS,
+                   help="ways to time, comma-separated among ours, ours-fp32 (ours without autocast), authors "
+                        "(default ours,authors; speed-ups are against authors when it runs)")
     p.add_argument("--utterances", type=int, default=None, help="synthetic utterances per mix (default by size)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps per way (default by size)")
     p.add_argument("--batch-size", type=int, default=None, help="default 16 (the paper's)")
@@ -531,10 +555,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
             t0 = time.perf_counter()
             res = bench_mix(mix, size, args, device, Path(tmp))
             results.append(res)
-            ours, authors = res.rows
             print(f"{res.mix}: {res.params / 1e6:.1f} M params ({res.full_params / 1e6:.1f} M at the paper's dims); "
-                  f"ours {ours.samples_per_s:.2f} samples/s, authors' {authors.samples_per_s:.2f} "
-                  f"({ours.speed_up:.2f}x; {time.perf_counter() - t0:.0f} s with writing the features)", flush=True)
+                  + ", ".join(f"{r.method} {r.samples_per_s:.2f} samples/s ({r.speed_up:.2f}x)" for r in res.rows)
+                  + f"; {time.perf_counter() - t0:.0f} s with writing the features", flush=True)
     total_s = time.perf_counter() - start
 
     rows = [r for res in results for r in res.rows]

@@ -3,10 +3,11 @@
 A clip's features depend on the clip alone (medusa.encoders.base: padding-invariant encoders, or a per-clip padded
 length and batches of equal padded length), so batching, order and shard count do not change them. Beyond that,
 runs are bit-for-bit reproducible: batches are planned the same way on every run (grouped by padded length, sorted
-by length, then id) over the whole work list, and shard i of n takes batches i, i + n, ..., so every utterance is
-encoded with the same batch-mates whatever the shard count; a batch whose utterances are all in the store is
-skipped, and a batch that was cut off mid-way is encoded again whole and only its missing utterances are added.
-Stores are written in sorted utt_id order, so one extraction and the merge of n shards give the same bytes.
+by length, then id) over the whole work list, and shard i of n takes the i-th of n contiguous blocks of that plan
+(about equal audio seconds, or transcript characters, each), so every utterance is encoded with the same batch-mates
+whatever the shard count; a batch whose utterances are all in the store is skipped, and a batch that was cut off
+mid-way is encoded again whole and only its missing utterances are added. A store's frames are in plan order, so
+one extraction and the merge of n shards (their frames concatenated in shard order) give the same bytes.
 
 A `.partial` store is resumed only if it was made from the same work list (utt_id, path, file size and mtime,
 duration; the transcript for text encoders) and the same encoder spec (medusa.fingerprint); otherwise it is
@@ -102,7 +103,10 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
     ids = items["utt_id"].tolist()
     if n_shards > 1:
         root = shard_dir(root, shard, n_shards)
-        batches = shard_items(batches, shard, n_shards)  # batches, not clips: the same batch-mates for any n
+        weights = [sum(len(t) for t in items["text"].iloc[b].fillna("")) if encoder.kind == "text"
+                   else float(items["duration_s"].iloc[b].sum()) for b in batches]
+        # batches, not clips: the same batch-mates for any n
+        batches = shard_items(batches, shard, n_shards, weights)
         # Which clips a shard holds follows the batch plan (batch_size, batch_seconds, padding groups): a shard
         # begun under another plan holds other clips, so the shard's own clip list is part of its fingerprint.
         fingerprint = inputs_fingerprint([{"shard": shard, "n_shards": n_shards,
@@ -113,7 +117,7 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
     start, frames, audio_s = time.perf_counter(), 0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with FeatureStoreWriter(root, encoder.dim, encoder.spec(), inputs=fingerprint, sort_on_close=True) as writer:
+    with FeatureStoreWriter(root, encoder.dim, encoder.spec(), inputs=fingerprint) as writer:
         done = set(writer.done)
         stray = done - {ids[i] for i in mine}
         if stray:  # cannot happen with equal fingerprints; a store must never hold utterances not asked for

@@ -2,8 +2,10 @@
 
 A store is a folder with three files:
 
-    frames.f16     all frames, one flat little-endian float16 array (n_frames, dim), row-major; read via np.memmap
-    index.parquet  utt_id (string), offset (int64, first frame row), length (int64, number of frames)
+    frames.f16     all frames, one flat little-endian float16 array (n_frames, dim), row-major, utterances in the
+                   order they were added; read via np.memmap
+    index.parquet  utt_id (string), offset (int64, first frame row), length (int64, number of frames), one row per
+                   utterance in sorted utt_id order
     meta.json      the writer's meta dict plus dim, dtype ("float16"), n_utterances, n_frames
 
 `FeatureStoreWriter` builds a store in a work folder beside it (`<root>.partial`) and renames that folder to
@@ -18,20 +20,20 @@ Layout of the work folder `<root>.partial` (private to this module):
                    settings or inputs discards the folder (with a log line) and starts afresh
     frames.f16     frames appended in add order; bytes past the last committed utterance are a torn tail
     journal.jsonl  one JSON line {"utt_id", "offset", "length"} per committed utterance, append-only
-    frames.sorted.f16  (sort_on_close only) the frames rewritten in utt_id order while closing; it replaces
-                   frames.f16 once index.parquet and meta.json are written and writer.json is gone
 
 The input fingerprint (`inputs`, medusa.fingerprint: the work list with file identities, the encoder spec) stays
 in writer.json: a finished store's meta.json holds only what makes the features, so that it is the same on every
 machine and clone for the same corpus.
 
-Sharding: `shard_items` splits a work list (extraction splits its list of batches), each shard writes its own store (`shard_dir`), and `merge_stores`
-joins them into one store in sorted utt_id order. A writer with `sort_on_close` also writes its store in sorted
-utt_id order, so one extraction and the merged shards of the same work list give byte-identical stores.
+Sharding: `shard_items` cuts a work list (extraction cuts its list of batches) into contiguous blocks, each shard
+writes its own store (`shard_dir`), and `merge_stores` joins them by concatenating their frames in shard order --
+the order one writer would have added them in -- so one extraction and the merged shards of the same work list give
+byte-identical stores. Frames are never reordered or copied twice: closing a writer writes only the index and meta
+beside its frames, and a merge moves the first shard's frames and appends the others, deleting each shard once it
+is appended, so that it needs at most one shard's size of extra disk (a feature store of MSP-Podcast is ~70-90 GB).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -53,7 +55,8 @@ FRAMES_FILE = "frames.f16"
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
 JOURNAL_FILE = "journal.jsonl"
-SORTED_FRAMES_FILE = "frames.sorted.f16"
+MERGE_FILE = "merge.json"                  # a merge's plan and progress (merge_stores)
+MERGE_INDEX_FILE = "merge-index.parquet"   # the merged index, written before any frames are moved
 WRITER_FILE = "writer.json"
 INPUTS_FILE = "inputs.json"   # the input fingerprint while a close() is between writer.json and the rename
 PARTIAL_SUFFIX = ".partial"
@@ -129,11 +132,13 @@ def _write_text_durably(path: Path, text: str) -> None:
 
 
 def _write_index(path: Path, utt_ids: Sequence[str], offsets: Sequence[int], lengths: Sequence[int]) -> None:
-    """index.parquet with a fixed schema and no pandas metadata, so equal indexes give equal bytes."""
+    """index.parquet in sorted utt_id order, with a fixed schema and no pandas metadata, so that equal indexes give
+    equal bytes whatever order the utterances were added in."""
+    order = sorted(range(len(utt_ids)), key=list(utt_ids).__getitem__)
     table = pa.table({
-        "utt_id": pa.array(list(utt_ids), type=pa.string()),
-        "offset": pa.array(list(offsets), type=pa.int64()),
-        "length": pa.array(list(lengths), type=pa.int64()),
+        "utt_id": pa.array([utt_ids[i] for i in order], type=pa.string()),
+        "offset": pa.array([int(offsets[i]) for i in order], type=pa.int64()),
+        "length": pa.array([int(lengths[i]) for i in order], type=pa.int64()),
     })
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -306,13 +311,13 @@ class FeatureStoreWriter:
     A work folder is resumed only if it was made with the same dim, meta and `inputs` (a fingerprint of the work
     list, e.g. medusa.fingerprint.inputs_fingerprint; kept in writer.json, not in meta.json). Otherwise
     `on_mismatch="restart"` (the default) deletes it with a log line and starts afresh; `"raise"` raises
-    ValueError instead. `sort_on_close`: the finished store holds the utterances in sorted utt_id order whatever
-    the add order (one more pass over the frames when closing).
+    ValueError instead. The finished store's frames are in add order (closing never rewrites them) and its index
+    is in sorted utt_id order.
     """
 
     def __init__(self, root: str | Path, dim: int, meta: Mapping[str, Any] | None = None, *,
                  commit_every: int = 256, inputs: str | None = None, on_mismatch: str = "restart",
-                 sort_on_close: bool = False, _replaceable_children: Sequence[Path] = ()):
+                 _replaceable_children: Sequence[Path] = ()):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if isinstance(commit_every, bool) or not isinstance(commit_every, (int, np.integer)) or commit_every < 1:
@@ -326,7 +331,7 @@ class FeatureStoreWriter:
             raise ValueError(f"on_mismatch must be 'restart' or 'raise', got {on_mismatch!r}")
         if inputs is not None and not isinstance(inputs, str):
             raise ValueError(f"inputs must be a str fingerprint or None, got {inputs!r}")
-        self.inputs, self.on_mismatch, self.sort_on_close = inputs, on_mismatch, bool(sort_on_close)
+        self.inputs, self.on_mismatch = inputs, on_mismatch
         # Folders that may sit in `root` when it is replaced (merge_stores: the shard stores it consumes).
         self._replaceable_children = tuple(_replaceable_children)
         _check_replaceable(self.root, self._replaceable_children)  # fail now, not after hours of extraction
@@ -389,13 +394,12 @@ class FeatureStoreWriter:
         writer_file = wd / WRITER_FILE
 
         if not writer_file.exists():
-            if (wd / SORTED_FRAMES_FILE).is_file() and (wd / INDEX_FILE).is_file() and (wd / META_FILE).is_file():
-                # A sorting close() died after its commit point (writer.json gone): finish replacing the frames.
-                os.replace(wd / SORTED_FRAMES_FILE, wd / FRAMES_FILE)
-                _fsync_path(wd)
             if (wd / INDEX_FILE).is_file() and (wd / META_FILE).is_file() and (wd / FRAMES_FILE).is_file():
                 # A close() died between finalising the folder and renaming it: it is a whole store.
                 self._recover_finalised()
+            elif (wd / MERGE_FILE).is_file():
+                raise ValueError(f"{wd} is an unfinished merge of shard stores (merge_stores): run the merge "
+                                 f"again to finish it")
             elif any(wd.iterdir()):
                 # writer.json is written before any frames, so frames without it were not written by us.
                 raise CorruptStoreError(f"{wd} has files but no {WRITER_FILE}: it was not made by a "
@@ -414,9 +418,8 @@ class FeatureStoreWriter:
         if reason is not None:
             self._discard_or_raise(reason)
             return
-        # index/meta of a close() that died before it got rid of writer.json: stale, rewritten on close; so are
-        # the sorted frames of such a close().
-        for name in (INDEX_FILE, META_FILE, SORTED_FRAMES_FILE):
+        # index/meta of a close() that died before it got rid of writer.json: stale, rewritten on close.
+        for name in (INDEX_FILE, META_FILE):
             (wd / name).unlink(missing_ok=True)
         (wd / FRAMES_FILE).touch()
         self._replay_journal()
@@ -438,8 +441,9 @@ class FeatureStoreWriter:
             self._discard_or_raise(reason)
             return
         utt_ids, offsets, lengths = _read_index(wd / INDEX_FILE)
-        lines = "".join(json.dumps({"utt_id": u, "offset": int(o), "length": int(n)}) + "\n"
-                        for u, o, n in zip(utt_ids, offsets, lengths))
+        order = np.argsort(offsets, kind="stable")  # the journal lists utterances in add (= frame) order
+        lines = "".join(json.dumps({"utt_id": utt_ids[i], "offset": int(offsets[i]), "length": int(lengths[i])})
+                        + "\n" for i in order)
         # Journal first, writer.json second: until writer.json exists, this state is recognised again.
         _write_text_durably(wd / JOURNAL_FILE, lines)
         _write_text_durably(wd / WRITER_FILE, _json_text(self._writer_record()))
@@ -581,13 +585,8 @@ class FeatureStoreWriter:
 
     def _finalise(self) -> None:
         wd = self.work_dir
-        ids, offsets, lengths = self._ids, self._offsets, self._lengths
-        sorted_frames = None
-        if self.sort_on_close and ids != sorted(ids):
-            sorted_frames = wd / SORTED_FRAMES_FILE
-            ids, offsets, lengths = self._write_sorted_frames(sorted_frames)
-        _write_index(wd / INDEX_FILE, ids, offsets, lengths)
-        meta = {**self.meta, "dim": self.dim, "dtype": DTYPE_NAME, "n_utterances": len(ids),
+        _write_index(wd / INDEX_FILE, self._ids, self._offsets, self._lengths)
+        meta = {**self.meta, "dim": self.dim, "dtype": DTYPE_NAME, "n_utterances": len(self._ids),
                 "n_frames": self._n_frames}
         _write_text_durably(wd / META_FILE, _json_text(meta))
         # The input fingerprint outlives writer.json until the rename, so that a close() that dies in between
@@ -595,36 +594,11 @@ class FeatureStoreWriter:
         _write_text_durably(wd / INPUTS_FILE, _json_text({"inputs": self.inputs}))
         # writer.json goes before the journal: a folder with index + meta and no writer.json is a finished store.
         (wd / WRITER_FILE).unlink()
-        if sorted_frames is not None:
-            # Past the commit point (writer.json gone, durably) the index describes the sorted frames.
-            _fsync_path(wd)
-            os.replace(sorted_frames, wd / FRAMES_FILE)
         (wd / JOURNAL_FILE).unlink(missing_ok=True)
         (wd / INPUTS_FILE).unlink()   # private to the work folder: the finished store holds its three files only
         _remove_stale_tmp_files(wd)
         _fsync_path(wd)
         _move_into_place(wd, self.root, self._replaceable_children)
-        self._ids, self._offsets, self._lengths = list(ids), list(offsets), list(lengths)
-
-    def _write_sorted_frames(self, path: Path) -> tuple[list[str], list[int], list[int]]:
-        """Copy the frames into `path` in sorted utt_id order (fsynced); the index of that order."""
-        order = sorted(range(len(self._ids)), key=self._ids.__getitem__)
-        ids, offsets, lengths = [], [], []
-        n = 0
-        frames = (np.memmap(self.work_dir / FRAMES_FILE, dtype=DTYPE, mode="r", shape=(self._n_frames, self.dim))
-                  if self._n_frames else np.zeros((0, self.dim), DTYPE))
-        with open(path, "wb") as f:
-            for i in order:
-                o, k = self._offsets[i], self._lengths[i]
-                f.write(np.ascontiguousarray(frames[o:o + k]).tobytes())
-                ids.append(self._ids[i])
-                offsets.append(n)
-                lengths.append(k)
-                n += k
-            f.flush()
-            os.fsync(f.fileno())
-        del frames
-        return ids, offsets, lengths
 
     def abandon(self) -> None:
         """Release the files without committing pending adds or finalising, as if the process had died."""
@@ -701,14 +675,26 @@ def _check_shard(shard: int, n_shards: int) -> None:
         raise ValueError(f"shard must satisfy 0 <= shard < n_shards, got shard={shard}, n_shards={n_shards}")
 
 
-def shard_items(items: Sequence[Any], shard: int, n_shards: int) -> list[Any]:
-    """Items shard, shard + n_shards, shard + 2 n_shards, ...: the shards split `items` exactly once.
+def shard_items(items: Sequence[Any], shard: int, n_shards: int, weights: Sequence[float] | None = None
+                ) -> list[Any]:
+    """Shard `shard` of `n_shards`: a contiguous block of `items`; the blocks, in shard order, are `items` again.
 
-    Deterministic given the order of `items`, so pass a list in a fixed order (e.g. sorted utt_ids).
-    Interleaving rather than contiguous blocks keeps the shards balanced when items are sorted by length.
+    Blocks hold about equal shares of `weights` (one per item, e.g. a batch's audio seconds; default 1 each): an
+    item goes to the shard whose share holds the midpoint of its weight in the running total. Contiguous blocks are
+    what lets `merge_stores` join the shards' stores by concatenating their frames, in the order one writer would
+    have added them. Deterministic given the order of `items` and the weights.
     """
     _check_shard(shard, n_shards)
-    return list(items)[shard::n_shards]
+    items = list(items)
+    w = np.ones(len(items)) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (len(items),) or (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"weights must be {len(items)} finite numbers >= 0, one per item")
+    total = w.sum()
+    if total <= 0:
+        w, total = np.ones(len(items)), float(len(items))
+    midpoints = np.cumsum(w) - w / 2
+    owner = np.minimum((midpoints / total * n_shards).astype(int), n_shards - 1)
+    return [item for item, o in zip(items, owner) if o == shard]
 
 
 def shard_dir(root: str | Path, shard: int, n_shards: int) -> Path:
@@ -717,24 +703,103 @@ def shard_dir(root: str | Path, shard: int, n_shards: int) -> Path:
     return Path(root) / f"shard-{shard}-of-{n_shards}"
 
 
-def merge_stores(shard_roots: Sequence[str | Path], out_root: str | Path, *,
-                 commit_every: int = 4096) -> FeatureStore:
-    """Write one store at `out_root` holding all utterances of the stores `shard_roots`, in sorted utt_id order.
+def _append_file(src: Path, dst: Any, desc: str) -> None:
+    """Write the bytes of `src` into the open binary file `dst` at its position (kernel-side copy where the OS
+    offers one: os.copy_file_range, which may also share blocks on file systems with reflinks)."""
+    from tqdm import tqdm
+
+    size = src.stat().st_size
+    with open(src, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=desc, leave=False) as bar:
+        done = 0
+        while done < size:
+            step = min(size - done, 1 << 26)
+            if hasattr(os, "copy_file_range"):
+                n = os.copy_file_range(f.fileno(), dst.fileno(), step)
+            else:  # pragma: no cover - not Linux
+                chunk = f.read(step)
+                n = dst.write(chunk) or 0
+            if n <= 0:
+                raise OSError(f"could not append {src} (copied {done} of {size} bytes)")
+            done += n
+            bar.update(n)
+
+
+def merge_stores(shard_roots: Sequence[str | Path], out_root: str | Path) -> FeatureStore:
+    """One store at `out_root` with all utterances of the stores `shard_roots`: their frames concatenated in the
+    order given (never re-encoded or reordered), the index in sorted utt_id order. Merging the shards of a work
+    list (`shard_items` blocks) gives the bytes one writer adding that list would have written. Returns the store.
 
     The shards must agree on dim and meta and share no utt_id. The merged store appears atomically, and an
-    interrupted merge resumes when called again. Merging the shards of a work list gives the same bytes as one
-    writer adding that list in sorted utt_id order. Returns the merged store.
+    interrupted merge resumes when called again with the same shards.
 
-    `out_root` may be the folder that holds the shard stores (the `shard_dir(root, i, n)` layout) if it holds
-    nothing else: the merged store then replaces that folder, and the shards, whose every frame is in the
-    merged store by then, are deleted with it.
+    Disk: when `out_root` is the folder that holds the shard stores (the `shard_dir(root, i, n)` layout) and
+    nothing else, the shards are consumed: the first shard's frames are moved, each further shard's appended and
+    then deleted, so the merge needs at most one shard's size of extra space; the emptied shards go when the
+    merged store replaces the folder. Shards elsewhere are read and kept (the merged store then needs its full
+    size besides them).
     """
     if not shard_roots:
         raise ValueError("merge_stores needs at least one store to merge")
     out_root = Path(out_root)
-    stores = [FeatureStore(r) for r in shard_roots]
-    if any(s.root.resolve() == out_root.resolve() for s in stores):
+    roots = [Path(r) for r in shard_roots]
+    if any(r.resolve() == out_root.resolve() for r in roots):
         raise ValueError(f"the merged store {out_root} cannot also be one of the stores being merged")
+    if is_store(out_root) and (out_root / MERGE_FILE).is_file():
+        (out_root / MERGE_FILE).unlink()  # a merge that died after moving its store into place
+        return FeatureStore(out_root)
+    consume = out_root.is_dir() and all(r.resolve().parent == out_root.resolve() for r in roots)
+    wd = partial_dir(out_root)
+    plan = _resumable_merge_plan(wd, roots)
+    if plan is None:
+        _check_replaceable(out_root, roots)
+        plan = _start_merge(wd, roots, consume)
+    row_bytes = plan["dim"] * DTYPE.itemsize
+    frames_path = wd / FRAMES_FILE
+    for k, shard in enumerate(plan["shards"]):
+        if k in plan["done"]:
+            continue
+        src = Path(shard["root"]) / FRAMES_FILE
+        begin, end = shard["begin"] * row_bytes, shard["end"] * row_bytes
+        have = frames_path.stat().st_size if frames_path.exists() else 0
+        if not src.exists() and have == end:
+            pass  # moved (or appended and deleted) before the progress was recorded
+        elif plan["consume"] and begin == 0:
+            os.replace(src, frames_path)  # the first shard's frames become the merged file: no copy
+        else:
+            with open(frames_path, "r+b" if frames_path.exists() else "w+b") as dst:
+                dst.truncate(begin)  # the torn tail of an append that died
+                dst.seek(begin)      # (not mode "a": copy_file_range refuses a file opened for appending)
+                _append_file(src, dst, f"merging {Path(shard['root']).name}")
+                dst.flush()
+                os.fsync(dst.fileno())
+        _fsync_path(wd)
+        plan["done"].append(k)
+        _write_text_durably(wd / MERGE_FILE, _json_text(plan))
+        if plan["consume"]:
+            src.unlink(missing_ok=True)
+    if not frames_path.exists():
+        frames_path.touch()  # every shard empty
+    meta = {**plan["meta"], "dim": plan["dim"], "dtype": DTYPE_NAME, "n_utterances": plan["n_utterances"],
+            "n_frames": plan["n_frames"]}
+    _write_text_durably(wd / META_FILE, _json_text(meta))
+    os.replace(wd / MERGE_INDEX_FILE, wd / INDEX_FILE)
+    _fsync_path(wd)
+    # merge.json goes last, after the rename: until then a rerun knows what this folder is
+    _move_into_place(wd, out_root, roots)
+    (out_root / MERGE_FILE).unlink()
+    return FeatureStore(out_root)
+
+
+def _shard_record(store: FeatureStore) -> dict[str, Any]:
+    from medusa.io import sha256_file
+
+    return {"root": str(store.root.resolve()), "index_sha256": sha256_file(store.root / INDEX_FILE),
+            "n_frames": store.n_frames}
+
+
+def _start_merge(wd: Path, roots: list[Path], consume: bool) -> dict[str, Any]:
+    """Check the shards, write the merged index and the plan into a fresh work folder; return the plan."""
+    stores = [FeatureStore(r) for r in roots]
     first = stores[0]
     for s in stores[1:]:
         if s.dim != first.dim:
@@ -743,27 +808,67 @@ def merge_stores(shard_roots: Sequence[str | Path], out_root: str | Path, *,
         if _user_meta(s.meta) != _user_meta(first.meta):
             raise ValueError(f"cannot merge stores with different meta: {first.root} has {_user_meta(first.meta)}, "
                              f"{s.root} has {_user_meta(s.meta)}")
-    owner: dict[str, FeatureStore] = {}
+    owner: dict[str, Path] = {}
+    ids: list[str] = []
+    offsets: list[int] = []
+    lengths: list[int] = []
+    shards, base = [], 0
     for s in stores:
         for u in s.utt_ids:
             if u in owner:
-                raise ValueError(f"utt_id {u!r} is in both {owner[u].root} and {s.root}")
-            owner[u] = s
+                raise ValueError(f"utt_id {u!r} is in both {owner[u]} and {s.root}")
+            owner[u] = s.root
+            offset, length = s._where[u]
+            ids.append(u)
+            offsets.append(base + offset)
+            lengths.append(length)
+        shards.append({**_shard_record(s), "begin": base, "end": base + s.n_frames})
+        base += s.n_frames
+    if wd.exists():
+        shutil.rmtree(wd)
+    wd.mkdir(parents=True)
+    _fsync_path(wd.parent)
+    _write_index(wd / MERGE_INDEX_FILE, ids, offsets, lengths)
+    plan = {"dim": first.dim, "meta": _user_meta(first.meta), "n_utterances": len(ids), "n_frames": base,
+            "consume": consume, "shards": shards, "done": []}
+    _write_text_durably(wd / MERGE_FILE, _json_text(plan))
+    return plan
 
-    # An interrupted merge is resumed only for the same shard stores (their indexes and meta): not one whose
-    # shards were re-extracted since.
-    from medusa.io import sha256_file
 
-    inputs = json.dumps([[str(s.root.resolve()), sha256_file(s.root / INDEX_FILE), s.meta] for s in stores],
-                        sort_keys=True)
-    with FeatureStoreWriter(out_root, first.dim, _user_meta(first.meta), commit_every=commit_every,
-                            inputs=hashlib.sha256(inputs.encode()).hexdigest(),
-                            _replaceable_children=[s.root for s in stores]) as writer:
-        done = writer.done
-        for u in sorted(owner):
-            if u not in done:
-                writer.add(u, owner[u][u])
-    return FeatureStore(out_root)
+def _resumable_merge_plan(wd: Path, roots: list[Path]) -> dict[str, Any] | None:
+    """The plan of an unfinished merge of exactly these shards (those not yet moved unchanged since), or None when
+    there is none or it cannot be continued (then it is discarded, if no shard was consumed by it yet)."""
+    plan_file = wd / MERGE_FILE
+    if not plan_file.is_file():
+        if wd.exists() and any(wd.iterdir()):
+            raise ValueError(f"{wd} exists and is not an unfinished merge; it is where the merged store is "
+                             f"written: delete it (or finish the extraction it belongs to) and merge again")
+        return None
+    plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    same_list = [s["root"] for s in plan["shards"]] == [str(r.resolve()) for r in roots]
+    changed = []
+    if same_list:
+        for k, (shard, root) in enumerate(zip(plan["shards"], roots)):
+            if k in plan["done"] or (plan["consume"] and not (root / FRAMES_FILE).exists()):
+                continue
+            try:
+                if _shard_record(FeatureStore(root)) != {key: shard[key] for key in ("root", "index_sha256",
+                                                                                    "n_frames")}:
+                    changed.append(str(root))
+            except (IncompleteStoreError, CorruptStoreError):
+                changed.append(str(root))
+    if same_list and not changed:
+        log.info("resuming the merge in %s: %d of %d shards already merged", wd, len(plan["done"]),
+                 len(plan["shards"]))
+        return plan
+    if plan["consume"] and plan["done"]:
+        raise CorruptStoreError(f"{wd} is an unfinished merge that already consumed shards "
+                                f"{plan['done']}, but the shards now given differ ({', '.join(changed) or 'another list'}): "
+                                f"its frames are only in {wd}; rerun that merge with its own shards, or delete {wd} "
+                                "and extract again")
+    log.warning("discarding the unfinished merge %s: it was begun with other shard stores", wd)
+    shutil.rmtree(wd)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- batches

@@ -331,3 +331,22 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: params file not found (run from the repository root, or pass its path)")
     with path.open() as f:
         return validate_params(yaml.safe_load(f), source=str(path))
+
+
+def merge_overrides(base: dict[str, Any], override: dict[str, Any] | None, source: str = "override") -> dict[str, Any]:
+    """`base` with `override` merged in key by key: a mapping merges into the mapping it replaces (keys the base
+    lacks are added: `train.pool` or `models` take new entries), any other value (a list, a number, a string)
+    replaces the base's. A misspelt setting is not caught here but by `validate_params` on the result."""
+    def merge(b: Any, o: Any, path: str) -> Any:
+        if not isinstance(o, dict):
+            return o
+        if not isinstance(b, dict):
+            raise ParamsError(f"{source}: {path or 'top level'}: the base value is not a mapping, cannot merge "
+                              f"the mapping {o!r} into it")
+        out = dict(b)
+        for key, value in o.items():
+            where = f"{path}.{key}" if path else str(key)
+            out[key] = merge(b[key], value, where) if key in b else value
+        return out
+
+    return merge(base, override or {}, "")

@@ -37,3 +37,11 @@ def test_a_missing_section_is_appended(bench, tmp_path):
     bench.write_report(report, "## DeepSER training\n\nnew\n")
     assert report.read_text(encoding="utf-8") == ("# Benchmarks\n\n## Feature extraction\n\nkeep this table\n\n"
                                                   "## DeepSER training\n\nnew\n")
+
+
+def test_ways_are_named_once_each(bench):
+    assert bench.parse_args([]).ways == ("ours", "authors")
+    assert bench.parse_args(["--ways", "ours,ours-fp32,authors"]).ways == ("ours", "ours-fp32", "authors")
+    for bad in ("ours,ours", "fp16", ""):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--ways", bad])

@@ -91,8 +91,7 @@ def test_shards_cover_everything_once_and_merge(tmp_path, items, wavlm):
     extract_to_store(wavlm, items, tmp_path / "single", **kw)
     single = FeatureStore(tmp_path / "single")
     assert sorted(merged.utt_ids) == sorted(single.utt_ids) == sorted(items["utt_id"])
-    for u in items["utt_id"]:
-        assert merged[u].shape == single[u].shape
+    assert digest(tmp_path / "sharded") == digest(tmp_path / "single")   # the same bytes, frames in plan order
 
 
 def test_cli_extracts_shards_and_merges(tmp_path, items, repo_root, monkeypatch):
@@ -176,7 +175,7 @@ def test_the_input_fingerprint_stays_out_of_meta_json(tmp_path, items, wavlm):
 
 
 def test_shards_under_other_batch_settings_are_restarted_or_refused_at_merge(tmp_path, items, wavlm, caplog):
-    """Shard i takes batches i, i+n, ... of the plan, so which clips it holds follows batch_size: a shard resumed
+    """Shard i takes the i-th block of batches of the plan, so which clips it holds follows batch_size: a shard resumed
     after batch_size changed starts afresh (it used to stop on clips "not in this work list"), and shards made
     under two plans, which may miss clips, are refused by the merge instead of giving an incomplete store."""
     kw = dict(batch_seconds=60.0, num_workers=0, device=CPU)

@@ -59,7 +59,7 @@ def test_round_trip_is_exact_in_float16(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["store"]  # no work folder left behind
     assert sorted(os.listdir(tmp_path / "store")) == sorted(STORE_FILES)
     assert len(store) == len(utts) and store.dim == DIM
-    assert store.utt_ids == [u for u, _ in utts]  # add order
+    assert store.utt_ids == sorted(u for u, _ in utts)  # the index is in utt_id order, whatever the add order
     assert list(store) == store.utt_ids
     for u, x in utts:
         assert u in store
@@ -83,7 +83,10 @@ def test_files_follow_the_documented_layout(tmp_path):
     flat = np.fromfile(tmp_path / "s" / FRAMES_FILE, dtype="<f2").reshape(-1, DIM)
     np.testing.assert_array_equal(flat, np.concatenate([x for _, x in utts]).astype(np.float16))
     cols = index.to_pydict()
-    assert cols["offset"] == list(np.cumsum([0] + cols["length"][:-1]))
+    assert cols["utt_id"] == sorted(u for u, _ in utts)
+    add_order = [u for u, _ in utts]   # frames stay in add order: offsets are those of the adds
+    starts = dict(zip(add_order, np.cumsum([0] + [len(x) for _, x in utts[:-1]]).tolist()))
+    assert cols["offset"] == [starts[u] for u in cols["utt_id"]]
 
 
 def test_empty_store_round_trips(tmp_path):
@@ -234,19 +237,17 @@ def test_resume_with_other_settings_is_refused_or_restarted(tmp_path, caplog):
     assert store.utt_ids == ["fresh"] and "inputs" not in store.meta  # the fingerprint stays out of meta.json
 
 
-def test_sort_on_close_gives_the_bytes_of_sorted_adds(tmp_path):
+def test_closing_never_copies_the_frames(tmp_path):
+    """Close writes the index (sorted) and meta beside the frames and renames the folder: the frames file is the
+    one the adds went to (the same inode), not a rewritten copy (which would need twice a store's disk)."""
     utts = make_utterances(n=9, seed=4)
-    write_store(tmp_path / "sorted_adds", sorted(utts, key=lambda u: u[0]))
-    shuffled = [utts[i] for i in (4, 0, 8, 2, 6, 1, 7, 3, 5)]
-    with pytest.raises(Interrupted), FeatureStoreWriter(tmp_path / "s", DIM, META, sort_on_close=True) as w:
-        for u, x in shuffled[:5]:
-            w.add(u, x)
-        raise Interrupted
-    with FeatureStoreWriter(tmp_path / "s", DIM, META, sort_on_close=True) as w:
-        for u, x in shuffled[5:]:
-            w.add(u, x)
-    assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "sorted_adds")
-    store = FeatureStore(tmp_path / "s")
+    w = FeatureStoreWriter(tmp_path / "s", DIM, META)
+    for u, x in utts:
+        w.add(u, x)
+    inode = os.stat(w.work_dir / FRAMES_FILE).st_ino
+    store = w.close()
+    assert os.stat(tmp_path / "s" / FRAMES_FILE).st_ino == inode
+    assert store.utt_ids == sorted(u for u, _ in utts)
     for u, x in utts:
         np.testing.assert_array_equal(store[u], x.astype(np.float16))
 
@@ -317,12 +318,18 @@ def test_meta_may_not_use_the_store_keys(tmp_path):
 # ---------------------------------------------------------------------------------------------------- shards
 
 
-def test_shards_split_items_exactly_once():
+def test_shards_are_contiguous_blocks_of_about_equal_weight():
     items = [f"u{i}" for i in range(17)]
     shards = [shard_items(items, i, 4) for i in range(4)]
-    assert sorted(sum(shards, [])) == sorted(items)
-    assert shards[1] == items[1::4] and shard_items(items, 1, 4) == shards[1]
+    assert sum(shards, []) == items   # in shard order, the blocks are the items again
+    assert [len(s) for s in shards] == [4, 4, 5, 4]
     assert shard_items(items, 0, 1) == items
+    # By weight (e.g. a batch's audio seconds): the heavy items get a shard of their own.
+    weights = [10, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert [shard_items(list(range(12)), i, 3, weights) for i in range(3)] == [[0], [1], list(range(2, 12))]
+    assert sum((shard_items(items, i, 3, [0.0] * 17) for i in range(3)), []) == items   # all weights 0: by count
+    with pytest.raises(ValueError, match="weights"):
+        shard_items(items, 0, 2, [1.0] * 16)
     for shard, n in [(4, 4), (-1, 4), (0, 0)]:
         with pytest.raises(ValueError, match="shard"):
             shard_items(items, shard, n)
@@ -343,7 +350,7 @@ def test_merged_shards_equal_a_single_pass_store(tmp_path):
     assert merged.meta == FeatureStore(shard_dir(tmp_path / "feat", 0, n)).meta | {
         "n_utterances": 31, "n_frames": sum(len(x) for x in by_id.values())}
 
-    # A single pass in sorted order gives the same bytes; one in any order the same arrays.
+    # A single pass adding in the same order gives the same bytes; one in any order the same arrays.
     write_store(tmp_path / "single_sorted", [(u, by_id[u]) for u in ids])
     assert store_bytes(tmp_path / "merged") == store_bytes(tmp_path / "single_sorted")
     single = write_store(tmp_path / "single", utts)
@@ -358,15 +365,52 @@ def test_merge_into_the_folder_of_the_shards_replaces_them(tmp_path):
     root = tmp_path / "feat"
     for i in range(2):
         write_store(shard_dir(root, i, 2), [(u, by_id[u]) for u in shard_items(ids, i, 2)])
+    first_frames = os.stat(shard_dir(root, 0, 2) / FRAMES_FILE).st_ino
     merged = merge_stores([shard_dir(root, i, 2) for i in range(2)], root)
     assert merged.utt_ids == ids and sorted(os.listdir(root)) == sorted(STORE_FILES)
     assert sorted(os.listdir(tmp_path)) == ["feat"]
+    assert os.stat(root / FRAMES_FILE).st_ino == first_frames   # the first shard's frames were moved, not copied
     # A folder holding anything besides the shards being merged is not replaced.
     for i in range(2):
         write_store(shard_dir(tmp_path / "other", i, 2), [(u, by_id[u]) for u in shard_items(ids, i, 2)])
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not a feature store"):
         merge_stores([shard_dir(tmp_path / "other", 0, 2)], tmp_path / "other")
+
+
+def test_an_interrupted_merge_resumes_from_the_shards_it_has_not_consumed(tmp_path, monkeypatch):
+    """In the shards' own folder the merge deletes each shard's frames once appended (at most one shard's size of
+    extra disk); a merge that dies midway resumes with what is left and gives the bytes of an uninterrupted one."""
+    import medusa.feature_store as fs
+
+    utts = make_utterances(n=40)
+    by_id = dict(utts)
+    ids = sorted(by_id)
+    n = 4
+    for name in ("straight", "resumed"):
+        for i in range(n):
+            write_store(shard_dir(tmp_path / name, i, n), [(u, by_id[u]) for u in shard_items(ids, i, n)])
+    merge_stores([shard_dir(tmp_path / "straight", i, n) for i in range(n)], tmp_path / "straight")
+
+    real_append, calls = fs._append_file, []
+
+    def dying_append(src, dst, desc):
+        calls.append(src)
+        if len(calls) == 2:   # shard 0 is moved, shard 1 appended; die half-way through shard 2
+            dst.write(src.read_bytes()[: src.stat().st_size // 2])
+            raise Interrupted
+        real_append(src, dst, desc)
+
+    monkeypatch.setattr(fs, "_append_file", dying_append)
+    roots = [shard_dir(tmp_path / "resumed", i, n) for i in range(n)]
+    with pytest.raises(Interrupted):
+        merge_stores(roots, tmp_path / "resumed")
+    assert [(r / FRAMES_FILE).exists() for r in roots] == [False, False, True, True]   # 0 and 1 consumed
+    monkeypatch.setattr(fs, "_append_file", real_append)
+    merged = merge_stores(roots, tmp_path / "resumed")
+    assert store_bytes(tmp_path / "resumed") == store_bytes(tmp_path / "straight")
+    assert merged.utt_ids == ids and sorted(os.listdir(tmp_path / "resumed")) == sorted(STORE_FILES)
+    assert not partial_dir(tmp_path / "resumed").exists()
 
 
 def test_merge_refuses_duplicates_and_mismatched_stores(tmp_path):
@@ -404,28 +448,28 @@ def test_pad_batch_shapes_and_mask():
         pad_batch([np.zeros((2, 3)), np.zeros((2, 4))])
 
 
-def test_a_sorting_close_that_dies_is_finished_by_the_next_writer(tmp_path, monkeypatch):
-    """Crash injected at the worst moment of a sort_on_close: index and meta (of the sorted order) written,
-    writer.json gone, the sorted frames not yet in place. The next writer completes the store, bytes as sorted."""
+def test_a_close_that_dies_before_the_rename_is_resumed_in_add_order(tmp_path, monkeypatch):
+    """A close() killed after it finalised the folder (index in utt_id order, writer.json gone) but before the rename:
+    the next writer rebuilds its journal in frame order, takes more adds, and gives the bytes of a writer that
+    added everything in one go, in the same order."""
     import medusa.feature_store as fs
 
-    utts = make_utterances(n=7, seed=5)
-    write_store(tmp_path / "ref", sorted(utts, key=lambda u: u[0]))
-    real_replace = os.replace
+    utts = make_utterances(n=9, seed=5)   # shuffled: index order differs from frame order
+    write_store(tmp_path / "ref", utts)
 
-    def dying_replace(src, dst):
-        if str(src).endswith(fs.SORTED_FRAMES_FILE):
-            raise Interrupted("process killed")
-        return real_replace(src, dst)
+    def dying_move(work_dir, root, allowed_children=()):
+        raise Interrupted("process killed")
 
-    monkeypatch.setattr(os, "replace", dying_replace)
+    monkeypatch.setattr(fs, "_move_into_place", dying_move)
     with pytest.raises(Interrupted):
-        write_store(tmp_path / "s", utts, sort_on_close=True)
-    monkeypatch.setattr(os, "replace", real_replace)
+        write_store(tmp_path / "s", utts[:6])
+    monkeypatch.undo()
     wd = partial_dir(tmp_path / "s")
-    assert (wd / fs.SORTED_FRAMES_FILE).exists() and not (wd / fs.WRITER_FILE).exists()
-    with FeatureStoreWriter(tmp_path / "s", DIM, META, sort_on_close=True) as w:
-        assert w.done == {u for u, _ in utts}
+    assert (wd / INDEX_FILE).exists() and not (wd / fs.WRITER_FILE).exists()
+    with FeatureStoreWriter(tmp_path / "s", DIM, META) as w:
+        assert w.done == {u for u, _ in utts[:6]}
+        for u, x in utts[6:]:
+            w.add(u, x)
     assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "ref")
 
 
@@ -436,24 +480,26 @@ def test_a_close_that_dies_after_writer_json_keeps_the_store_when_the_inputs_mat
     inputs discards it."""
     import medusa.feature_store as fs
 
-    utts = make_utterances(n=7, seed=5)
-    real_replace = os.replace
+    from pathlib import Path
 
-    def dying_replace(src, dst):
-        if str(src).endswith(fs.SORTED_FRAMES_FILE):
+    utts = make_utterances(n=7, seed=5)
+    real_unlink = Path.unlink
+
+    def dying_unlink(path, missing_ok=False):   # killed right after writer.json went, before the journal goes
+        if path.name == fs.JOURNAL_FILE:
             raise Interrupted("process killed")
-        return real_replace(src, dst)
+        return real_unlink(path, missing_ok=missing_ok)
 
     for inputs, kept in (("fingerprint-1", True), ("fingerprint-2", False)):
         root = tmp_path / inputs
-        monkeypatch.setattr(os, "replace", dying_replace)
+        monkeypatch.setattr(Path, "unlink", dying_unlink)
         with pytest.raises(Interrupted):
-            with FeatureStoreWriter(root, DIM, META, sort_on_close=True, inputs="fingerprint-1") as w:
+            with FeatureStoreWriter(root, DIM, META, inputs="fingerprint-1") as w:
                 for u, x in utts:
                     w.add(u, x)
-        monkeypatch.setattr(os, "replace", real_replace)
+        monkeypatch.setattr(Path, "unlink", real_unlink)
         assert not (partial_dir(root) / fs.WRITER_FILE).exists()
-        with FeatureStoreWriter(root, DIM, META, sort_on_close=True, inputs=inputs) as w:
+        with FeatureStoreWriter(root, DIM, META, inputs=inputs) as w:
             assert (w.done == {u for u, _ in utts}) is kept
             for u, x in utts:
                 if u not in w.done:
