@@ -6,6 +6,7 @@ cost grows with the square of the summed lengths, and a CPU cannot afford full f
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,20 +57,30 @@ def batch_from_arrays(sequences_per_modality: list[list[np.ndarray]], pools: lis
     for m, (seqs, pool) in enumerate(zip(sequences_per_modality, pools)):
         if not len(seqs):
             raise ValueError(f"modality {m}: an empty batch")
-        # float32 before pooling: the stores hold float16, and averaging must not happen at that precision
-        seqs = [pool_frames(np.asarray(s, dtype=np.float32), pool) for s in seqs]
+        # float32 before pooling: the stores hold float16, and averaging must not happen at that precision.
+        # Unpooled float16/float32 frames go into the batch as they are: torch widens float16 to float32 while it
+        # copies them (exactly, as numpy would, but several times faster: 45 -> 10 ms for a batch of 16 six-second
+        # clips of three 1024-d stores on one core).
+        seqs = [pool_frames(np.asarray(s, dtype=np.float32), pool) if pool > 1 else _unpooled(s) for s in seqs]
         dim = dims[m] if dims is not None else seqs[0].shape[1]
         t = max(len(s) for s in seqs)
-        x = np.zeros((len(seqs), t, dim), dtype=np.float32)
-        mask = np.zeros((len(seqs), t), dtype=bool)
-        for j, s in enumerate(seqs):
-            if s.ndim != 2 or s.shape[1] != dim:
-                raise ValueError(f"modality {m}, sequence {j}: expected (T, {dim}) frames, got {s.shape}")
-            x[j, : len(s)] = s
-            mask[j, : len(s)] = True
-        xs.append(torch.from_numpy(x))
-        masks.append(torch.from_numpy(mask))
+        x = torch.zeros((len(seqs), t, dim), dtype=torch.float32)
+        with warnings.catch_warnings():  # memmap slices are read-only: torch warns, though it only reads them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            for j, s in enumerate(seqs):
+                if s.ndim != 2 or s.shape[1] != dim:
+                    raise ValueError(f"modality {m}, sequence {j}: expected (T, {dim}) frames, got {s.shape}")
+                x[j, : len(s)] = torch.from_numpy(s)
+        xs.append(x)
+        masks.append(torch.from_numpy(np.arange(t)[None, :] < np.array([len(s) for s in seqs])[:, None]))
     return xs, masks
+
+
+def _unpooled(s) -> np.ndarray:
+    """An unpooled sequence as an array torch can wrap: float16 and float32 arrays as they are (no copy when
+    contiguous, as store slices are), anything else as float32."""
+    a = np.asarray(s)
+    return np.ascontiguousarray(a if a.dtype in (np.float16, np.float32) else np.asarray(s, dtype=np.float32))
 
 
 @dataclass
