@@ -13,8 +13,7 @@ each step timed with its peak memory (benchmarks/_common.measure, plus a sampled
    durations are those of real clips.
 2. feature stores: the stores of Table 1's model 2 (WavLM + HuBERT + RoBERTa), written with FeatureStoreWriter the
    way medusa.extract writes them (work list in utt_id order, length batches of the paper's encoder settings, a
-   flush per batch; sort_on_close where this version of the writer has it), at 50 frames per second of each clip (audio) and 1.3 tokens per word + 2 special
-   tokens (text), at a reduced dim (`--dim`, default 16) instead of 1024; then opened (FeatureStore).
+   flush per batch), at 50 frames per second of each clip (audio) and 1.3 tokens per word + 2 special tokens (text), at a reduced dim (`--dim`, default 16) instead of 1024; then opened (FeatureStore).
 3. FeatureDataset over the train rows and the three stores (pool 1 each: the paper preset's `pool: {}`), one stage-1
    epoch of training batches (medusa.training._epoch_batches: the loop's own bucketed sampler, batch 16, and
    FeatureDataset.batch for every batch: arrays, masks, tensors; no model), and the per-epoch evaluation's loading
@@ -41,7 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import inspect
 import math
 import os
 import shutil
@@ -70,7 +68,7 @@ import torch  # noqa: E402
 from medusa import ablation, ensemble, members, reports  # noqa: E402
 from medusa.batches import length_batches  # noqa: E402
 from medusa.corpora.manifest import prepare_corpus  # noqa: E402
-from medusa.dataset import FeatureDataset  # noqa: E402
+from medusa.dataset import PREFETCH_BATCHES, PREFETCH_THREADS, FeatureDataset  # noqa: E402
 from medusa.feature_store import DTYPE, FRAMES_FILE, FeatureStore, FeatureStoreWriter  # noqa: E402
 from medusa.labels import ATTRIBUTES, CODES, EMOTION_OF, target_columns  # noqa: E402
 from medusa.metrics import balanced_macro_f1, run_classes  # noqa: E402
@@ -358,17 +356,10 @@ def plan_store(key: str, items: pd.DataFrame, params: Params, rng: np.random.Gen
     return StorePlan(key, ids, frames, batches, offsets)
 
 
-#: Whether this version of the writer rewrites the frames in utt_id order when it closes (extraction then asks for
-#: it: medusa.extract passes sort_on_close=True); a writer without the option keeps the frames in add order.
-SORT_ON_CLOSE = "sort_on_close" in inspect.signature(FeatureStoreWriter).parameters
-
-
 def write_store(root: Path, plan: StorePlan, pool: np.ndarray) -> None:
     """The I/O of medusa.extract.extract_to_store with the encoder left out: add each batch's utterances (float32
-    frames, made float16 by the writer), flush after every batch, and sort by utt_id on close where the writer
-    offers it (as extraction asks)."""
-    sort = {"sort_on_close": True} if SORT_ON_CLOSE else {}
-    with FeatureStoreWriter(root, pool.shape[1], {"family": plan.key, "model": "synthetic"}, **sort) as writer:
+    frames, made float16 by the writer), flush after every batch."""
+    with FeatureStoreWriter(root, pool.shape[1], {"family": plan.key, "model": "synthetic"}) as writer:
         for batch in plan.batches:
             for i in batch:
                 writer.add(plan.ids[i], pool[plan.offsets[i]:plan.offsets[i] + plan.frames[i]])
@@ -437,6 +428,7 @@ class FullDim:
     write_mb: float
     cold_ms: float          # per batch, page cache dropped for the frames files first
     warm_ms: float          # per batch, the same batches again
+    prefetch_ms: float      # per batch, cold again, through FeatureDataset.batches (threads loading ahead)
     mb_per_batch: float     # float16 bytes read per batch (real frames)
 
 
@@ -476,8 +468,14 @@ def full_dim_check(work: Path, manifest: pd.DataFrame, params: Params, n_utts: i
         t0 = time.perf_counter()
         load_batches(data, batches)
         per_batch.append(1000 * (time.perf_counter() - t0) / len(batches))
+    for key in MODEL:
+        evict(work / key / FRAMES_FILE)
+    t0 = time.perf_counter()
+    for _ in data.batches(batches):   # what the training loop iterates: batches loaded ahead in threads
+        pass
+    per_batch.append(1000 * (time.perf_counter() - t0) / len(batches))
     read = sum(store_bytes(s.n_frames, s.dim) for s in stores)
-    return FullDim(len(rows), len(batches), write_s, written / 2**20, per_batch[0], per_batch[1],
+    return FullDim(len(rows), len(batches), write_s, written / 2**20, per_batch[0], per_batch[1], per_batch[2],
                    read / 2**20 / len(rows) * cfg.batch_size)
 
 
@@ -801,9 +799,7 @@ def report_section(args: argparse.Namespace, argv: list[str], rows: list[StepRow
         f"tokens per word + {SPECIAL_TOKENS}, **at dim {args.dim} instead of 1024** (the frame counts are the real "
         "ones; bytes, and the time of moving them, scale with the dim: see the full-dim check below); written as "
         "`medusa.extract` writes them (utt_id order, length batches of the preset's encoder settings, a flush per "
-        + ("batch, `sort_on_close`: the frames rewritten in utt_id order when the writer closes)" if SORT_ON_CLOSE else
-           "batch; this version of the writer keeps the frames in add order and never rewrites them)")
-        + ", with the encoder left out. Every store holds every utterance of the manifest.",
+        "batch; the writer keeps the frames in add order and never rewrites them), with the encoder left out. Every store holds every utterance of the manifest.",
         f"- Dataset and epoch: `FeatureDataset` over the train rows of {len(MODEL)} stores (Table 1's model 2, "
         f"{' + '.join(MODEL)}; pool 1, the preset's `pool: {{}}`); one stage-1 epoch = "
         f"`medusa.training._epoch_batches` (the loop's bucketed sampler, batch {t.batch_size}) and "
@@ -865,10 +861,8 @@ def report_section(args: argparse.Namespace, argv: list[str], rows: list[StepRow
           for key, (_, dim, kind) in FULL_DIMS.items()}
     lines += [f"At N={fmt_n(large.n)} the five stores take {num(sum(gb.values()))} GB (the audio ones "
               f"{num(gb['wavlm'])}, {num(gb['hubert'])} and {num(gb['whisper'])} GB, the text ones "
-              f"{num(gb['roberta'])} and {num(gb['modernbert'])} GB)"
-              + ("; while a store is written, `sort_on_close` needs its size twice (the frames in add order and in "
-                 "utt_id order)." if SORT_ON_CLOSE else "; the writer appends frames once and never rewrites them, "
-                 "so writing a store needs its own size, no more."), ""]
+              f"{num(gb['roberta'])} and {num(gb['modernbert'])} GB); the writer appends frames once and never "
+              "rewrites them, so writing a store needs its own size, no more.", ""]
     return "\n".join(lines)
 
 
@@ -911,7 +905,9 @@ def epoch_paragraph(cmp: Comparison, full: FullDim | None, large: SizeResult, pa
         lines += [f"| loading, full dims ({dims}), measured on {full.utterances} train rows, warm page cache | "
                   f"{full.warm_ms:.1f} ms | – |",
                   f"| loading, full dims, cold page cache (pages dropped with posix_fadvise first) | "
-                  f"{full.cold_ms:.1f} ms | – |"]
+                  f"{full.cold_ms:.1f} ms | – |",
+                  f"| loading, full dims, cold, through `FeatureDataset.batches` ({PREFETCH_THREADS} threads, "
+                  f"{PREFETCH_BATCHES} batches ahead): the rate batches arrive at | {full.prefetch_ms:.1f} ms | – |"]
     lines.append("")
     epoch_gpu = cmp.batches * cmp.gpu_ms / 1000
     text = (f"Over the epoch: GPU compute ~{num(epoch_gpu)} s (estimate), loading at dim {args.dim} "
@@ -921,9 +917,12 @@ def epoch_paragraph(cmp: Comparison, full: FullDim | None, large: SizeResult, pa
                  f"({full.warm_ms / cmp.gpu_ms:.0%}) to {num(cmp.batches * full.cold_ms / 1000)} s cold "
                  f"({full.cold_ms / cmp.gpu_ms:.0%}); a batch reads {full.mb_per_batch:.0f} MB of float16 frames and "
                  f"builds {2 * full.mb_per_batch:.0f} MB of float32 arrays")
-    lines.append(text + ". The training loop loads each batch in its own process (no DataLoader workers) between "
-                 "optimizer steps; only the `loss.item()` of each step waits for the GPU, so the next batch's loading "
-                 "overlaps the previous step's backward and optimizer step, not its forward.")
+    if full is not None:
+        text += (f". The training loop takes its batches from `FeatureDataset.batches`, which loads "
+                 f"{PREFETCH_BATCHES} ahead in {PREFETCH_THREADS} threads while the GPU computes, so an epoch costs "
+                 f"about the larger of its compute and its loading, not their sum; cold, batches arrive every "
+                 f"{full.prefetch_ms:.1f} ms ({full.prefetch_ms / cmp.gpu_ms:.0%} of the estimated compute per batch)")
+    lines.append(text + ".")
     if full is not None:
         lines += ["", f"Writing the full-dim subset's three stores (extraction's I/O path, encoders left out) took "
                   f"{full.write_s:.1f} s for {full.write_mb:,.0f} MB ({full.write_mb / full.write_s:,.0f} MB/s)."]
@@ -944,7 +943,7 @@ class Result:
 
 def disk_needed(n: int, dim: int, full_dim_utts: int) -> int:
     """Bytes the largest size needs at once, with room to spare: two small files per clip (a block each), the
-    three stores twice (sort_on_close), the full-dim subset twice."""
+    three stores and the full-dim subset, each counted twice."""
     frames = n * 6.5 * AUDIO_FPS
     stores = 2 * (2 * store_bytes(frames, dim) + store_bytes(n * 25, dim))
     full = 2 * store_bytes(full_dim_utts * 6.5 * AUDIO_FPS * 2.1, 1024)

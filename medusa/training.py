@@ -62,10 +62,9 @@ def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch
     probs = np.zeros((len(data), model.cfg.n_classes), np.float32)
     attrs = np.zeros((len(data), model.cfg.n_attributes), np.float32)
     order = np.argsort(data.lengths, kind="stable")
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            b = data.batch(idx)
+        for idx, b in zip(chunks, data.batches(chunks)):
             with autocast(device, amp):
                 logits, a = model([x.to(device) for x in b.xs], [m.to(device) for m in b.masks])
             probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
@@ -346,9 +345,9 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
             batches = _epoch_batches(stage, train, cfg, rng)
             model.train()
             try:
-                losses = [train_step(model, optimizer, train.batch(idx), stage_weights, cfg, rng, device)
-                          for idx in tqdm(batches, unit="batch", desc=f"stage {stage} epoch {progress.epoch + 1}",
-                                          leave=False)]
+                losses = [train_step(model, optimizer, batch, stage_weights, cfg, rng, device)
+                          for batch in tqdm(train.batches(batches), total=len(batches), unit="batch",
+                                            desc=f"stage {stage} epoch {progress.epoch + 1}", leave=False)]
             except NonFiniteLossError as e:  # say where; no checkpoint of this epoch is written
                 raise NonFiniteLossError(f"stage {stage} epoch {progress.epoch + 1}: {e}") from None
             score = evaluate(model, dev, cfg, device)

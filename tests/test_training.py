@@ -76,6 +76,27 @@ def test_same_seed_same_weights(problem):
         assert torch.equal(va, vb), k
 
 
+def test_prefetching_batches_changes_nothing(problem, monkeypatch):
+    """Batches loaded ahead in threads (FeatureDataset.batches) are the batches loaded in line: the same weights,
+    history and predictions."""
+    import medusa.dataset
+    from medusa.training import predict
+
+    train, dev = problem
+    cfg = train_config(batch_size=8, lr=1e-3, stage1_epochs=2, stage2_epochs=1, seed=3)
+    runs = []
+    for ahead in (medusa.dataset.PREFETCH_BATCHES, 0):
+        monkeypatch.setattr(medusa.dataset, "PREFETCH_BATCHES", ahead)
+        trained, history, _ = train_deepser(model(), train, dev, cfg, CPU)
+        runs.append((trained.state_dict(), history, predict(trained, dev, 5, CPU)[0]))
+    (wa, ha, pa), (wb, hb, pb) = runs
+    assert ha == hb and np.array_equal(pa, pb)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ids = [b.utt_ids for b in dev.batches([[0, 1], [2], [3, 4, 5]], ahead=2)]
+    assert ids == [list(dev.rows["utt_id"].iloc[i]) for i in ([0, 1], [2], [3, 4, 5])]
+
+
 def test_missing_utterance_in_a_store_is_named(problem, tmp_path):
     train, _ = problem
     rows = train.rows.copy()
