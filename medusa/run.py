@@ -25,6 +25,7 @@ from medusa.io import atomic_path
 from medusa.params import PARAMS_FILE, ParamsError, load_params
 
 log = logging.getLogger("medusa.run")
+KERNEL_START_TIMEOUT_S = 600
 
 
 class NotebookError(RuntimeError):
@@ -98,8 +99,11 @@ def execute_notebook(notebook: str | Path, parameters: dict[str, Any], out_noteb
     out_notebook.parent.mkdir(parents=True, exist_ok=True)
     log.info("executing %s -> %s with %s", notebook, out_notebook, sorted(parameters))
     try:
+        # start_timeout: papermill waits 60 s for the kernel by default, which a busy 2-core machine exceeded (a
+        # demo run failed at ablate@one_hot with "Kernel didn't respond in 60 seconds" while tests shared the cores)
         papermill.execute_notebook(str(notebook), str(out_notebook), parameters=parameters, cwd=str(cwd),
-                                   kernel_name="python3", progress_bar=False, log_output=True)
+                                   kernel_name="python3", progress_bar=False, log_output=True,
+                                   start_timeout=KERNEL_START_TIMEOUT_S)
     except PapermillExecutionError as e:
         raise NotebookError(f"{notebook}: cell {e.exec_count} failed: {e.ename}: {e.evalue}\n"
                             f"{''.join(e.traceback[-3:]) if e.traceback else ''}\n"
