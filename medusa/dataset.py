@@ -87,7 +87,7 @@ def _unpooled(s) -> np.ndarray:
     """An unpooled sequence as an array torch can wrap: float16 and float32 arrays as they are (no copy when
     contiguous, as store slices are), anything else as float32."""
     a = np.asarray(s)
-    return np.ascontiguousarray(a if a.dtype in (np.float16, np.float32) else np.asarray(s, dtype=np.float32))
+    return np.ascontiguousarray(a if a.dtype in (np.float16, np.float32) else a.astype(np.float32))
 
 
 @dataclass
@@ -159,8 +159,8 @@ class FeatureDataset:
         PREFETCH_THREADS background threads while the caller computes on the current one.
 
         Why: at the paper's sizes a training batch reads ~19 MB of float16 frames from stores that do not fit in
-        RAM (reports/benchmarks.md, "Scale simulation": 31 ms a batch from a cold page cache against ~19 ms of GPU
-        compute), so loading in line would leave the GPU waiting. Threads rather than DataLoader worker processes:
+        RAM (reports/benchmarks.md, "Scale simulation": 41 ms a batch from a cold page cache against ~19 ms of
+        estimated GPU compute; prefetched, one arrives every 16.5 ms), so loading in line would leave the GPU waiting. Threads rather than DataLoader worker processes:
         the time goes to page faults and copies, which release the GIL, and a thread shares the stores' memory
         maps instead of pickling batches between processes. Loading draws no random numbers, so the batches, and
         everything trained on them, are the same with or without prefetching."""
