@@ -531,11 +531,10 @@ def run_ensemble(out: Outputs, manifest: pd.DataFrame, params: Params) -> tuple[
     soup's posteriors over the first subset."""
     e = params.ensemble
     names = list(out.singles.index)
-    cfg = ensemble.MetaConfig(n_models=len(names), attributes_in=e.attributes_in, include_probes=e.include_probes,
-                              hidden=e.hidden, epochs=e.epochs, batch_size=e.batch_size, lr=e.lr,
-                              weight_decay=e.weight_decay, ce_weight=e.ce_weight, mse_weight=e.mse_weight)
+    cfg = ensemble.MetaConfig.from_params(e, len(names))
     groups = ensemble.subsets(out.singles, e.top_k)
-    results = {subset: ensemble.run_subset(out.posteriors, manifest, chosen, cfg, e.seeds, out.probes)
+    results = {subset: ensemble.run_subset(out.posteriors, manifest, chosen, cfg, e.seeds, out.probes,
+                                           anchor_grid=e.anchor_l2, cv_folds=e.cv_folds)
                for subset, chosen in groups.items()}
     soup = ensemble.ensemble_posteriors(out.posteriors, results[next(iter(groups))], probes=out.probes)
     return results, soup

@@ -187,6 +187,15 @@ def check_reports(workspace: Path) -> dict[str, Any]:
     subsets = [f"all ({n_members})"] + [f"top-{k}" for k in p.ensemble.top_k]
     problems += [f"Table 3 has no column for the {s} ensemble" for s in subsets
                  if len(t3) and f"{s} bal. F1" not in t3.columns]
+    # the preset's stage 3 is the paper's linear layer: every subset's soup must have been trained as that
+    ensemble_json = reports / "metrics" / "ensemble.json"
+    forms = {}
+    if ensemble_json.is_file():
+        forms = {s: r["form"] for s, r in (json.loads(ensemble_json.read_text()).get("stage3") or {}).items()}
+    allowed = {"paper"} if p.ensemble.stage3 == "paper" else {"anchored", "voting"}
+    if sorted(forms) != sorted(subsets) or not set(forms.values()) <= allowed:
+        problems.append(f"{ensemble_json}: stage-3 forms {forms or 'missing'}, expected {' or '.join(sorted(allowed))} "
+                        f"for {', '.join(subsets)}")
     figures = sorted(f.name for f in (reports / "figures").glob("*.png"))
     if not figures:
         problems.append(f"no figures in {reports / 'figures'}")
@@ -210,7 +219,7 @@ def check_reports(workspace: Path) -> dict[str, Any]:
         raise DryRunError("the dry run's reports are incomplete:\n  " + "\n  ".join(problems))
     return {"models": len(p.models), "ablation_rows": len(t2), "ablated_models": list(p.ablate.models),
             "ensemble_subsets": subsets, "figures": figures, "rendered_notebooks": len(notebooks),
-            "submission_rows": n_blind, "bundle_members": bundle_members,
+            "submission_rows": n_blind, "bundle_members": bundle_members, "stage3_forms": forms,
             "encoders": {k: e.family for k, e in p.encoders.items()}}
 
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import InitVar, asdict, dataclass, field
+import logging
+import warnings
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,13 @@ from medusa.members import PROBE_POSTERIORS
 from medusa.metrics import (accuracy, balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval,
                             run_classes, stratified_bootstrap_indices)
 
+log = logging.getLogger(__name__)
 N_ATTRIBUTES = len(ATTRIBUTES)
+#: Stage-3 forms (MetaConfig.stage3): the paper's linear layer; the same layer anchored at soft voting (beyond the
+#: paper: issue #22); the anchored layer at its start, i.e. soft voting itself (what cross-validation may choose).
+STAGE3_FORMS = ("paper", "anchored", "voting")
+#: Posteriors are clamped here before the log of the anchor (a member may give a class exactly 0 in float32).
+ANCHOR_FLOOR = 1e-6
 
 
 @dataclass
@@ -133,6 +141,11 @@ class MetaConfig:
     include_probes: bool = False     # each member's linear-probe posteriors in too (not the paper's)
     attributes_out: bool | None = None   # attribute outputs, trained by eq. (1)'s MSE term; None: mse_weight > 0
     hidden: int = 0                  # 0: linear (the paper); > 0: one ReLU hidden layer
+    #: The stage-3 form (STAGE3_FORMS): "paper" learns the class logits from scratch; "anchored" adds the log of
+    #: the members' mean posterior to them, so that it starts exactly at soft voting, and penalises its class
+    #: weights by anchor_l2 (a pull back to voting); "voting" is the anchored form held at its start.
+    stage3: str = "paper"
+    anchor_l2: float = 0.0
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
@@ -154,6 +167,17 @@ class MetaConfig:
             object.__setattr__(self, "attributes_out", bool(use_attributes))
         elif self.attributes_out is None:
             object.__setattr__(self, "attributes_out", self.mse_weight > 0)
+
+        if self.stage3 not in STAGE3_FORMS:
+            raise ValueError(f"stage3 {self.stage3!r}: one of {', '.join(STAGE3_FORMS)}")
+
+    @classmethod
+    def from_params(cls, params: Any, n_models: int, **changes: Any) -> "MetaConfig":
+        """The config of the run's `ensemble` section (medusa.params.EnsembleParams): every field the two share,
+        except anchor_l2, which the section holds as the grid that cross-validation chooses from."""
+        names = {f.name for f in fields(cls)} - {"anchor_l2", "n_models"}
+        values = {k: v for k, v in params.model_dump().items() if k in names}
+        return cls(n_models=n_models, **{**values, **changes})
 
     @property
     def n_inputs(self) -> int:
@@ -192,7 +216,26 @@ class MetaClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         out, n_classes = self.net(x), len(self.cfg.classes)
-        return out[:, :n_classes], (out[:, n_classes:] if self.cfg.attributes_out else None)
+        logits = out[:, :n_classes]
+        if self.cfg.stage3 != "paper":
+            logits = logits + voting_logits(x, self.cfg)
+        return logits, (out[:, n_classes:] if self.cfg.attributes_out else None)
+
+    def class_head(self) -> tuple[Tensor, Tensor]:
+        """The weight and bias rows of the class logits in the last layer: what the anchored form penalises, and
+        what is zero when it is soft voting."""
+        last = self.net[-1] if isinstance(self.net, nn.Sequential) else self.net
+        n_classes = len(self.cfg.classes)
+        return last.weight[:n_classes], last.bias[:n_classes]
+
+
+def voting_logits(x: Tensor, cfg: MetaConfig) -> Tensor:
+    """log of the members' mean posterior, read from the first input block (the members' posteriors, member after
+    member): softmax of it is soft voting's distribution, so an anchored layer whose class weights are zero is soft
+    voting exactly, in training, evaluation and the predict bundle alike."""
+    n_classes = len(cfg.classes)
+    mean = x[:, :cfg.n_models * n_classes].reshape(len(x), cfg.n_models, n_classes).mean(1)
+    return torch.log(mean.clamp_min(ANCHOR_FLOOR))
 
 
 def meta_inputs(stacked: Stacked, cfg: MetaConfig) -> np.ndarray:
@@ -236,7 +279,7 @@ def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cf
     x = torch.from_numpy(meta_inputs(stacked, cfg))
     t = torch.from_numpy(np.array(targets, np.float32))
     a = torch.from_numpy(scale_attributes(attributes))
-    pool = np.flatnonzero(np.isin(stacked.labels, classes) & np.isfinite(np.asarray(targets, np.float64)).all(1))
+    pool = trainable_rows(stacked, targets, classes)
     if not len(pool):
         raise ValueError(f"no dev utterance with a target and one of the classes {' '.join(classes)} as its "
                          "consensus to train the meta-classifier on")
@@ -251,6 +294,9 @@ def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cf
             known = ~torch.isnan(a[idx]).any(-1)
             if pred_a is not None and cfg.mse_weight > 0 and known.any():
                 loss = loss + cfg.mse_weight * torch.mean((pred_a[known] - a[idx][known]) ** 2)
+            if cfg.stage3 == "anchored" and cfg.anchor_l2 > 0:
+                weight, bias = model.class_head()
+                loss = loss + cfg.anchor_l2 * (weight.pow(2).sum() + bias.pow(2).sum())
             if not torch.isfinite(loss):
                 raise ValueError(f"the meta-classifier's loss is not finite on a batch of dev utterances "
                                  f"{', '.join(stacked.utt_ids[idx.numpy()][:10])}: check their targets and the "
@@ -258,7 +304,130 @@ def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cf
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    if cfg.stage3 == "voting":  # the class logits stay soft voting's; only attribute outputs were learnt
+        with torch.no_grad():
+            for rows in model.class_head():
+                rows.zero_()
     return model.eval()
+
+
+def trainable_rows(stacked: Stacked, targets: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Indices of the rows stage 3 may train on: consensus one of the run's classes, and a finite target."""
+    return np.flatnonzero(np.isin(stacked.labels, classes) & np.isfinite(np.asarray(targets, np.float64)).all(1))
+
+
+def take(stacked: Stacked, rows: np.ndarray) -> Stacked:
+    """The rows `rows` of `stacked` (a fold of dev)."""
+    pick = lambda a: None if a is None else a[rows]  # noqa: E731
+    return Stacked(stacked.utt_ids[rows], stacked.probs[rows], stacked.attributes[rows], stacked.labels[rows],
+                   pick(stacked.probe_probs), stacked.classes)
+
+
+@dataclass
+class Stage3Choice:
+    """What stage 3 was trained as, and on what: the form the run used (cross-validation may turn "anchored" into
+    "voting"), its penalty, the dev rows and classes it learnt from, and the cross-validation behind the choice."""
+    form: str                         # STAGE3_FORMS
+    anchor_l2: float
+    dev_rows: int                     # scored dev clips it trained on (consensus one of the run's classes)
+    dev_classes: dict[str, int]       # clips per class among them
+    n_inputs: int
+    folds: int = 0                    # cross-validation folds (0: none, the paper's form)
+    cv: pd.DataFrame | None = None    # candidate, anchor_l2, cv_balanced_ce, cv_balanced_macro_f1, chosen
+    warning: str | None = None
+
+    def describe(self) -> str:
+        """One line: the form, and why."""
+        if self.form == "paper":
+            what = "the paper's linear meta-classifier (no anchor)"
+        elif self.form == "voting":
+            what = "soft voting (cross-validation kept the anchored layer at its start)"
+        else:
+            what = f"the voting-anchored linear layer, anchor_l2 {self.anchor_l2:g}"
+        how = f", chosen by {self.folds}-fold cross-validation within dev" if self.folds else ""
+        classes = ", ".join(f"{c} {n}" for c, n in self.dev_classes.items())
+        return f"{what}{how}; trained on {self.dev_rows} dev clips ({classes}), {self.n_inputs} inputs"
+
+    def record(self) -> dict[str, Any]:
+        """For ensemble.json."""
+        out = {k: v for k, v in asdict(self).items() if k != "cv"}
+        out["cv"] = None if self.cv is None else self.cv.to_dict(orient="records")
+        return out
+
+
+def small_dev_warning(dev_rows: int, n_inputs: int) -> str | None:
+    """The warning when dev holds fewer scored clips than stage 3 has inputs: a linear layer over more inputs than
+    training rows can learn dev by heart (issue #22: 48 clips, 30-60 inputs)."""
+    if dev_rows >= n_inputs:
+        return None
+    return (f"stage 3 trains on {dev_rows} scored dev clips but reads {n_inputs} inputs per clip: a meta-classifier "
+            "can learn so small a dev set by heart; the voting-anchored form (ensemble.stage3: anchored) falls back "
+            "to soft voting where dev cannot support more")
+
+
+def balanced_cross_entropy(probs: np.ndarray, targets: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-row soft-target cross-entropy, weighted so that every class present counts alike (weights sum to 1):
+    the class-balanced objective stage 3 trains on, as a held-out score. Returns (losses, weights)."""
+    losses = -(targets * np.log(np.clip(probs, ANCHOR_FLOOR, 1))).sum(1)
+    counts = pd.Series(labels).value_counts()
+    weights = 1.0 / (counts.reindex(labels).to_numpy() * len(counts))
+    return np.stack([losses, weights])
+
+
+def choose_stage3(dev: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
+                  anchor_grid: list[float] | tuple[float, ...] = (), folds: int = 5) -> tuple[MetaConfig, Stage3Choice]:
+    """The paper's form as configured, or, for cfg.stage3 "anchored", the penalty by K-fold cross-validation within
+    dev (class-stratified, seeded by cfg.seed): soft voting and the anchored layer at each anchor_l2 of the grid are
+    scored by their out-of-fold class-balanced cross-entropy; the candidate kept is the closest to voting (voting,
+    then the largest penalty) whose loss is within one standard error of the best one's (paired over clips: the
+    "one-standard-error rule"), so that a few dozen dev clips do not pull MEDUSA off voting on noise."""
+    from sklearn.model_selection import StratifiedKFold
+
+    classes = cfg.classes
+    pool = trainable_rows(dev, targets, classes)
+    labels = dev.labels[pool]
+    counts = {c: int((labels == c).sum()) for c in classes}
+    warning = small_dev_warning(len(pool), cfg.n_inputs)
+    base = dict(dev_rows=len(pool), dev_classes=counts, n_inputs=cfg.n_inputs, warning=warning)
+    if cfg.stage3 != "anchored":
+        return cfg, Stage3Choice(cfg.stage3, cfg.anchor_l2, **base)
+    candidates = [("voting", 0.0)] + [("anchored", float(l)) for l in sorted(anchor_grid, reverse=True)]
+    smallest = min((n for n in counts.values() if n), default=0)
+    k = max(2, min(folds, smallest))
+    if len(candidates) == 1 or len(pool) < 2 * k:
+        chosen = MetaConfig(**{**asdict(cfg), "stage3": "voting", "anchor_l2": 0.0})
+        return chosen, Stage3Choice("voting", 0.0, **base)
+    oof = np.zeros((len(candidates), len(pool), len(classes)))
+    with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": expected
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(StratifiedKFold(k, shuffle=True, random_state=cfg.seed).split(np.zeros(len(pool)), labels))
+    for fit, held in splits:
+        fold, rest = take(dev, pool[held]), take(dev, pool[fit])
+        for i, (form, l2) in enumerate(candidates):
+            if form == "voting":
+                oof[i, held] = fold.probs.mean(1)
+                continue
+            model = train_meta(rest, targets[pool[fit]], attributes[pool[fit]],
+                               MetaConfig(**{**asdict(cfg), "stage3": form, "anchor_l2": l2}))
+            oof[i, held] = meta_predict(model, fold)[0]
+    scored = [balanced_cross_entropy(p, targets[pool], labels) for p in oof]
+    means = np.array([(w * l).sum() for l, w in scored])
+    best = int(means.argmin())
+    keep = best
+    for i in range(len(candidates)):  # closest to voting first
+        d = scored[i][0] - scored[best][0]
+        w = scored[best][1]
+        spread = np.sqrt((w ** 2 * (d - (w * d).sum()) ** 2).sum())
+        if (w * d).sum() <= spread:
+            keep = i
+            break
+    f1 = [balanced_macro_f1(labels, np.asarray(classes)[p.argmax(1)], classes) for p in oof]
+    cv = pd.DataFrame({"candidate": [f for f, _ in candidates], "anchor_l2": [l for _, l in candidates],
+                       "cv_balanced_ce": means, "cv_balanced_macro_f1": f1,
+                       "chosen": [i == keep for i in range(len(candidates))]})
+    form, l2 = candidates[keep]
+    chosen = MetaConfig(**{**asdict(cfg), "stage3": form, "anchor_l2": l2})
+    return chosen, Stage3Choice(form, l2, folds=k, cv=cv, **base)
 
 
 def soup(models: list[MetaClassifier]) -> MetaClassifier:
@@ -309,10 +478,14 @@ class SubsetResult:
     other_soup: MetaClassifier | None = None  # the soup with the other setting of include_probes (probes read)
     probe_dev_scores: dict[str, float] = field(default_factory=dict)  # member -> its probe's dev balanced macro-F1
     best_probe: str | None = None             # the member whose probe has the best dev score (probes read)
+    stage3: Stage3Choice | None = None        # the form the soup was trained as, on what, and why
+    other_form_soup: MetaClassifier | None = None   # the soup of the other stage-3 form (paper <-> anchored)
 
 
 #: Table 3's row for the soup trained with the other setting of `include_probes`, keyed by the main soup's setting.
 OTHER_PROBES_SOUP = {False: "meta-classifier soup + probes", True: "meta-classifier soup without probes"}
+#: Table 3's row for the soup trained in the other stage-3 form, keyed by that form.
+OTHER_FORM_SOUP = {"paper": "paper's meta-classifier soup", "anchored": "voting-anchored meta-classifier soup"}
 #: Table 3's row for the probe of the subset's member whose probe scores best on dev.
 BEST_PROBE = "best probe"
 
@@ -324,11 +497,14 @@ def probe_dev_scores(dev: Stacked, members: list[str], classes: tuple[str, ...])
 
 
 def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, members: list[str], cfg: MetaConfig,
-               seeds: list[int], probes: dict[str, pd.DataFrame] | None = None) -> SubsetResult:
+               seeds: list[int], probes: dict[str, pd.DataFrame] | None = None,
+               anchor_grid: list[float] | tuple[float, ...] = (), cv_folds: int = 5) -> SubsetResult:
     """Stages 3-4 for one subset: meta-classifiers trained on dev with each seed, their soup, and the voting
     baselines, all predicting test. With `probes` ({member: its probe's posteriors}; required when
     cfg.include_probes), also the soup trained exactly alike (same seeds) with the other setting of
-    include_probes, and the best probe by dev balanced macro-F1 (Table 3's OTHER_PROBES_SOUP and BEST_PROBE)."""
+    include_probes, and the best probe by dev balanced macro-F1 (Table 3's OTHER_PROBES_SOUP and BEST_PROBE). cfg.stage3 "anchored" picks its penalty among
+    `anchor_grid` (or soft voting) by `cv_folds`-fold cross-validation within dev (choose_stage3); the soup of the
+    other form (paper or anchored) is trained alike and scored as Table 3's OTHER_FORM_SOUP row."""
     if cfg.include_probes and probes is None:
         raise ValueError("include_probes: the meta-classifier reads the members' probe posteriors; pass them "
                          "(read_probe_posteriors)")
@@ -350,25 +526,86 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
                              "attribute predictions are empty; set ensemble.attributes_in: false")
         cfg = MetaConfig(**{**asdict(cfg), "attributes_out": False})
 
-    def seeded_runs(c: MetaConfig) -> list[MetaClassifier]:
-        return [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(c), "seed": s})) for s in seeds]
+    def seeded_runs(c: MetaConfig) -> tuple[list[MetaClassifier], Stage3Choice]:
+        """The form (cross-validated for "anchored", with the first seed), then one run per seed on all of dev."""
+        c, choice = choose_stage3(dev, targets, attributes, MetaConfig(**{**asdict(c), "seed": seeds[0]}),
+                                  anchor_grid, cv_folds)
+        return [train_meta(dev, targets, attributes, MetaConfig(**{**asdict(c), "seed": s})) for s in seeds], choice
 
-    runs = seeded_runs(cfg)
+    runs, choice = seeded_runs(cfg)
+    if choice.warning:
+        log.warning("%s: %s", ", ".join(members), choice.warning)
     mixed = soup(runs)
     single_runs = [meta_predict(r, test)[0].argmax(1) for r in runs]
     predictions = {"majority voting": majority_vote(test.probs), "soft voting": soft_vote(test.probs),
                    "meta-classifier (single)": single_runs[0],
                    "meta-classifier (soup)": meta_predict(mixed, test)[0].argmax(1)}
+    # the same dev rows, targets and seeds in the other form: Table 3 measures the paper's stage 3 against the
+    # voting-anchored one on every run, whichever the param chose
+    other_form = "paper" if cfg.stage3 == "anchored" else "anchored"
+    other_form_soup = soup(seeded_runs(MetaConfig(**{**asdict(cfg), "stage3": other_form}))[0])
+    predictions[OTHER_FORM_SOUP[other_form]] = meta_predict(other_form_soup, test)[0].argmax(1)
     other, scores, best = None, {}, None
     if probes is not None:
         # the same dev rows, targets and seeds: the two soups differ by the probe inputs alone
-        other = soup(seeded_runs(MetaConfig(**{**asdict(cfg), "include_probes": not cfg.include_probes})))
+        other = soup(seeded_runs(MetaConfig(**{**asdict(cfg), "include_probes": not cfg.include_probes}))[0])
         predictions[OTHER_PROBES_SOUP[cfg.include_probes]] = meta_predict(other, test)[0].argmax(1)
         scores = probe_dev_scores(dev, list(members), classes)
         best = top_k_names(scores, 1)[0]
         predictions[BEST_PROBE] = test.probe_probs[:, list(members).index(best)].argmax(1)
     return SubsetResult(list(members), predictions, single_runs, mixed, runs, test, dev.utt_ids, classes, other,
-                        scores, best)
+                        scores, best, choice, other_form_soup)
+
+
+def technique_probabilities(result: SubsetResult) -> dict[str, list[np.ndarray]]:
+    """{technique: its (N, C) test posteriors, one array per run} for the techniques of Table 3 that have posteriors
+    (majority voting has none): soft voting is the members' mean posterior, the single meta-classifier one array
+    per seed."""
+    test = result.test
+    out = {"soft voting": [test.probs.mean(1)],
+           "meta-classifier (single)": [meta_predict(run, test)[0] for run in result.runs],
+           "meta-classifier (soup)": [meta_predict(result.soup, test)[0]]}
+    for model, names in ((result.other_form_soup, OTHER_FORM_SOUP.values()),
+                         (result.other_soup, OTHER_PROBES_SOUP.values())):
+        technique = next((t for t in names if t in result.predictions), None)
+        if model is not None and technique is not None:
+            out[technique] = [meta_predict(model, test)[0]]
+    if result.best_probe is not None:
+        out[BEST_PROBE] = [test.probe_probs[:, result.members.index(result.best_probe)]]
+    return out
+
+
+def calibration_columns(results: dict[str, SubsetResult], manifest: pd.DataFrame) -> pd.DataFrame:
+    """(technique, subset, jsd_votes, ece): Table 3's posteriors against the annotators on test (beyond the paper;
+    medusa.calibration.calibration_table): mean JSD from the vote distributions and expected calibration error,
+    the single meta-classifier's as the mean over its seeds."""
+    from medusa.calibration import calibration_table
+
+    rows = []
+    for subset, r in results.items():
+        for technique, runs in technique_probabilities(r).items():
+            frames = {}
+            for i, probs in enumerate(runs):
+                frame = pd.DataFrame({"utt_id": r.test.utt_ids, "split": "test", "label": r.test.labels})
+                frame[list(target_columns(r.classes))] = probs
+                frames[f"run {i}"] = frame
+            scores = calibration_table(frames, manifest)
+            rows.append({"technique": technique, "subset": subset, "jsd_votes": float(scores["jsd_votes"].mean()),
+                         "ece": float(scores["ece"].mean())})
+    return pd.DataFrame(rows, columns=["technique", "subset", "jsd_votes", "ece"])
+
+
+def stage3_table(results: dict[str, SubsetResult]) -> pd.DataFrame:
+    """Per subset: the stage-3 form its soup was trained as, the penalty, the folds that chose it, the dev clips and
+    classes it learnt from, its inputs, and the warning when dev holds fewer clips than inputs."""
+    rows = []
+    for subset, r in results.items():
+        c = r.stage3
+        rows.append({"subset": subset, "form": c.form, "anchor_l2": c.anchor_l2 if c.form == "anchored" else None,
+                     "cv_folds": c.folds or None, "dev_clips": c.dev_rows,
+                     "dev_classes": " ".join(f"{k}:{n}" for k, n in c.dev_classes.items()), "inputs": c.n_inputs,
+                     "warning": "fewer dev clips than inputs" if c.warning else ""})
+    return pd.DataFrame(rows).set_index("subset")
 
 
 def technique_table(results: dict[str, SubsetResult], bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -489,15 +726,18 @@ def table3_view(table: pd.DataFrame) -> pd.DataFrame:
         text = f"{value:.3f}" if np.isnan(std) else f"{value:.3f} ± {std:.3f}"
         return text if low is None else f"{text} [{low:.3f}, {high:.3f}]"
 
+    # with calibration_columns merged in: JSD vs votes and ECE beside the scores ("–": no posteriors)
+    extra = {"JSD": "jsd_votes", "ECE": "ece"} if "jsd_votes" in table else {}
     view = table.assign(**{
         "bal. F1": [cell(*v) for v in zip(table["balanced_macro_f1"], table["balanced_macro_f1_std"],
                                           table["balanced_macro_f1_ci95_low"], table["balanced_macro_f1_ci95_high"])],
         "F1": [cell(v, s) for v, s in zip(table["macro_f1"], table["macro_f1_std"])],
-        "ACC": [cell(v, s) for v, s in zip(table["accuracy"], table["accuracy_std"])]})
+        "ACC": [cell(v, s) for v, s in zip(table["accuracy"], table["accuracy_std"])],
+        **{name: ["–" if np.isnan(v) else f"{v:.3f}" for v in table[column]] for name, column in extra.items()}})
     order = list(dict.fromkeys(table["technique"]))
-    wide = view.pivot(index="technique", columns="subset", values=["bal. F1", "F1", "ACC"]).swaplevel(axis=1)
-    return wide.reindex(index=order, columns=[(s, m) for s in dict.fromkeys(table["subset"])
-                                              for m in ("bal. F1", "F1", "ACC")])
+    metrics = ["bal. F1", "F1", "ACC", *extra]
+    wide = view.pivot(index="technique", columns="subset", values=metrics).swaplevel(axis=1)
+    return wide.reindex(index=order, columns=[(s, m) for s in dict.fromkeys(table["subset"]) for m in metrics])
 
 
 def headline_sentence(summary: dict) -> str:

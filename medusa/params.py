@@ -7,7 +7,7 @@ Errors name the key path, e.g. ``prepare.test_fraction: expected float, got str 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -59,6 +59,12 @@ class PrepareParams(Section):
     #: List and skip unreadable, empty, too short or too long audio instead of stopping at the first report.
     skip_bad_audio: bool
     seed: int
+    #: Seeded candidate assignments of speakers to splits searched for one holding every class in every split
+    #: (medusa.corpora.splits), for a CSV's rows without a split and the test cut of a training pool.
+    split_draws: int = Field(ge=1)
+    #: true: where no assignment found puts every class in every derived split, warn and keep the best one
+    #: instead of stopping (a class spoken by too few speakers then misses a split).
+    allow_uncovered_classes: bool
     #: The channel probes of the prepare notebook run on at most this many train+test utterances.
     probe_max_utterances: int = Field(ge=50)
 
@@ -198,6 +204,13 @@ class EnsembleParams(Section):
     #: can always fall back on its best probe (off in the paper preset; Table 3 measures it either way).
     include_probes: bool
     hidden: int = Field(ge=0)       # 0: linear (the paper)
+    #: The stage-3 form (medusa.ensemble.STAGE3_FORMS): "paper", the paper's linear layer; "anchored" (beyond the
+    #: paper), the same layer with the log of the members' mean posterior added to its logits, so that it starts
+    #: at soft voting, its class weights penalised by an L2 weight chosen among `anchor_l2` or soft voting itself
+    #: by `cv_folds`-fold cross-validation within dev. Table 3 scores the other form too, on every run.
+    stage3: Literal["paper", "anchored"]
+    anchor_l2: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    cv_folds: int = Field(ge=2)
     epochs: int = Field(ge=1)       # a fixed number: dev is the meta-classifier's training set
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)

@@ -173,6 +173,35 @@ def ablation_deltas(table: pd.DataFrame, title: str = "Relative macro-F1 change 
     return fig
 
 
+def reliability_diagram(curves: dict[str, pd.DataFrame], highlight: list[str] | None = None,
+                        title: str = "Reliability on test (top-label confidence against accuracy)") -> plt.Figure:
+    """One panel: accuracy against mean confidence per confidence bin (medusa.calibration.reliability_curve),
+    one line per system, and the diagonal of perfect calibration (below it: overconfident). The systems in
+    `highlight` (in that order; default: all) are drawn bold, each in its own colour; the others thin and grey
+    under one legend entry, so that ~8 systems stay readable."""
+    highlight = list(curves) if highlight is None else [h for h in highlight if h in curves]
+    palette = dict(zip(highlight, sns.color_palette("tab10")))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=1, label="perfect calibration")
+    others = [name for name in curves if name not in palette]
+    for i, name in enumerate(others):
+        c = curves[name]
+        ax.plot(c["confidence"], c["accuracy"], color="grey", linewidth=0.8, alpha=0.6,
+                label=f"other systems ({len(others)})" if i == 0 else None)
+    for name in highlight:
+        c = curves[name]
+        ax.plot(c["confidence"], c["accuracy"], color=palette[name], linewidth=2.2, marker="o", markersize=4,
+                label=name)
+    ax.set_xlim(-0.02, 1.02)            # a little room: bins at accuracy 0 or 1 stay visible
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean confidence (top posterior) in the bin")
+    ax.set_ylabel("accuracy in the bin (against the consensus)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def save_figure(fig: plt.Figure, path) -> None:
     """PNG at a fixed size and resolution, written atomically; the same figure gives the same bytes."""
     from medusa.io import atomic_path

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from medusa import paths
-from medusa.ablation import PAPER_DELTA_PCT, variant_title
+from medusa.ablation import PAPER_DELTA_PCT, run_dir, variant_title
+from medusa.calibration import BINS
 from medusa.labels import classes_of, target_columns
 from medusa.metrics import bootstrap_macro_f1, percentile_interval, relative_change, stratified_bootstrap_indices
 from medusa.params import REFERENCE_VARIANT
@@ -112,12 +113,16 @@ def mean_interval(truth: np.ndarray, predictions: list[np.ndarray], bootstrap: i
 
 TABLE1_F1 = "test bal. macro-F1 [95 % CI]"
 TABLE1_PROBE_F1 = "probe test bal. macro-F1 [95 % CI]"
+TABLE1_JSD, TABLE1_ECE = "test JSD vs votes", "test ECE"
 
 
-def table1(rows: pd.DataFrame, average_ci: tuple[float, float], medusa: pd.Series) -> pd.DataFrame:
+def table1(rows: pd.DataFrame, average_ci: tuple[float, float], medusa: pd.Series,
+           calibration: pd.DataFrame | None = None) -> pd.DataFrame:
     """Display frame: one line per model (the top one by test balanced macro-F1 marked), its linear probe's test
     balanced macro-F1 beside its own, the average (the probes' as a plain mean: their predictions are not paired
-    here), and MEDUSA (the soup over all members, from the ensemble's technique table; it has no probe)."""
+    here), and MEDUSA (the soup over all members, from the ensemble's technique table; it has no probe).
+    With `calibration` (medusa.calibration.calibration_table over the members and "MEDUSA"), two columns more:
+    the mean JSD of the posteriors from the annotators' votes and the ECE (AVG: their plain means)."""
     top = rows["balanced_macro_f1"].idxmax()
     lines = [{"model": r["model"] + (" (top)" if i == top else ""), "encoders": r["encoders"], "seed": str(r["seed"]),
               TABLE1_F1: cell(r["balanced_macro_f1"], r["ci95_low"], r["ci95_high"]),
@@ -136,6 +141,13 @@ def table1(rows: pd.DataFrame, average_ci: tuple[float, float], medusa: pd.Serie
                   TABLE1_PROBE_F1: "–",
                   "test macro-F1": cell(medusa["macro_f1"]), "test accuracy": cell(medusa["accuracy"]),
                   "dev bal. macro-F1": "–"})
+    if calibration is not None:
+        systems = [*rows["model"], None, "MEDUSA"]          # None: the AVG line, the members' mean
+        members = calibration.reindex(rows["model"])
+        for column, key in ((TABLE1_JSD, "jsd_votes"), (TABLE1_ECE, "ece")):
+            values = [members[key].mean() if s is None else calibration[key].get(s, np.nan) for s in systems]
+            for line, value in zip(lines, values):
+                line[column] = cell(value)
     return pd.DataFrame(lines).set_index("model")
 
 
@@ -195,7 +207,42 @@ def table3_view(table: pd.DataFrame) -> pd.DataFrame:
                                            r.balanced_macro_f1_ci95_high, r.balanced_macro_f1_std)
         line[f"{r.subset} F1"] = cell(r.macro_f1, std=r.macro_f1_std)
         line[f"{r.subset} ACC"] = cell(r.accuracy, std=r.accuracy_std)
+        if "jsd_votes" in table:  # posteriors against the annotators (medusa.ensemble.calibration_columns)
+            for name, value in (("JSD", r.jsd_votes), ("ECE", r.ece)):
+                line[f"{r.subset} {name}"] = "–" if pd.isna(value) else f"{value:.3f}"
     return pd.DataFrame(list(lines.values())).set_index("technique")
+
+
+def stage3_notes(records: dict[str, dict]) -> list[str]:
+    """Under Table 3: per subset, the form its MEDUSA soup was trained as (medusa.ensemble.Stage3Choice.record, read
+    from ensemble.json), the dev clips and classes it learnt from, and the warning for a dev smaller than its
+    inputs."""
+    notes = []
+    for subset, r in records.items():
+        form = {"paper": "the paper's linear layer", "voting": "soft voting (kept by cross-validation)",
+                "anchored": f"the voting-anchored layer, anchor_l2 {r['anchor_l2']:g}"}[r["form"]]
+        how = f", chosen by {r['folds']}-fold cross-validation within dev" if r.get("folds") else ""
+        classes = ", ".join(f"{c} {n}" for c, n in r["dev_classes"].items())
+        notes.append(f"{subset}: MEDUSA's stage 3 is {form}{how}; trained on {r['dev_rows']} dev clips ({classes}) "
+                     f"with {r['n_inputs']} inputs{' — ' + r['warning'] if r.get('warning') else ''}.")
+    return notes
+
+
+def stage3_findings(table3: pd.DataFrame, records: dict[str, dict]) -> list[str]:
+    """What stage 3 was on the first subset, and the soup of the paper's form (or of the anchored one) beside
+    MEDUSA's and soft voting, by test balanced macro-F1 (beyond the paper: issue #22)."""
+    from medusa.ensemble import OTHER_FORM_SOUP
+
+    subset = table3["subset"].iloc[0]
+    rows = table3[table3["subset"] == subset].set_index("technique")["balanced_macro_f1"]
+    other = next((t for t in OTHER_FORM_SOUP.values() if t in rows.index), None)
+    record = records.get(subset)
+    if record is None or other is None:
+        return []
+    soup, vote = rows["meta-classifier (soup)"], rows["soft voting"]
+    return [f"Stage 3 ({subset}) is {record['form']} here, on {record['dev_rows']} dev clips: MEDUSA's soup "
+            f"{soup:.3f}, the {other} {rows[other]:.3f}, soft voting {vote:.3f} (test balanced macro-F1) — MEDUSA is "
+            f"{'not below' if soup >= vote else 'below'} soft voting."]
 
 
 # ---------------------------------------------------------------- findings
@@ -290,10 +337,12 @@ def noise_note(n: int, half_width: float) -> str:
 
 
 def headline_metrics(rows: pd.DataFrame, table3: pd.DataFrame, ablations: pd.DataFrame,
-                     gain_ci: tuple[float, float] | None = None) -> dict:
+                     gain_ci: tuple[float, float] | None = None, calibration: pd.DataFrame | None = None) -> dict:
     """reports/metrics/report.json (DVC metrics): MEDUSA's and the best single model's test balanced macro-F1
     with their intervals, plain macro-F1 and accuracy beside them, the average single model, MEDUSA's gain over
-    the best single model (with its paired interval where given), and Table 2's changes of balanced macro-F1."""
+    the best single model (with its paired interval where given), and Table 2's changes of balanced macro-F1.
+    With `calibration` (medusa.calibration.calibration_table with a "MEDUSA" row): MEDUSA's mean JSD and Brier
+    score against the annotators' votes (null without votes), its ECE, and the test rows with votes."""
     subset = table3["subset"].iloc[0]
     soup = table3[(table3["subset"] == subset) & (table3["technique"] == "meta-classifier (soup)")].iloc[0]
     best = rows.loc[rows["balanced_macro_f1"].idxmax()]
@@ -313,6 +362,10 @@ def headline_metrics(rows: pd.DataFrame, table3: pd.DataFrame, ablations: pd.Dat
            "ablation_delta_pct": {v: float(d) for v, d in zip(avg["variant"], avg["delta_pct"])}}
     if gain_ci is not None:
         out["medusa_gain_over_best_single_pct_ci95"] = [float(gain_ci[0]), float(gain_ci[1])]
+    if calibration is not None:
+        c = calibration.loc["MEDUSA"]
+        out.update({"medusa_test_jsd_votes": float(c["jsd_votes"]), "medusa_test_brier_votes": float(c["brier_votes"]),
+                    "medusa_test_ece": float(c["ece"]), "n_test_with_votes": int(c["n_votes"])})
     return out
 
 
@@ -329,3 +382,97 @@ def per_class_scores(posteriors: dict[str, pd.DataFrame], classes: tuple[str, ..
         test = frame[(frame["split"] == "test") & frame["label"].isin(scored)]
         out[name] = per_class_f1(test["label"].to_numpy(), predicted_labels(test), scored)
     return out
+
+
+# ---------------------------------------------------------------- posteriors against the annotators (beyond the paper)
+#: Table 2's variant trained on consensus labels instead of vote distributions.
+ONE_HOT_VARIANT = "one_hot"
+SOFT_VOTING = "soft voting"
+
+
+def one_hot_pairs(one_hot_models: list[str]) -> dict[str, str]:
+    """{system name of each model's one-hot run: its soft-target reference, the member itself}."""
+    return {f"{m} {variant_title(ONE_HOT_VARIANT)}": m for m in one_hot_models}
+
+
+def soft_voting_frame(posteriors: dict[str, pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """Soft voting over the members `names` as a posteriors frame on test: their mean posterior (vote_frames
+    keeps only its argmax, one-hot, which says nothing about calibration)."""
+    from medusa.ensemble import stack
+
+    test = stack({n: posteriors[n] for n in names}, "test")
+    frame = pd.DataFrame({"utt_id": test.utt_ids, "split": "test", "label": test.labels})
+    frame[list(target_columns(test.classes))] = test.probs.mean(axis=1)
+    return frame
+
+
+def calibration_systems(posteriors: dict[str, pd.DataFrame], names: list[str], one_hot_models: list[str],
+                        root: str | Path = paths.ABLATIONS, models_root: str | Path = paths.MODELS
+                        ) -> dict[str, pd.DataFrame]:
+    """The calibration table's systems, in its order: every member (`posteriors`, which also holds "MEDUSA"),
+    each followed by its one-hot run where `one_hot_models` has one (read from the ablation folders), then any
+    ablation model that is not a member (its reference read from `models_root`) with its one-hot run, soft
+    voting over the members, and MEDUSA."""
+    pairs = {m: name for name, m in one_hot_pairs(one_hot_models).items()}
+    read = lambda variant, model: pd.read_parquet(run_dir(variant, model, root, models_root)  # noqa: E731
+                                                  / "posteriors.parquet")
+    out = {}
+    for model in [*names, *(m for m in one_hot_models if m not in names)]:
+        out[model] = posteriors[model] if model in posteriors else read(REFERENCE_VARIANT, model)
+        if model in pairs:
+            out[pairs[model]] = read(ONE_HOT_VARIANT, model)
+    out[SOFT_VOTING] = soft_voting_frame(posteriors, names)
+    out["MEDUSA"] = posteriors["MEDUSA"]
+    return out
+
+
+def calibration_view(table: pd.DataFrame) -> pd.DataFrame:
+    """medusa.calibration.calibration_table as display strings."""
+    return pd.DataFrame({"n": table["n"].map("{:,}".format), "rows with votes": table["n_votes"].map("{:,}".format),
+                         "JSD vs votes": table["jsd_votes"].map(cell), "Brier vs votes": table["brier_votes"].map(cell),
+                         "ECE": table["ece"].map(cell), "accuracy": table["accuracy"].map(cell),
+                         "mean confidence": table["confidence"].map(cell)}, index=table.index)
+
+
+def calibration_notes(table: pd.DataFrame, bins: int = BINS) -> list[str]:
+    """What the calibration columns are computed over (the same rows for every system)."""
+    n, voted = int(table["n"].iloc[0]), int(table["n_votes"].iloc[0])
+    votes = (f"Scores against the votes (JSD, base 2: 0 = the votes' distribution, 1 = disjoint; Brier where shown): "
+             f"over the {voted:,} of the {n:,} scored test utterances with 2 or more annotator votes; the others have "
+             "one-hot targets, from which a divergence measures confidence, not agreement with the annotators."
+             if voted else
+             f"Scores against the votes (JSD, Brier): none of the {n:,} scored test utterances has 2 or more annotator "
+             "votes (the corpus gives none), so they are not measured (–).")
+    return [votes, f"ECE: top-label expected calibration error over {bins} equal-width confidence bins, accuracy "
+                   f"against the consensus label, on all {n:,} scored test utterances."]
+
+
+def reliability_highlight(best: str, one_hot: dict[str, str]) -> list[str]:
+    """The systems the reliability diagram draws bold: MEDUSA, soft voting, the best member, and one one-hot run
+    beside its reference (the best member's where it has one, else the first)."""
+    pair = next(((o, r) for o, r in one_hot.items() if r == best), next(iter(one_hot.items()), ()))
+    return list(dict.fromkeys(["MEDUSA", SOFT_VOTING, best, *pair[::-1]]))
+
+
+def soft_target_findings(table: pd.DataFrame, one_hot: dict[str, str],
+                         change: tuple[float, float, float] | None) -> list[str]:
+    """One line: do Table 2's soft-target runs (the members) give posteriors closer to the annotators' votes
+    than their one-hot runs? Judged by the mean JSD vs votes, with `change` (medusa.calibration.divergence_change
+    of the references from the one-hot runs: (change, low, high), negative = soft targets closer) as its paired
+    interval; the ECE beside it as point estimates. No line without one-hot runs."""
+    if not one_hot:
+        return []
+    soft, hard = table.loc[list(one_hot.values())], table.loc[list(one_hot)]
+    runs = f"{len(one_hot)} model{'s' if len(one_hot) > 1 else ''}"
+    claim = ("Soft-target training gives posteriors closer to the annotators' votes than one-hot targets (the "
+             f"premise of the paper's soft targets, which it does not measure; Table 2's one-hot runs against "
+             f"their references, mean over {runs})")
+    ece = (f"ECE {soft['ece'].mean():.3f} (soft) against {hard['ece'].mean():.3f} (one-hot), point estimates: "
+           f"soft targets {'better' if soft['ece'].mean() < hard['ece'].mean() else 'not better'} calibrated")
+    if change is None:
+        return [f"{claim}: no scored test utterance has 2 or more annotator votes, so the distance to the votes "
+                f"cannot be measured here; {ece}."]
+    d, low, high = change
+    return [f"{claim}: mean JSD vs votes {soft['jsd_votes'].mean():.3f} (soft) against {hard['jsd_votes'].mean():.3f} "
+            f"(one-hot) over {int(soft['n_votes'].iloc[0]):,} test utterances with votes, a change of {d:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}] — {_verdict(d < 0, high < 0 or low > 0)}; {ece}."]

@@ -389,10 +389,11 @@ def member_frames(models, pools, features: list[np.ndarray], rows: pd.DataFrame,
     return frames
 
 
-def probe_run(root: Path, classes: tuple[str, ...]) -> dict:
+def probe_run(root: Path, classes: tuple[str, ...], stage3: str = "paper") -> dict:
     """Two eGeMAPS members of a run over `classes` (the manifest's p_ columns), each with its linear probe
     (probe.json, probe_posteriors.parquet), scored on 24 synthesized clips (dev 12, test 6, blind 6); the
-    ensemble stage's soup over them with include_probes, its stored posteriors, and its bundle."""
+    ensemble stage's soup over them with include_probes and the stage-3 form `stage3` (anchored: its penalty, or
+    soft voting, chosen by cross-validation within dev), its stored posteriors, and its bundle."""
     sr, rng = 16000, np.random.default_rng(1)
     wavs = []
     for i in range(24):
@@ -428,8 +429,9 @@ def probe_run(root: Path, classes: tuple[str, ...]) -> dict:
         probe_frame.to_parquet(d / "probe_posteriors.parquet")
     posteriors = {n: pd.read_parquet(d / "posteriors.parquet") for n, d in zip(names, dirs)}
     probe_posteriors = ensemble.read_probe_posteriors(names, root / "models")
-    cfg = MetaConfig(n_models=0, include_probes=True, epochs=20, lr=1e-2)
-    result = ensemble.run_subset(posteriors, manifest, names, cfg, [0, 1], probe_posteriors)
+    cfg = MetaConfig(n_models=0, include_probes=True, epochs=20, lr=1e-2, stage3=stage3)
+    result = ensemble.run_subset(posteriors, manifest, names, cfg, [0, 1], probe_posteriors, anchor_grid=[0.0],
+                                 cv_folds=2)
     stored = ensemble.ensemble_posteriors(posteriors, result, ("test", "blind"), probe_posteriors)
     out = save_bundle(root / "bundle", result.soup, dirs, {"egemaps": EGEMAPS}, None)
     return {"bundle": out, "dirs": dirs, "probes": probes, "soup": result.soup, "stored": stored, "wavs": wavs,
@@ -444,8 +446,9 @@ def probe_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four_class_bundle(tmp_path_factory):
-    """probe_run of a 4-class run (IEMOCAP's A S H N): the manifest holds p_A, p_S, p_H, p_N only."""
-    return probe_run(tmp_path_factory.mktemp("four"), ("A", "S", "H", "N"))
+    """probe_run of a 4-class run (IEMOCAP's A S H N): the manifest holds p_A, p_S, p_H, p_N only; stage 3
+    anchored at soft voting (the demo's form)."""
+    return probe_run(tmp_path_factory.mktemp("four"), ("A", "S", "H", "N"), stage3="anchored")
 
 
 def test_a_bundle_with_probes_reproduces_the_ensembles_stored_posteriors(probe_bundle):
@@ -514,6 +517,7 @@ def test_a_four_class_bundle_predicts_its_classes_only(four_class_bundle):
     bundle = load_bundle(path)
     assert bundle.classes == four and [m.classes for m in bundle.members] == [four, four]
     assert bundle.meta.cfg.n_inputs == 2 * (4 + 4)               # each member's posteriors and its probe's
+    assert bundle.meta.cfg.stage3 == four_class_bundle["soup"].cfg.stage3 != "paper"   # the anchor travels
     test = list(rows.index[rows["split"] == "test"])
     frame = bundle.predict_audio([four_class_bundle["wavs"][i] for i in test])
     assert list(frame.columns) == ["utt_id", "path", "p_A", "p_S", "p_H", "p_N", "predicted", *ATTRIBUTES]

@@ -22,7 +22,7 @@ HEADER = ["path", "label", "speaker"]
 def prepare_params(corpus, **kw) -> PrepareParams:
     base = dict(corpus=str(corpus), train_sets=["Train"], dev_sets=["Development"], classes="auto", label_map={},
                 dev_fraction=0.2, test_fraction=0.2, min_per_class=3, long_audio="reject", skip_bad_audio=False,
-                seed=0, probe_max_utterances=100)
+                seed=0, split_draws=50, allow_uncovered_classes=False, probe_max_utterances=100)
     return PrepareParams(**{**base, **kw})
 
 

@@ -33,6 +33,7 @@ def test_the_dry_run_keeps_the_presets_dag_and_recipe(repo_root):
     # The DAG: the 14 members, Table 2's models and variants, the ensembles -- untouched.
     for section in ("models", "ablate", "ensemble", "report"):
         assert section not in override and params[section] == preset[section]
+    assert params["ensemble"]["stage3"] == "paper"         # the paper's stage 3, not the voting-anchored one
     assert len(params["models"]) == 14 and len(params["ablate"]["models"]) * len(params["ablate"]["variants"]) == 20
     # Every encoder keeps its family and layers; only its weights (a stand-in) and batch sizes change.
     assert params["encoders"].keys() == preset["encoders"].keys()

@@ -109,10 +109,12 @@ def test_run_subset_trains_on_dev_only_and_predicts_test():
     assert set(split_of[result.meta_train_utt_ids]) == {"dev"}
     assert len(result.meta_train_utt_ids) == (manifest["split"] == "dev").sum()
     assert len(result.runs) == 2 and result.soup.cfg.n_models == 2
+    # the paper's form (the default), and beside it the voting-anchored soup trained alike (Table 3's extra row)
     assert set(result.predictions) == {"majority voting", "soft voting", "meta-classifier (single)",
-                                       "meta-classifier (soup)"}
+                                       "meta-classifier (soup)", "voting-anchored meta-classifier soup"}
+    assert result.stage3.form == "paper" and result.stage3.cv is None
     table = ensemble.technique_table({"all": result})
-    assert len(table) == 4 and table["balanced_macro_f1"].between(0, 1).all() and table["macro_f1"].between(0, 1).all()
+    assert len(table) == 5 and table["balanced_macro_f1"].between(0, 1).all() and table["macro_f1"].between(0, 1).all()
     assert result.classes == CODES                  # every code labels a train row of this manifest
     # the guard itself: a train utterance among the meta-classifier's training rows is refused
     with pytest.raises(AssertionError, match="not in 'dev'"):
@@ -180,6 +182,96 @@ def test_a_bundle_config_saved_before_the_split_loads_with_its_shapes():
     assert not off.attributes_in and not off.attributes_out
     saved = json.loads(json.dumps(asdict(cfg)))
     assert "use_attributes" not in saved and ensemble.MetaConfig(**saved) == cfg
+    assert cfg.stage3 == "paper"          # a bundle saved before stage-3 forms existed is the paper's layer
+    anchored = ensemble.MetaConfig(**{**legacy, "stage3": "anchored", "anchor_l2": 0.1})
+    assert ensemble.MetaConfig(**json.loads(json.dumps(asdict(anchored)))) == anchored
+    with pytest.raises(ValueError, match="stage3 'vote': one of paper, anchored, voting"):
+        ensemble.MetaConfig(n_models=2, stage3="vote")
+
+
+# ------------------------------------------------------------------------------ stage 3 anchored at soft voting
+
+def test_the_anchored_layer_starts_at_soft_voting_and_the_voting_form_stays_there():
+    """logits = log(mean posterior) + W x + b: with W, b = 0 the class probabilities are soft voting's exactly;
+    the "voting" form (what cross-validation may choose) trains its attribute outputs and keeps that."""
+    stacked, y = _stacked_with_attributes(120, 0)
+    mean = stacked.probs.mean(1)
+    start = ensemble.MetaClassifier(ensemble.MetaConfig(n_models=2, stage3="anchored"))
+    with torch.no_grad():
+        for p in start.parameters():
+            p.zero_()
+    assert np.allclose(ensemble.meta_predict(start.eval(), stacked)[0], mean, atol=1e-6)
+    targets = np.eye(8, dtype=np.float32)[y]
+    attributes = stacked.attributes.mean(1)
+    voting = ensemble.train_meta(stacked, targets, attributes,
+                                 ensemble.MetaConfig(n_models=2, stage3="voting", epochs=40, lr=3e-2))
+    probs, attrs = ensemble.meta_predict(voting, stacked)
+    assert np.allclose(probs, mean, atol=1e-6) and attrs is not None
+    untrained = ensemble.meta_predict(ensemble.MetaClassifier(voting.cfg).eval(), stacked)[1]
+    error = lambda a: np.abs(a - attributes).mean()  # noqa: E731
+    assert error(attrs) < error(untrained)
+    # the paper's form has no anchor: the same zero weights give the uniform distribution
+    paper = ensemble.MetaClassifier(ensemble.MetaConfig(n_models=2))
+    with torch.no_grad():
+        for p in paper.parameters():
+            p.zero_()
+    assert np.allclose(ensemble.meta_predict(paper.eval(), stacked)[0], 1 / 8)
+
+
+def test_the_penalty_pulls_the_anchored_layer_back_to_voting():
+    train, y = _complementary_members(400, 0)
+    targets = np.eye(8, dtype=np.float32)[y]
+    none = np.full((len(y), 3), np.nan, np.float32)
+    norms = []
+    for l2 in (0.0, 1.0):
+        cfg = ensemble.MetaConfig(n_models=2, stage3="anchored", anchor_l2=l2, epochs=20, lr=1e-2, mse_weight=0.0)
+        weight, bias = ensemble.train_meta(train, targets, none, cfg).class_head()
+        norms.append(float((weight.pow(2).sum() + bias.pow(2).sum()).detach()))
+    assert norms[1] < 0.2 * norms[0], norms
+
+
+def test_cross_validation_learns_where_dev_teaches_and_keeps_voting_where_it_cannot():
+    """Complementary members (a meta-classifier can learn whom to trust): cross-validation within dev picks an
+    anchored layer, which beats soft voting on test. Members that are noise on a dev of a few dozen clips: it keeps
+    soft voting, exactly."""
+    dev, y = _complementary_members(600, 0)
+    test, y_test = _complementary_members(400, 1)
+    targets = np.eye(8, dtype=np.float32)[y]
+    none = np.full((len(y), 3), np.nan, np.float32)
+    cfg = ensemble.MetaConfig(n_models=2, stage3="anchored", epochs=20, lr=1e-2, mse_weight=0.0)
+    chosen, choice = ensemble.choose_stage3(dev, targets, none, cfg, [1.0, 0.01], folds=3)
+    assert choice.form == "anchored" and chosen.stage3 == "anchored" and chosen.anchor_l2 == choice.anchor_l2
+    assert choice.folds == 3 and list(choice.cv["candidate"]) == ["voting", "anchored", "anchored"]
+    assert choice.cv["chosen"].sum() == 1 and choice.dev_rows == 600 and choice.warning is None
+    meta = ensemble.train_meta(dev, targets, none, chosen)
+    truth = np.asarray(CODES)[y_test]
+    learnt = macro_f1(truth, np.asarray(CODES)[ensemble.meta_predict(meta, test)[0].argmax(1)])
+    assert learnt > macro_f1(truth, np.asarray(CODES)[ensemble.soft_vote(test.probs)]) + 0.1
+
+    noise = ensemble.Stacked(dev.utt_ids[:40], np.random.default_rng(1).dirichlet(np.ones(8), (40, 2)).astype(
+        np.float32), dev.attributes[:40], dev.labels[:40])
+    chosen, choice = ensemble.choose_stage3(noise, targets[:40], none[:40], cfg, [1.0, 0.01], folds=3)
+    assert choice.form == "voting" and chosen.stage3 == "voting"
+
+
+def test_a_dev_smaller_than_the_inputs_warns_and_stays_with_voting(caplog):
+    """Issue #22's shape: a few dozen dev clips against M x C inputs. The run warns (log and result), and the
+    anchored form keeps soft voting's predictions; the paper's form, trained alike, is Table 3's extra row."""
+    rng = np.random.default_rng(3)
+    manifest = _manifest(rng, n=90)                                # 30 dev clips
+    members = [f"m{i}" for i in range(5)]                          # 5 x 8 = 40 inputs
+    posteriors = {m: _posteriors(manifest, rng) for m in members}
+    cfg = ensemble.MetaConfig(n_models=0, stage3="anchored", epochs=30, lr=1e-2)
+    with caplog.at_level("WARNING", logger="medusa.ensemble"):
+        result = ensemble.run_subset(posteriors, manifest, members, cfg, [0, 1], anchor_grid=[1.0, 0.01])
+    assert "stage 3 trains on 30 scored dev clips but reads 40 inputs" in caplog.text
+    assert result.stage3.warning and result.stage3.dev_rows == 30 and result.stage3.n_inputs == 40
+    assert result.stage3.form == "voting"
+    assert (result.predictions["meta-classifier (soup)"] == result.predictions["soft voting"]).all()
+    assert "paper's meta-classifier soup" in result.predictions
+    table = ensemble.stage3_table({"all": result})
+    assert table.loc["all", "form"] == "voting" and table.loc["all", "warning"] == "fewer dev clips than inputs"
+    assert json.loads(json.dumps(result.stage3.record()))["form"] == "voting"
 
 
 def _subset_result(truth: np.ndarray, predictions: dict[str, np.ndarray], singles: list[np.ndarray],
@@ -368,7 +460,8 @@ def test_meta_classifier_with_probes_reaches_the_best_probe(include_probes):
     assert result.probe_dev_scores["b"] > 0.3 > max(result.probe_dev_scores["a"], result.probe_dev_scores["c"])
     other = ensemble.OTHER_PROBES_SOUP[include_probes]
     assert list(result.predictions) == ["majority voting", "soft voting", "meta-classifier (single)",
-                                        "meta-classifier (soup)", other, ensemble.BEST_PROBE]
+                                        "meta-classifier (soup)", ensemble.OTHER_FORM_SOUP["anchored"], other,
+                                        ensemble.BEST_PROBE]
     table = ensemble.technique_table({"all (3)": result}, bootstrap=200).set_index("technique")["balanced_macro_f1"]
     with_probes, without = ((table["meta-classifier (soup)"], table[other]) if include_probes
                             else (table[other], table["meta-classifier (soup)"]))
@@ -461,3 +554,34 @@ def test_members_over_other_classes_are_refused_by_name():
     with pytest.raises(ValueError, match=r"reads posteriors over the classes A S H U F D C N, the members' are over "
                                          r"A S N"):
         ensemble.meta_predict(meta, ensemble.stack({"a": posteriors["a"]}, "test"))
+
+
+def test_table3_carries_the_techniques_posteriors_against_the_votes():
+    """calibration_columns: JSD vs votes and ECE for every technique with posteriors (soft voting is the mean
+    posterior; majority voting has none), shown by table3_view; a soup equal to soft voting scores alike."""
+    rng = np.random.default_rng(5)
+    manifest = _manifest(rng, n=150)
+    test = manifest["split"] == "test"
+    votes = rng.dirichlet(np.ones(8), test.sum())
+    votes[np.arange(len(votes)), [CODES.index(c) for c in manifest.loc[test, "label"]]] += 1.0   # label leads
+    manifest.loc[test, list(SOFT_TARGET_COLUMNS)] = votes / votes.sum(1, keepdims=True)
+    manifest["n_votes"] = np.where(test, 5.0, 1.0)
+    members = ["a", "b"]
+    posteriors = {m: _posteriors(manifest, rng) for m in members}
+    cfg = ensemble.MetaConfig(n_models=0, stage3="anchored", epochs=5)
+    result = ensemble.run_subset(posteriors, manifest, members, cfg, [0, 1], anchor_grid=[1.0])
+    columns = ensemble.calibration_columns({"all": result}, manifest).set_index("technique")
+    assert "majority voting" not in columns.index and len(columns.loc["meta-classifier (single)"]) == 3
+    assert columns[["jsd_votes", "ece"]].apply(lambda v: v.between(0, 1)).all().all()
+    if result.stage3.form == "voting":
+        assert np.isclose(columns.loc["meta-classifier (soup)", "jsd_votes"], columns.loc["soft voting", "jsd_votes"])
+    mean = ensemble.stack(posteriors, "test").probs.mean(1)
+    mean_frame = pd.DataFrame({"utt_id": result.test.utt_ids, "split": "test", "label": result.test.labels})
+    mean_frame[list(SOFT_TARGET_COLUMNS)] = mean
+    from medusa.calibration import calibration_table
+    assert np.isclose(columns.loc["soft voting", "jsd_votes"],
+                      calibration_table({"mean": mean_frame}, manifest).loc["mean", "jsd_votes"])
+    table = ensemble.technique_table({"all": result}, bootstrap=100).merge(
+        ensemble.calibration_columns({"all": result}, manifest), how="left", on=["technique", "subset"])
+    view = ensemble.table3_view(table)
+    assert view.loc["majority voting", ("all", "JSD")] == "–" and view.loc["soft voting", ("all", "ECE")] != "–"

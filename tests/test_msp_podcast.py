@@ -74,7 +74,9 @@ def write_corpus(root, form="csv", spelling="consensus", sample_rate=16000):
 def params(root, **kw):
     base = dict(corpus=str(root), train_sets=["Train"], dev_sets=["Development"], classes="auto", label_map={},
                 dev_fraction=0.1, test_fraction=0.25, min_per_class=1, long_audio="reject", skip_bad_audio=False,
-                seed=1, probe_max_utterances=100)  # seed 1: the test cut leaves A, S, H and N in train
+                seed=1, probe_max_utterances=100,  # seed 1: the test cut leaves A, S, H and N in train
+                # one speaker each speaks A, S and N in the training pool: no test cut can hold them too
+                split_draws=50, allow_uncovered_classes=True)
     return PrepareParams(**{**base, **kw})
 
 

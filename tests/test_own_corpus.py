@@ -106,7 +106,8 @@ def run_pipeline(work: Path, csv_path: Path, prepare: dict, tiny: dict) -> dict:
     """Every stage on one corpus, as the notebooks call them; returns what the tests look at."""
     params = PrepareParams(corpus=str(csv_path), train_sets=["Train"], dev_sets=["Development"], classes="auto",
                            label_map={}, dev_fraction=0.1, test_fraction=0.1, min_per_class=2, long_audio="reject",
-                           skip_bad_audio=False, seed=0, probe_max_utterances=500).model_copy(update=prepare)
+                           skip_bad_audio=False, seed=0, split_draws=50, allow_uncovered_classes=False,
+                           probe_max_utterances=500).model_copy(update=prepare)
     prepared = prepare_corpus(params, work / "audio")
     manifest = prepared.manifest
     rows = probe_sample(manifest, 500, 0)

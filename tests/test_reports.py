@@ -211,3 +211,28 @@ def test_table1_names_the_member_to_retrain_when_its_probe_scores_are_missing(tm
     with pytest.raises(ValueError, match=rf"{tmp_path / 'old' / 'metrics.json'}: no probe_test scores .*"
                                          r"rerun `dvc repro train@old`"):
         reports.member_rows(["old"], models, tmp_path)
+
+
+def test_table1_and_report_json_carry_the_calibration_against_the_votes(tmp_path):
+    _member(tmp_path / "a", 0.50, 0.40, 0.60, 0.62, 0.70, 0.30)
+    _member(tmp_path / "b", 0.45, 0.35, 0.55, 0.66, 0.75, 0.35)
+    rows = reports.member_rows(["a", "b"], {"a": {"encoders": ["w"], "seed": 0}, "b": {"encoders": ["e"], "seed": 1}},
+                               tmp_path)
+    # medusa.calibration.calibration_table's columns, with a system Table 1 does not show
+    scores = pd.DataFrame({"n": 60, "n_votes": 40, "jsd_votes": [0.20, 0.30, 0.10, 0.50],
+                           "brier_votes": [0.3, 0.4, 0.2, 0.6], "ece": [0.10, 0.04, 0.02, 0.30],
+                           "accuracy": 0.6, "confidence": 0.7},
+                          index=pd.Index(["a", "b", "MEDUSA", "a w. one-hot targets"], name="system"))
+    table3 = _table3()
+    t1 = reports.table1(rows, (0.41, 0.55), table3.iloc[3], calibration=scores)
+    assert list(t1.columns)[-2:] == [reports.TABLE1_JSD, reports.TABLE1_ECE]
+    assert t1[reports.TABLE1_JSD].tolist() == ["0.200", "0.300", "0.250", "0.100"]   # AVG: the members' mean
+    assert t1[reports.TABLE1_ECE].tolist() == ["0.100", "0.040", "0.070", "0.020"]
+    # without the scores, Table 1 is as before
+    assert reports.TABLE1_ECE not in reports.table1(rows, (0.41, 0.55), table3.iloc[3]).columns
+    ablations = pd.DataFrame({"variant": [REFERENCE_VARIANT], "configuration": ["AVG"], "delta_pct": [0.0]})
+    report = reports.headline_metrics(rows, table3, ablations, calibration=scores)
+    assert report["medusa_test_jsd_votes"] == 0.10 and report["medusa_test_ece"] == 0.02
+    assert report["medusa_test_brier_votes"] == 0.2 and report["n_test_with_votes"] == 40
+    json.dumps(report, allow_nan=False)
+    assert "medusa_test_ece" not in reports.headline_metrics(rows, table3, ablations)

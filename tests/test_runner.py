@@ -104,7 +104,7 @@ def test_cli_with_the_wrong_section_exits_nonzero(tmp_path, repo_root):
                            "--section", "prepare", "--params", str(repo_root / "params.yaml"), "--out-dir", str(out),
                            "--html-dir", str(tmp_path / "h")], capture_output=True, text=True, cwd=repo_root)
     assert proc.returncode == 1
-    assert "parameters it does not declare: classes, corpus" in proc.stderr
+    assert "parameters it does not declare: allow_uncovered_classes, classes, corpus" in proc.stderr
     assert not out.exists()
 
 

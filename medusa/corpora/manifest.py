@@ -11,7 +11,8 @@ Splits:
     test   given, or cut from train: `test_fraction` of it, speaker-disjoint, seeded (the paper's in-house cut);
     dev    given (MSP layout: prepare.dev_sets), used for model selection;
     blind  audio without a label (like the challenge's Test3), kept for prediction.
-A CSV's rows without a split are split speaker-disjointly and stratified by class (stratified_speaker_split).
+A CSV's rows without a split, and the test cut of a training pool, are whole speakers chosen by a seeded search
+that puts every class in every split where the speakers allow (medusa.corpora.splits).
 Rows of other MSP Split_Set values (e.g. Test1/Test2 of older releases) are left out, with a log line.
 Soft targets: the normalised primary votes over the run's classes. `Other-...` votes name no class, so they are
 dropped before normalising (an utterance with 2 Sad, 1 Neutral and 1 Other vote gets p_S = 2/3, p_N = 1/3);
@@ -20,8 +21,7 @@ an utterance whose votes are all Other (or that has none) has no soft target (Na
 from __future__ import annotations
 
 import logging
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,32 +32,14 @@ from medusa.io import atomic_path
 from medusa.corpora.csv_manifest import consensus_votes, read_csv_manifest
 from medusa.corpora.msp_podcast import (CONSENSUS_NAMES, DETAILED_NAMES, CorpusError, find_label_file,
                                         read_consensus, read_detailed)
+# speaker_disjoint_cut and stratified_speaker_split lived here: imported by name from this module elsewhere
+from medusa.corpora.splits import (UNKNOWN_SPEAKER, search_splits, speaker_disjoint_cut,  # noqa: F401
+                                   stratified_speaker_split)
 from medusa.labels import ATTRIBUTES, CODES, classes_of, soft_targets, target_columns, vote_counts
 from medusa.params import PrepareParams
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test", "blind")
-UNKNOWN_SPEAKER = "Unknown"
-
-
-def speaker_disjoint_cut(speakers: pd.Series, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the rows forming a held-out cut of about `fraction` of the rows, whole speakers at a
-    time. Speakers are taken in a seeded random order until the cut reaches the target size; an utterance of
-    an unknown speaker counts as a speaker of its own (it cannot be matched to anyone)."""
-    groups = pd.Series(_speaker_groups(speakers), index=speakers.index)
-    sizes = groups.value_counts().sort_index()
-    order = np.random.default_rng(seed).permutation(len(sizes))
-    target = fraction * len(groups)
-    chosen, total = [], 0
-    for i in order:
-        if total >= target:
-            break
-        # Skip a speaker that would overshoot the target by more than it helps.
-        if total + sizes.iloc[i] - target > target - total and total > 0:
-            continue
-        chosen.append(sizes.index[i])
-        total += sizes.iloc[i]
-    return groups.isin(chosen).to_numpy()
 
 
 @dataclass
@@ -67,6 +49,9 @@ class PreparedCorpus:
     classes: tuple[str, ...]
     skipped_audio: pd.DataFrame      # source, reason: files prepare.skip_bad_audio left out
     outside_classes: pd.DataFrame    # split, label, utterances: rows labelled with a class outside the run's
+    #: How derived splits were found (splits.search_splits' record): under "derived" for a CSV's rows without a
+    #: split, "test_cut" for the test cut of a training pool; empty where every split was given.
+    split_search: dict = field(default_factory=dict)
 
 
 def build_manifest(p: PrepareParams, cache_dir: str | Path, check_audio: bool = True) -> pd.DataFrame:
@@ -84,7 +69,7 @@ def prepare_corpus(p: PrepareParams, cache_dir: str | Path, check_audio: bool = 
     else:
         rows = _read_msp_layout(corpus, p)
     rows, skipped = _audio(rows, p, check_audio, cache_dir)
-    rows = _assign_splits(rows, p)
+    rows, split_search = _assign_splits(rows, p)
     classes = _classes(rows, p.classes, corpus)
     outside = _outside_classes(rows, classes)
     rows = _targets(rows, classes)
@@ -93,7 +78,7 @@ def prepare_corpus(p: PrepareParams, cache_dir: str | Path, check_audio: bool = 
     rows = rows.sort_values(["split", "utt_id"], key=lambda s: s.map(SPLITS.index) if s.name == "split" else s)
     columns = ["utt_id", "path", "duration_s", "speaker", "gender", "split", "label", *target_columns(classes),
                *ATTRIBUTES, "agreement", "n_votes", "ref_text"]
-    return PreparedCorpus(rows.loc[:, columns].reset_index(drop=True), classes, skipped, outside)
+    return PreparedCorpus(rows.loc[:, columns].reset_index(drop=True), classes, skipped, outside, split_search)
 
 
 def _read_msp_layout(corpus: Path, p: PrepareParams) -> pd.DataFrame:
@@ -172,12 +157,12 @@ def _audio(rows: pd.DataFrame, p: PrepareParams, check: bool, cache_dir: str | P
     return out.drop(columns=["segment", "cut"]), skipped
 
 
-def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> pd.DataFrame:
+def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> tuple[pd.DataFrame, dict]:
     """Splits as given; rows without one: their speaker's given split if it has one, otherwise speaker-disjoint
-    train/dev/test stratified by class (stratified_speaker_split). A training pool with no test row anywhere
-    (MSP-Podcast's Train set, or a CSV that names train and dev only) gets its test cut by speaker_disjoint_cut,
-    as the paper's in-house split. An unknown speaker is a speaker of its own per audio file (so the pieces of a
-    segmented file stay together)."""
+    train/dev/test holding every class (splits.search_splits). A training pool with no test row anywhere
+    (MSP-Podcast's Train set, or a CSV that names train and dev only) gets its test cut by the same search over
+    train/test, as the paper's in-house split. An unknown speaker is a speaker of its own per audio file (so the
+    pieces of a segmented file stay together). Returns the rows and the searches' records."""
     rows = rows.copy()
     speakers = rows["speaker"].where(rows["speaker"] != UNKNOWN_SPEAKER, UNKNOWN_SPEAKER + ":" + rows["source"])
     derive = (rows["split"] == "").to_numpy().copy()
@@ -190,22 +175,27 @@ def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> pd.DataFrame:
         inherit = derive & speakers.map(lambda s: len(given.get(s, ())) == 1).to_numpy(dtype=bool)
         rows.loc[inherit, "split"] = [next(iter(given[s])) for s in speakers[inherit]]
         derive &= ~inherit
+    search = {}
     if derive.any():
-        part = rows[derive]
-        rows.loc[derive, "split"] = stratified_speaker_split(part["label"].fillna("").astype(str).to_numpy(),
-                                                             speakers[derive], p.dev_fraction, p.test_fraction,
-                                                             p.seed)
+        found = search_splits(rows.loc[derive, "label"], speakers[derive],
+                              {"train": 1 - p.dev_fraction - p.test_fraction, "dev": p.dev_fraction,
+                               "test": p.test_fraction}, p.seed, p.split_draws, p.classes, p.allow_uncovered_classes,
+                              f"{p.corpus}: the rows without a split")
+        rows.loc[derive, "split"], search["derived"] = found.splits, found.record
     pool = (rows["split"] == "train").to_numpy()
     if not (rows["split"] == "test").any() and pool.any():
-        cut = speaker_disjoint_cut(speakers[pool].reset_index(drop=True), p.test_fraction, p.seed)
-        rows.loc[rows.index[pool][cut], "split"] = "test"
+        found = search_splits(rows.loc[pool, "label"], speakers[pool], {"train": 1 - p.test_fraction,
+                                                                         "test": p.test_fraction},
+                              p.seed, p.split_draws, p.classes, p.allow_uncovered_classes,
+                              f"{p.corpus}: the training pool (cut into train and test by prepare.test_fraction)")
+        rows.loc[pool, "split"], search["test_cut"] = found.splits, found.record
     for split in ("train", "dev"):
         if not (rows["split"] == split).any():
             raise CorpusError(f"{p.corpus}: no {split} rows (give `split` values or leave them empty to derive)")
     shared = _shared_speakers(rows.assign(speaker=speakers))
     if shared:
         log.warning("the given splits share speakers (%s): scores on them are not speaker-independent", shared)
-    return rows
+    return rows, search
 
 
 def _shared_speakers(rows: pd.DataFrame) -> str:
@@ -277,42 +267,6 @@ def _targets(rows: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
         if a not in rows:
             rows[a] = np.nan
     return rows
-
-
-def stratified_speaker_split(labels: np.ndarray, speakers: pd.Series, dev_fraction: float, test_fraction: float,
-                             seed: int) -> np.ndarray:
-    """train/dev/test per row: whole speakers at a time, each split's class mix as close to the whole's as the
-    speakers allow (scikit-learn's StratifiedGroupKFold: one fold of round(1/fraction) is the held-out split, so
-    the shares are 1/k: 0.1 -> 1/10, 0.3 -> 1/3). Test first, then dev from the rest; seeded."""
-    groups = _speaker_groups(speakers.reset_index(drop=True))
-    out = np.full(len(labels), "train", dtype=object)
-    test = _one_fold(labels, groups, test_fraction, seed, "test_fraction")
-    out[test] = "test"
-    rest = np.flatnonzero(out == "train")
-    dev = _one_fold(labels[rest], groups[rest], dev_fraction / (1 - test_fraction), seed + 1, "dev_fraction")
-    out[rest[dev]] = "dev"
-    return out
-
-
-def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, key: str) -> np.ndarray:
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    k = max(2, round(1 / fraction))
-    n_groups = len(set(groups))
-    if n_groups < k:
-        raise CorpusError(f"{n_groups} speakers cannot give a speaker-disjoint share of {fraction:.2f} "
-                          f"(prepare.{key} needs at least {k}); give a `split` column or a larger fraction")
-    with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": expected
-        warnings.simplefilter("ignore", UserWarning)
-        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
-    return held_out
-
-
-def _speaker_groups(speakers: pd.Series) -> np.ndarray:
-    """Speaker per row; an unknown speaker counts as a speaker of its own (it cannot be matched to anyone)."""
-    s = speakers.astype(str)
-    return s.where(s != UNKNOWN_SPEAKER, "unknown:" + s.index.astype(str)).to_numpy()
 
 
 def thin_classes(manifest: pd.DataFrame, classes: tuple[str, ...], minimum: int) -> pd.DataFrame:
