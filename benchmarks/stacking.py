@@ -8,8 +8,9 @@ subsets of dev and scored on the whole test split:
 
 * class-stratified subsets of `--sizes` dev clips (each class in dev's proportions), `--draws` seeded draws each;
 * class-skewed subsets of `--skewed` clips: class shares halving from class to class in a seeded random order, so
-  that one class dominates and the rarest are absent (the shape of a derived dev split on a corpus whose speakers
-  each speak one emotion);
+  that one class dominates and the rarest have 2 clips each (the shape of a derived dev split on a corpus whose
+  speakers each speak one emotion; a dev set that lacks a class altogether makes the anchored form keep soft
+  voting by rule, medusa.ensemble.choose_stage3, so it is not measured here);
 * the whole dev split once.
 
 For each subset, the run's `ensemble` params train MEDUSA as the pipeline does (medusa.ensemble.run_subset over
@@ -83,13 +84,13 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(rows)
 
 
-def skewed_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+def skewed_subset(labels: np.ndarray, n: int, seed: int, floor: int = 2) -> np.ndarray:
     """Indices of `n` rows whose class shares halve from class to class in a seeded random order (1/2, 1/4, ...):
-    one class dominates, the rarest get no row."""
+    one class dominates and the rarest have `floor` rows each (0: the rarest have none)."""
     rng = np.random.default_rng(seed)
     classes = rng.permutation(np.unique(labels))
     shares = 0.5 ** np.arange(1, len(classes) + 1)
-    wanted = np.floor(n * shares / shares.sum()).astype(int)
+    wanted = np.maximum(floor, np.floor((n - floor * len(classes)) * shares / shares.sum()).astype(int))
     wanted[0] += n - wanted.sum()
     rows = [rng.choice(np.flatnonzero(labels == c), size=min(k, int((labels == c).sum())), replace=False)
             for c, k in zip(classes, wanted) if k]

@@ -355,14 +355,23 @@ class Stage3Choice:
         return out
 
 
-def small_dev_warning(dev_rows: int, n_inputs: int) -> str | None:
-    """The warning when dev holds fewer scored clips than stage 3 has inputs: a linear layer over more inputs than
-    training rows can learn dev by heart (issue #22: 48 clips, 30-60 inputs)."""
-    if dev_rows >= n_inputs:
+def dev_warnings(dev_classes: dict[str, int], n_inputs: int) -> str | None:
+    """What makes a dev set unfit to train stage 3 on, in words (None: nothing): fewer scored clips than inputs
+    (a linear layer over more inputs than rows can learn dev by heart: issue #22, 48 clips against 30-60 inputs),
+    and classes of the run that no dev clip has (a layer trained on it learns never to predict them: issue #22's
+    dev of Angry and Happy only gave a MEDUSA that predicted nothing else)."""
+    rows, missing = sum(dev_classes.values()), [c for c, n in dev_classes.items() if not n]
+    problems = []
+    if rows < n_inputs:
+        problems.append(f"stage 3 trains on {rows} scored dev clips but reads {n_inputs} inputs per clip: a "
+                        "meta-classifier can learn so small a dev set by heart")
+    if missing:
+        problems.append(f"no dev clip of class {', '.join(missing)}: a meta-classifier trained on this dev set "
+                        "learns never to predict it")
+    if not problems:
         return None
-    return (f"stage 3 trains on {dev_rows} scored dev clips but reads {n_inputs} inputs per clip: a meta-classifier "
-            "can learn so small a dev set by heart; the voting-anchored form (ensemble.stage3: anchored) falls back "
-            "to soft voting where dev cannot support more")
+    return "; ".join(problems) + ("; the voting-anchored form (ensemble.stage3: anchored) keeps soft voting where a "
+                                  "class is missing and falls back to it where dev cannot support more")
 
 
 def balanced_cross_entropy(probs: np.ndarray, targets: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -387,14 +396,16 @@ def choose_stage3(dev: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg
     pool = trainable_rows(dev, targets, classes)
     labels = dev.labels[pool]
     counts = {c: int((labels == c).sum()) for c in classes}
-    warning = small_dev_warning(len(pool), cfg.n_inputs)
-    base = dict(dev_rows=len(pool), dev_classes=counts, n_inputs=cfg.n_inputs, warning=warning)
+    base = dict(dev_rows=len(pool), dev_classes=counts, n_inputs=cfg.n_inputs,
+                warning=dev_warnings(counts, cfg.n_inputs))
     if cfg.stage3 != "anchored":
         return cfg, Stage3Choice(cfg.stage3, cfg.anchor_l2, **base)
     candidates = [("voting", 0.0)] + [("anchored", float(l)) for l in sorted(anchor_grid, reverse=True)]
     smallest = min((n for n in counts.values() if n), default=0)
     k = max(2, min(folds, smallest))
-    if len(candidates) == 1 or len(pool) < 2 * k:
+    # A class without dev clips: cross-validation cannot see the harm (no fold holds one), and every candidate but
+    # voting learns to push it down (benchmarks/stacking.py, skewed subsets); too few clips for k folds: no choice.
+    if len(candidates) == 1 or len(pool) < 2 * k or not all(counts.values()):
         chosen = MetaConfig(**{**asdict(cfg), "stage3": "voting", "anchor_l2": 0.0})
         return chosen, Stage3Choice("voting", 0.0, **base)
     oof = np.zeros((len(candidates), len(pool), len(classes)))
@@ -604,7 +615,9 @@ def stage3_table(results: dict[str, SubsetResult]) -> pd.DataFrame:
         rows.append({"subset": subset, "form": c.form, "anchor_l2": c.anchor_l2 if c.form == "anchored" else None,
                      "cv_folds": c.folds or None, "dev_clips": c.dev_rows,
                      "dev_classes": " ".join(f"{k}:{n}" for k, n in c.dev_classes.items()), "inputs": c.n_inputs,
-                     "warning": "fewer dev clips than inputs" if c.warning else ""})
+                     "warning": ", ".join(w for w, bad in (
+                         ("fewer dev clips than inputs", c.dev_rows < c.n_inputs),
+                         ("classes without dev clips", not all(c.dev_classes.values()))) if bad)})
     return pd.DataFrame(rows).set_index("subset")
 
 

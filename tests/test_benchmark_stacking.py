@@ -37,11 +37,15 @@ def test_subsets_follow_or_skew_the_class_shares(bench):
     labels = np.asarray(list("AAAAAAAASSSSHHHHNNNN") * 5)
     rows = bench.stratified_subset(labels, 20, 0)
     assert len(rows) == 20 and set(labels[rows]) == set("ASHN") and (labels[rows] == "A").sum() == 8
-    skewed = bench.skewed_subset(labels, 20, 1)
+    skewed = bench.skewed_subset(labels, 20, 1, floor=0)
     counts = pd.Series(labels[skewed]).value_counts()
     # shares 1/2, 1/4, 1/8, 1/16 of 20 (normalised, rounded down, the rest to the first): 12, 5, 2, 1
     assert len(skewed) == 20 and counts.tolist() == [12, 5, 2, 1]
-    assert (bench.skewed_subset(labels, 20, 1) == skewed).all()       # seeded
+    assert (bench.skewed_subset(labels, 20, 1, floor=0) == skewed).all()       # seeded
+    # with the default floor of 2 per class: 20 - 4 x 2 = 12 rows shared 6, 3, 1, 0, each lifted to at least 2
+    # (6, 3, 2, 2), the rest to the first
+    counts = pd.Series(labels[bench.skewed_subset(labels, 20, 1)]).value_counts()
+    assert counts.tolist() == [13, 3, 2, 2]
 
 
 def test_the_benchmark_scores_every_technique_against_soft_voting(bench, repo_root, tmp_path):

@@ -585,3 +585,20 @@ def test_table3_carries_the_techniques_posteriors_against_the_votes():
         ensemble.calibration_columns({"all": result}, manifest), how="left", on=["technique", "subset"])
     view = ensemble.table3_view(table)
     assert view.loc["majority voting", ("all", "JSD")] == "–" and view.loc["soft voting", ("all", "ECE")] != "–"
+
+
+def test_a_dev_without_a_class_keeps_voting_and_says_which_class():
+    """Issue #22's dev of two classes: a layer trained on it learns never to predict the others, and no fold of a
+    cross-validation can show that. The anchored form keeps soft voting; the paper's form is trained as asked,
+    with the same warning."""
+    dev, y = _complementary_members(400, 0)
+    keep = np.flatnonzero(y != CODES.index("S"))                 # no Sad clip in dev
+    dev, y = ensemble.take(dev, keep), y[keep]
+    targets = np.eye(8, dtype=np.float32)[y]
+    none = np.full((len(y), 3), np.nan, np.float32)
+    anchored = ensemble.MetaConfig(n_models=2, stage3="anchored", epochs=10, lr=1e-2, mse_weight=0.0)
+    chosen, choice = ensemble.choose_stage3(dev, targets, none, anchored, [1.0, 0.01], folds=3)
+    assert choice.form == "voting" and choice.dev_classes["S"] == 0 and choice.cv is None
+    assert "no dev clip of class S" in choice.warning
+    _, paper = ensemble.choose_stage3(dev, targets, none, ensemble.MetaConfig(n_models=2), [1.0], folds=3)
+    assert paper.form == "paper" and "no dev clip of class S" in paper.warning
