@@ -15,8 +15,8 @@ subsets of dev and scored on the whole test split:
 
 For each subset, the run's `ensemble` params train MEDUSA as the pipeline does (medusa.ensemble.run_subset over
 every member, the params' seeds; the probes are left out): the voting-anchored soup (its penalty or soft voting
-chosen by cross-validation within the subset), the paper's soup and single meta-classifier, soft and majority
-voting, and the best member by the subset's own dev score. Every technique is scored by test balanced macro-F1;
+chosen by cross-validation within the subset) and its single meta-classifier (the first seed), the paper's soup,
+soft and majority voting, and the best member by the subset's own dev score. Every technique is scored by test balanced macro-F1;
 its difference from soft voting gets a paired 95 % interval (class-stratified resamples of the test clips, the
 same for every technique and draw, averaged over a condition's draws). The script prints a table, writes the
 "## Stage 3 on small dev sets" section of the report, its JSON to reports/metrics/stacking.json and a figure to
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ REPORT_SECTION = "## Stage 3 on small dev sets"
 #: The rows of the report, in order: technique -> how the table names it.
 TECHNIQUES = {"meta-classifier (soup)": "MEDUSA, voting-anchored soup",
               "paper's meta-classifier soup": "paper's stage-3 soup",
-              "meta-classifier (single)": "paper's single meta-classifier",
+              "meta-classifier (single)": "voting-anchored single meta-classifier",
               "soft voting": "soft voting", "majority voting": "majority voting",
               "best member (by dev)": "best member (by the subset's dev)"}
 REFERENCE = "soft voting"
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report", type=Path, default=REPO / "reports" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=REPO / "reports" / "metrics" / "stacking.json")
     p.add_argument("--figure", type=Path, default=REPO / "reports" / "benchmark_figures" / "stacking.png")
+    p.add_argument("--describe", default="", help="what the report calls the run (default: the --work path)")
     return p.parse_args(argv)
 
 
@@ -92,8 +94,11 @@ def skewed_subset(labels: np.ndarray, n: int, seed: int, floor: int = 2) -> np.n
     shares = 0.5 ** np.arange(1, len(classes) + 1)
     wanted = np.maximum(floor, np.floor((n - floor * len(classes)) * shares / shares.sum()).astype(int))
     wanted[0] += n - wanted.sum()
-    rows = [rng.choice(np.flatnonzero(labels == c), size=min(k, int((labels == c).sum())), replace=False)
-            for c, k in zip(classes, wanted) if k]
+    available = np.array([(labels == c).sum() for c in classes])
+    wanted = np.minimum(wanted, available)
+    for i in range(len(classes)):  # a class with fewer rows than its share: the next classes in order make up for it
+        wanted[i] += min(n - wanted.sum(), available[i] - wanted[i])
+    rows = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, wanted) if k]
     return np.sort(np.concatenate(rows))
 
 
@@ -166,13 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
               + " ".join(f"{t.split(' (')[0][:12]}={s:.3f}" for t, s in runs[-1]["scores"].items()), flush=True)
     wall = time.perf_counter() - start
     summary = summarise(runs)
-    out = {"work": str(args.work), "params": str(args.params), "members": names, "classes": list(classes),
+    out = {"work": args.describe or str(args.work), "params": str(args.params), "members": names, "classes": list(classes),
            "test_clips": int(len(truth)), "bootstrap": args.bootstrap, "wall_s": wall, "load_before": load,
            "device": device_name(torch.device("cpu")), "ensemble": e.model_dump(), "summary": summary,
            "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}
     write_json(out, args.json)
     figure(summary, args.figure)
-    write_section(args.report, REPORT_SECTION, report_section(out, argv, busy(load)))
+    write_section(args.report, REPORT_SECTION, report_section(out, sys.argv[1:] if argv is None else argv, busy(load)))
     print(f"{wall:.0f} s; wrote {args.json}, {args.figure} and the '{REPORT_SECTION[3:]}' section of {args.report}")
     return out
 
@@ -227,10 +232,10 @@ def figure(summary: list[dict], path: Path) -> None:
 def report_section(out: dict, argv: list[str] | None, machine: str) -> str:
     frame = pd.DataFrame(out["summary"])
     lines = [REPORT_SECTION, "",
-             f"`python benchmarks/stacking.py {' '.join(argv or [])}`".replace("  ", " ").replace(" `", "`")
-             + f" on the members of `{out['work']}` ({', '.join(out['members'])}), {out['test_clips']} scored test "
+             f"`{shlex.join(['python', 'benchmarks/stacking.py', *(argv or [])])}`"
+             + f" on the members of {out['work']} ({', '.join(out['members'])}), {out['test_clips']} scored test "
              f"clips, classes {' '.join(out['classes'])}; {out['wall_s']:.0f} s on {out['device']} ({machine}). "
-             f"Stage 3 as `ensemble` in `{out['params']}` says (stage3 {out['ensemble']['stage3']}, anchor_l2 "
+             f"Stage 3 as `ensemble` in {Path(out['params']).name} says (stage3 {out['ensemble']['stage3']}, anchor_l2 "
              f"{out['ensemble']['anchor_l2']}, {out['ensemble']['cv_folds']} folds, {out['ensemble']['epochs']} "
              f"epochs at lr {out['ensemble']['lr']}, seeds {out['ensemble']['seeds']}), probes left out. Each cell: "
              "test balanced macro-F1, mean ± std over the condition's draws; Δ: the mean difference from soft voting "
