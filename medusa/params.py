@@ -300,9 +300,11 @@ class Params(Section):
 
 
 def resolve_train(train: TrainParams, overrides: dict[str, Any]) -> TrainParams:
-    """`train` with `overrides` applied, validated like `train` (one model's settings, or an ablation variant)."""
+    """`train` with `overrides` merged in key by key (merge_overrides, the presets' rule: `{pool: {whisper: 5}}`
+    changes Whisper's pooling and keeps the other encoders'), validated like `train` (one model's settings, or an
+    ablation variant)."""
     try:
-        return TrainParams.model_validate({**train.model_dump(), **overrides})
+        return TrainParams.model_validate(merge_overrides(train.model_dump(), overrides, source="overrides"))
     except ValidationError as e:
         raise ParamsError("; ".join(_describe(err) for err in e.errors())) from None
 

@@ -69,6 +69,18 @@ def test_resolve_applies_overrides_then_the_ablation_switch():
         members.resolve_member("m", {"encoders": ["a", "c"], "seed": 0}, TRAIN, {"a": 5})
 
 
+def test_a_nested_override_merges_key_by_key_like_a_preset():
+    """One override rule everywhere (medusa.params.merge_overrides): `{pool: {a: 4}}` changes a's pooling and keeps
+    b's, where replacing the whole mapping silently reset b's to 1 (a different, far costlier model)."""
+    base = {**TRAIN, "pool": {"a": 2, "b": 3}}
+    spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0, "overrides": {"pool": {"a": 4}}}, base,
+                                  {"a": 5, "b": 3})
+    assert spec.train.pool == {"a": 4, "b": 3} and spec.pools == (4, 3)
+    with pytest.raises(ParamsError, match="overrides: hidden: the base value is not a mapping"):
+        members.resolve_member("m", {"encoders": ["a"], "seed": 0, "overrides": {"hidden": {"x": 1}}}, TRAIN,
+                               {"a": 5})
+
+
 def test_member_folder_is_complete_and_scores_far_above_chance(trained, corpus):
     spec, out, metrics = trained
     manifest, _ = corpus
