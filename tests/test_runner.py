@@ -143,3 +143,11 @@ def test_every_stage_passes_exactly_what_its_notebook_declares(repo_root):
             assert set(papermill.inspect_notebook(str(repo_root / notebook))) == set(values)
             checked += 1
     assert checked >= len(stages)
+
+
+def test_every_notebook_cell_has_a_fixed_id(repo_root):
+    """A cell without an id gets a random one when a notebook is executed, so the rendered HTML (a committed
+    report) would differ from run to run."""
+    missing = [f"{path.name} cell {i}" for path in sorted((repo_root / "notebooks").glob("*.ipynb"))
+               for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]) if "id" not in cell]
+    assert not missing, f"cells without an id: {', '.join(missing)}"
