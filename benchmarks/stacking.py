@@ -25,7 +25,6 @@ reports/benchmark_figures/stacking.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys

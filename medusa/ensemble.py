@@ -100,6 +100,14 @@ def stack(posteriors: dict[str, pd.DataFrame], split: str, probes: dict[str, pd.
     return Stacked(ids, probs, attrs, first.loc[ids, "label"].to_numpy(), probe_probs, classes)
 
 
+def posteriors_frame(stacked: Stacked, split: str, probs: np.ndarray) -> pd.DataFrame:
+    """(utt_id, split, label, p_<code> per class of `stacked`): a system's posteriors of the rows of `stacked`, in the
+    form every posteriors file has."""
+    frame = pd.DataFrame({"utt_id": stacked.utt_ids, "split": split, "label": stacked.labels})
+    frame[list(target_columns(stacked.classes))] = probs
+    return frame
+
+
 def read_probe_posteriors(names: list[str], models_root: str | Path) -> dict[str, pd.DataFrame]:
     """{member: its linear probe's posteriors (utt_id, split, label, p_<code> per class)} from
     models_root/<member>/."""
@@ -336,18 +344,6 @@ class Stage3Choice:
     cv: pd.DataFrame | None = None    # candidate, anchor_l2, cv_balanced_ce, cv_balanced_macro_f1, chosen
     warning: str | None = None
 
-    def describe(self) -> str:
-        """One line: the form, and why."""
-        if self.form == "paper":
-            what = "the paper's linear meta-classifier (no anchor)"
-        elif self.form == "voting":
-            what = "soft voting (cross-validation kept the anchored layer at its start)"
-        else:
-            what = f"the voting-anchored linear layer, anchor_l2 {self.anchor_l2:g}"
-        how = f", chosen by {self.folds}-fold cross-validation within dev" if self.folds else ""
-        classes = ", ".join(f"{c} {n}" for c, n in self.dev_classes.items())
-        return f"{what}{how}; trained on {self.dev_rows} dev clips ({classes}), {self.n_inputs} inputs"
-
     def record(self) -> dict[str, Any]:
         """For ensemble.json."""
         out = {k: v for k, v in asdict(self).items() if k != "cv"}
@@ -374,13 +370,16 @@ def dev_warnings(dev_classes: dict[str, int], n_inputs: int) -> str | None:
                                   "class is missing and falls back to it where dev cannot support more")
 
 
-def balanced_cross_entropy(probs: np.ndarray, targets: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-row soft-target cross-entropy, weighted so that every class present counts alike (weights sum to 1):
-    the class-balanced objective stage 3 trains on, as a held-out score. Returns (losses, weights)."""
-    losses = -(targets * np.log(np.clip(probs, ANCHOR_FLOOR, 1))).sum(1)
+def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-row weights under which every class present counts alike (they sum to 1): the class-balanced objective
+    stage 3 trains on, applied to a held-out score."""
     counts = pd.Series(labels).value_counts()
-    weights = 1.0 / (counts.reindex(labels).to_numpy() * len(counts))
-    return np.stack([losses, weights])
+    return 1.0 / (counts.reindex(labels).to_numpy() * len(counts))
+
+
+def cross_entropy_rows(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-row soft-target cross-entropy."""
+    return -(targets * np.log(np.clip(probs, ANCHOR_FLOOR, 1))).sum(1)
 
 
 def choose_stage3(dev: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
@@ -421,15 +420,14 @@ def choose_stage3(dev: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg
             model = train_meta(rest, targets[pool[fit]], attributes[pool[fit]],
                                MetaConfig(**{**asdict(cfg), "stage3": form, "anchor_l2": l2}))
             oof[i, held] = meta_predict(model, fold)[0]
-    scored = [balanced_cross_entropy(p, targets[pool], labels) for p in oof]
-    means = np.array([(w * l).sum() for l, w in scored])
+    losses = np.stack([cross_entropy_rows(p, targets[pool]) for p in oof])
+    w = class_balanced_weights(labels)
+    means = losses @ w
     best = int(means.argmin())
     keep = best
     for i in range(len(candidates)):  # closest to voting first
-        d = scored[i][0] - scored[best][0]
-        w = scored[best][1]
-        spread = np.sqrt((w ** 2 * (d - (w * d).sum()) ** 2).sum())
-        if (w * d).sum() <= spread:
+        d = losses[i] - losses[best]
+        if (w * d).sum() <= np.sqrt((w ** 2 * (d - (w * d).sum()) ** 2).sum()):
             keep = i
             break
     f1 = [balanced_macro_f1(labels, np.asarray(classes)[p.argmax(1)], classes) for p in oof]
@@ -595,11 +593,7 @@ def calibration_columns(results: dict[str, SubsetResult], manifest: pd.DataFrame
     rows = []
     for subset, r in results.items():
         for technique, runs in technique_probabilities(r).items():
-            frames = {}
-            for i, probs in enumerate(runs):
-                frame = pd.DataFrame({"utt_id": r.test.utt_ids, "split": "test", "label": r.test.labels})
-                frame[list(target_columns(r.classes))] = probs
-                frames[f"run {i}"] = frame
+            frames = {f"run {i}": posteriors_frame(r.test, "test", probs) for i, probs in enumerate(runs)}
             scores = calibration_table(frames, manifest)
             rows.append({"technique": technique, "subset": subset, "jsd_votes": float(scores["jsd_votes"].mean()),
                          "ece": float(scores["ece"].mean())})
@@ -725,8 +719,7 @@ def ensemble_posteriors(posteriors: dict[str, pd.DataFrame], result: SubsetResul
             continue
         s = stack(chosen, split, chosen_probes)
         probs, attrs = meta_predict(result.soup, s)
-        frame = pd.DataFrame({"utt_id": s.utt_ids, "split": split, "label": s.labels})
-        frame[list(target_columns(result.soup.cfg.classes))] = probs
+        frame = posteriors_frame(s, split, probs)
         frame[list(ATTRIBUTES)] = attrs if attrs is not None else np.nan
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -19,7 +19,7 @@ import pandas as pd
 from medusa import paths
 from medusa.ablation import PAPER_DELTA_PCT, run_dir, variant_title
 from medusa.calibration import BINS
-from medusa.labels import classes_of, target_columns
+from medusa.labels import classes_of
 from medusa.metrics import bootstrap_macro_f1, percentile_interval, relative_change, stratified_bootstrap_indices
 from medusa.params import REFERENCE_VARIANT
 
@@ -285,15 +285,11 @@ VOTES = ("majority voting", "soft voting")
 def vote_frames(posteriors: dict[str, pd.DataFrame], names: list[str]) -> dict[str, pd.DataFrame]:
     """The two votes over the members `names` on test, as posteriors frames over the members' classes (one-hot
     on the voted class), so that they pair up with other systems in medusa.ablation.aligned_test_predictions."""
-    from medusa.ensemble import majority_vote, soft_vote, stack
+    from medusa.ensemble import majority_vote, posteriors_frame, soft_vote, stack
 
     test = stack({n: posteriors[n] for n in names}, "test")
-    out = {}
-    for name, vote in zip(VOTES, (majority_vote, soft_vote)):
-        frame = pd.DataFrame({"utt_id": test.utt_ids, "split": "test", "label": test.labels})
-        frame[list(target_columns(test.classes))] = np.eye(len(test.classes))[vote(test.probs)]
-        out[name] = frame
-    return out
+    return {name: posteriors_frame(test, "test", np.eye(len(test.classes))[vote(test.probs)])
+            for name, vote in zip(VOTES, (majority_vote, soft_vote))}
 
 
 def ensemble_findings(table3: pd.DataFrame, members: pd.DataFrame, gain_ci: tuple[float, float],
@@ -398,12 +394,10 @@ def one_hot_pairs(one_hot_models: list[str]) -> dict[str, str]:
 def soft_voting_frame(posteriors: dict[str, pd.DataFrame], names: list[str]) -> pd.DataFrame:
     """Soft voting over the members `names` as a posteriors frame on test: their mean posterior (vote_frames
     keeps only its argmax, one-hot, which says nothing about calibration)."""
-    from medusa.ensemble import stack
+    from medusa.ensemble import posteriors_frame, stack
 
     test = stack({n: posteriors[n] for n in names}, "test")
-    frame = pd.DataFrame({"utt_id": test.utt_ids, "split": "test", "label": test.labels})
-    frame[list(target_columns(test.classes))] = test.probs.mean(axis=1)
-    return frame
+    return posteriors_frame(test, "test", test.probs.mean(axis=1))
 
 
 def calibration_systems(posteriors: dict[str, pd.DataFrame], names: list[str], one_hot_models: list[str],
