@@ -37,9 +37,9 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 # The paper preset (configs/paper.yaml) through DVC at a tiny size: every stage, member, ablation and ensemble of
-# it, on a synthetic corpus with tiny stand-ins of its encoders (medusa/dryrun.py; reports in build/paper-dry-run).
+# it, on a synthetic corpus with tiny stand-ins of its encoders (medusa/pipeline/dryrun.py; reports in build/paper-dry-run).
 paper-dry-run: $(VENV)/.installed
-	$(BIN)/python -m medusa.dryrun
+	$(BIN)/python -m medusa.pipeline.dryrun
 
 clean-work:
 	rm -rf work

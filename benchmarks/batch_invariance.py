@@ -42,14 +42,14 @@ def compare(alone: np.ndarray, stored: np.ndarray) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medusa import paths
-    from medusa.asr import transcribe_clips
-    from medusa.audio import load_audio
-    from medusa.batches import pick_device
-    from medusa.encoders import build_encoder
-    from medusa.encoders.whisper import load_whisper
-    from medusa.feature_store import FeatureStore
-    from medusa.params import load_params
+    from medusa.config import paths
+    from medusa.features.asr import transcribe_clips
+    from medusa.data.audio import load_audio
+    from medusa.features.batches import pick_device
+    from medusa.features.encoders import build_encoder
+    from medusa.features.encoders.whisper import load_whisper
+    from medusa.features.store import FeatureStore
+    from medusa.config.params import load_params
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--limit", type=int, default=0, help="only the first N utterances (by utt_id); 0 = all")

@@ -5,10 +5,10 @@
 
 Every encoder of the paper (WavLM, HuBERT, the Whisper encoder, RoBERTa, ModernBERT) is built from its
 architecture config with random weights (the FLOPs and memory of the real model, none of its hub download),
-saved to a temporary folder and loaded through `medusa.encoders.build_encoder`, so that OUR code path is the one
+saved to a temporary folder and loaded through `medusa.features.encoders.build_encoder`, so that OUR code path is the one
 timed. Both ways then encode the same synthetic corpus:
 
-* ours: `medusa.extract.extract_to_store` -- wav files decoded in DataLoader workers, length-bucketed batches,
+* ours: `medusa.features.extract.extract_to_store` -- wav files decoded in DataLoader workers, length-bucketed batches,
   bf16 autocast on GPU (inside the encoders), Whisper without 30 s padding, frames written to a feature store.
 * the authors' way (re-implemented from the paper's description): one file at a time in fp32 without batching;
   WavLM/HuBERT over 3,000-sample chunks (one forward pass each), sum of the last 4 hidden states; Whisper on clips
@@ -48,11 +48,11 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from medusa.batches import pick_device  # noqa: E402
-from medusa.encoders import Encoder, build_encoder  # noqa: E402
-from medusa.extract import extract_to_store  # noqa: E402
-from medusa.feature_store import FeatureStore  # noqa: E402
-from medusa.standins import (Arch, MAX_WORDS, MIN_WORDS, architectures, describe, save_model, sentence,  # noqa: E402
+from medusa.features.batches import pick_device  # noqa: E402
+from medusa.features.encoders import Encoder, build_encoder  # noqa: E402
+from medusa.features.extract import extract_to_store  # noqa: E402
+from medusa.features.store import FeatureStore  # noqa: E402
+from medusa.pipeline.standins import (Arch, MAX_WORDS, MIN_WORDS, architectures, describe, save_model, sentence,  # noqa: E402
                              tokenizer_corpus, word_pool, zipf_weights)
 
 from _common import (Measurement, busy, cpu_memory_method, device_name, load_average, measure,  # noqa: E402
@@ -289,7 +289,7 @@ def report_section(args: argparse.Namespace, device: torch.device, items: pd.Dat
         f"(16 kHz PCM16 wav, durations uniform in {MIN_S}–{MAX_S} s, seed {args.seed}); transcripts of "
         f"{MIN_WORDS}–{MAX_WORDS} words. Text encoders are credited with the audio seconds of the utterances "
         "whose transcripts they encode.",
-        f"- Ours: `medusa.extract.extract_to_store` into a feature store (float16), audio batch_size "
+        f"- Ours: `medusa.features.extract.extract_to_store` into a feature store (float16), audio batch_size "
         f"{args.batch_size} / batch_seconds {args.batch_seconds}, text batch_size {args.text_batch_size}, "
         f"{args.num_workers} DataLoader worker(s), bf16 autocast on GPU, Whisper `pad_seconds=0`; layers: mean "
         "of the last 4 (Whisper: the encoder output).",

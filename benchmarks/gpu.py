@@ -6,17 +6,17 @@ DeepSER training, and the GPU budget of MSP-Podcast with the paper preset that t
     python benchmarks/gpu.py --apply DIR/gpu_section.md [--out reports/benchmarks.md]
 
 On the lent GPU machine the one command is `bash benchmarks/gpu.sh` (benchmarks/README.md: the device call).
-Every model is built from its architecture config with random weights (`medusa.standins`: the FLOPs and memory of
+Every model is built from its architecture config with random weights (`medusa.pipeline.standins`: the FLOPs and memory of
 the trained checkpoints); audio and transcripts are synthetic, with MSP-Podcast-like durations (2.75-11 s).
 
 * ASR: Whisper large-v3 (128 mel bins, the full 32-layer decoder), batched greedy decoding through our code
-  (`medusa.asr`: clips padded to whole seconds, the paper preset's batch and `pad_seconds`), against 30 s windows
+  (`medusa.features.asr`: clips padded to whole seconds, the paper preset's batch and `pad_seconds`), against 30 s windows
   with the same batches; then, where time allows, two ways the project could adopt: openai-whisper with its
   weights cast to fp16 once (it casts them at every call), and transformers' WhisperForConditionalGeneration
   (SDPA, static cache, our windows). Random weights decode garbage of any length, so every way decodes exactly
   `forced_tokens(clip)` tokens per clip (3.5 per second of audio: ~2.7 words/s): a logit filter makes the end
   token impossible before that many tokens and the only choice at that many.
-* Extraction: `benchmarks/extract.py`'s own functions (`run_ours`: `medusa.extract.extract_to_store` with
+* Extraction: `benchmarks/extract.py`'s own functions (`run_ours`: `medusa.features.extract.extract_to_store` with
   bf16 autocast, length buckets and the feature-store writes; `run_authors`: one file at a time, fp32, 0.19 s
   chunks, 30 s Whisper windows) on WavLM-large, HuBERT-large, the Whisper-large-v3 encoder, RoBERTa-large and
   ModernBERT-large; the authors' way runs on a subset of the clips (its rate does not depend on their number).
@@ -71,8 +71,8 @@ import torch  # noqa: E402
 import extract as bench_extract  # noqa: E402  benchmarks/extract.py
 import train as bench_train  # noqa: E402  benchmarks/train.py
 from _common import busy, device_name, load_average, measure, write_section  # noqa: E402
-from medusa.batches import pick_device  # noqa: E402
-from medusa.params import load_params  # noqa: E402
+from medusa.features.batches import pick_device  # noqa: E402
+from medusa.config.params import load_params  # noqa: E402
 
 REPORT_HEADING = "## GPU: the paper's scale on one GPU (issue #14)"
 PRESET = REPO / "configs" / "paper.yaml"
@@ -93,7 +93,7 @@ TARGET_PIPELINE_H100_HOURS = 6.0    # the whole paper pipeline on MSP-Podcast
 @dataclass(frozen=True)
 class Plan:
     """What one size runs. Batch sizes, ASR padding and DataLoader workers of `full` come from configs/paper.yaml."""
-    standins: str                    # medusa.standins size of the five encoders and the ASR model
+    standins: str                    # medusa.pipeline.standins size of the five encoders and the ASR model
     asr_clips: int
     asr_batch: int
     asr_pad_seconds: float
@@ -322,9 +322,9 @@ def cast_matmul_weights(model, dtype: torch.dtype) -> None:
 
 def decode_openai(model, clips: list[np.ndarray], batches: list[list[int]], pad_seconds: float, device: torch.device,
                   label: str, detail: str, warm_up: bool = True) -> tuple[AsrRow, list[list[int]]]:
-    """Our batched greedy decoding (medusa.asr._decode: log-mel of the padded window, positions sliced to it,
+    """Our batched greedy decoding (medusa.features.asr._decode: log-mel of the padded window, positions sliced to it,
     openai-whisper's DecodingTask) over `batches`, each clip forced to forced_tokens(clip) tokens."""
-    from medusa.asr import _decode, asr_window
+    from medusa.features.asr import _decode, asr_window
 
     def run(idx: list[int]) -> tuple[list, int]:
         audios = [clips[i] for i in idx]
@@ -354,8 +354,8 @@ def decode_openai(model, clips: list[np.ndarray], batches: list[list[int]], pad_
 def encoder_only_seconds(model, clips: list[np.ndarray], batches: list[list[int]], pad_seconds: float,
                          device: torch.device) -> float:
     """The encoder's share: the same batches' log-mel and encoder forward, nothing else (as DecodingTask runs it)."""
-    from medusa.asr import asr_window
-    from medusa.encoders.whisper import SAMPLES_PER_ENCODER_FRAME, log_mel_batch, short_positions
+    from medusa.features.asr import asr_window
+    from medusa.features.encoders.whisper import SAMPLES_PER_ENCODER_FRAME, log_mel_batch, short_positions
 
     def run(idx: list[int]) -> None:
         audios = [clips[i] for i in idx]
@@ -457,7 +457,7 @@ def hf_generate(model, audios: list[np.ndarray], window: tuple[int, int], prompt
     from transformers import LogitsProcessor, LogitsProcessorList
     from transformers.generation.utils import GenerationMixin
 
-    from medusa.encoders.whisper import SAMPLES_PER_ENCODER_FRAME, log_mel_batch
+    from medusa.features.encoders.whisper import SAMPLES_PER_ENCODER_FRAME, log_mel_batch
 
     class ForceLength(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -487,7 +487,7 @@ def decode_hf(model, clips: list[np.ndarray], batches: list[list[int]], pad_seco
               eot: int, device: torch.device, dtype: torch.dtype, cache: str | None, label: str, detail: str
               ) -> tuple[AsrRow, list[list[int]]]:
     """decode_openai's batches, windows and forced lengths through hf_generate."""
-    from medusa.asr import asr_window
+    from medusa.features.asr import asr_window
 
     tokens: list[list[int]] = [[] for _ in clips]
     steps = 0
@@ -514,8 +514,8 @@ def asr_part(plan: Plan, items: pd.DataFrame, device: torch.device, clock: Clock
     import soundfile as sf
     import whisper.tokenizer
 
-    from medusa.asr import asr_batches
-    from medusa.standins import architectures
+    from medusa.features.asr import asr_batches
+    from medusa.pipeline.standins import architectures
 
     result = AsrResult()
     arch = next(a for a in architectures(plan.standins, whisper_decoder_layers=32 if plan.standins == "full" else 2)
@@ -609,16 +609,16 @@ PARITY_FILE = REPO / "reports" / "metrics" / "asr_parity.json"
 
 def wer_parity(n: int, model_name: str, pad_seconds: float, batch_size: int, device: torch.device) -> dict:
     """WER parity of transformers' Whisper with ours on real weights: the first n clips of work/manifest.parquet
-    that have a reference transcript, decoded greedily in our windows by medusa.asr._decode (openai-whisper) and
+    that have a reference transcript, decoded greedily in our windows by medusa.features.asr._decode (openai-whisper) and
     by hf_generate on the same weights, with openai-whisper's token suppression (its non-speech symbols, and a
     blank or the end token as the first token). No forced lengths: each stops at its end token or at the window's
-    budget. Returns both WERs (medusa.asr.word_error_rate), the clips transcribed identically, and the timings."""
+    budget. Returns both WERs (medusa.features.asr.word_error_rate), the clips transcribed identically, and the timings."""
     import whisper
     import whisper.tokenizer
 
-    from medusa.asr import _decode, _normaliser, asr_batches, asr_window, word_error_rate
-    from medusa.audio import load_audio
-    from medusa.encoders.whisper import load_whisper
+    from medusa.features.asr import _decode, _normaliser, asr_batches, asr_window, word_error_rate
+    from medusa.data.audio import load_audio
+    from medusa.features.encoders.whisper import load_whisper
 
     manifest = pd.read_parquet(REPO / "work" / "manifest.parquet").sort_values("utt_id")
     norm = _normaliser()
@@ -707,8 +707,8 @@ def extract_part(plan: Plan, items: pd.DataFrame, work: Path, device: torch.devi
                  reserve_s: float) -> ExtractResult:
     """Each encoder: built, saved and loaded through build_encoder, then benchmarks/extract.py's run_ours on
     every clip and its run_authors on the first plan.authors_utterances."""
-    from medusa.encoders import build_encoder
-    from medusa.standins import architectures, describe, save_model, tokenizer_corpus
+    from medusa.features.encoders import build_encoder
+    from medusa.pipeline.standins import architectures, describe, save_model, tokenizer_corpus
 
     result = ExtractResult()
     eargs = argparse.Namespace(batch_size=plan.audio_batch, batch_seconds=plan.audio_batch_seconds,
@@ -798,10 +798,10 @@ def sdpa_backends() -> str:
 
 def forward_rate(features: list, size: bench_train.Size, device: torch.device, seed: int) -> EvalRow:
     """Samples per second of the forward pass alone (eval mode, no_grad, bf16 autocast on CUDA) at
-    medusa.training.predict's batch (4 x the training batch), over length-sorted batches of random frames at the
+    medusa.model.training.predict's batch (4 x the training batch), over length-sorted batches of random frames at the
     synthetic rows' lengths, generated before the timed loop (no feature-store reads)."""
-    from medusa.deepser import DeepSER
-    from medusa.training import autocast
+    from medusa.model.deepser import DeepSER
+    from medusa.model.training import autocast
 
     torch.manual_seed(seed)
     model = DeepSER(bench_train.model_config(features, size)).to(device).eval()
@@ -936,7 +936,7 @@ def budget_total(lines: Sequence[BudgetLine]) -> float:
 def paper_runs(params) -> list[TrainingRun]:
     """The training runs of configs/paper.yaml: every member, then every ablation model x variant (the variant's
     `train` keys over the model's own; the reference row of Table 2 is the member itself, not trained again)."""
-    from medusa.params import merge_overrides
+    from medusa.config.params import merge_overrides
 
     base = params.train.model_dump()
     runs = []
@@ -1197,7 +1197,7 @@ def report_section(results: dict, meta: dict) -> str:
         f"{meta['whisper']}; SDPA: {meta['sdpa']}" + (f"; load average at start {meta['load']} ({busy(meta['load'])})"
                                                       if cpu else ""),
         f"- Size `{meta['size']}`: every model built from its architecture config with random weights "
-        f"(`medusa.standins`, size `{plan.standins}`); synthetic 16 kHz clips of 2.75–11 s. Rates are audio seconds "
+        f"(`medusa.pipeline.standins`, size `{plan.standins}`); synthetic 16 kHz clips of 2.75–11 s. Rates are audio seconds "
         "per second (× real time) timed after a warm-up" + (" with CUDA events (wall clock, CUDA synchronised, "
                                                               "for extraction and training)" if not cpu else "") + ".",
         f"- Whole run: {meta['total_s']:.0f} s wall (" + ", ".join(f"{k} {v:.0f} s" for k, v in meta["parts_s"].items())
@@ -1211,7 +1211,7 @@ def report_section(results: dict, meta: dict) -> str:
     else:
         lines += [
             f"{asr.model}; {asr.rows[0].clips} clips, {asr.rows[0].audio_s:,.0f} s of audio, {asr.batches} batches "
-            f"of up to {plan.asr_batch} (`medusa.asr.asr_batches`: one padded window per batch), greedy, English. "
+            f"of up to {plan.asr_batch} (`medusa.features.asr.asr_batches`: one padded window per batch), greedy, English. "
             f"Every way decodes exactly {TOKENS_PER_AUDIO_S:g} tokens per second of audio per clip (~2.7 words/s; "
             "random weights would decode garbage of any length): a logit filter makes the end token impossible "
             "before a clip's count and the only choice at it; a batch runs as many decoder steps as its longest "
@@ -1228,7 +1228,7 @@ def report_section(results: dict, meta: dict) -> str:
             "weights: `python benchmarks/gpu.py --wer-parity N` decodes the demo corpus's first N clips with reference "
             "transcripts on CPU with `demo:base` (copied into WhisperForConditionalGeneration by renaming "
             "openai-whisper's parameters, `hf_from_openai`), both ways in our windows, and compares the transcripts "
-            "and their WER (`medusa.asr.word_error_rate`); the table's token counts compare the two on this run's "
+            "and their WER (`medusa.features.asr.word_error_rate`); the table's token counts compare the two on this run's "
             "random weights too.")
         if PARITY_FILE.exists():
             lines += ["", parity_line(json.loads(PARITY_FILE.read_text(encoding="utf-8")))]
@@ -1239,7 +1239,7 @@ def report_section(results: dict, meta: dict) -> str:
         lines.append("Not run.")
     else:
         lines += [
-            f"`benchmarks/extract.py`'s `run_ours` (`medusa.extract.extract_to_store` into a float16 feature store: "
+            f"`benchmarks/extract.py`'s `run_ours` (`medusa.features.extract.extract_to_store` into a float16 feature store: "
             f"audio batches of {plan.audio_batch} / {plan.audio_batch_seconds:g} s, text {plan.text_batch}, "
             f"{plan.workers} DataLoader worker(s), bf16 autocast on GPU, Whisper without 30 s padding) on every clip, "
             f"and its `run_authors` (one file at a time, fp32, WavLM/HuBERT in 3,000-sample chunks, Whisper padded "

@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 
 # What `import medusa...`, benchmarks/extract.py, benchmarks/train.py and openai-whisper need beyond the GPU
 # machine's image (/work/.library/device/KINDS.md lists it): openai-whisper (an sdist: built here into a pure
-# wheel) and more-itertools; pydantic and its parts (medusa.params); soundfile with cffi and pycparser (it bundles
-# libsndfile); soxr (medusa.audio resamples with it); typing_extensions new enough for this pydantic.
+# wheel) and more-itertools; pydantic and its parts (medusa.config.params); soundfile with cffi and pycparser (it bundles
+# libsndfile); soxr (medusa.data.audio resamples with it); typing_extensions new enough for this pydantic.
 WHEELS=(pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
         typing_extensions==4.16.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0 more-itertools==11.2.1)
 WHISPER=openai-whisper==20250625

@@ -7,7 +7,7 @@
 
 Run from the repository root after `dvc repro` (it reads work/manifest.parquet and work/features, and never writes
 there). For every variant of the data, training-set size, member and change of the training settings it trains
-the member (`medusa.members.train_member`) and reads the test balanced macro-F1 (95 % interval) of the member and
+the member (`medusa.model.members.train_member`) and reads the test balanced macro-F1 (95 % interval) of the member and
 of its own linear probe (logistic regression on the member's mean-pooled, standardised features). Causes it
 separates:
 
@@ -112,10 +112,10 @@ def digest(obj: Any) -> str:
 
 
 def store_fingerprint(root: Path) -> str:
-    """The identity of the finished store at `root` (medusa.training.store_identity: meta.json, index.parquet, and
+    """The identity of the finished store at `root` (medusa.model.training.store_identity: meta.json, index.parquet, and
     the frames file's size and mtime, the rule checkpoints are resumed by), shortened."""
-    from medusa.feature_store import FeatureStore
-    from medusa.training import store_identity
+    from medusa.features.store import FeatureStore
+    from medusa.model.training import store_identity
 
     return store_identity(FeatureStore(root))[:12]
 
@@ -142,7 +142,7 @@ def link_store(src: Path, dst: Path) -> None:
 
 def write_store(dst: Path, dim: int, meta: dict[str, Any], items: Any) -> None:
     """A store at `dst` from (utt_id, frames) items, replacing whatever is there (a stale build)."""
-    from medusa.feature_store import FeatureStoreWriter, partial_dir
+    from medusa.features.store import FeatureStoreWriter, partial_dir
 
     if dst.is_symlink() or dst.is_file():
         dst.unlink()
@@ -156,7 +156,7 @@ def write_store(dst: Path, dim: int, meta: dict[str, Any], items: Any) -> None:
 
 def built(dst: Path, recipe: str) -> bool:
     """True if `dst` is a finished store built from `recipe` (the fingerprint kept in its meta)."""
-    from medusa.feature_store import is_store
+    from medusa.features.store import is_store
 
     if dst.is_symlink() or not is_store(dst):
         return False
@@ -227,7 +227,7 @@ def _store_stats(store: Any) -> dict[str, np.ndarray]:
 
 def build_scales(manifest: pd.DataFrame, src_root: Path, work: Path, encoders: list[str],
                  members: dict[str, dict[str, Any]], seed: int) -> VariantData:
-    from medusa.feature_store import FeatureStore
+    from medusa.features.store import FeatureStore
 
     root = work / "variants" / "scales"
     prints = {}
@@ -390,7 +390,7 @@ class Job:
     change: str
     seed: int
     overrides: dict[str, Any]
-    spec: Any                      # medusa.members.MemberSpec
+    spec: Any                      # medusa.model.members.MemberSpec
     manifest: pd.DataFrame
     features_root: Path
     result_path: Path
@@ -431,7 +431,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train one member (train_member fits its probe too), write the result JSON with both test scores; also
     returned.
     An exception is recorded as the result (same inputs, same failure: not retried unless --retry-failed)."""
-    from medusa import members
+    from medusa.model import members
     from medusa.io import write_json
 
     job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -475,8 +475,8 @@ def _run_in_worker(job: Job) -> dict[str, Any]:
 
 def plan_jobs(args: argparse.Namespace, params: Any, manifest: pd.DataFrame, src_root: Path, work: Path
               ) -> tuple[list[Job], dict[str, VariantData], dict[str, dict[str, Any] | None]]:
-    from medusa.feature_store import FeatureStore
-    from medusa.members import resolve_member, store_dims
+    from medusa.features.store import FeatureStore
+    from medusa.model.members import resolve_member, store_dims
 
     changes_given = parse_changes(args.changes) if args.changes else None
     all_changes = {**CHANGES, **(changes_given or {})}
@@ -704,7 +704,7 @@ def report_section(frame: pd.DataFrame, variants: dict[str, VariantData], comman
     import torch
 
     from _common import device_name
-    from medusa.batches import pick_device
+    from medusa.features.batches import pick_device
 
     t = params.train
     about = "; ".join(f"`{v.name}`: {v.about}" for v in variants.values())
@@ -770,7 +770,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from medusa.params import load_params
+    from medusa.config.params import load_params
 
     for path in (args.manifest, args.features):
         if not path.exists():

@@ -4,7 +4,7 @@
                                  [--report reports/benchmarks.md] [--repeats 1] [--threads T]
 
 The first N audio files of the folder (sorted, subfolders included, as `medusa predict FOLDER` lists them) are
-scored through `medusa.predict.Predictor` after a warm-up call on a few of them:
+scored through `medusa.serving.predict.Predictor` after a warm-up call on a few of them:
 
 * batched: one `predict_files` call over the N files, with the default batch size;
 * one at a time: N `predict_files` calls of one file each, with batch size 1.
@@ -38,9 +38,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from medusa.batches import pick_device  # noqa: E402
+from medusa.features.batches import pick_device  # noqa: E402
 from medusa.labels import target_columns  # noqa: E402
-from medusa.predict import DEFAULT_BATCH_SIZE, Predictor, expand_inputs  # noqa: E402
+from medusa.serving.predict import DEFAULT_BATCH_SIZE, Predictor, expand_inputs  # noqa: E402
 
 from _common import busy, cpu_memory_method, device_name, load_average, measure, write_section  # noqa: E402
 

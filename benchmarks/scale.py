@@ -7,18 +7,18 @@ For each corpus size N, a synthetic corpus in the MSP-Podcast challenge layout (
 Labels/labels_detailed.csv, Transcripts/, Audios/) goes through the pipeline's own non-neural code, step by step,
 each step timed with its peak memory (benchmarks/_common.measure, plus a sampled peak of anonymous memory):
 
-1. manifest: medusa.corpora.manifest.prepare_corpus with configs/paper.yaml's `prepare` section and the audio check
+1. manifest: medusa.data.corpora.manifest.prepare_corpus with configs/paper.yaml's `prepare` section and the audio check
    on (check_audio=True): every wav header is read. The wav files are sparse: a real 44-byte PCM16 header declaring
    the clip's samples, the data a hole (the file has its full size and no disk blocks), so the headers, sizes and
    durations are those of real clips.
 2. feature stores: the stores of Table 1's model 2 (WavLM + HuBERT + RoBERTa), written with FeatureStoreWriter the
-   way medusa.extract writes them (work list in utt_id order, length batches of the paper's encoder settings, a
+   way medusa.features.extract writes them (work list in utt_id order, length batches of the paper's encoder settings, a
    flush per batch), at 50 frames per second of each clip (audio) and 1.3 tokens per word + 2 special tokens (text), at a reduced dim (`--dim`, default 16) instead of 1024; then opened (FeatureStore).
 3. FeatureDataset over the train rows and the three stores (pool 1 each: the paper preset's `pool: {}`), one stage-1
-   epoch of training batches (medusa.training._epoch_batches: the loop's own bucketed sampler, batch 16, and
+   epoch of training batches (medusa.model.training._epoch_batches: the loop's own bucketed sampler, batch 16, and
    FeatureDataset.batch for every batch: arrays, masks, tensors; no model), and the per-epoch evaluation's loading
-   (medusa.training.predict over dev and test, batch 64, with a model that returns zeros).
-4. the ensemble (notebook 05's calls): medusa.ensemble.run_subset for the subsets all 14 / top-7 / top-5 with the
+   (medusa.model.training.predict over dev and test, batch 64, with a model that returns zeros).
+4. the ensemble (notebook 05's calls): medusa.ensemble.meta.run_subset for the subsets all 14 / top-7 / top-5 with the
    preset's `ensemble` section (6 seeds, 30 epochs, batch 128; the probes passed, as the notebook does, so each
    subset also trains the other include_probes soup: 12 meta-classifiers per subset), ensemble_posteriors of the
    soup, then technique_table (Table 3) with report.bootstrap resamples, on synthetic posteriors of 14 members and
@@ -65,15 +65,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from medusa import ablation, ensemble, members, reports  # noqa: E402
-from medusa.batches import length_batches  # noqa: E402
-from medusa.corpora.manifest import prepare_corpus  # noqa: E402
-from medusa.dataset import PREFETCH_BATCHES, PREFETCH_THREADS, FeatureDataset  # noqa: E402
-from medusa.feature_store import DTYPE, FRAMES_FILE, FeatureStore, FeatureStoreWriter  # noqa: E402
+from medusa.reporting import ablation, reports  # noqa: E402
+from medusa.ensemble import meta as ensemble
+from medusa.model import members
+from medusa.features.batches import length_batches  # noqa: E402
+from medusa.data.corpora.manifest import prepare_corpus  # noqa: E402
+from medusa.model.dataset import PREFETCH_BATCHES, PREFETCH_THREADS, FeatureDataset  # noqa: E402
+from medusa.features.store import DTYPE, FRAMES_FILE, FeatureStore, FeatureStoreWriter  # noqa: E402
 from medusa.labels import ATTRIBUTES, CODES, EMOTION_OF, target_columns  # noqa: E402
-from medusa.metrics import balanced_macro_f1, run_classes  # noqa: E402
-from medusa.params import REFERENCE_VARIANT, Params, PrepareParams, load_params  # noqa: E402
-from medusa.training import TrainConfig, _epoch_batches, predict  # noqa: E402
+from medusa.scoring.metrics import balanced_macro_f1, run_classes  # noqa: E402
+from medusa.config.params import REFERENCE_VARIANT, Params, PrepareParams, load_params  # noqa: E402
+from medusa.model.training import TrainConfig, _epoch_batches, predict  # noqa: E402
 
 from _common import busy, cpu_memory_method, device_name, load_average, measure, write_section  # noqa: E402
 
@@ -341,7 +343,7 @@ class StorePlan:
 
 
 def plan_store(key: str, items: pd.DataFrame, params: Params, rng: np.random.Generator) -> StorePlan:
-    """medusa.extract's plan for the encoder `key`: items in utt_id order, audio batched by duration (batch_size,
+    """medusa.features.extract's plan for the encoder `key`: items in utt_id order, audio batched by duration (batch_size,
     batch_seconds of the preset), text by transcript length (as plan_batches)."""
     items = items.sort_values("utt_id").reset_index(drop=True)
     ids = list(items["utt_id"])
@@ -357,7 +359,7 @@ def plan_store(key: str, items: pd.DataFrame, params: Params, rng: np.random.Gen
 
 
 def write_store(root: Path, plan: StorePlan, pool: np.ndarray) -> None:
-    """The I/O of medusa.extract.extract_to_store with the encoder left out: add each batch's utterances (float32
+    """The I/O of medusa.features.extract.extract_to_store with the encoder left out: add each batch's utterances (float32
     frames, made float16 by the writer), flush after every batch."""
     with FeatureStoreWriter(root, pool.shape[1], {"family": plan.key, "model": "synthetic"}) as writer:
         for batch in plan.batches:
@@ -376,7 +378,7 @@ def frame_pool(dim: int, longest: int, seed: int) -> np.ndarray:
 
 
 class ZeroModel(torch.nn.Module):
-    """Stands in for DeepSER in medusa.training.predict: records each batch's shape and returns zeros."""
+    """Stands in for DeepSER in medusa.model.training.predict: records each batch's shape and returns zeros."""
 
     def __init__(self, n_classes: int):
         super().__init__()
@@ -401,7 +403,7 @@ def load_batches(data: FeatureDataset, batches: list[np.ndarray]) -> list[tuple[
 
 def deepser_forward_flops(batch: int, frames: list[int], dims: list[int], hidden: int, layers: int, ff_mult: int,
                           n_outputs: int) -> float:
-    """Forward FLOPs (2 per multiply-add) of DeepSER with deep fusion on one padded batch (medusa.deepser): per
+    """Forward FLOPs (2 per multiply-add) of DeepSER with deep fusion on one padded batch (medusa.model.deepser): per
     modality an ENC (input MLP d_in->h->h, `layers` transformer layers) over its padded frames; fusion 1 over their
     concatenation, fusion 2 over twice that; the fusion and head layers. A transformer layer costs per frame
     (4 + 2 ff_mult) h^2 multiply-adds in its projections and 2 T h in attention over T frames (key padding is
@@ -797,13 +799,13 @@ def report_section(args: argparse.Namespace, argv: list[str], rows: list[StepRow
         f"- Stores: WavLM and HuBERT at {AUDIO_FPS} frames per second of each clip, RoBERTa at {TOKENS_PER_WORD:g} "
         f"tokens per word + {SPECIAL_TOKENS}, **at dim {args.dim} instead of 1024** (the frame counts are the real "
         "ones; bytes, and the time of moving them, scale with the dim: see the full-dim check below); written as "
-        "`medusa.extract` writes them (utt_id order, length batches of the preset's encoder settings, a flush per "
+        "`medusa.features.extract` writes them (utt_id order, length batches of the preset's encoder settings, a flush per "
         "batch; the writer keeps the frames in add order and never rewrites them), with the encoder left out. Every store holds every utterance of the manifest.",
         f"- Dataset and epoch: `FeatureDataset` over the train rows of {len(MODEL)} stores (Table 1's model 2, "
         f"{' + '.join(MODEL)}; pool 1, the preset's `pool: {{}}`); one stage-1 epoch = "
-        f"`medusa.training._epoch_batches` (the loop's bucketed sampler, batch {t.batch_size}) and "
+        f"`medusa.model.training._epoch_batches` (the loop's bucketed sampler, batch {t.batch_size}) and "
         "`FeatureDataset.batch` for every batch (arrays, masks, torch tensors), no model; the evaluation every epoch "
-        f"runs (`medusa.training.predict` over dev and test, batch {4 * t.batch_size}) with a model that returns "
+        f"runs (`medusa.model.training.predict` over dev and test, batch {4 * t.batch_size}) with a model that returns "
         "zeros.",
         f"- Ensemble: synthetic posteriors of {len(params.models)} members and their probes for every dev, test and "
         f"blind utterance (softmax of N(0, 1) logits plus a per-member bonus on the consensus class); notebook 05's "

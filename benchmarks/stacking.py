@@ -10,10 +10,10 @@ subsets of dev and scored on the whole test split:
 * class-skewed subsets of `--skewed` clips: class shares halving from class to class in a seeded random order, so
   that one class dominates and the rarest have 2 clips each (the shape of a derived dev split on a corpus whose
   speakers each speak one emotion; a dev set that lacks a class altogether makes the anchored form keep soft
-  voting by rule, medusa.ensemble.choose_stage3, so it is not measured here);
+  voting by rule, medusa.ensemble.meta.choose_stage3, so it is not measured here);
 * the whole dev split once.
 
-For each subset, the run's `ensemble` params train MEDUSA as the pipeline does (medusa.ensemble.run_subset over
+For each subset, the run's `ensemble` params train MEDUSA as the pipeline does (medusa.ensemble.meta.run_subset over
 every member, the params' seeds; the probes are left out): the voting-anchored soup (its penalty or soft voting
 chosen by cross-validation within the subset) and its single meta-classifier (the first seed), the paper's soup,
 soft and majority voting, and the best member by the subset's own dev score. Every technique is scored by test balanced macro-F1;
@@ -41,11 +41,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from medusa import ensemble  # noqa: E402
+from medusa.ensemble import meta as ensemble  # noqa: E402
 from medusa.io import write_json  # noqa: E402
-from medusa.metrics import (balanced_macro_f1, bootstrap_macro_f1, percentile_interval, run_classes,  # noqa: E402
+from medusa.scoring.metrics import (balanced_macro_f1, bootstrap_macro_f1, percentile_interval, run_classes,  # noqa: E402
                             stratified_bootstrap_indices)
-from medusa.params import load_params  # noqa: E402
+from medusa.config.params import load_params  # noqa: E402
 
 from _common import busy, device_name, load_average, write_section  # noqa: E402
 

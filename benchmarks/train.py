@@ -4,14 +4,14 @@
                                [--mixes wavlm,hubert,roberta whisper,wavlm,modernbert]
                                [--ways ours,authors] [--out reports/benchmarks.md]
 
-Both ways train the same DeepSER (`medusa.deepser`, deep fusion, same initial weights) with the same loss and
-optimizer (`medusa.training.train_step`: AdamW, soft-target CE with stage-1 class weights + attribute MSE,
+Both ways train the same DeepSER (`medusa.model.deepser`, deep fusion, same initial weights) with the same loss and
+optimizer (`medusa.model.training.train_step`: AdamW, soft-target CE with stage-1 class weights + attribute MSE,
 Manifold MixUp p 0.3, gradient clipping) for the same number of optimizer steps, on the same synthetic frame
 features (one set of arrays per utterance and feature, written once in each way's format):
 
-* ours: the features in float16 feature stores (`medusa.feature_store.FeatureStoreWriter`), read through
-  `medusa.dataset.FeatureDataset` (memmap, per-batch padding, key-padding masks, masked pooling), batches from
-  `medusa.dataset.bucketed` (length buckets), bf16 autocast on GPU (`TrainConfig.amp`).
+* ours: the features in float16 feature stores (`medusa.features.store.FeatureStoreWriter`), read through
+  `medusa.model.dataset.FeatureDataset` (memmap, per-batch padding, key-padding masks, masked pooling), batches from
+  `medusa.model.dataset.bucketed` (length buckets), bf16 autocast on GPU (`TrainConfig.amp`).
 * the authors' way (re-implemented from the paper's description): one float32 `.npy` file per utterance and
   feature, `np.load`ed for every sample of every step, batches in random order (no length buckets), every
   feature zero-padded to the longest in the batch and no masks (all-True masks: padding frames are attended to
@@ -53,13 +53,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from medusa.batches import pick_device  # noqa: E402
-from medusa.dataset import Batch, FeatureDataset, bucketed, scale_attributes  # noqa: E402
-from medusa.deepser import DeepSER, DeepSERConfig, count_parameters  # noqa: E402
-from medusa.feature_store import FeatureStore, FeatureStoreWriter  # noqa: E402
+from medusa.features.batches import pick_device  # noqa: E402
+from medusa.model.dataset import Batch, FeatureDataset, bucketed, scale_attributes  # noqa: E402
+from medusa.model.deepser import DeepSER, DeepSERConfig, count_parameters  # noqa: E402
+from medusa.features.store import FeatureStore, FeatureStoreWriter  # noqa: E402
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, class_weights  # noqa: E402
-from medusa.params import load_params  # noqa: E402
-from medusa.training import TrainConfig, train_step  # noqa: E402
+from medusa.config.params import load_params  # noqa: E402
+from medusa.model.training import TrainConfig, train_step  # noqa: E402
 
 from _common import (Measurement, busy, cpu_memory_method, device_name, load_average, measure,  # noqa: E402
                      write_section)
@@ -183,7 +183,7 @@ def forever(make_epoch: Callable[[], list[np.ndarray]]) -> Iterator[np.ndarray]:
 
 def new_model(model_cfg: DeepSERConfig, seed: int, device: torch.device,
               train_cfg: TrainConfig) -> tuple[DeepSER, torch.optim.Optimizer]:
-    """The same initial weights for both ways (seeded), and the optimizer medusa.training uses."""
+    """The same initial weights for both ways (seeded), and the optimizer medusa.model.training uses."""
     torch.manual_seed(seed)
     model = DeepSER(model_cfg).to(device)
     model.train()
@@ -349,7 +349,7 @@ def bench_mix(mix: str, size: Size, args: argparse.Namespace, device: torch.devi
     rows, durations = make_rows(size.utterances, args.seed)
     lengths = write_features(folder, rows, durations, features, size.audio_fps, args.seed)
     model_cfg = model_config(features, size)
-    # Stage 1's class weights from the soft-target mass, as medusa.training.train_deepser computes them.
+    # Stage 1's class weights from the soft-target mass, as medusa.model.training.train_deepser computes them.
     mass = np.nansum(rows[list(SOFT_TARGET_COLUMNS)].to_numpy(dtype=np.float64), axis=0)
     weights = torch.tensor(class_weights(mass), dtype=torch.float32, device=device)
 

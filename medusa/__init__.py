@@ -1,13 +1,13 @@
-"""MEDUSA speech emotion recognition. `from medusa import Predictor` (medusa.predict) is imported on first use, so
+"""MEDUSA speech emotion recognition. `from medusa import Predictor` (medusa.serving.predict) is imported on first use, so
 that `import medusa` stays light (no torch)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from medusa.predict import Predictor
+    from medusa.serving.predict import Predictor
 
-_LAZY = {"Predictor": "medusa.predict"}
+_LAZY = {"Predictor": "medusa.serving.predict"}
 
 __all__ = ["Predictor"]
 

@@ -2,21 +2,21 @@
 
     medusa demo-corpus OUT_DIR [--params params.yaml]   write the synthetic demo corpus (MSP-Podcast layout;
           [--manifest]                                  --manifest: also as a CSV manifest, OUT_DIR/manifest.csv)
-    medusa run NOTEBOOK --section NAME [--key KEY]      execute a stage notebook (see medusa.run)
+    medusa run NOTEBOOK --section NAME [--key KEY]      execute a stage notebook (see medusa.pipeline.run)
     medusa extract ENCODER --shard I/N                  extract one shard of an encoder's features (one machine
                                                         or GPU per shard), then
     medusa extract ENCODER --merge N                    join the N shards into work/features/ENCODER
     medusa predict BUNDLE PATH... [--out F]             emotion probabilities of audio files, folders or @lists
-          [--window S] [--hop S] [--batch-size N]       (any format, rate, length; medusa.predict) from a predict
+          [--window S] [--hop S] [--batch-size N]       (any format, rate, length; medusa.serving.predict) from a predict
           [--device D] [--cache-dir D]                  bundle; --out .csv/.json/.parquet; exit status 1 when a
           [--allow-version-mismatch]                    file could not be scored (its row says why); refuses
                                                         other library versions than those that made its features
                                                         unless allowed
     medusa submission BUNDLE CORPUS --out CSV           the bundle's predictions for an MSP-layout corpus's blind
-          [--device D] [--cache-dir D]                  files, as a submission CSV (medusa.submission)
+          [--device D] [--cache-dir D]                  files, as a submission CSV (medusa.serving.submission)
           [--allow-version-mismatch]
     medusa evaluate BUNDLE CORPUS [--label-map W=C ...] a bundle scored on another corpus's labelled rows (a CSV
-          [--splits S ...] [--out metrics.json]         manifest or an MSP-layout folder; medusa.evaluate)
+          [--splits S ...] [--out metrics.json]         manifest or an MSP-layout folder; medusa.serving.evaluate)
           [--figure confusion.png] [--predictions CSV]
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ import argparse
 import logging
 import sys
 
-from medusa.params import PARAMS_FILE, ParamsError, load_params
+from medusa.config.params import PARAMS_FILE, ParamsError, load_params
 
 
 def _demo_corpus(args: argparse.Namespace) -> int:
-    from medusa.corpora.demo import build_demo_corpus, tree_digest
+    from medusa.data.corpora.demo import build_demo_corpus, tree_digest
 
     params = load_params(args.params).demo_corpus
     counts = build_demo_corpus(args.out_dir, params)
@@ -38,7 +38,7 @@ def _demo_corpus(args: argparse.Namespace) -> int:
     if args.manifest:
         from pathlib import Path
 
-        from medusa.corpora.csv_manifest import write_manifest_csv
+        from medusa.data.corpora.csv_manifest import write_manifest_csv
 
         out = write_manifest_csv(args.out_dir, Path(args.out_dir) / "manifest.csv")
         print(f"wrote the CSV manifest {out} (prepare.corpus: {out})")
@@ -61,14 +61,14 @@ def _label_map(pairs: list[str]) -> dict[str, str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medusa import plots
-    from medusa.audio import AudioError
-    from medusa.batches import pick_device
-    from medusa.bundle import BundleError, load_bundle
-    from medusa.corpora.msp_podcast import CorpusError
-    from medusa.evaluate import evaluate
+    from medusa.reporting import plots
+    from medusa.data.audio import AudioError
+    from medusa.features.batches import pick_device
+    from medusa.serving.bundle import BundleError, load_bundle
+    from medusa.data.corpora.msp_podcast import CorpusError
+    from medusa.serving.evaluate import evaluate
     from medusa.io import write_json
-    from medusa.predict import write_predictions
+    from medusa.serving.predict import write_predictions
 
     label_map = _label_map(args.label_map)  # a mistyped code is reported before any model loads
     try:
@@ -108,10 +108,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from medusa import paths
-    from medusa.batches import pick_device
-    from medusa.encoders import build_encoder
-    from medusa.extract import extract_to_store, extraction_items, merge_shards
+    from medusa.config import paths
+    from medusa.features.batches import pick_device
+    from medusa.features.encoders import build_encoder
+    from medusa.features.extract import extract_to_store, extraction_items, merge_shards
 
     params = load_params(args.params)
     if args.encoder not in params.encoders:
@@ -169,9 +169,9 @@ def _prediction_table(frame, classes: tuple[str, ...], limit: int | None) -> str
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medusa.audio import AudioError
-    from medusa.bundle import BundleError
-    from medusa.predict import PredictError, Predictor, check_output_path, write_predictions
+    from medusa.data.audio import AudioError
+    from medusa.serving.bundle import BundleError
+    from medusa.serving.predict import PredictError, Predictor, check_output_path, write_predictions
 
     try:
         if args.out:
@@ -204,11 +204,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _submission(args: argparse.Namespace) -> int:
-    from medusa.audio import AudioError
-    from medusa.batches import pick_device
-    from medusa.bundle import BundleError, load_bundle
-    from medusa.corpora.msp_podcast import CorpusError
-    from medusa.submission import SubmissionError, blind_files, submission_from_bundle, write_submission
+    from medusa.data.audio import AudioError
+    from medusa.features.batches import pick_device
+    from medusa.serving.bundle import BundleError, load_bundle
+    from medusa.data.corpora.msp_podcast import CorpusError
+    from medusa.serving.submission import SubmissionError, blind_files, submission_from_bundle, write_submission
 
     try:
         bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
@@ -225,7 +225,7 @@ def _submission(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
-        from medusa.run import main as run_main
+        from medusa.pipeline.run import main as run_main
         return run_main(argv[1:])
     ap = argparse.ArgumentParser(prog="medusa", description="MEDUSA speech emotion recognition pipeline")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -26,7 +26,7 @@ def target_columns(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def classes_of(frame) -> tuple[str, ...]:
     """The run's classes recorded by a table (the manifest, a posteriors frame, a prediction): the codes whose
-    p_<code> column it holds, in CODES order. The manifest holds exactly the run's classes (medusa.corpora),
+    p_<code> column it holds, in CODES order. The manifest holds exactly the run's classes (medusa.data.corpora),
     so every later table and model follows it. ValueError if it holds none."""
     columns = set(getattr(frame, "columns", frame))
     found = tuple(c for c in CODES if f"p_{c}" in columns)

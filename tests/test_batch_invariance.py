@@ -14,9 +14,9 @@ import soundfile as sf
 import torch
 
 import tiny_models
-from medusa.encoders import build_encoder
-from medusa.extract import extract_to_store, merge_shards
-from medusa.feature_store import FeatureStore
+from medusa.features.encoders import build_encoder
+from medusa.features.extract import extract_to_store, merge_shards
+from medusa.features.store import FeatureStore
 
 CPU = torch.device("cpu")
 AUDIO = ["whisper", "wavlm", "hubert", "hubert-group", "wav2vec2-group", "egemaps"]
@@ -124,7 +124,7 @@ def digest(root) -> str:
 
 @pytest.mark.parametrize("name", AUDIO + TEXT)
 def test_one_or_three_shards_give_the_same_store_and_the_frames_of_each_clip_alone(paths, items, name, tmp_path):
-    from medusa.audio import load_audio
+    from medusa.data.audio import load_audio
 
     enc = encoder(paths, name)
     kw = dict(batch_size=3, batch_seconds=20.0, num_workers=0, device=CPU)

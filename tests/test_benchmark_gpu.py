@@ -49,7 +49,7 @@ def test_pipeline_budget_adds_every_stage(bench):
 
 
 def test_paper_runs_are_14_members_and_20_ablation_runs(bench, repo_root):
-    from medusa.params import load_params
+    from medusa.config.params import load_params
 
     runs = bench.paper_runs(load_params(repo_root / "configs" / "paper.yaml"))
     members = [r for r in runs if r.predict_all]
@@ -103,8 +103,8 @@ def one_thread():
 
 
 def test_openai_whisper_decodes_exactly_the_forced_lengths(bench, one_thread):
-    from medusa.asr import asr_batches
-    from medusa.standins import architectures
+    from medusa.features.asr import asr_batches
+    from medusa.pipeline.standins import architectures
 
     arch = next(a for a in architectures("tiny", whisper_decoder_layers=2) if a.key == "whisper")
     torch.manual_seed(0)
@@ -122,8 +122,8 @@ def test_openai_whisper_decodes_exactly_the_forced_lengths(bench, one_thread):
 
 
 def test_transformers_whisper_gets_the_same_weights_and_tokens(bench, one_thread):
-    from medusa.asr import asr_batches
-    from medusa.standins import architectures
+    from medusa.features.asr import asr_batches
+    from medusa.pipeline.standins import architectures
 
     assert (bench.hf_name("decoder.blocks.3.cross_attn.key.weight")
             == "model.decoder.layers.3.encoder_attn.k_proj.weight")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from medusa.feature_store import FeatureStore, FeatureStoreWriter
+from medusa.features.store import FeatureStore, FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def test_a_tiny_run_end_to_end_and_a_rerun_trains_nothing(bench, corpus, tmp_pat
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
-    monkeypatch.setattr("medusa.members.train_member", no_training)
+    monkeypatch.setattr("medusa.model.members.train_member", no_training)
     again = bench.main(argv)
     assert again["reused"].all() and not frame["reused"].any()
     assert again.drop(columns=["reused"]).equals(frame.drop(columns=["reused"]))  # the same numbers, read back

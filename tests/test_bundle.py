@@ -14,14 +14,15 @@ import torch
 from safetensors.torch import save_file
 
 from tiny_models import deepser_config, train_config
-from medusa import cli, ensemble
-from medusa.audio import AudioError, load_audio
-from medusa.baselines import LinearProbe, pooled_means
-from medusa.bundle import BundleError, load_bundle, save_bundle, stored_agreement
-from medusa.dataset import batch_from_arrays, unscale_attributes
-from medusa.deepser import DeepSER, DeepSERConfig
-from medusa.encoders.opensmile_lld import OpenSmileEncoder
-from medusa.ensemble import MetaClassifier, MetaConfig, Stacked, meta_predict
+from medusa import cli
+from medusa.ensemble import meta as ensemble
+from medusa.data.audio import AudioError, load_audio
+from medusa.model.linear_probe import LinearProbe, pooled_means
+from medusa.serving.bundle import BundleError, load_bundle, save_bundle, stored_agreement
+from medusa.model.dataset import batch_from_arrays, unscale_attributes
+from medusa.model.deepser import DeepSER, DeepSERConfig
+from medusa.features.encoders.opensmile_lld import OpenSmileEncoder
+from medusa.ensemble.meta import MetaClassifier, MetaConfig, Stacked, meta_predict
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, target_columns
 
 EGEMAPS_STORE = {"family": "opensmile", "feature_set": "eGeMAPSv02", "dim": 25, "kind": "audio", "frame_rate": 100.0}
@@ -231,9 +232,9 @@ def grid_bundle(tmp_path_factory):
     without a mask, as the base checkpoints are) and eGeMAPS, trained on stores made by the extract stage over
     nine wav files of 0.4-6.5 s; the bundle built from those stores' meta, as the bundle stage builds it."""
     import tiny_models
-    from medusa.encoders import build_encoder
-    from medusa.extract import extract_to_store
-    from medusa.feature_store import FeatureStore
+    from medusa.features.encoders import build_encoder
+    from medusa.features.extract import extract_to_store
+    from medusa.features.store import FeatureStore
 
     root = tmp_path_factory.mktemp("grid")
     params = {"whisper": {"family": "whisper", "model": tiny_models.whisper_checkpoint(root), "layers": [-1],
@@ -314,7 +315,7 @@ def test_other_library_versions_are_refused_unless_allowed(egemaps_bundle, tmp_p
     with pytest.raises(BundleError, match=rf"encoder 'egemaps': its features were made with opensmile 1\.0\.0, "
                                           rf"installed: {re.escape(installed)}(?s:.*)--allow-version-mismatch"):
         load_bundle(other)
-    with caplog.at_level("WARNING", logger="medusa.bundle"):
+    with caplog.at_level("WARNING", logger="medusa.serving.bundle"):
         assert load_bundle(other, allow_version_mismatch=True).member_names == ["e"]
     assert "opensmile 1.0.0" in caplog.text
     assert cli.main(["predict", str(other), str(wavs[0]), "--device", "cpu"]) == 1

@@ -1,4 +1,4 @@
-"""Posteriors against the annotators (medusa.calibration): JSD from the vote distributions, ECE, reliability,
+"""Posteriors against the annotators (medusa.scoring.calibration): JSD from the vote distributions, ECE, reliability,
 the calibration table on test, and the report's pieces built on them."""
 import matplotlib.pyplot as plt
 import numpy as np
@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from medusa import calibration, ensemble, plots, reports
+from medusa.scoring import calibration
+from medusa.ensemble import meta as ensemble
+from medusa.reporting import plots, reports
 from medusa.labels import ATTRIBUTES
 
 CLASSES = ("A", "S", "N")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tiny_models import deepser_config, train_config
-from medusa.deepser import DeepSER, DeepSERConfig, count_parameters, manifold_mixup, soft_cross_entropy
+from medusa.model.deepser import DeepSER, DeepSERConfig, count_parameters, manifold_mixup, soft_cross_entropy
 from medusa.labels import CODES, balanced_epoch, class_weights
 
 

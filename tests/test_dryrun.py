@@ -5,8 +5,8 @@ import pytest
 import torch
 import yaml
 
-from medusa.dryrun import OVERRIDE, PRESET, dry_run_params
-from medusa.params import ParamsError, merge_overrides
+from medusa.pipeline.dryrun import OVERRIDE, PRESET, dry_run_params
+from medusa.config.params import ParamsError, merge_overrides
 
 
 def test_merge_overrides_merges_mappings_and_replaces_everything_else():
@@ -50,8 +50,8 @@ def test_the_dry_run_keeps_the_presets_dag_and_recipe(repo_root):
 def test_tiny_standins_load_and_encode_like_the_real_checkpoints(tmp_path):
     """Each stand-in loads through build_encoder (and Whisper through the ASR's loader) with the structure of the
     checkpoint it stands for: an attention mask for WavLM/HuBERT-large, 128 mel bins for Whisper-large-v3."""
-    from medusa.encoders import build_encoder
-    from medusa.standins import architectures, save_standins
+    from medusa.features.encoders import build_encoder
+    from medusa.pipeline.standins import architectures, save_standins
 
     models = save_standins(tmp_path, size="tiny", seed=0)
     clip = (0.1 * np.sin(np.arange(16000 * 2) / 7.0)).astype(np.float32)

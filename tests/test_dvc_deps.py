@@ -1,6 +1,6 @@
 """dvc.yaml's deps cover every module a stage imports: a stage reruns when code it runs changes.
 
-The import closure of each stage starts at its command's module (`python -m medusa.run`) and at the `medusa`
+The import closure of each stage starts at its command's module (`python -m medusa.pipeline.run`) and at the `medusa`
 imports of its notebook's code cells, and follows every `import medusa...` / `from medusa... import ...` statement
 in the files reached (function-local imports included: a stage may call them; `if TYPE_CHECKING:` blocks left
 out: they never run). Every file of the closure must be a dep of the stage, or inside a folder that is one.
@@ -63,7 +63,7 @@ def stage_gaps(root: Path) -> dict[str, list[str]]:
     for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
         body = stage.get("do", stage)   # a foreach stage: its template
         deps = [d.rstrip("/") for d in body.get("deps", []) if isinstance(d, str) and "${" not in d]
-        roots = {"medusa.run"} if "medusa.run" in body["cmd"] else set()
+        roots = {"medusa.pipeline.run"} if "medusa.pipeline.run" in body["cmd"] else set()
         for notebook in (d for d in deps if d.endswith(".ipynb")):
             roots |= _imports(_notebook_code(root / notebook))
         closure = import_closure(root, roots)

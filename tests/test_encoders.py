@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medusa.encoders import EncoderWeightsError, build_encoder
+from medusa.features.encoders import EncoderWeightsError, build_encoder
 
 CPU = torch.device("cpu")
 SR = 16000
@@ -149,7 +149,7 @@ def test_egemaps_lld_rate_and_dim():
 
 
 def test_egemaps_threads_give_the_same_frames_as_one_thread():
-    from medusa.encoders.opensmile_lld import OpenSmileEncoder
+    from medusa.features.encoders.opensmile_lld import OpenSmileEncoder
 
     clips = [clip(0.5 + 0.25 * i, seed=i) for i in range(8)]
     parallel = OpenSmileEncoder("eGeMAPSv02", threads=2).encode(clips)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medusa import ensemble
+from medusa.ensemble import meta as ensemble
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, classes_of, target_columns
-from medusa.metrics import balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval, \
+from medusa.scoring.metrics import balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval, \
     stratified_bootstrap_indices
 
 
@@ -262,7 +262,7 @@ def test_a_dev_smaller_than_the_inputs_warns_and_stays_with_voting(caplog):
     members = [f"m{i}" for i in range(5)]                          # 5 x 8 = 40 inputs
     posteriors = {m: _posteriors(manifest, rng) for m in members}
     cfg = ensemble.MetaConfig(n_models=0, stage3="anchored", epochs=30, lr=1e-2)
-    with caplog.at_level("WARNING", logger="medusa.ensemble"):
+    with caplog.at_level("WARNING", logger="medusa.ensemble.meta"):
         result = ensemble.run_subset(posteriors, manifest, members, cfg, [0, 1], anchor_grid=[1.0, 0.01])
     assert "stage 3 trains on 30 scored dev clips but reads 40 inputs" in caplog.text
     assert result.stage3.warning and result.stage3.dev_rows == 30 and result.stage3.n_inputs == 40
@@ -380,7 +380,7 @@ def _distinct_stacked(n: int = 5, m: int = 3) -> ensemble.Stacked:
 @pytest.mark.parametrize("attributes_in", [False, True])
 @pytest.mark.parametrize("include_probes", [False, True])
 def test_stacking_width_and_order_follow_the_flags(attributes_in, include_probes):
-    from medusa.dataset import scale_attributes
+    from medusa.model.dataset import scale_attributes
 
     s = _distinct_stacked()
     n, m = s.probs.shape[:2]
@@ -532,7 +532,7 @@ def test_a_three_class_run_stacks_trains_and_predicts_over_its_classes():
     assert frame[list(ATTRIBUTES)].isna().all().all()
     weights = ensemble.member_class_weights(result.soup, ["a", "b"])
     assert list(weights.columns) == list(three) and list(weights.index) == ["a", "b", "a (probe)", "b (probe)"]
-    from medusa import reports
+    from medusa.reporting import reports
     votes = reports.vote_frames(posteriors, ["a", "b"])
     assert all([c for c in f.columns if c.startswith("p_")] == ["p_A", "p_S", "p_N"] for f in votes.values())
     assert list(reports.per_class_scores({"soup": frame})["soup"]) == list(three)
@@ -579,7 +579,7 @@ def test_table3_carries_the_techniques_posteriors_against_the_votes():
     mean = ensemble.stack(posteriors, "test").probs.mean(1)
     mean_frame = pd.DataFrame({"utt_id": result.test.utt_ids, "split": "test", "label": result.test.labels})
     mean_frame[list(SOFT_TARGET_COLUMNS)] = mean
-    from medusa.calibration import calibration_table
+    from medusa.scoring.calibration import calibration_table
     assert np.isclose(columns.loc["soft voting", "jsd_votes"],
                       calibration_table({"mean": mean_frame}, manifest).loc["mean", "jsd_votes"])
     table = ensemble.technique_table({"all": result}, bootstrap=100).merge(

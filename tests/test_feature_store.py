@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medusa.feature_store import (
+from medusa.features.store import (
     FRAMES_FILE,
     INDEX_FILE,
     JOURNAL_FILE,
@@ -229,7 +229,7 @@ def test_resume_with_other_settings_is_refused_or_restarted(tmp_path, caplog):
     # key order is irrelevant: same settings resume
     assert len(FeatureStoreWriter(root, DIM, dict(reversed(META.items())), inputs="list-1").done) == 1
     # the default: another work list discards the folder with a log line, and the work starts afresh
-    with caplog.at_level("WARNING", logger="medusa.feature_store"):
+    with caplog.at_level("WARNING", logger="medusa.features.store"):
         w = FeatureStoreWriter(root, DIM, META, inputs="list-2")
     assert len(w.done) == 0 and w.resumed == 0 and "other inputs" in caplog.text
     w.add("fresh", np.ones((2, DIM), np.float32))
@@ -381,7 +381,7 @@ def test_merge_into_the_folder_of_the_shards_replaces_them(tmp_path):
 def test_an_interrupted_merge_resumes_from_the_shards_it_has_not_consumed(tmp_path, monkeypatch):
     """In the shards' own folder the merge deletes each shard's frames once appended (at most one shard's size of
     extra disk); a merge that dies midway resumes with what is left and gives the bytes of an uninterrupted one."""
-    import medusa.feature_store as fs
+    import medusa.features.store as fs
 
     utts = make_utterances(n=40)
     by_id = dict(utts)
@@ -452,7 +452,7 @@ def test_a_close_that_dies_before_the_rename_is_resumed_in_add_order(tmp_path, m
     """A close() killed after it finalised the folder (index in utt_id order, writer.json gone) but before the rename:
     the next writer rebuilds its journal in frame order, takes more adds, and gives the bytes of a writer that
     added everything in one go, in the same order."""
-    import medusa.feature_store as fs
+    import medusa.features.store as fs
 
     utts = make_utterances(n=9, seed=5)   # shuffled: index order differs from frame order
     write_store(tmp_path / "ref", utts)
@@ -478,7 +478,7 @@ def test_a_close_that_dies_after_writer_json_keeps_the_store_when_the_inputs_mat
     rename used to discard the whole finished store (its fingerprint went with writer.json): now it outlives
     writer.json until the rename, so the next writer with the same inputs completes the store and one with other
     inputs discards it."""
-    import medusa.feature_store as fs
+    import medusa.features.store as fs
 
     from pathlib import Path
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from medusa import members
-from medusa.baselines import logistic_baseline
-from medusa.deepser import DeepSER, count_parameters
-from medusa.feature_store import FeatureStoreWriter
+from medusa.model import members
+from medusa.model.linear_probe import logistic_baseline
+from medusa.model.deepser import DeepSER, count_parameters
+from medusa.features.store import FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.params import ParamsError, load_params
+from medusa.config.params import ParamsError, load_params
 
 TRAIN = {"device": "cpu", "amp": True, "hidden": 16, "layers": 2, "heads": 2, "dropout": 0.1, "ff_mult": 2,
          "fusion": "deep", "targets": "soft", "pool": {"a": 2}, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01,
@@ -70,7 +70,7 @@ def test_resolve_applies_overrides_then_the_ablation_switch():
 
 
 def test_a_nested_override_merges_key_by_key_like_a_preset():
-    """One override rule everywhere (medusa.params.merge_overrides): `{pool: {a: 4}}` changes a's pooling and keeps
+    """One override rule everywhere (medusa.config.params.merge_overrides): `{pool: {a: 4}}` changes a's pooling and keeps
     b's, where replacing the whole mapping silently reset b's to 1 (a different, far costlier model)."""
     base = {**TRAIN, "pool": {"a": 2, "b": 3}}
     spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0, "overrides": {"pool": {"a": 4}}}, base,
@@ -148,21 +148,21 @@ def test_a_loaded_member_reproduces_its_posteriors(trained, corpus):
     model, config = members.load_member(out)
     assert config["encoders"] == ["a", "b"] and config["pools"] == [2, 1] and config["feature_stores"]["a"]["dim"] == 5
     data = members.split_datasets(spec, manifest, members.open_stores(spec.encoders, root))["test"]
-    from medusa.training import predict
+    from medusa.model.training import predict
     probs, _ = predict(model, data, 32, torch.device("cpu"))
     saved = pd.read_parquet(out / "posteriors.parquet").set_index("utt_id").loc[data.rows["utt_id"]]
     np.testing.assert_allclose(probs, saved[list(SOFT_TARGET_COLUMNS)].to_numpy(), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="not a trained member folder"):
         members.load_member(out.parent / "nothing")
     # the input standardisation travelled in the weights: the train split's pooled-frame statistics
-    from medusa.dataset import input_statistics
+    from medusa.model.dataset import input_statistics
     train = members.split_datasets(spec, manifest, members.open_stores(spec.encoders, root))["train"]
     for layer, (mean, scale) in zip(model.standardise, input_statistics(train)):
         np.testing.assert_allclose(layer.mean.numpy(), mean, rtol=1e-6)
         np.testing.assert_allclose(layer.scale.numpy(), scale, rtol=1e-6)
     assert not np.allclose(model.standardise[0].mean.numpy(), 0)
     # its probe reproduces its stored posteriors too
-    from medusa.baselines import LinearProbe, probe_posteriors
+    from medusa.model.linear_probe import LinearProbe, probe_posteriors
     probe = probe_posteriors(LinearProbe.load(out), manifest[manifest["split"] == "test"],
                              members.open_stores(spec.encoders, root))
     stored = pd.read_parquet(out / members.PROBE_POSTERIORS).query("split == 'test'")
@@ -213,7 +213,7 @@ def test_members_are_scored_over_the_run_classes(corpus):
     assert scores["classes"] == ["A", "S", "H", "N"] and list(scores["per_class_f1"]) == ["A", "S", "H", "N"]
     test = post[(post["split"] == "test") & post["label"].isin(["A", "S", "H", "N"])]
     assert scores["n"] == len(test)
-    from medusa.metrics import balanced_macro_f1
+    from medusa.scoring.metrics import balanced_macro_f1
     assert scores["balanced_macro_f1"] == pytest.approx(
         balanced_macro_f1(test["label"], members.predicted_labels(test), ("A", "S", "H", "N")))
     from sklearn.metrics import f1_score

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from medusa.labels import balanced_epoch
-from medusa.metrics import (accuracy, balanced_macro_f1, bootstrap_interval, bootstrap_macro_f1, ccc,
+from medusa.scoring.metrics import (accuracy, balanced_macro_f1, bootstrap_interval, bootstrap_macro_f1, ccc,
                             classification_scores, classes_of, macro_f1, per_class_f1, percentile_interval,
                             run_classes, stratified_bootstrap_indices)
 
@@ -159,7 +159,7 @@ def test_classification_scores_report_both_figures_with_intervals():
 
 
 def test_relative_change_on_hand_made_numbers():
-    from medusa.metrics import relative_change
+    from medusa.scoring.metrics import relative_change
     # Table 2 of the paper, average row: one-hot 0.389 against DeepSER 0.421
     assert relative_change(0.389, 0.421) == pytest.approx(-7.6010, abs=1e-4)
     assert relative_change(0.5, 0.4) == pytest.approx(25.0)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from medusa.audio import AudioError
-from medusa.corpora.manifest import build_manifest, speaker_disjoint_cut
-from medusa.corpora.msp_podcast import CorpusError, read_consensus, read_detailed
+from medusa.data.audio import AudioError
+from medusa.data.corpora.manifest import build_manifest, speaker_disjoint_cut
+from medusa.data.corpora.msp_podcast import CorpusError, read_consensus, read_detailed
 from medusa.labels import classes_of, target_columns
-from medusa.params import PrepareParams
+from medusa.config.params import PrepareParams
 
 # file, consensus, speaker, split set, votes (primary words)
 ROWS = [

@@ -16,17 +16,19 @@ import torch
 from safetensors.torch import load_file
 
 import tiny_models
-from medusa import cli, ensemble, members
-from medusa.asr import transcribe_manifest, wer_by_split
-from medusa.bundle import load_bundle, save_bundle
-from medusa.corpora.manifest import prepare_corpus
-from medusa.encoders import build_encoder
-from medusa.encoders.whisper import load_whisper
-from medusa.evaluate import evaluate
-from medusa.extract import extract_to_store, extraction_items
+from medusa import cli
+from medusa.ensemble import meta as ensemble
+from medusa.model import members
+from medusa.features.asr import transcribe_manifest, wer_by_split
+from medusa.serving.bundle import load_bundle, save_bundle
+from medusa.data.corpora.manifest import prepare_corpus
+from medusa.features.encoders import build_encoder
+from medusa.features.encoders.whisper import load_whisper
+from medusa.serving.evaluate import evaluate
+from medusa.features.extract import extract_to_store, extraction_items
 from medusa.labels import classes_of
-from medusa.params import PrepareParams
-from medusa.probes import egemaps_functionals, probe_sample, run_probes
+from medusa.config.params import PrepareParams
+from medusa.data.channel_probes import egemaps_functionals, probe_sample, run_probes
 
 CPU = torch.device("cpu")
 RATING = {"A": (6, 2, 6), "S": (2, 2, 2), "H": (5, 6, 5), "N": (4, 4, 4), "F": (6, 2, 2), "D": (4, 2, 5)}

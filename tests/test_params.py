@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from medusa.params import ParamsError, load_params, validate_params
+from medusa.config.params import ParamsError, load_params, validate_params
 
 
 @pytest.fixture()

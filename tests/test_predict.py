@@ -1,4 +1,4 @@
-"""medusa.predict and `medusa predict`: a bundle on audio as people have it (any format, rate, channels, length;
+"""medusa.serving.predict and `medusa predict`: a bundle on audio as people have it (any format, rate, channels, length;
 files, folders, @lists; bad files among good ones), with a tiny offline bundle of two eGeMAPS members (no ASR, no
 hub) whose meta-classifier also predicts attributes."""
 import json
@@ -14,17 +14,17 @@ import soundfile as sf
 
 from test_bundle import EGEMAPS, EGEMAPS_STORE, make_meta, write_member
 from medusa import cli
-from medusa.audio import read_any
-from medusa.bundle import BundleError, load_bundle, save_bundle
+from medusa.data.audio import read_any
+from medusa.serving.bundle import BundleError, load_bundle, save_bundle
 from medusa.labels import ATTRIBUTES, SOFT_TARGET_COLUMNS
-from medusa.predict import (SHORT_SECONDS, SILENCE_DBFS, PredictError, Predictor, expand_inputs, window_starts,
+from medusa.serving.predict import (SHORT_SECONDS, SILENCE_DBFS, PredictError, Predictor, expand_inputs, window_starts,
                             write_predictions)
 
 SR = 16000
 PROBS = list(SOFT_TARGET_COLUMNS)
 VALUES = PROBS + list(ATTRIBUTES)
 #: Two calls on the same clip that differ only in its batch-mates: the members' masked, length-sorted batches
-#: may round differently in float32 (medusa.bundle): measured up to 2e-6 on attributes near 1 (float32's spacing
+#: may round differently in float32 (medusa.serving.bundle): measured up to 2e-6 on attributes near 1 (float32's spacing
 #: there is 1.2e-7; a 150-step sequence's sums); anything that changes what a clip holds moves them by 1e-3 or more.
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -343,7 +343,7 @@ def test_a_files_row_does_not_depend_on_the_others(predictor, clips, tmp_path):
 
 def test_import_medusa_is_light_and_exports_the_predictor():
     code = ("import sys, medusa; assert 'torch' not in sys.modules, 'import medusa imported torch'; "
-            "from medusa import Predictor; import medusa.predict; assert Predictor is medusa.predict.Predictor")
+            "from medusa import Predictor; import medusa.serving.predict; assert Predictor is medusa.serving.predict.Predictor")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -351,7 +351,7 @@ def test_import_medusa_is_light_and_exports_the_predictor():
 def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monkeypatch, caplog):
     """A batch that fails on one clip's values is scored again clip by clip: only that clip (or window) gets the
     error; a bundle problem still stops the run."""
-    from medusa.bundle import Bundle
+    from medusa.serving.bundle import Bundle
 
     long = tmp_path / "long.wav"
     sf.write(long, voice(25.0, seed=22), SR, subtype="PCM_16")
@@ -366,7 +366,7 @@ def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monk
         return original(self, audios, names, *args, **kwargs)
 
     monkeypatch.setattr(Bundle, "predict_clips", refusing)
-    with caplog.at_level("WARNING", logger="medusa.predict"):
+    with caplog.at_level("WARNING", logger="medusa.serving.predict"):
         frame = predictor.predict_files(files, window=10, progress=False)
     assert "scoring them one at a time" in caplog.text
     assert frame["error"].notna().tolist() == [False, True, True, False, True, False, False]
@@ -387,7 +387,7 @@ def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monk
 
 
 def test_cli_submission(bundle_path, tmp_path, capsys):
-    pytest.importorskip("medusa.submission")
+    pytest.importorskip("medusa.serving.submission")
     from test_submission import ALL_BLIND, write_blind_corpus
 
     corpus = write_blind_corpus(tmp_path / "corpus")

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medusa import ablation, ensemble, reports
+from medusa.reporting import ablation, reports
+from medusa.ensemble import meta as ensemble
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.metrics import (balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval, relative_change,
+from medusa.scoring.metrics import (balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval, relative_change,
                             stratified_bootstrap_indices)
-from medusa.params import REFERENCE_VARIANT
+from medusa.config.params import REFERENCE_VARIANT
 
 # an imbalanced test split (like a real one): plain and balanced macro-F1 disagree on it
 TRUTH = np.array(list("N" * 40 + "A" * 12 + "S" * 8))
@@ -182,7 +183,7 @@ def test_per_class_scores_cover_the_run_classes():
     assert list(scores) == ["A", "S", "N"] and np.isnan(scores["S"])
     assert scores["A"] == pytest.approx(2 / 3) and scores["N"] == pytest.approx(2 / 3)
     # the figures show those 3 classes, not 8
-    from medusa import plots
+    from medusa.reporting import plots
     heatmap = plots.per_class_f1_heatmap({"m": scores, "n": {"A": 0.5, "S": 0.1, "N": 0.2}})
     assert [t.get_text() for t in heatmap.axes[0].get_xticklabels()] == ["A", "S", "N"]
     bars = plots.per_class_f1({"m": scores})
@@ -218,7 +219,7 @@ def test_table1_and_report_json_carry_the_calibration_against_the_votes(tmp_path
     _member(tmp_path / "b", 0.45, 0.35, 0.55, 0.66, 0.75, 0.35)
     rows = reports.member_rows(["a", "b"], {"a": {"encoders": ["w"], "seed": 0}, "b": {"encoders": ["e"], "seed": 1}},
                                tmp_path)
-    # medusa.calibration.calibration_table's columns, with a system Table 1 does not show
+    # medusa.scoring.calibration.calibration_table's columns, with a system Table 1 does not show
     scores = pd.DataFrame({"n": 60, "n_votes": 40, "jsd_votes": [0.20, 0.30, 0.10, 0.50],
                            "brier_votes": [0.3, 0.4, 0.2, 0.6], "ece": [0.10, 0.04, 0.02, 0.30],
                            "accuracy": 0.6, "confidence": 0.7},

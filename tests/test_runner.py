@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from medusa.run import NotebookError, execute_notebook, stage_parameters
+from medusa.pipeline.run import NotebookError, execute_notebook, stage_parameters
 
 
 def make_notebook(path, cells, tag_parameters=True):
@@ -71,7 +71,7 @@ def test_cli_reads_params_section_and_exits_nonzero_on_failure(tmp_path, repo_ro
     declared = "\n".join(f"{k} = None" for k in params["prepare"])  # the section's keys, as 01_prepare has
     nb = make_notebook(tmp_path / "nb.ipynb", [declared, "assert isinstance(train_sets, list), train_sets\n"
                                                          "raise FileNotFoundError(corpus)"])
-    proc = subprocess.run([sys.executable, "-m", "medusa.run", str(nb), "--section", "prepare",
+    proc = subprocess.run([sys.executable, "-m", "medusa.pipeline.run", str(nb), "--section", "prepare",
                            "--params", str(tmp_path / "params.yaml"), "--out-dir", str(tmp_path / "o"),
                            "--html-dir", str(tmp_path / "h")], capture_output=True, text=True)
     assert proc.returncode == 1
@@ -100,7 +100,7 @@ def test_parameters_the_notebook_does_not_declare_are_refused(tmp_path):
 
 def test_cli_with_the_wrong_section_exits_nonzero(tmp_path, repo_root):
     out = tmp_path / "o"
-    proc = subprocess.run([sys.executable, "-m", "medusa.run", str(repo_root / "notebooks" / "02_transcribe.ipynb"),
+    proc = subprocess.run([sys.executable, "-m", "medusa.pipeline.run", str(repo_root / "notebooks" / "02_transcribe.ipynb"),
                            "--section", "prepare", "--params", str(repo_root / "params.yaml"), "--out-dir", str(out),
                            "--html-dir", str(tmp_path / "h")], capture_output=True, text=True, cwd=repo_root)
     assert proc.returncode == 1
@@ -114,7 +114,7 @@ def test_every_stage_passes_exactly_what_its_notebook_declares(repo_root):
 
     import papermill
 
-    from medusa.run import check_parameters
+    from medusa.pipeline.run import check_parameters
 
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((repo_root / "params.yaml").read_text())

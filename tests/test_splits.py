@@ -1,4 +1,4 @@
-"""Derived splits that hold every class (medusa.corpora.splits): on a corpus whose speakers mostly speak one
+"""Derived splits that hold every class (medusa.data.corpora.splits): on a corpus whose speakers mostly speak one
 emotion, a single StratifiedGroupKFold draw leaves a class out of dev or test; the search finds speaker-disjoint
 splits holding all of them, stops where none can exist, and prepare records how it found them."""
 import logging
@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medusa.corpora.manifest import prepare_corpus
-from medusa.corpora.msp_podcast import CorpusError
-from medusa.corpora.splits import _one_fold, class_table, search_splits, speaker_disjoint_cut, stratified_speaker_split
+from medusa.data.corpora.manifest import prepare_corpus
+from medusa.data.corpora.msp_podcast import CorpusError
+from medusa.data.corpora.splits import _one_fold, class_table, search_splits, speaker_disjoint_cut, stratified_speaker_split
 from test_csv_manifest import HEADER, prepare_params, tone, write_csv
 
 FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
@@ -104,7 +104,7 @@ def test_a_class_with_fewer_speakers_than_splits_stops_or_is_kept_with_a_warning
     found = search_splits(labels, speakers, FRACTIONS, seed=0, draws=50, classes=["A", "H", "N"])
     assert found.record["classes"] == ["A", "H", "N"] and found.record["empty_cells"] == 0
 
-    with caplog.at_level(logging.WARNING, logger="medusa.corpora.splits"):
+    with caplog.at_level(logging.WARNING, logger="medusa.data.corpora.splits"):
         found = search_splits(labels, speakers, FRACTIONS, seed=0, draws=50, allow_uncovered=True)
     assert "allow_uncovered_classes" in caplog.text and "lacks S" in caplog.text
     table = counts(found.splits, labels)
@@ -155,7 +155,7 @@ def test_prepare_records_the_search_and_the_class_table_shows_it(tmp_path):
 def test_the_search_params_are_validated_and_named(repo_root):
     import yaml
 
-    from medusa.params import ParamsError, validate_params
+    from medusa.config.params import ParamsError, validate_params
 
     raw = yaml.safe_load((repo_root / "params.yaml").read_text())
     assert validate_params(raw).prepare.split_draws >= 1

@@ -11,10 +11,10 @@ import torch
 from test_bundle import egemaps_bundle, write_member  # noqa: F401  (the eGeMAPS-only bundle fixture)
 from test_bundle import EGEMAPS, EGEMAPS_STORE
 from test_msp_podcast import BLIND, build, params, write_corpus
-from medusa.bundle import load_bundle, save_bundle
-from medusa.ensemble import MetaClassifier, MetaConfig
+from medusa.serving.bundle import load_bundle, save_bundle
+from medusa.ensemble.meta import MetaClassifier, MetaConfig
 from medusa.labels import CODES, target_columns
-from medusa.submission import (SubmissionError, blind_files, submission_frame, submission_from_bundle,
+from medusa.serving.submission import (SubmissionError, blind_files, submission_frame, submission_from_bundle,
                                submission_from_posteriors, validate_submission, write_submission)
 
 EXTRA_BLIND = ["MSP-PODCAST_test3_0003.wav", "MSP-PODCAST_test3_0002.wav"]

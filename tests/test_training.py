@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from tiny_models import deepser_config, train_config
-from medusa import training
-from medusa.dataset import FeatureDataset, pool_frames
-from medusa.deepser import DeepSER, DeepSERConfig
-from medusa.feature_store import RESERVED_META_KEYS, FeatureStore, FeatureStoreWriter
+from medusa.model import training
+from medusa.model.dataset import FeatureDataset, pool_frames
+from medusa.model.deepser import DeepSER, DeepSERConfig
+from medusa.features.store import RESERVED_META_KEYS, FeatureStore, FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.training import (NonFiniteLossError, _epoch_rows, _stage1_rows, _stage2_pool, predict,
+from medusa.model.training import (NonFiniteLossError, _epoch_rows, _stage1_rows, _stage2_pool, predict,
                              train_deepser, train_step, training_rows)
 
 CPU = torch.device("cpu")
@@ -79,14 +79,14 @@ def test_same_seed_same_weights(problem):
 def test_prefetching_batches_changes_nothing(problem, monkeypatch):
     """Batches loaded ahead in threads (FeatureDataset.batches) are the batches loaded in line: the same weights,
     history and predictions."""
-    import medusa.dataset
-    from medusa.training import predict
+    import medusa.model.dataset
+    from medusa.model.training import predict
 
     train, dev = problem
     cfg = train_config(batch_size=8, lr=1e-3, stage1_epochs=2, stage2_epochs=1, seed=3)
     runs = []
-    for ahead in (medusa.dataset.PREFETCH_BATCHES, 0):
-        monkeypatch.setattr(medusa.dataset, "PREFETCH_BATCHES", ahead)
+    for ahead in (medusa.model.dataset.PREFETCH_BATCHES, 0):
+        monkeypatch.setattr(medusa.model.dataset, "PREFETCH_BATCHES", ahead)
         trained, history, _ = train_deepser(model(), train, dev, cfg, CPU)
         runs.append((trained.state_dict(), history, predict(trained, dev, 5, CPU)[0]))
     (wa, ha, pa), (wb, hb, pb) = runs
@@ -266,7 +266,7 @@ def test_a_checkpoint_is_not_resumed_after_a_manifest_or_store_change(problem, t
     """A checkpoint made from other targets (a manifest whose labels changed, same utterances) or from another
     feature store (re-extracted: same utterances, same lengths, other frames) starts afresh; a store rewritten
     with the same bytes still resumes (the identity is the content, not the file's age)."""
-    caplog.set_level(logging.INFO, logger="medusa.training")
+    caplog.set_level(logging.INFO, logger="medusa.model.training")
     train0, dev0 = problem
     stores = _copy_stores(problem, tmp_path)
     make = lambda rows: FeatureDataset(rows, stores, [1, 1])  # noqa: E731
@@ -422,7 +422,7 @@ def test_targets_weights_and_balanced_draws_follow_the_run_classes(problem):
 def test_rows_without_attribute_ratings_add_no_attribute_loss(problem):
     """All attributes NaN (a corpus without ratings): the MSE term reads no row, so the loss is the weighted
     cross-entropy alone, exactly as with mse_weight 0; nothing stands in for the missing ratings."""
-    from medusa.training import batch_loss
+    from medusa.model.training import batch_loss
 
     train, _ = problem
     unrated = FeatureDataset(train.rows.assign(**{a: np.nan for a in ATTRIBUTES}), train.stores, [1, 1])

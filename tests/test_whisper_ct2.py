@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from medusa import whisper_ct2
-from medusa.whisper_ct2 import (DEMO_WHISPER_MODELS, CT2FormatError, ct2_to_whisper_state_dict, convert_ct2,
+from medusa.features import whisper_ct2
+from medusa.features.whisper_ct2 import (DEMO_WHISPER_MODELS, CT2FormatError, ct2_to_whisper_state_dict, convert_ct2,
                                 demo_whisper_checkpoint, read_ct2_model)
 
 whisper = pytest.importorskip("whisper", reason="openai-whisper is not installed (pip install openai-whisper)")
@@ -291,7 +291,7 @@ SENTENCES = [("Please open the window and close the door.", {"please", "open", "
 def speech() -> list[np.ndarray]:
     from scipy.signal import resample_poly
 
-    from medusa.corpora.espeak import SynthRequest, synthesize_batch
+    from medusa.data.corpora.espeak import SynthRequest, synthesize_batch
 
     audio = synthesize_batch([SynthRequest(text=s, voice="en+m3", rate_wpm=160, volume=100, pitch=50, pitch_range=50,
                                            word_gap=0) for s, _ in SENTENCES])

@@ -113,10 +113,10 @@ def whisper_checkpoint(root: Path, n_text_ctx: int = 128) -> str:
 
 
 def train_config(**overrides):
-    """A training run's config for tests (medusa.training.TrainConfig): the demo's `train` section of params.yaml,
+    """A training run's config for tests (medusa.model.training.TrainConfig): the demo's `train` section of params.yaml,
     one pass per epoch, raw inputs, seed 0, then `overrides` (what the test is about)."""
-    from medusa.params import load_params
-    from medusa.training import TrainConfig
+    from medusa.config.params import load_params
+    from medusa.model.training import TrainConfig
 
     train = load_params(Path(__file__).resolve().parents[1] / "params.yaml").train
     defaults = {"epoch_steps": 0, "standardise": False, "threads": 0}
@@ -125,7 +125,7 @@ def train_config(**overrides):
 
 def deepser_config(input_dims, **overrides):
     """A small DeepSERConfig for tests: hidden 16, 2 heads, 2 layers, dropout 0.1, ff_mult 4, deep fusion."""
-    from medusa.deepser import DeepSERConfig
+    from medusa.model.deepser import DeepSERConfig
 
     settings = {"hidden": 16, "heads": 2, "layers": 2, "dropout": 0.1, "ff_mult": 4, "fusion": "deep", **overrides}
     return DeepSERConfig(input_dims=tuple(input_dims), **settings)

@@ -1,0 +1,1 @@
+"""Settings: the params schema (every setting declared once, with its default), paths, presets."""

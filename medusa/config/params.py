@@ -1,0 +1,367 @@
+"""Load and validate params.yaml.
+
+Each stage has one section; a pydantic model per section declares its keys and types. Validation is strict
+(no silent coercion of "3" to 3) and forbids unknown keys, so a typo never falls back to a default.
+Errors name the key path, e.g. ``prepare.test_fraction: expected float, got str 'ten'``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medusa.labels import CODES, CONSENSUS_CODES
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml (or a preset) is missing a key, has an unknown one, or has a value of the wrong type."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DemoCorpusParams(Section):
+    """The synthetic demo corpus (medusa.data.corpora.demo). Changing any value changes data/ and data.dvc."""
+    seed: int
+    n_speakers: int = Field(ge=6)
+    n_train: int = Field(ge=1)
+    n_development: int = Field(ge=1)
+    n_blind: int = Field(ge=0)
+    annotators_min: int = Field(ge=1)
+    annotators_max: int = Field(ge=1)
+
+
+class PrepareParams(Section):
+    """Corpus -> manifest (medusa.data.corpora.manifest)."""
+    #: A folder in the MSP-Podcast challenge layout (Audios/, Labels/, Transcripts/) or a CSV manifest (a file
+    #: ending in .csv; columns in medusa/data/corpora/csv_manifest.py).
+    corpus: str
+    #: Split_Set values of an MSP-layout corpus that form the training pool (cut into train/test) and dev.
+    train_sets: list[str]
+    dev_sets: list[str]
+    #: The run's classes: "auto" (the codes with training rows, in A S H U F D C N order) or a list of codes.
+    classes: Literal["auto"] | list[str]
+    #: Labels of a CSV manifest that are not a class code or name, mapped to one, e.g. {boredom: O, calm: N}.
+    label_map: dict[str, str]
+    #: Shares of the speakers' utterances for dev and test where a CSV manifest gives no split (speaker-disjoint,
+    #: stratified by class); test_fraction is also the test cut of a training pool that has no test rows.
+    dev_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    #: The prepare notebook warns where a class has fewer utterances than this in a split.
+    min_per_class: int = Field(ge=0)
+    #: Audio longer than Whisper's 30 s window: reject (an error naming the file) or segment (equal pieces).
+    long_audio: Literal["reject", "segment"]
+    #: List and skip unreadable, empty, too short or too long audio instead of stopping at the first report.
+    skip_bad_audio: bool
+    seed: int
+    #: Seeded candidate assignments of speakers to splits searched for one holding every class in every split
+    #: (medusa.data.corpora.splits), for a CSV's rows without a split and the test cut of a training pool.
+    split_draws: int = Field(ge=1)
+    #: true: where no assignment found puts every class in every derived split, warn and keep the best one
+    #: instead of stopping (a class spoken by too few speakers then misses a split).
+    allow_uncovered_classes: bool
+    #: The channel probes of the prepare notebook run on at most this many train+test utterances.
+    probe_max_utterances: int = Field(ge=50)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "corpus_dir" in data:
+            raise ValueError("corpus_dir was renamed to `corpus` (a folder in the MSP-Podcast layout or a CSV "
+                             "manifest): write `corpus: " + str(data["corpus_dir"]) + "`")
+        label_map = data.get("label_map") if isinstance(data, dict) else None
+        if isinstance(label_map, dict):
+            bad = [k for k, v in label_map.items() if not isinstance(k, str) or not isinstance(v, str)]
+            if bad:
+                raise ValueError(f"label_map: {bad[0]!r}: {label_map[bad[0]]!r}: words and codes are text; quote "
+                                 "numbers, e.g. '01': N")
+        return data
+
+    @model_validator(mode="after")
+    def _known_codes(self) -> "PrepareParams":
+        if self.classes != "auto":
+            bad = [c for c in self.classes if c not in CODES]
+            if bad or not self.classes or len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes: expected auto or distinct codes of {' '.join(CODES)}, got {self.classes}")
+        bad = {k: v for k, v in self.label_map.items() if v not in CONSENSUS_CODES}
+        if bad:
+            raise ValueError(f"label_map: {bad} maps to no code of {' '.join(CONSENSUS_CODES)} (O: other, "
+                             "X: no agreement)")
+        if self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError(f"dev_fraction + test_fraction must be < 1, got {self.dev_fraction + self.test_fraction}")
+        return self
+
+
+class TranscribeParams(Section):
+    """Whisper ASR (medusa.features.asr)."""
+    model: str                  # checkpoint path, openai-whisper name (large-v3), or demo:base / demo:tiny.en
+    language: str               # a Whisper language code, or auto (detected per clip)
+    batch_size: int = Field(ge=1)
+    #: Pad each clip to whole seconds, at least clip + 1 s and pad_seconds (clips of one padded length are decoded
+    #: together); 30 = Whisper's fixed 30 s window.
+    pad_seconds: float = Field(ge=0, le=30)
+    beam_size: int = Field(ge=1)
+    num_workers: int = Field(ge=0)
+    device: str
+    #: Utterances on which the notebook also runs 30 s padding, to compare speed and WER.
+    compare_subset: int = Field(ge=0)
+
+
+class EncoderParams(Section):
+    """One encoder of the registry (medusa.features.encoders); its key in `encoders` names its feature store."""
+    family: Literal["wavlm", "hubert", "wav2vec2", "whisper", "roberta", "modernbert", "minilm", "egemaps",
+                    "compare"]
+    model: str                  # hub name or local path; demo:base for the offline Whisper; "" = the wheel's
+    layers: list[int]           # hidden states averaged: [-1] = last, [-4, -3, -2, -1] = mean of the last 4
+    batch_size: int = Field(ge=1)
+    batch_seconds: float = Field(gt=0)   # at most this much padded audio per batch (audio encoders)
+
+
+class ExtractParams(Section):
+    """Settings shared by every extract@ENCODER stage (medusa.features.extract)."""
+    device: str
+    num_workers: int = Field(ge=0)
+    #: Whisper encoder: pad each clip to whole seconds, at least its length and this many seconds.
+    whisper_pad_seconds: float = Field(ge=0, le=30)
+
+
+class TrainParams(Section):
+    """Stages 1-2 of every DeepSER (medusa.model.training, medusa.model.members). A model's `overrides` may change any key."""
+    device: str
+    amp: bool                   # bf16 autocast on CUDA
+    #: CPU threads of torch while training (0 = torch's default). CPU results are reproducible for a fixed
+    #: thread count; the demo uses 1 (about 10 % slower than 2 at its size) so that they do not depend on the
+    #: machine's core count, and the ablation stage can train two runs side by side.
+    threads: int = Field(default=0, ge=0)
+    # DeepSER architecture (paper: hidden 1024, 2 layers per ENC)
+    hidden: int = Field(ge=1)
+    layers: int = Field(ge=2)
+    heads: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    ff_mult: int = Field(ge=1)
+    fusion: Literal["deep", "late"]             # late = Table 2's "late fusion" ablation
+    targets: Literal["soft", "one_hot"]         # one_hot = Table 2's "one-hot targets" ablation
+    #: Frames averaged per time step, per encoder key (e.g. 10: 50 frames/s -> 5/s); encoders not listed: 1.
+    pool: dict[str, int]
+    #: z-score every input dimension with the mean and deviation of the training split's (pooled) frames, kept in
+    #: the model's weights so that training, evaluation and prediction apply it identically. Not the paper's
+    #: (its SSL features enter raw), but raw eGeMAPS spans 0.0-324 in deviation and up to 2.7e3 in mean.
+    standardise: bool
+    # the recipe (paper: AdamW, batch 16, lr 1e-5, MixUp p 0.3, loss 1.5 CE + 0.4 MSE)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    #: Optimizer steps per epoch (the unit of dev evaluation, early stopping and checkpoints). 0: one pass over
+    #: the stage's rows (the paper's epoch); N: N steps of batches from fresh passes, so that a small corpus gets
+    #: as many steps as a large one (budget: stage*_epochs x N steps, less if patience stops a stage).
+    epoch_steps: int = Field(ge=0)
+    stage1_epochs: int = Field(ge=1)
+    stage2_epochs: int = Field(ge=0)            # 0 = Table 2's "w/o stage 2"
+    patience: int = Field(ge=1)                 # epochs without a better dev score before a stage stops
+    grad_clip: float = Field(ge=0)              # 0 = no clipping
+    mixup_p: float = Field(ge=0, le=1)          # 0 = Table 2's "w/o MixUp"
+    mixup_alpha: float = Field(gt=0)
+    ce_weight: float = Field(gt=0)
+    mse_weight: float = Field(ge=0)             # 0 = Table 2's "w/o multitask"
+    class_weighted: bool                        # stage-1 class weights alpha_c = (N / (|C| f_c))^0.5
+    #: The member's linear probe (medusa.model.linear_probe): logistic regression on its mean-pooled, standardised
+    #: features, fitted beside every member and shown beside it in Table 1.
+    baseline_c: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "TrainParams":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        for key, factor in self.pool.items():
+            if factor < 1:
+                raise ValueError(f"pool.{key} must be >= 1, got {factor}")
+        return self
+
+
+class ModelParams(Section):
+    """One DeepSER of the ensemble: its encoders (feature stores, in this order), its seed, its own settings."""
+    encoders: list[str] = Field(min_length=1)
+    seed: int
+    #: Keys of `train` that differ for this model, e.g. {hidden: 512}; validated like `train` itself.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class EnsembleParams(Section):
+    """MEDUSA's stages 3-4 (medusa.ensemble.meta): the meta-classifier over the members' posteriors, and its soup."""
+    #: Members of the ensemble ([] = every entry of `models`), in the meta-classifier's input order.
+    members: list[str]
+    #: Also evaluate the top-k members by dev balanced macro-F1 (paper: top-7 and top-5 of 14).
+    top_k: list[int]
+    #: Feed the members' attribute predictions in beside their posteriors (not the paper's: its meta-classifier
+    #: reads the posteriors only). Attribute outputs are separate: they exist when mse_weight > 0.
+    attributes_in: bool
+    #: Beyond the paper: feed each member's linear-probe posteriors in beside the member's own, so that MEDUSA
+    #: can always fall back on its best probe (off in the paper preset; Table 3 measures it either way).
+    include_probes: bool
+    hidden: int = Field(ge=0)       # 0: linear (the paper)
+    #: The stage-3 form (medusa.ensemble.meta.STAGE3_FORMS): "paper", the paper's linear layer; "anchored" (beyond the
+    #: paper), the same layer with the log of the members' mean posterior added to its logits, so that it starts
+    #: at soft voting, its class weights penalised by an L2 weight chosen among `anchor_l2` or soft voting itself
+    #: by `cv_folds`-fold cross-validation within dev. Table 3 scores the other form too, on every run.
+    stage3: Literal["paper", "anchored"]
+    anchor_l2: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    cv_folds: int = Field(ge=2)
+    epochs: int = Field(ge=1)       # a fixed number: dev is the meta-classifier's training set
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    ce_weight: float = Field(gt=0)
+    mse_weight: float = Field(ge=0)  # > 0: attribute outputs, trained by eq. (1)'s MSE term; 0: class outputs only
+    #: One meta-classifier per seed; the soup averages their weights (paper: 6 seeds).
+    seeds: list[int] = Field(min_length=1)
+
+
+#: Table 2's first row: the full DeepSER (the ensemble member itself), which every variant is compared with.
+REFERENCE_VARIANT = "deepser"
+
+
+class AblateParams(Section):
+    """Table 2 (medusa.reporting.ablation): the same training with one component switched off, per model and seed."""
+    #: Entries of `models` (paper: m02, m08, m09, m13), each run with its own seed. Models that differ only by
+    #: seed (same encoders and overrides) are one configuration of Table 2: mean +- std over their seeds.
+    models: list[str] = Field(min_length=1)
+    #: Runs trained side by side (processes); with train.threads they share the machine's cores.
+    workers: int = Field(ge=1)
+    #: name -> keys of `train` to change, e.g. no_mixup: {mixup_p: 0.0}. The reference is the member itself.
+    variants: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+class ReportParams(Section):
+    """The summary report (notebook 06_ablations): tables, figures, findings."""
+    bootstrap: int = Field(ge=100)   # resamples of the test utterances for every 95 % interval
+    seed: int
+
+
+class Params(Section):
+    demo_corpus: DemoCorpusParams
+    prepare: PrepareParams
+    transcribe: TranscribeParams
+    encoders: dict[str, EncoderParams]
+    extract: ExtractParams
+    train: TrainParams
+    models: dict[str, ModelParams] = Field(min_length=1)
+    ensemble: EnsembleParams
+    ablate: AblateParams
+    report: ReportParams
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Params":
+        """Every encoder a model or a pooling factor names must exist; every model's overrides must validate."""
+        known = ", ".join(self.encoders)
+        problems = [f"train.pool.{key}: no encoder {key!r} in `encoders` (have: {known})"
+                    for key in self.train.pool if key not in self.encoders]
+        for name, model in self.models.items():
+            problems += [f"models.{name}.encoders: no encoder {key!r} in `encoders` (have: {known})"
+                         for key in model.encoders if key not in self.encoders]
+            if len(set(model.encoders)) != len(model.encoders):
+                problems.append(f"models.{name}.encoders: an encoder is listed twice: {model.encoders}")
+            try:
+                resolve_train(self.train, model.overrides)
+            except ParamsError as e:
+                problems.append(f"models.{name}.overrides: {e}")
+        unknown = [m for m in self.ensemble.members if m not in self.models]
+        problems += [f"ensemble.members: no model {m!r} in `models` (have: {', '.join(self.models)})" for m in unknown]
+        size = len(self.ensemble.members or self.models)
+        problems += [f"ensemble.top_k: {k} is not in 1..{size} (the ensemble's size)"
+                     for k in self.ensemble.top_k if not 1 <= k <= size]
+        problems += self._ablation_problems()
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    def _ablation_problems(self) -> list[str]:
+        ablate, problems = self.ablate, []
+        problems += [f"ablate.models: no model {m!r} in `models` (have: {', '.join(self.models)})"
+                     for m in ablate.models if m not in self.models]
+        if REFERENCE_VARIANT in ablate.variants:
+            problems.append(f"ablate.variants.{REFERENCE_VARIANT}: reserved for the reference (the trained member "
+                            "of `models` itself); name the variant otherwise")
+        for name, switch in ablate.variants.items():
+            if not name.replace("_", "").isalnum() or not name.isascii():
+                problems.append(f"ablate.variants.{name}: use letters, digits and _ only (it names a DVC stage)")
+                continue
+            for model in (m for m in ablate.models if m in self.models):
+                try:
+                    resolve_train(resolve_train(self.train, self.models[model].overrides), switch)
+                except ParamsError as e:
+                    problems.append(f"ablate.variants.{name} (on model {model}): {e}")
+                    break
+        return problems
+
+
+def resolve_train(train: TrainParams, overrides: dict[str, Any]) -> TrainParams:
+    """`train` with `overrides` merged in key by key (merge_overrides, the presets' rule: `{pool: {whisper: 5}}`
+    changes Whisper's pooling and keeps the other encoders'), validated like `train` (one model's settings, or an
+    ablation variant)."""
+    try:
+        return TrainParams.model_validate(merge_overrides(train.model_dump(), overrides, source="overrides"))
+    except ValidationError as e:
+        raise ParamsError("; ".join(_describe(err) for err in e.errors())) from None
+
+
+_TYPE_WORDS = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
+               "list_type": "list", "dict_type": "mapping", "model_type": "mapping"}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "missing":
+        return f"{path}: missing key"
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key"
+    got = err.get("input")
+    if kind == "value_error":  # raised by a validator: its message names the keys itself
+        message = err["msg"].removeprefix("Value error, ")
+        return f"{path}: {message}" if path else message
+    if kind in _TYPE_WORDS:
+        return f"{path}: expected {_TYPE_WORDS[kind]}, got {type(got).__name__} {got!r}"
+    return f"{path}: {err['msg']} (got {got!r})"
+
+
+def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError listing every bad key path."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        lines = "\n  ".join(_describe(err) for err in e.errors())
+        raise ParamsError(f"{source}: invalid params:\n  {lines}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root, or pass its path)")
+    with path.open() as f:
+        return validate_params(yaml.safe_load(f), source=str(path))
+
+
+def merge_overrides(base: dict[str, Any], override: dict[str, Any] | None, source: str = "override") -> dict[str, Any]:
+    """`base` with `override` merged in key by key: a mapping merges into the mapping it replaces (keys the base
+    lacks are added: `train.pool` or `models` take new entries), any other value (a list, a number, a string)
+    replaces the base's. A misspelt setting is not caught here but by `validate_params` on the result."""
+    def merge(b: Any, o: Any, path: str) -> Any:
+        if not isinstance(o, dict):
+            return o
+        if not isinstance(b, dict):
+            raise ParamsError(f"{source}: {path or 'top level'}: the base value is not a mapping, cannot merge "
+                              f"the mapping {o!r} into it")
+        out = dict(b)
+        for key, value in o.items():
+            where = f"{path}.{key}" if path else str(key)
+            out[key] = merge(b[key], value, where) if key in b else value
+        return out
+
+    return merge(base, override or {}, "")

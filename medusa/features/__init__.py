@@ -1,0 +1,1 @@
+"""Speech and text encoders, Whisper ASR, and the feature stores they fill."""

@@ -1,0 +1,1 @@
+"""Running the stages: the notebook runner, the paper dry run, stand-in encoders."""

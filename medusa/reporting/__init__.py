@@ -1,0 +1,1 @@
+"""Tables, figures and findings: the ablations (Table 2), reports, plots."""

@@ -1,0 +1,1 @@
+"""How everything is scored: balanced macro-F1 and its intervals, calibration against the annotators."""
