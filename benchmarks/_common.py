@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: timing and peak memory of a block, the device in words, report sections.
+"""What the benchmark scripts share: timing and peak memory of a block, the device and the machine's load in words.
 
 Imported by the scripts of this folder (`from _common import ...`; a script's own folder is on sys.path when it
 runs, and each script puts it there when it is imported some other way, e.g. by a test).
@@ -9,7 +9,6 @@ import ctypes
 import gc
 import os
 import platform
-import re
 import resource
 import time
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-
 
 # ------------------------------------------------------------------------------- timing and peak memory
 
@@ -93,7 +91,7 @@ def measure(device: torch.device) -> Iterator[Measurement]:
         m.peak_mb = max(0, (peak_kb or 0) - baseline_kb) / 1024
 
 
-# ------------------------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------------------ the machine
 
 
 def device_name(device: torch.device) -> str:
@@ -119,16 +117,3 @@ def busy(load: str) -> str:
     if first >= 0.5:
         return "other jobs were running: CPU figures are noisy"
     return "the machine was otherwise idle"
-
-
-def write_section(path: Path, heading: str, section: str) -> None:
-    """Replace the section that starts with the line `heading` (e.g. "## Feature extraction") up to the next
-    "## " heading with `section`, or append `section` if there is none; the rest of the file is kept as is."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")

@@ -22,9 +22,11 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, load_average, write_section  # noqa: E402
+import report  # noqa: E402  benchmarks/report.py: the Markdown
+from _common import device_name, load_average  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+SECTION = "batch_invariance"           # reports/benchmarks/batch_invariance.json
 REPORT_SECTION = "## Batch invariance"
 
 
@@ -43,13 +45,13 @@ def compare(alone: np.ndarray, stored: np.ndarray) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from medusa.config import paths
-    from medusa.features.asr import transcribe_clips
+    from medusa.config.params import load_params
     from medusa.data.audio import load_audio
+    from medusa.features.asr import transcribe_clips
     from medusa.features.batches import pick_device
     from medusa.features.encoders import build_encoder
     from medusa.features.encoders.whisper import load_whisper
-    from medusa.features.store import FeatureStore
-    from medusa.config.params import load_params
+    from medusa.features.store.reader import FeatureStore
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--limit", type=int, default=0, help="only the first N utterances (by utt_id); 0 = all")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = manifest.head(args.limit)
     device = pick_device(params.extract.device)
     load, start = load_average(), time.perf_counter()
-    lines = []
+    rows = []
 
     stored = pd.read_parquet(paths.TRANSCRIPTS).set_index("utt_id")["text"]
     t = params.transcribe
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         if text != stored[u]:
             differ.append((u, stored[u], text))
     del model
-    lines.append(f"| ASR ({t.model}, pad_seconds {t.pad_seconds:g}) | {len(manifest)} | {len(differ)} transcripts "
-                 f"differ | |")
+    rows.append([f"ASR ({t.model}, pad_seconds {t.pad_seconds:g})", len(manifest), f"{len(differ)} transcripts differ",
+                 ""])
 
     keys = args.encoders if args.encoders is not None else [
         k for k, e in params.encoders.items() if e.family not in ("roberta", "modernbert", "minilm")]
@@ -92,27 +94,26 @@ def main(argv: list[str] | None = None) -> int:
             worst_rms = max(worst_rms, rms)
             if share > worst:
                 worst, worst_utt = share, u
-        lines.append(f"| features `{key}` ({e.family} {e.model}) | {len(manifest)} | {changed} clips differ in "
-                     f"any stored value; largest difference {worst:.2f} of the tests' tolerance, largest RMS "
-                     f"difference {worst_rms:.1e} of the frames' RMS | {worst_utt or '–'} |")
+        rows.append([f"features `{key}` ({e.family} {e.model})", len(manifest),
+                     f"{changed} clips differ in any stored value; largest difference {worst:.2f} of the tests' "
+                     f"tolerance, largest RMS difference {worst_rms:.1e} of the frames' RMS", worst_utt or "–"])
 
-    section = "\n".join([
-        REPORT_SECTION, "",
-        "Command: `python benchmarks/batch_invariance.py" + (f" --limit {args.limit}" if args.limit else "") + "` "
-        "(after `dvc repro` of the demo)", "",
-        f"- Device: {device_name(device)}; torch {torch.__version__}; load average at start {load}.",
-        "- Each clip is transcribed and encoded alone (a batch of one) and compared with what the pipeline stored "
-        "when it ran in length-bucketed batches (`work/transcripts.parquet`, `work/features/<encoder>`). Frames are "
-        f"rounded to float16 as the store holds them; the tests' tolerance is {ATOL:g} + {RTOL:g} |value| (two "
-        "float16 steps): under 1 means the clip passes the tests' invariance check; what remains is float "
-        "rounding of batched matrix products, where another batch composition flips a float16 rounding.",
-        f"- Whole run: {time.perf_counter() - start:.0f} s.", "",
-        "| what | clips | result | worst clip |", "|---|---:|---|---|", *lines, ""])
-    if differ:
-        section += "\nDiffering transcripts (stored → alone):\n\n" + "\n".join(
-            f"- {u}: {a!r} → {b!r}" for u, a, b in differ[:20]) + "\n"
-    print(section)
-    write_section(args.out, REPORT_SECTION, section)
+    section = report.doc(REPORT_SECTION[3:], [
+        report.text("Command: `python benchmarks/batch_invariance.py" + (f" --limit {args.limit}" if args.limit else "")
+                    + "` (after `dvc repro` of the demo)"),
+        report.bullets([
+            f"Device: {device_name(device)}; torch {torch.__version__}; load average at start {load}.",
+            "Each clip is transcribed and encoded alone (a batch of one) and compared with what the pipeline stored "
+            "when it ran in length-bucketed batches (`work/transcripts.parquet`, `work/features/<encoder>`). Frames "
+            f"are rounded to float16 as the store holds them; the tests' tolerance is {ATOL:g} + {RTOL:g} |value| "
+            "(two float16 steps): under 1 means the clip passes the tests' invariance check; what remains is float "
+            "rounding of batched matrix products, where another batch composition flips a float16 rounding.",
+            f"Whole run: {time.perf_counter() - start:.0f} s."]),
+        report.table(["what", "clips", "result", "worst clip"], "lrll", rows),
+        report.text("Differing transcripts (stored → alone):") if differ else None,
+        report.bullets(f"{u}: {a!r} → {b!r}" for u, a, b in differ[:20]) if differ else None])
+    print(report.render_section(section))
+    report.publish(section, SECTION, args.out)
     return 0
 
 

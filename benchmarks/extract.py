@@ -45,18 +45,27 @@ if str(REPO / "benchmarks") not in sys.path:  # _common, when this file is impor
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import report  # noqa: E402  benchmarks/report.py: the Markdown
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
+from _common import Measurement, busy, cpu_memory_method, device_name, load_average, measure  # noqa: E402
 
 from medusa.features.batches import pick_device  # noqa: E402
 from medusa.features.encoders import Encoder, build_encoder  # noqa: E402
 from medusa.features.extract import extract_to_store  # noqa: E402
-from medusa.features.store import FeatureStore  # noqa: E402
-from medusa.pipeline.standins import (Arch, MAX_WORDS, MIN_WORDS, architectures, describe, save_model, sentence,  # noqa: E402
-                             tokenizer_corpus, word_pool, zipf_weights)
-
-from _common import (Measurement, busy, cpu_memory_method, device_name, load_average, measure,  # noqa: E402
-                     write_section)
+from medusa.features.store.reader import FeatureStore  # noqa: E402
+from medusa.pipeline.standins import (  # noqa: E402
+    MAX_WORDS,
+    MIN_WORDS,
+    Arch,
+    architectures,
+    describe,
+    save_model,
+    sentence,
+    tokenizer_corpus,
+    word_pool,
+    zipf_weights,
+)
 
 SR = 16000
 MIN_S, MAX_S = 2.75, 11.0           # MSP-Podcast-like segment durations
@@ -64,6 +73,7 @@ WORDS_PER_SECOND = 2.7              # transcript length follows the clip's durat
 AUTHORS_CHUNK = 3000                # samples per WavLM/HuBERT forward pass in the authors' way (0.19 s)
 CONV_RECEPTIVE_FIELD = 400          # the conv front end of WavLM/HuBERT needs at least this many samples
 DEFAULT_UTTERANCES = {"small": 12, "full": 200}
+SECTION = "extract"                 # reports/benchmarks/extract.json
 REPORT_SECTION = "## Feature extraction"
 CPU_NOT_INCLUDED = "model weights, and the DataLoader worker's own memory, are not included"
 
@@ -254,13 +264,10 @@ def bench_encoder(arch: Arch, items: pd.DataFrame, sentences: list[str], work: P
 # ------------------------------------------------------------------------------------------------- report
 
 
-def markdown_table(rows: list[Row]) -> str:
-    lines = ["| encoder | architecture | method | audio s per s | speed-up | peak memory (MB) |",
-             "|---|---|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.encoder} | {r.architecture} | {r.method} | {r.audio_s_per_s:.1f} | "
-                     f"{r.speed_up:.1f}× | {r.peak_mb:.0f} |")
-    return "\n".join(lines)
+def table(rows: list[Row]) -> dict:
+    return report.table(["encoder", "architecture", "method", "audio s per s", "speed-up", "peak memory (MB)"],
+                        "lllrrr", [[r.encoder, r.architecture, r.method, f"{r.audio_s_per_s:.1f}", f"{r.speed_up:.1f}×",
+                                    f"{r.peak_mb:.0f}"] for r in rows])
 
 
 def console_table(rows: list[Row]) -> str:
@@ -271,53 +278,45 @@ def console_table(rows: list[Row]) -> str:
 
 
 def report_section(args: argparse.Namespace, device: torch.device, items: pd.DataFrame,
-                   results: dict[str, EncoderResult], total_s: float, load: str) -> str:
+                   results: dict[str, EncoderResult], total_s: float, load: str) -> report.Doc:
+    """The section as a document (benchmarks/report.py renders it)."""
     rows = [r for res in results.values() for r in res.rows]
     cmd = "python benchmarks/extract.py" + "".join(f" {a}" for a in sys.argv[1:])
     memory = ("torch.cuda.max_memory_allocated during the timed region (model weights included)"
               if device.type == "cuda" else cpu_memory_method(CPU_NOT_INCLUDED))
     threads = f"{torch.get_num_threads()} intra-op thread(s)"
     size_text = "the paper's models" if args.size == "full" else "base-size stand-ins for the paper's large models"
-    lines = [
-        REPORT_SECTION, "",
-        f"Command: `{cmd}`", "",
-        f"- Device: {device_name(device)}; torch {torch.__version__}; {threads}"
-        + (f"; load average at start {load} ({busy(load)})" if device.type == "cpu" else ""),
-        f"- Size: `{args.size}` ({size_text}, built from their configs with random weights: same FLOPs and "
-        "memory as trained ones)",
-        f"- Corpus: {len(items)} synthetic utterances, {items['duration_s'].sum():.1f} s of audio in all "
-        f"(16 kHz PCM16 wav, durations uniform in {MIN_S}–{MAX_S} s, seed {args.seed}); transcripts of "
-        f"{MIN_WORDS}–{MAX_WORDS} words. Text encoders are credited with the audio seconds of the utterances "
-        "whose transcripts they encode.",
-        f"- Ours: `medusa.features.extract.extract_to_store` into a feature store (float16), audio batch_size "
-        f"{args.batch_size} / batch_seconds {args.batch_seconds}, text batch_size {args.text_batch_size}, "
-        f"{args.num_workers} DataLoader worker(s), bf16 autocast on GPU, Whisper `pad_seconds=0`; layers: mean "
-        "of the last 4 (Whisper: the encoder output).",
-        "- Authors': one utterance at a time in fp32; WavLM/HuBERT in 3,000-sample chunks (one forward pass "
-        "each), sum of the last 4 hidden states; Whisper padded to 30 s, all 1,500 frames kept; text one "
-        "sentence at a time, sum of the last 4 layers; one float32 `.npy` per utterance (I/O timed).",
-        "- Both ways start after the model is loaded and after one warm-up call; audio s per s = audio seconds "
-        "encoded / wall seconds (time.perf_counter" + (", CUDA synchronised" if device.type == "cuda" else "")
-        + "); speed-up = authors' wall time / ours.",
-        f"- Peak memory: {memory}.",
-        f"- Whole run (building models, corpus, both ways): {total_s:.0f} s wall.",
-        "",
-        markdown_table(rows), "",
-        "Wall seconds and output size per run: " + "; ".join(
-            f"{r.encoder} {r.method} {r.wall_s:.1f} s, {r.output_mb:.1f} MB" for r in rows) + ".",
-    ]
     notes = [f"{k}: {res.note}" for k, res in results.items() if res.note]
-    if notes:
-        lines += ["", "Tokens: " + "; ".join(notes) + "."]
-    if device.type == "cpu":
-        lines += ["", "GPU: none was lent to this session; the GPU figures at the paper's scale are still to be "
-                      "measured (run `python benchmarks/extract.py --size full --device cuda` on a GPU)."]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(path: Path, section: str) -> None:
-    """Replace the "## Feature extraction" section of `path` (up to the next "## " heading), keep the rest."""
-    write_section(path, REPORT_SECTION, section)
+    return report.doc(REPORT_SECTION[3:], [
+        report.text(f"Command: `{cmd}`"),
+        report.bullets([
+            f"Device: {device_name(device)}; torch {torch.__version__}; {threads}"
+            + (f"; load average at start {load} ({busy(load)})" if device.type == "cpu" else ""),
+            f"Size: `{args.size}` ({size_text}, built from their configs with random weights: same FLOPs and "
+            "memory as trained ones)",
+            f"Corpus: {len(items)} synthetic utterances, {items['duration_s'].sum():.1f} s of audio in all "
+            f"(16 kHz PCM16 wav, durations uniform in {MIN_S}–{MAX_S} s, seed {args.seed}); transcripts of "
+            f"{MIN_WORDS}–{MAX_WORDS} words. Text encoders are credited with the audio seconds of the utterances "
+            "whose transcripts they encode.",
+            f"Ours: `medusa.features.extract.extract_to_store` into a feature store (float16), audio batch_size "
+            f"{args.batch_size} / batch_seconds {args.batch_seconds}, text batch_size {args.text_batch_size}, "
+            f"{args.num_workers} DataLoader worker(s), bf16 autocast on GPU, Whisper `pad_seconds=0`; layers: mean "
+            "of the last 4 (Whisper: the encoder output).",
+            "Authors': one utterance at a time in fp32; WavLM/HuBERT in 3,000-sample chunks (one forward pass "
+            "each), sum of the last 4 hidden states; Whisper padded to 30 s, all 1,500 frames kept; text one "
+            "sentence at a time, sum of the last 4 layers; one float32 `.npy` per utterance (I/O timed).",
+            "Both ways start after the model is loaded and after one warm-up call; audio s per s = audio seconds "
+            "encoded / wall seconds (time.perf_counter" + (", CUDA synchronised" if device.type == "cuda" else "")
+            + "); speed-up = authors' wall time / ours.",
+            f"Peak memory: {memory}.",
+            f"Whole run (building models, corpus, both ways): {total_s:.0f} s wall."]),
+        table(rows),
+        report.text("Wall seconds and output size per run: " + "; ".join(
+            f"{r.encoder} {r.method} {r.wall_s:.1f} s, {r.output_mb:.1f} MB" for r in rows) + "."),
+        report.text("Tokens: " + "; ".join(notes) + ".") if notes else None,
+        report.text("GPU: none was lent to this session; the GPU figures at the paper's scale are still to be "
+                    "measured (run `python benchmarks/extract.py --size full --device cuda` on a GPU).")
+        if device.type == "cpu" else None])
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -387,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(console_table(rows))
     print(f"\nwhole run: {total_s:.0f} s")
-    write_report(args.out, report_section(args, device, items, results, total_s, load))
+    report.publish(report_section(args, device, items, results, total_s, load), SECTION, args.out)
     print(f"wrote the '{REPORT_SECTION[3:]}' section of {args.out}")
 
 

@@ -36,14 +36,15 @@ if str(REPO / "benchmarks") not in sys.path:  # _common, when this file is impor
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import report  # noqa: E402  benchmarks/report.py: the Markdown
 import torch  # noqa: E402
+from _common import busy, cpu_memory_method, device_name, load_average, measure  # noqa: E402
 
 from medusa.features.batches import pick_device  # noqa: E402
 from medusa.labels import target_columns  # noqa: E402
 from medusa.serving.predict import DEFAULT_BATCH_SIZE, Predictor, expand_inputs  # noqa: E402
 
-from _common import busy, cpu_memory_method, device_name, load_average, measure, write_section  # noqa: E402
-
+SECTION = "predict"                 # reports/benchmarks/predict.json
 REPORT_SECTION = "## Prediction speed (medusa predict)"
 WARM_UP_FILES = 2
 CPU_NOT_INCLUDED = "the bundle's members, loaded before, are not included; encoders built inside the call are"
@@ -163,44 +164,41 @@ def describe_bundle(predictor: Predictor) -> str:
 
 
 def report_section(args: argparse.Namespace, argv: list[str], device: torch.device, predictor: Predictor,
-                   res: Result, load: str) -> str:
+                   res: Result, load: str) -> report.Doc:
+    """The section as a document (benchmarks/report.py renders it)."""
     cmd = "python benchmarks/predict.py" + "".join(f" {a}" for a in argv)
     memory = ("torch.cuda.max_memory_allocated during the timed call(s)" if device.type == "cuda"
               else cpu_memory_method(CPU_NOT_INCLUDED))
     batched, single = res.rows
-    table = ["| Way | Batch size | Calls | Files | Audio s | Wall s | Files/s | RTF | Peak MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    table += [f"| {r.way} | {r.batch_size} | {r.calls} | {r.files} | {r.audio_s:.1f} | {r.wall_s:.2f} | "
-              f"{r.files_per_s:.2f} | {r.rtf:.4f} | {r.peak_mb:.0f} |" for r in res.rows]
+    table = report.table(["Way", "Batch size", "Calls", "Files", "Audio s", "Wall s", "Files/s", "RTF", "Peak MB"],
+                         "lrrrrrrrr", [[r.way, r.batch_size, r.calls, r.files, f"{r.audio_s:.1f}", f"{r.wall_s:.2f}",
+                                        f"{r.files_per_s:.2f}", f"{r.rtf:.4f}", f"{r.peak_mb:.0f}"]
+                                       for r in res.rows])
     same = ("the same predicted class for every file" if res.same_classes else
             f"different predicted classes for {len(res.differing)} file(s): {', '.join(res.differing[:5])}")
     errors = f"; {res.errors} file(s) could not be scored and are left out of the comparison" if res.errors else ""
-    lines = [
-        REPORT_SECTION, "",
-        f"Command: `{cmd}`", "",
-        f"- Device: {device_name(device)}; torch {torch.__version__}; {torch.get_num_threads()} intra-op thread(s)"
-        + (f"; load average at start {load} ({busy(load)})" if device.type == "cpu" else ""),
-        f"- Bundle: `{args.bundle}`: {describe_bundle(predictor)}.",
-        f"- Loading the bundle (`Predictor.from_bundle`, files verified against the manifest, members built): "
-        f"{res.load_s:.2f} s.",
-        f"- Audio: the first {len(res.files)} files (sorted) of `{args.audio}`, {res.audio_s:.1f} s in all; window "
-        f"{args.window:g} s. A warm-up call on {min(WARM_UP_FILES, len(res.files))} file(s) came first; each way's "
-        f"time is the fastest of {args.repeats} run(s).",
-        f"- Batched: one `predict_files` call over every file (batch size {DEFAULT_BATCH_SIZE}); one at a time: "
-        f"one call per file (batch size 1). Every batch builds the bundle's encoders (and Whisper ASR, if any) "
-        "again, so one at a time pays that once per file.",
-        f"- RTF: compute seconds per second of audio. Peak memory: {memory}.",
-        f"- Batch invariance: the two ways give {same}{errors}; largest absolute probability difference "
-        f"{res.max_abs_diff:.2e}.",
-        "",
-        *table,
-        "",
-        f"Batched, the bundle scores {batched.files_per_s:.2f} files/s, {1 / batched.rtf if batched.rtf else 0:.1f} "
-        f"seconds of audio per second of compute (RTF {batched.rtf:.4f}) on this device; scoring files one at a time "
-        f"takes {single.wall_s / batched.wall_s if batched.wall_s else float('nan'):.1f}x as long.",
-        "",
-    ]
-    return "\n".join(lines)
+    return report.doc(REPORT_SECTION[3:], [
+        report.text(f"Command: `{cmd}`"),
+        report.bullets([
+            f"Device: {device_name(device)}; torch {torch.__version__}; {torch.get_num_threads()} intra-op "
+            "thread(s)" + (f"; load average at start {load} ({busy(load)})" if device.type == "cpu" else ""),
+            f"Bundle: `{args.bundle}`: {describe_bundle(predictor)}.",
+            f"Loading the bundle (`Predictor.from_bundle`, files verified against the manifest, members built): "
+            f"{res.load_s:.2f} s.",
+            f"Audio: the first {len(res.files)} files (sorted) of `{args.audio}`, {res.audio_s:.1f} s in all; "
+            f"window {args.window:g} s. A warm-up call on {min(WARM_UP_FILES, len(res.files))} file(s) came first; "
+            f"each way's time is the fastest of {args.repeats} run(s).",
+            f"Batched: one `predict_files` call over every file (batch size {DEFAULT_BATCH_SIZE}); one at a time: "
+            f"one call per file (batch size 1). Every batch builds the bundle's encoders (and Whisper ASR, if any) "
+            "again, so one at a time pays that once per file.",
+            f"RTF: compute seconds per second of audio. Peak memory: {memory}.",
+            f"Batch invariance: the two ways give {same}{errors}; largest absolute probability difference "
+            f"{res.max_abs_diff:.2e}."]),
+        table,
+        report.text(f"Batched, the bundle scores {batched.files_per_s:.2f} files/s, "
+                    f"{1 / batched.rtf if batched.rtf else 0:.1f} seconds of audio per second of compute (RTF "
+                    f"{batched.rtf:.4f}) on this device; scoring files one at a time takes "
+                    f"{single.wall_s / batched.wall_s if batched.wall_s else float('nan'):.1f}x as long.")])
 
 
 def main(argv: list[str] | None = None) -> Result:
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> Result:
     print(console_table(res.rows))
     print(f"\nsame predicted classes: {res.same_classes}; largest |probability difference| {res.max_abs_diff:.2e}"
           + (f"; {res.errors} file(s) not scored" if res.errors else ""))
-    write_section(args.report, REPORT_SECTION, report_section(args, argv, device, predictor, res, load))
+    report.publish(report_section(args, argv, device, predictor, res, load), SECTION, args.report)
     print(f"wrote the '{REPORT_SECTION[3:]}' section of {args.report}")
     return res
 

@@ -10,10 +10,10 @@ subsets of dev and scored on the whole test split:
 * class-skewed subsets of `--skewed` clips: class shares halving from class to class in a seeded random order, so
   that one class dominates and the rarest have 2 clips each (the shape of a derived dev split on a corpus whose
   speakers each speak one emotion; a dev set that lacks a class altogether makes the anchored form keep soft
-  voting by rule, medusa.ensemble.meta.choose_stage3, so it is not measured here);
+  voting by rule, medusa.ensemble.stage3.choose_stage3, so it is not measured here);
 * the whole dev split once.
 
-For each subset, the run's `ensemble` params train MEDUSA as the pipeline does (medusa.ensemble.meta.run_subset over
+For each subset, the run's `ensemble` params train MEDUSA as the pipeline does (medusa.ensemble.subsets.run_subset over
 every member, the params' seeds; the probes are left out): the voting-anchored soup (its penalty or soft voting
 chosen by cross-validation within the subset) and its single meta-classifier (the first seed), the paper's soup,
 soft and majority voting, and the best member by the subset's own dev score. Every technique is scored by test balanced macro-F1;
@@ -39,16 +39,24 @@ if str(REPO / "benchmarks") not in sys.path:  # _common, when this file is impor
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import report  # noqa: E402  benchmarks/report.py: the Markdown
 import torch  # noqa: E402
+from _common import busy, device_name, load_average  # noqa: E402
 
-from medusa.ensemble import meta as ensemble  # noqa: E402
-from medusa.io import write_json  # noqa: E402
-from medusa.scoring.metrics import (balanced_macro_f1, bootstrap_macro_f1, percentile_interval, run_classes,  # noqa: E402
-                            stratified_bootstrap_indices)
 from medusa.config.params import load_params  # noqa: E402
+from medusa.ensemble.meta import MetaConfig  # noqa: E402
+from medusa.ensemble.subsets import SubsetResult, run_subset, top_k_names  # noqa: E402
+from medusa.ensemble.voting import stack  # noqa: E402
+from medusa.io import write_json  # noqa: E402
+from medusa.scoring.metrics import (  # noqa: E402
+    balanced_macro_f1,
+    bootstrap_macro_f1,
+    percentile_interval,
+    run_classes,
+    stratified_bootstrap_indices,
+)
 
-from _common import busy, device_name, load_average, write_section  # noqa: E402
-
+SECTION = "stacking"                # reports/benchmarks/stacking.json
 REPORT_SECTION = "## Stage 3 on small dev sets"
 #: The rows of the report, in order: technique -> how the table names it.
 TECHNIQUES = {"meta-classifier (soup)": "MEDUSA, voting-anchored soup",
@@ -111,14 +119,14 @@ def restrict_dev(posteriors: dict[str, pd.DataFrame], keep: set[str]) -> dict[st
     return out
 
 
-def run_condition(posteriors, manifest, names, cfg, seeds, grid, folds, dev_ids) -> tuple[dict, ensemble.SubsetResult]:
+def run_condition(posteriors, manifest, names, cfg, seeds, grid, folds, dev_ids) -> tuple[dict, SubsetResult]:
     """Stage 3 on the dev clips `dev_ids`: {technique: test predictions (class indices)} and the result."""
     chosen = restrict_dev(posteriors, set(dev_ids))
-    result = ensemble.run_subset(chosen, manifest, names, cfg, seeds, anchor_grid=grid, cv_folds=folds)
-    dev = ensemble.stack(chosen, "dev")
+    result = run_subset(chosen, manifest, names, cfg, seeds, anchor_grid=grid, cv_folds=folds)
+    dev = stack(chosen, "dev")
     dev_scores = {m: balanced_macro_f1(dev.labels, np.asarray(dev.classes)[dev.probs[:, i].argmax(1)], dev.classes)
                   for i, m in enumerate(names)}
-    best = ensemble.top_k_names(dev_scores, 1)[0]
+    best = top_k_names(dev_scores, 1)[0]
     predictions = {t: result.predictions[t] for t in TECHNIQUES if t in result.predictions}
     predictions["best member (by dev)"] = result.test.probs[:, names.index(best)].argmax(1)
     return predictions, result
@@ -136,8 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = e.members or list(params.models)
     posteriors = {n: pd.read_parquet(args.work / "models" / n / "posteriors.parquet") for n in names}
     classes = run_classes(manifest)
-    cfg = ensemble.MetaConfig.from_params(e, len(names), include_probes=False)
-    dev_all = ensemble.stack(posteriors, "dev")
+    cfg = MetaConfig.from_params(e, len(names), include_probes=False)
+    dev_all = stack(posteriors, "dev")
     scored = np.isin(dev_all.labels, classes)
     dev_ids, dev_labels = dev_all.utt_ids[scored], dev_all.labels[scored]
     conditions = [(f"stratified {n}", n, d, stratified_subset(dev_labels, n, d))
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
            "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}
     write_json(out, args.json)
     figure(summary, args.figure)
-    write_section(args.report, REPORT_SECTION, report_section(out, sys.argv[1:] if argv is None else argv, busy(load)))
+    report.publish(report_section(out, sys.argv[1:] if argv is None else argv, busy(load)), SECTION, args.report)
     print(f"{wall:.0f} s; wrote {args.json}, {args.figure} and the '{REPORT_SECTION[3:]}' section of {args.report}")
     return out
 
@@ -228,20 +236,10 @@ def figure(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report_section(out: dict, argv: list[str] | None, machine: str) -> str:
+def report_section(out: dict, argv: list[str] | None, machine: str) -> report.Doc:
+    """The section as a document (benchmarks/report.py renders it)."""
     frame = pd.DataFrame(out["summary"])
-    lines = [REPORT_SECTION, "",
-             f"`{shlex.join(['python', 'benchmarks/stacking.py', *(argv or [])])}`"
-             + f" on the members of {out['work']} ({', '.join(out['members'])}), {out['test_clips']} scored test "
-             f"clips, classes {' '.join(out['classes'])}; {out['wall_s']:.0f} s on {out['device']} ({machine}). "
-             f"Stage 3 as `ensemble` in {Path(out['params']).name} says (stage3 {out['ensemble']['stage3']}, anchor_l2 "
-             f"{out['ensemble']['anchor_l2']}, {out['ensemble']['cv_folds']} folds, {out['ensemble']['epochs']} "
-             f"epochs at lr {out['ensemble']['lr']}, seeds {out['ensemble']['seeds']}), probes left out. Each cell: "
-             "test balanced macro-F1, mean ± std over the condition's draws; Δ: the mean difference from soft voting "
-             "with its paired 95 % interval; \"voting\": the draws where cross-validation kept the anchored layer at "
-             "soft voting.", "",
-             "| dev subset | clips | draws | " + " | ".join(TECHNIQUES.values()) + " | voting |",
-             "|---|---:|---:|" + "---|" * len(TECHNIQUES) + "---:|"]
+    rows = []
     for condition in dict.fromkeys(frame["condition"]):
         part = frame[frame["condition"] == condition].set_index("technique")
         cells = []
@@ -253,10 +251,22 @@ def report_section(out: dict, argv: list[str] | None, machine: str) -> str:
                 text += f"<br>Δ {r['minus_soft_voting']:+.3f} [{low:+.3f}, {high:+.3f}]"
             cells.append(text)
         first = part.iloc[0]
-        lines.append(f"| {condition} | {first['dev_clips']} | {first['draws']} | " + " | ".join(cells)
-                     + f" | {first['fell_back_to_voting']}/{first['draws']} |")
-    lines += ["", "![stage 3 on small dev sets](benchmark_figures/stacking.png)", ""]
-    return "\n".join(lines)
+        rows.append([condition, first["dev_clips"], first["draws"], *cells,
+                     f"{first['fell_back_to_voting']}/{first['draws']}"])
+    e = out["ensemble"]
+    return report.doc(REPORT_SECTION[3:], [
+        report.text(
+            f"`{shlex.join(['python', 'benchmarks/stacking.py', *(argv or [])])}`"
+            f" on the members of {out['work']} ({', '.join(out['members'])}), {out['test_clips']} scored test "
+            f"clips, classes {' '.join(out['classes'])}; {out['wall_s']:.0f} s on {out['device']} ({machine}). "
+            f"Stage 3 as `ensemble` in {Path(out['params']).name} says (stage3 {e['stage3']}, anchor_l2 "
+            f"{e['anchor_l2']}, {e['cv_folds']} folds, {e['epochs']} epochs at lr {e['lr']}, seeds {e['seeds']}), "
+            "probes left out. Each cell: test balanced macro-F1, mean ± std over the condition's draws; Δ: the mean "
+            "difference from soft voting with its paired 95 % interval; \"voting\": the draws where "
+            "cross-validation kept the anchored layer at soft voting."),
+        report.table(["dev subset", "clips", "draws", *TECHNIQUES.values(), "voting"],
+                     "lrr" + "l" * len(TECHNIQUES) + "r", rows),
+        report.figure("stage 3 on small dev sets", "benchmark_figures/stacking.png")])
 
 
 if __name__ == "__main__":

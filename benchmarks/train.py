@@ -9,7 +9,7 @@ optimizer (`medusa.model.training.train_step`: AdamW, soft-target CE with stage-
 Manifold MixUp p 0.3, gradient clipping) for the same number of optimizer steps, on the same synthetic frame
 features (one set of arrays per utterance and feature, written once in each way's format):
 
-* ours: the features in float16 feature stores (`medusa.features.store.FeatureStoreWriter`), read through
+* ours: the features in float16 feature stores (`medusa.features.store.writer.FeatureStoreWriter`), read through
   `medusa.model.dataset.FeatureDataset` (memmap, per-batch padding, key-padding masks, masked pooling), batches from
   `medusa.model.dataset.bucketed` (length buckets), bf16 autocast on GPU (`TrainConfig.amp`).
 * the authors' way (re-implemented from the paper's description): one float32 `.npy` file per utterance and
@@ -51,114 +51,40 @@ if str(REPO / "benchmarks") not in sys.path:  # _common, when this file is impor
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import report  # noqa: E402  benchmarks/report.py: the Markdown
 import torch  # noqa: E402
+from _common import Measurement, busy, cpu_memory_method, device_name, load_average, measure  # noqa: E402
+from train_data import (  # noqa: E402
+    FEATURES,
+    MAX_S,
+    MIN_S,
+    PAPER_AUDIO_FPS,
+    SIZES,
+    SPECIAL_TOKENS,
+    TABLE1_MODELS,
+    TOKENS_PER_S,
+    Feature,
+    Size,
+    make_rows,
+    write_features,
+)
 
+from medusa.config.params import load_params  # noqa: E402
 from medusa.features.batches import pick_device  # noqa: E402
+from medusa.features.store.reader import FeatureStore  # noqa: E402
+from medusa.labels import ATTRIBUTES, SOFT_TARGET_COLUMNS, class_weights  # noqa: E402
 from medusa.model.dataset import Batch, FeatureDataset, bucketed, scale_attributes  # noqa: E402
 from medusa.model.deepser import DeepSER, DeepSERConfig, count_parameters  # noqa: E402
-from medusa.features.store import FeatureStore, FeatureStoreWriter  # noqa: E402
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, class_weights  # noqa: E402
-from medusa.config.params import load_params  # noqa: E402
 from medusa.model.training import TrainConfig, train_step  # noqa: E402
 
-from _common import (Measurement, busy, cpu_memory_method, device_name, load_average, measure,  # noqa: E402
-                     write_section)
-
-MIN_S, MAX_S = 2.75, 11.0           # MSP-Podcast-like segment durations (as in benchmarks/extract.py)
-PAPER_AUDIO_FPS = 50                # WavLM, HuBERT and the Whisper encoder: one frame per 20 ms
-TOKENS_PER_S = 3.0                  # RoBERTa/ModernBERT tokens per second of speech (~2.7 words/s x 1.1-1.3)
-SPECIAL_TOKENS = 2                  # <s> ... </s> (or [CLS] ... [SEP]) around every transcript
+SECTION = "train"                   # reports/benchmarks/train.json
 REPORT_SECTION = "## DeepSER training"
 CPU_NOT_INCLUDED = ("model weights and AdamW state (allocated by the warm-up step) are not included; ours "
                     "includes the feature-store pages its memmap maps in (file-backed, reclaimable)")
 
 
-@dataclass(frozen=True)
-class Feature:
-    """One frame-level feature of the paper: its encoder, width and time resolution."""
-    key: str
-    name: str
-    dim: int
-    kind: str                        # audio: frames/s; text: tokens/s
-
-    def frames(self, duration_s: float, audio_fps: float) -> int:
-        if self.kind == "audio":
-            return max(1, int(duration_s * audio_fps))
-        return int(round(TOKENS_PER_S * duration_s)) + SPECIAL_TOKENS
-
-
-FEATURES = {f.key: f for f in (
-    Feature("wavlm", "WavLM-large", 1024, "audio"),
-    Feature("hubert", "HuBERT-large", 1024, "audio"),
-    Feature("whisper", "Whisper-large-v3 encoder", 1280, "audio"),
-    Feature("roberta", "RoBERTa-large", 1024, "text"),
-    Feature("modernbert", "ModernBERT-large", 1024, "text"),
-)}
-# Two of Table 1's feature mixes (configs/paper.yaml): model 2 (WavLM + HuBERT + RoBERTa) and model 14 (the
-# Whisper-large-v3 encoder + WavLM + ModernBERT), whose 1280-d Whisper frames make the widest input.
-TABLE1_MODELS = {"wavlm+hubert+roberta": "Table 1's model 2", "whisper+wavlm+modernbert": "Table 1's model 14"}
 DEFAULT_MIXES = ("wavlm,hubert,roberta", "whisper,wavlm,modernbert")
 DEFAULT_WAYS = ("ours", "authors")  # `--ways` names among WAYS (below), timed in that order
-
-
-@dataclass(frozen=True)
-class Size:
-    hidden: int
-    heads: int
-    ff_mult: int
-    layers: int
-    batch_size: int
-    utterances: int
-    steps: int
-    audio_fps: float
-
-
-SIZES = {
-    # The paper's DeepSER and batch at full frame rates; 640 utterances so that length buckets are as tight as
-    # a real epoch's would roughly be for a few dozen steps.
-    "full": Size(hidden=1024, heads=16, ff_mult=4, layers=2, batch_size=16, utterances=640, steps=30,
-                 audio_fps=PAPER_AUDIO_FPS),
-    # The same structure at a CPU's scale: at 50 frames/s one authors' step of the 256-wide model takes ~1 min
-    # on one core (the fusion ENCs attend over ~2,300 frames), so audio comes at 10 frames/s (50 pooled by 5).
-    "small": Size(hidden=256, heads=4, ff_mult=4, layers=2, batch_size=16, utterances=128, steps=12,
-                  audio_fps=10),
-}
-
-
-# ----------------------------------------------------------------------------------------- synthetic corpus
-
-
-def make_rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """n utterances as FeatureDataset wants them (utt_id, label, p_A..p_N, arousal, valence, dominance), and
-    their durations in seconds (uniform in [2.75, 11]). All 8 classes, as DeepSERConfig's default n_classes."""
-    rng = np.random.default_rng(seed)
-    durations = rng.uniform(MIN_S, MAX_S, n)
-    soft = rng.dirichlet(np.full(len(CODES), 0.5), n)  # ambiguous votes, as soft targets are
-    attrs = rng.uniform(1.0, 7.0, (n, len(ATTRIBUTES)))
-    rows = pd.DataFrame({"utt_id": [f"utt{i:05d}" for i in range(n)],
-                         "label": np.asarray(CODES)[soft.argmax(1)]})
-    rows[list(SOFT_TARGET_COLUMNS)] = soft
-    rows[list(ATTRIBUTES)] = attrs
-    return rows, durations
-
-
-def write_features(work: Path, rows: pd.DataFrame, durations: np.ndarray, features: list[Feature],
-                   audio_fps: float, seed: int) -> dict[str, dict[str, int]]:
-    """Write the same random frames in both formats: a float16 feature store per feature (ours) and one float32
-    .npy per utterance and feature (the authors'). Returns the frame count of every (feature, utt_id)."""
-    lengths: dict[str, dict[str, int]] = {}
-    for k, feat in enumerate(features):
-        rng = np.random.default_rng([seed, k])
-        npy_dir = work / "npy" / feat.key
-        npy_dir.mkdir(parents=True, exist_ok=True)
-        lengths[feat.key] = {}
-        with FeatureStoreWriter(work / "stores" / feat.key, feat.dim, {"feature": feat.key}) as writer:
-            for utt, duration in zip(rows["utt_id"], durations):
-                x = rng.standard_normal((feat.frames(duration, audio_fps), feat.dim), dtype=np.float32)
-                writer.add(utt, x)
-                np.save(npy_dir / f"{utt}.npy", x)
-                lengths[feat.key][utt] = len(x)
-    return lengths
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -380,14 +306,13 @@ def bench_mix(mix: str, size: Size, args: argparse.Namespace, device: torch.devi
 # ------------------------------------------------------------------------------------------------- report
 
 
-def markdown_table(rows: list[Row]) -> str:
-    lines = ["| features | method | samples per s | speed-up | s per step | frames per step, real / padded "
-             "| padding | peak memory (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.mix} | {r.method} | {r.samples_per_s:.1f} | {r.speed_up:.2f}× | {r.step_s:.2f} | "
-                     f"{r.real_frames:,.0f} / {r.padded_frames:,.0f} | {100 * r.padding:.0f} % | {r.peak_mb:.0f} |")
-    return "\n".join(lines)
+def table(rows: list[Row]) -> dict:
+    return report.table(
+        ["features", "method", "samples per s", "speed-up", "s per step", "frames per step, real / padded", "padding",
+         "peak memory (MB)"], "llrrrrrr",
+        [[r.mix, r.method, f"{r.samples_per_s:.1f}", f"{r.speed_up:.2f}×", f"{r.step_s:.2f}",
+          f"{r.real_frames:,.0f} / {r.padded_frames:,.0f}", f"{100 * r.padding:.0f} %", f"{r.peak_mb:.0f}"]
+         for r in rows])
 
 
 def console_table(rows: list[Row]) -> str:
@@ -401,7 +326,8 @@ def console_table(rows: list[Row]) -> str:
 
 
 def report_section(args: argparse.Namespace, size: Size, device: torch.device, results: list[MixResult],
-                   total_s: float, load: str, argv: list[str]) -> str:
+                   total_s: float, load: str, argv: list[str]) -> report.Doc:
+    """The section as a document (benchmarks/report.py renders it)."""
     rows = [r for res in results for r in res.rows]
     cmd = "python benchmarks/train.py" + "".join(f" {a}" for a in argv)
     memory = ("torch.cuda.max_memory_allocated during the timed steps (weights, gradients and AdamW state "
@@ -417,59 +343,50 @@ def report_section(args: argparse.Namespace, size: Size, device: torch.device, r
                      "once and attention cost grows with the square of the summed lengths")
     audio_rate = f"{size.audio_fps:g} frames/s"
     used = list({f.key: f for mix in args.mixes for f in parse_mix(mix)}.values())
-    lines = [
-        REPORT_SECTION, "",
-        f"Command: `{cmd}`", "",
-        f"- Device: {device_name(device)}; torch {torch.__version__}; {threads}"
-        + (f"; load average at start {load} ({busy(load)})" if device.type == "cpu" else ""),
-        f"- Size: `{args.size}`, {size_text}.",
-        *[f"- Model ({res.mix}{', ' + TABLE1_MODELS[res.mix] if res.mix in TABLE1_MODELS else ''}): "
-          f"{res.model}; at the paper's dims (hidden 1024, 16 heads, FFN 4096) the same mix "
-          f"has {res.full_params / 1e6:.1f} M params." for res in results],
-        f"- Data: {size.utterances} synthetic utterances per mix, durations uniform in {MIN_S}–{MAX_S} s "
-        f"(seed {args.seed}); " + ", ".join(
-            f"{f.name} {f.dim} d at " + (audio_rate if f.kind == "audio" else
-                                         f"{TOKENS_PER_S:g} tokens/s + {SPECIAL_TOKENS} special tokens")
-            for f in used) + "; random N(0, 1) frames. Mean frames per utterance: "
-        + "; ".join(f"{res.mix}: {res.frames}" for res in results) + ".",
-        "- Ours: float16 feature stores (`FeatureStoreWriter`), `FeatureDataset` (memmap, padding per batch, "
-        "key-padding masks, masked pooling, no time pooling), `bucketed` length buckets, `train_step` with "
-        "`TrainConfig(amp=True)`" + (" (bf16 autocast)" if device.type == "cuda" else " (autocast is CUDA-only: "
-                                      "fp32 here, like the authors')") + ".",
-        "- Authors' (re-implemented from the paper's description): one float32 `.npy` per utterance and feature, "
-        "`np.load`ed for every sample of every step; random batches (no length buckets); every feature "
-        "zero-padded to the longest in the batch; all-True masks (padding attended to and pooled, as without "
-        "masks); fp32 (`amp=False`).",
-        *(["- Ours fp32: ours with `TrainConfig(amp=False)` (no autocast), to isolate what bf16 brings."]
-          if "ours-fp32" in args.ways else []),
-        f"- Both: the same frames, the same initial weights (seed {args.seed}) and the same `train_step` (AdamW "
-        "lr 1e-5, weight decay 0.01, gradient clipping 1.0, soft-target CE ×1.5 with stage-1 class weights + "
-        "attribute MSE ×0.4, Manifold MixUp p 0.3); one untimed warm-up step, then "
-        f"{size.steps} timed optimizer steps each, batch loading included (page cache warm for both); samples "
-        "per s = samples of the timed steps / wall seconds (time.perf_counter"
-        + (", CUDA synchronised" if device.type == "cuda" else "") + "); speed-up = the authors' wall time per "
-        "sample / ours.",
-        "- Frames per step: summed over features; real = the utterances' own frames, padded = batch size × "
-        "longest in the batch (what the model computes on); padding = 1 − real / padded.",
-        f"- Peak memory: {memory}.",
-        f"- Whole run (writing the features, building the models, both ways): {total_s:.0f} s wall.",
-        "",
-        markdown_table(rows), "",
-        "Wall seconds of the timed steps: " + "; ".join(f"{r.mix} {r.method} {r.wall_s:.1f} s" for r in rows) + ".",
-        "",
-        "Both ways meet the batch of the longest utterances (one length bucket holds them), so length buckets "
-        "cut the padded frames of an average step, not of the largest one: expect the time per step to drop "
-        "with the padding, the peak memory much less.",
-    ]
-    if device.type == "cpu":
-        lines += ["", "GPU: none was lent to this session. GPU figures still to be measured with "
-                      "`python benchmarks/train.py --size full --device cuda`."]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(path: Path, section: str) -> None:
-    """Replace the "## DeepSER training" section of `path` (up to the next "## " heading), keep the rest."""
-    write_section(path, REPORT_SECTION, section)
+    return report.doc(REPORT_SECTION[3:], [
+        report.text(f"Command: `{cmd}`"),
+        report.bullets([
+            f"Device: {device_name(device)}; torch {torch.__version__}; {threads}"
+            + (f"; load average at start {load} ({busy(load)})" if device.type == "cpu" else ""),
+            f"Size: `{args.size}`, {size_text}.",
+            *[f"Model ({res.mix}{', ' + TABLE1_MODELS[res.mix] if res.mix in TABLE1_MODELS else ''}): "
+              f"{res.model}; at the paper's dims (hidden 1024, 16 heads, FFN 4096) the same mix "
+              f"has {res.full_params / 1e6:.1f} M params." for res in results],
+            f"Data: {size.utterances} synthetic utterances per mix, durations uniform in {MIN_S}–{MAX_S} s "
+            f"(seed {args.seed}); " + ", ".join(
+                f"{f.name} {f.dim} d at " + (audio_rate if f.kind == "audio" else
+                                             f"{TOKENS_PER_S:g} tokens/s + {SPECIAL_TOKENS} special tokens")
+                for f in used) + "; random N(0, 1) frames. Mean frames per utterance: "
+            + "; ".join(f"{res.mix}: {res.frames}" for res in results) + ".",
+            "Ours: float16 feature stores (`FeatureStoreWriter`), `FeatureDataset` (memmap, padding per batch, "
+            "key-padding masks, masked pooling, no time pooling), `bucketed` length buckets, `train_step` with "
+            "`TrainConfig(amp=True)`" + (" (bf16 autocast)" if device.type == "cuda" else " (autocast is CUDA-only: "
+                                          "fp32 here, like the authors')") + ".",
+            "Authors' (re-implemented from the paper's description): one float32 `.npy` per utterance and feature, "
+            "`np.load`ed for every sample of every step; random batches (no length buckets); every feature "
+            "zero-padded to the longest in the batch; all-True masks (padding attended to and pooled, as without "
+            "masks); fp32 (`amp=False`).",
+            *(["Ours fp32: ours with `TrainConfig(amp=False)` (no autocast), to isolate what bf16 brings."]
+              if "ours-fp32" in args.ways else []),
+            f"Both: the same frames, the same initial weights (seed {args.seed}) and the same `train_step` (AdamW "
+            "lr 1e-5, weight decay 0.01, gradient clipping 1.0, soft-target CE ×1.5 with stage-1 class weights + "
+            "attribute MSE ×0.4, Manifold MixUp p 0.3); one untimed warm-up step, then "
+            f"{size.steps} timed optimizer steps each, batch loading included (page cache warm for both); samples "
+            "per s = samples of the timed steps / wall seconds (time.perf_counter"
+            + (", CUDA synchronised" if device.type == "cuda" else "") + "); speed-up = the authors' wall time per "
+            "sample / ours.",
+            "Frames per step: summed over features; real = the utterances' own frames, padded = batch size × "
+            "longest in the batch (what the model computes on); padding = 1 − real / padded.",
+            f"Peak memory: {memory}.",
+            f"Whole run (writing the features, building the models, both ways): {total_s:.0f} s wall."]),
+        table(rows),
+        report.text("Wall seconds of the timed steps: "
+                    + "; ".join(f"{r.mix} {r.method} {r.wall_s:.1f} s" for r in rows) + "."),
+        report.text("Both ways meet the batch of the longest utterances (one length bucket holds them), so length "
+                    "buckets cut the padded frames of an average step, not of the largest one: expect the time per "
+                    "step to drop with the padding, the peak memory much less."),
+        report.text("GPU: none was lent to this session. GPU figures still to be measured with "
+                    "`python benchmarks/train.py --size full --device cuda`.") if device.type == "cpu" else None])
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -564,7 +481,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print()
     print(console_table(rows))
     print(f"\nwhole run: {total_s:.0f} s")
-    write_report(args.out, report_section(args, size, device, results, total_s, load, argv))
+    report.publish(report_section(args, size, device, results, total_s, load, argv), SECTION, args.out)
     print(f"wrote the '{REPORT_SECTION[3:]}' section of {args.out}")
     return rows
 

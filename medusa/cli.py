@@ -61,13 +61,14 @@ def _label_map(pairs: list[str]) -> dict[str, str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medusa.reporting import plots
     from medusa.data.audio import AudioError
-    from medusa.features.batches import pick_device
-    from medusa.serving.bundle import BundleError, load_bundle
     from medusa.data.corpora.msp_podcast import CorpusError
-    from medusa.serving.evaluate import evaluate
+    from medusa.features.batches import pick_device
     from medusa.io import write_json
+    from medusa.reporting import plots
+    from medusa.serving.bundle import BundleError
+    from medusa.serving.evaluate import evaluate
+    from medusa.serving.inference import load_bundle
     from medusa.serving.predict import write_predictions
 
     label_map = _label_map(args.label_map)  # a mistyped code is reported before any model loads
@@ -205,9 +206,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _submission(args: argparse.Namespace) -> int:
     from medusa.data.audio import AudioError
-    from medusa.features.batches import pick_device
-    from medusa.serving.bundle import BundleError, load_bundle
     from medusa.data.corpora.msp_podcast import CorpusError
+    from medusa.features.batches import pick_device
+    from medusa.serving.bundle import BundleError
+    from medusa.serving.inference import load_bundle
     from medusa.serving.submission import SubmissionError, blind_files, submission_from_bundle, write_submission
 
     try:
@@ -222,11 +224,8 @@ def _submission(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["run"]:
-        from medusa.pipeline.run import main as run_main
-        return run_main(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
+    """The `medusa` parser with every subcommand and flag (`medusa run` is handed to medusa.pipeline.run's own)."""
     ap = argparse.ArgumentParser(prog="medusa", description="MEDUSA speech emotion recognition pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo-corpus", help="write the synthetic demo corpus in the MSP-Podcast layout")
@@ -289,7 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the 95 %% interval")
     ev.add_argument("--allow-version-mismatch", action="store_true")
     ev.set_defaults(func=_evaluate)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        from medusa.pipeline.run import main as run_main
+        return run_main(argv[1:])
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -8,14 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from medusa.reporting import ablation, reports
-from medusa.model import members
-from medusa.scoring.metrics import (bootstrap_macro_f1, macro_f1, percentile_interval, relative_change,
-                            stratified_bootstrap_indices)
-from medusa.config.params import REFERENCE_VARIANT, ParamsError, load_params, validate_params
-from medusa.pipeline.run import stage_parameters
 from test_members import TRAIN, corpus  # noqa: F401  (the tiny corpus fixture)
+
+from medusa.config.params import REFERENCE_VARIANT, ParamsError, load_params, validate_params
+from medusa.model import members
+from medusa.pipeline.run import stage_parameters
+from medusa.reporting import ablation, reports
+from medusa.scoring.metrics import (
+    bootstrap_macro_f1,
+    macro_f1,
+    percentile_interval,
+    relative_change,
+    stratified_bootstrap_indices,
+)
 
 
 def _runs(rows):
@@ -164,7 +169,7 @@ def test_parallel_runs_equal_sequential_runs(corpus, tmp_path):  # noqa: F811
     train = {**TRAIN, "threads": 1, "stage1_epochs": 2, "stage2_epochs": 1}
     dims = members.store_dims(["a", "b"], root)
     runs = [ablation.AblationRun("no_mixup", name, members.resolve_member(
-        name, {"encoders": encoders, "seed": seed}, train, dims, extra_overrides={"mixup_p": 0.0}))
+        name, {"encoders": encoders, "seed": seed}, train, dims, extra_overrides={"mixup_p": 0.0}, probe={"c": 1.0}))
         for name, encoders, seed in (("ab", ["a", "b"], 0), ("a", ["a"], 1))]
     sequential = ablation.train_runs(runs, manifest_path, root, tmp_path / "one", workers=1)
     parallel = ablation.train_runs(runs, manifest_path, root, tmp_path / "two", workers=2)

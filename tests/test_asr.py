@@ -6,11 +6,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import tiny_models
 import torch
 
-import tiny_models
-from medusa.features.asr import (_decode, _decode_by_window, asr_batches, asr_spec, asr_window, transcribe_clips,
-                        transcribe_manifest, transcribe_metrics, wer_by_split, word_error_rate)
+from medusa.features.asr import (
+    _decode,
+    _decode_by_window,
+    asr_batches,
+    asr_spec,
+    asr_window,
+    transcribe_clips,
+    transcribe_manifest,
+    transcribe_metrics,
+    wer_by_split,
+    word_error_rate,
+)
 from medusa.features.encoders.whisper import MAX_SAMPLES, load_whisper
 from medusa.features.fingerprint import audio_work_rows, inputs_fingerprint
 

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from medusa.data.audio import (MAX_SECONDS, MIN_SECONDS, AudioError, check_complete, check_corpus_audio, load_audio,
-                          prepare_audio, read_any, wav_data_sizes)
+from medusa.data.audio import (
+    MAX_SECONDS,
+    MIN_SECONDS,
+    AudioError,
+    check_complete,
+    check_corpus_audio,
+    load_audio,
+    prepare_audio,
+    read_any,
+    wav_data_sizes,
+)
 
 HEADER = 44  # bytes of the canonical PCM WAV header soundfile writes (RIFF, fmt, data)
 

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import tiny_models
 import torch
 
-import tiny_models
 from medusa.features.encoders import build_encoder
 from medusa.features.extract import extract_to_store, merge_shards
-from medusa.features.store import FeatureStore
+from medusa.features.store.reader import FeatureStore
 
 CPU = torch.device("cpu")
 AUDIO = ["whisper", "wavlm", "hubert", "hubert-group", "wav2vec2-group", "egemaps"]

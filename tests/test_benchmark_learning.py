@@ -1,5 +1,6 @@
 """benchmarks/learning.py on tiny stores the test writes: the variant builders, the subsampling, and one tiny run
 end to end (a row of the table, the figure, the CSV, and a rerun that trains nothing)."""
+import importlib
 import json
 from pathlib import Path
 
@@ -8,11 +9,25 @@ import pandas as pd
 import pytest
 import yaml
 
-from medusa.features.store import FeatureStore, FeatureStoreWriter
+from medusa.features.store.reader import FeatureStore
+from medusa.features.store.writer import FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = "learning"  # the `bench` fixture (conftest) loads benchmarks/learning.py
+
+
+@pytest.fixture(scope="module")
+def variants(bench):
+    """benchmarks/learning_variants.py: the data the runs train on (importable once the script has put its folder on
+    sys.path)."""
+    return importlib.import_module("learning_variants")
+
+
+@pytest.fixture(scope="module")
+def output(bench):
+    """benchmarks/learning_report.py: the verdict, the table and the section."""
+    return importlib.import_module("learning_report")
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +57,13 @@ def corpus(tmp_path_factory):
     return pd.DataFrame(rows), root
 
 
-def test_subsamples_are_nested_stratified_and_leave_dev_and_test_alone(bench, corpus):
+def test_subsamples_are_nested_stratified_and_leave_dev_and_test_alone(variants, corpus):
     manifest, _ = corpus
     train = manifest[manifest["split"] == "train"]
     counts = train["label"].value_counts()
     previous = set()
     for size in (16, 40, 70):
-        sub = bench.subsample_train(manifest, size, seed=0)
+        sub = variants.subsample_train(manifest, size, seed=0)
         ids = set(sub.loc[sub["split"] == "train", "utt_id"])
         assert len(ids) == size and previous <= ids  # a smaller training set is part of every larger one
         got = sub.loc[sub["split"] == "train", "label"].value_counts()
@@ -57,22 +72,22 @@ def test_subsamples_are_nested_stratified_and_leave_dev_and_test_alone(bench, co
         pd.testing.assert_frame_equal(sub[sub["split"] != "train"].reset_index(drop=True),
                                       manifest[manifest["split"] != "train"].reset_index(drop=True))
         previous = ids
-    assert bench.subsample_train(manifest, 10_000, seed=0) is manifest  # beyond the split: all of it
+    assert variants.subsample_train(manifest, 10_000, seed=0) is manifest  # beyond the split: all of it
     # seeded: the same seed the same draw, another seed another one
-    pick = lambda seed: list(bench.subsample_train(manifest, 30, seed).query("split == 'train'")["utt_id"])  # noqa: E731
+    pick = lambda seed: list(variants.subsample_train(manifest, 30, seed).query("split == 'train'")["utt_id"])  # noqa: E731
     assert pick(0) == pick(0) and pick(0) != pick(1)
 
 
-def test_scales_variant_rescales_every_dimension_and_keeps_the_information(bench, corpus, tmp_path):
+def test_scales_variant_rescales_every_dimension_and_keeps_the_information(variants, corpus, tmp_path):
     manifest, src = corpus
     before = {p.name: p.stat().st_mtime_ns for p in (src / "a").iterdir()}
-    data = bench.build_scales(manifest, src, tmp_path, ["a", "b"], {"m": {"encoders": ["a", "b"], "seed": 0}}, 0)
+    data = variants.build_scales(manifest, src, tmp_path, ["a", "b"], {"m": {"encoders": ["a", "b"], "seed": 0}}, 0)
     assert {p.name: p.stat().st_mtime_ns for p in (src / "a").iterdir()} == before  # the source is never written
     for key in ("a", "b"):
         original, scaled = FeatureStore(src / key), FeatureStore(data.features_root / key)
         x = np.concatenate([np.asarray(original[u], np.float64) for u in original.utt_ids])
         y = np.concatenate([np.asarray(scaled[u], np.float64) for u in original.utt_ids])
-        assert np.abs(y).max() <= bench.MAX_ABS * 1.001
+        assert np.abs(y).max() <= variants.MAX_ABS * 1.001
         for d in range(x.shape[1]):  # an affine map per dimension: factor and offset fitted back, residual tiny
             factor, offset = np.polyfit(x[:, d], y[:, d], 1)
             residual = y[:, d] - (factor * x[:, d] + offset)
@@ -85,16 +100,16 @@ def test_scales_variant_rescales_every_dimension_and_keeps_the_information(bench
     assert max(factors) / min(factors) > 3  # the dimensions are scaled differently
     # built once: a second call finds the stores and reuses them
     stamp = (data.features_root / "a" / "frames.f16").stat().st_mtime_ns
-    again = bench.build_scales(manifest, src, tmp_path, ["a", "b"], {}, 0)
+    again = variants.build_scales(manifest, src, tmp_path, ["a", "b"], {}, 0)
     assert (again.features_root / "a" / "frames.f16").stat().st_mtime_ns == stamp
     assert again.fingerprint == data.fingerprint
 
 
-def test_one_annotator_and_demo_variants(bench, corpus, tmp_path):
+def test_one_annotator_and_demo_variants(variants, corpus, tmp_path):
     manifest, src = corpus
-    demo = bench.build_demo(manifest, src, tmp_path, ["a", "b"], {}, 0)
+    demo = variants.build_demo(manifest, src, tmp_path, ["a", "b"], {}, 0)
     assert (demo.features_root / "a").is_symlink() and FeatureStore(demo.features_root / "a").dim == 5
-    data = bench.build_one_annotator(manifest, src, tmp_path, ["a", "b"], {}, 0)
+    data = variants.build_one_annotator(manifest, src, tmp_path, ["a", "b"], {}, 0)
     m = data.manifest
     train = m[m["split"] == "train"]
     assert set(train["label"]) <= set(CODES)  # X and O rows left the training split ...
@@ -106,42 +121,42 @@ def test_one_annotator_and_demo_variants(bench, corpus, tmp_path):
     assert (data.features_root / "b").is_symlink()
 
 
-def test_one_annotator_and_bursts_follow_the_run_classes(bench, corpus):
+def test_one_annotator_and_bursts_follow_the_run_classes(variants, corpus):
     """A 4-class run (the manifest holds p_A, p_S, p_H, p_N): one-hot targets over those 4, train rows of any
     other label dropped; each burst carries one of the 4 classes (an index into them)."""
     manifest, _ = corpus
     four = ["A", "S", "H", "N"]
     run = manifest.drop(columns=[f"p_{c}" for c in CODES if c not in four])
-    m = bench.one_annotator_manifest(run)
+    m = variants.one_annotator_manifest(run)
     train = m[m["split"] == "train"]
     assert [c for c in m.columns if c.startswith("p_")] == [f"p_{c}" for c in four]
     assert set(train["label"]) == set(four)
     assert np.array_equal(train[[f"p_{c}" for c in four]].to_numpy(),
                           (train["label"].to_numpy()[:, None] == np.asarray(four)).astype(float))
-    classes = bench.burst_classes(run, np.random.default_rng(0))
+    classes = variants.burst_classes(run, np.random.default_rng(0))
     labelled = run["label"].isin(four).to_numpy()
     assert classes.max() < 4 and list(np.asarray(four)[classes[labelled]]) == list(run.loc[labelled, "label"])
 
 
-def test_few_frames_variant_hides_the_class_in_a_short_burst(bench, corpus, tmp_path):
+def test_few_frames_variant_hides_the_class_in_a_short_burst(variants, corpus, tmp_path):
     manifest, src = corpus
-    data = bench.build_few_frames(manifest, src, tmp_path, ["a"], {}, 0)
-    store = FeatureStore(data.features_root / bench.BURST_STORE)
-    assert set(store.utt_ids) == set(manifest["utt_id"]) and store.dim == bench.BURST_DIM
+    data = variants.build_few_frames(manifest, src, tmp_path, ["a"], {}, 0)
+    store = FeatureStore(data.features_root / variants.BURST_STORE)
+    assert set(store.utt_ids) == set(manifest["utt_id"]) and store.dim == variants.BURST_DIM
     lengths = np.asarray([store.lengths[u] for u in store.utt_ids])
-    assert lengths.min() >= 2 * bench.BURST_RATE - 1 and lengths.max() <= 4 * bench.BURST_RATE + 1
-    assert list(data.members) == [bench.BURST_MEMBER] and data.members[bench.BURST_MEMBER]["encoders"] == ["burst"]
-    assert data.overrides == {"pool": {"burst": bench.BURST_POOL}}
+    assert lengths.min() >= 2 * variants.BURST_RATE - 1 and lengths.max() <= 4 * variants.BURST_RATE + 1
+    assert list(data.members) == [variants.BURST_MEMBER] and data.members[variants.BURST_MEMBER]["encoders"] == ["burst"]
+    assert data.overrides == {"pool": {"burst": variants.BURST_POOL}}
     # the burst: the few frames of largest norm are far from the noise, and their mean tells the class apart
     x = np.asarray(store[manifest["utt_id"].iloc[0]], np.float32)
     norms = np.linalg.norm(x, axis=1)
-    assert np.sort(norms)[-bench.BURST_FRAMES:].min() > np.median(norms)
+    assert np.sort(norms)[-variants.BURST_FRAMES:].min() > np.median(norms)
 
 
-def test_verdict_rule(bench):
-    assert bench.verdict(0.40, 0.45, 0.38) == "above"
-    assert bench.verdict(0.30, 0.36, 0.35) == "within"
-    assert bench.verdict(0.30, 0.34, 0.35) == "below"
+def test_verdict_rule(output):
+    assert output.verdict(0.40, 0.45, 0.38) == "above"
+    assert output.verdict(0.30, 0.36, 0.35) == "within"
+    assert output.verdict(0.30, 0.34, 0.35) == "below"
 
 
 def _params(tmp_path: Path) -> Path:
@@ -158,12 +173,14 @@ def _params(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_tiny_run_end_to_end_and_a_rerun_trains_nothing(bench, corpus, tmp_path, monkeypatch):
+def test_a_tiny_run_end_to_end_and_a_rerun_trains_nothing(bench, output, corpus, tmp_path, monkeypatch):
     manifest, src = corpus
     manifest_path = tmp_path / "manifest.parquet"
     manifest.to_parquet(manifest_path)
     report = tmp_path / "benchmarks.md"
-    report.write_text("# Benchmarks\n\n## Feature extraction\n\nkeep this\n", encoding="utf-8")
+    (tmp_path / "benchmarks").mkdir()  # the report's documents: another benchmark's section is kept
+    (tmp_path / "benchmarks" / "extract.json").write_text(
+        json.dumps({"title": "Feature extraction", "blocks": [{"text": "keep this"}]}))
     argv = ["--params", str(_params(tmp_path)), "--manifest", str(manifest_path), "--features", str(src),
             "--work", str(tmp_path / "work"), "--out", str(report), "--figure", str(tmp_path / "fig.png"),
             "--csv", str(tmp_path / "learning.csv"), "--variants", "demo", "--members", "m", "--sizes", "40",
@@ -179,7 +196,7 @@ def test_a_tiny_run_end_to_end_and_a_rerun_trains_nothing(bench, corpus, tmp_pat
     assert (tmp_path / "fig.png").stat().st_size > 0
     assert len(pd.read_csv(tmp_path / "learning.csv")) == 1
     text = report.read_text(encoding="utf-8")
-    assert "## Feature extraction\n\nkeep this\n" in text and text.count(bench.REPORT_SECTION) == 1
+    assert "## Feature extraction\n\nkeep this\n" in text and text.count(output.REPORT_SECTION) == 1
     assert "| demo | m | base | 0 | 40 |" in text
     results = list((tmp_path / "work" / "results").glob("*.json"))
     assert len(results) == 1 and json.loads(results[0].read_text())["probe_test"]["balanced_macro_f1"] >= 0
@@ -191,3 +208,10 @@ def test_a_tiny_run_end_to_end_and_a_rerun_trains_nothing(bench, corpus, tmp_pat
     assert again["reused"].all() and not frame["reused"].any()
     assert again.drop(columns=["reused"]).equals(frame.drop(columns=["reused"]))  # the same numbers, read back
     assert "1 of the runs reused" in report.read_text(encoding="utf-8")
+
+
+def test_the_code_fingerprint_reads_every_listed_path(bench):
+    """CODE_PATHS names medusa files that exist: a module that moved must not drop out of the results' key."""
+    root = Path(bench.__file__).resolve().parents[1] / "medusa"
+    assert all((root / p).exists() for p in bench.CODE_PATHS)
+    assert len(bench.code_fingerprint()) == 12

@@ -1,8 +1,8 @@
 """benchmarks/predict.py on a tiny eGeMAPS-only bundle (no hub, no ASR) and four short wav files."""
+import json
 import re
 
 import soundfile as sf
-
 from test_predict import SR, bundle_path, voice  # noqa: F401  (bundle_path: the module-scoped bundle fixture)
 
 BENCHMARK = "predict"
@@ -14,7 +14,8 @@ def test_the_section_has_both_ways_positive_numbers_and_equal_classes(bench, bun
     for i, seconds in enumerate([2.0, 3.1, 1.5, 2.5]):
         sf.write(audio / f"c{i}.wav", voice(seconds, seed=i), SR, subtype="PCM_16")
     report = tmp_path / "benchmarks.md"
-    report.write_text("# Benchmarks\n\n## Other\n\nkept\n", encoding="utf-8")
+    (tmp_path / "benchmarks").mkdir()  # the report's documents: another benchmark's section is kept
+    (tmp_path / "benchmarks" / "other.json").write_text(json.dumps({"title": "Other", "blocks": [{"text": "kept"}]}))
 
     res = bench.main(["--bundle", str(bundle_path), "--audio", str(audio), "--files", "4", "--device", "cpu",
                       "--report", str(report), "--cache-dir", str(tmp_path / "cache")])
@@ -27,6 +28,7 @@ def test_the_section_has_both_ways_positive_numbers_and_equal_classes(bench, bun
 
     text = report.read_text(encoding="utf-8")
     assert "## Other\n\nkept" in text and text.count(bench.REPORT_SECTION) == 1
+    assert text.index(bench.REPORT_SECTION) < text.index("## Other")  # a known section before an unplaced one
     section = text[text.index(bench.REPORT_SECTION):]
     assert "e_deep" in section and "e_late" in section and "the same predicted class for every file" in section
     for way in ("batched", "one at a time"):

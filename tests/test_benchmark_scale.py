@@ -1,5 +1,7 @@
 """benchmarks/scale.py at tiny sizes: every step timed at every size, its own report section written (the others
 kept), the temporary folder removed, and the arithmetic behind the disk and GPU figures right on known cases."""
+import importlib
+import json
 import re
 
 import numpy as np
@@ -29,8 +31,10 @@ def run(tmp_path_factory):
     spec.loader.exec_module(module)
     tmp = tmp_path_factory.mktemp("scale")
     report = tmp / "benchmarks.md"
-    report.write_text("# Benchmarks\n\n## Other\n\nkept\n\n## Scale simulation (MSP-Podcast size, no neural work)\n\n"
-                      "stale\n", encoding="utf-8")
+    (tmp / "benchmarks").mkdir()  # the report's documents: its own stale section, and another one that is kept
+    for name, title, text in (("other", "Other", "kept"),
+                              ("scale", "Scale simulation (MSP-Podcast size, no neural work)", "stale")):
+        (tmp / "benchmarks" / f"{name}.json").write_text(json.dumps({"title": title, "blocks": [{"text": text}]}))
     work = tmp / "work"
     res = module.main(["--sizes", *map(str, SIZES), "--full-dim-utterances", "32", "--out", str(report),
                        "--tmp-dir", str(work)])
@@ -39,8 +43,9 @@ def run(tmp_path_factory):
 
 
 def test_every_step_has_a_positive_row_per_size(run):
-    bench, res, _, work = run
-    assert sorted((r.step, r.n) for r in res.rows) == sorted((s, n) for s in bench.STEPS for n in SIZES)
+    _, res, _, work = run
+    steps = importlib.import_module("scale_steps")
+    assert sorted((r.step, r.n) for r in res.rows) == sorted((s, n) for s in steps.STEPS for n in SIZES)
     for r in res.rows:
         assert r.wall_s > 0 and r.peak_mb >= 0 and r.hwm_mb > 0 and r.anon_mb > 0 and 0 < r.rows <= r.n
     assert list(work.iterdir()) == []  # the temporary folder is gone
@@ -54,10 +59,11 @@ def test_every_step_has_a_positive_row_per_size(run):
 
 def test_the_section_replaces_the_stale_one_and_has_every_step_per_size(run):
     bench, res, text, _ = run
+    steps = importlib.import_module("scale_steps")
     assert "## Other\n\nkept" in text and text.count(bench.REPORT_SECTION) == 1 and "stale" not in text
     section = text[text.index(bench.REPORT_SECTION):]
     assert "--sizes 300 600" in section and "check_audio=True" in section and "dim 16 instead of 1024" in section
-    for step in bench.STEPS:
+    for step in steps.STEPS:
         rows = re.findall(rf"^\| {re.escape(step)} \|.*\|$", section, re.M)
         assert len(rows) == 2, step  # the time / memory table and the per-1k-utterance table
         times = numbers(rows[0])
@@ -69,22 +75,24 @@ def test_the_section_replaces_the_stale_one_and_has_every_step_per_size(run):
 
 def test_disk_arithmetic(run):
     bench, res, text, _ = run
-    assert bench.store_bytes(300, 1024) == 614_400 and bench.store_bytes(1_000, 1280) == 2_560_000
-    np.testing.assert_array_equal(bench.audio_frames(np.array([6.0, 2.01, 11.999])), [300, 100, 599])
-    np.testing.assert_array_equal(bench.text_tokens(pd.Series(["one two three", "a b c d e f g h i j", None])),
+    corpus = importlib.import_module("scale_corpus")
+    assert corpus.store_bytes(300, 1024) == 614_400 and corpus.store_bytes(1_000, 1280) == 2_560_000
+    np.testing.assert_array_equal(corpus.audio_frames(np.array([6.0, 2.01, 11.999])), [300, 100, 599])
+    np.testing.assert_array_equal(corpus.text_tokens(pd.Series(["one two three", "a b c d e f g h i j", None])),
                                   [6, 15, 2])  # round(1.3 words) + 2 special tokens
     section = text[text.index(bench.REPORT_SECTION):]
     large = res.sizes[-1]
-    for key, (_, dim, kind) in bench.FULL_DIMS.items():
+    for key, (_, dim, kind) in corpus.FULL_DIMS.items():
         frames = large.store_frames["wavlm" if kind == "audio" else "roberta"]
         row = re.search(rf"^\| {key} \(.*\|$", section, re.M).group(0)
         assert row.rstrip(" |").endswith(f"{frames * dim * 2 / 1e9:,.2f}"), row
 
 
 def test_deepser_flops_on_a_hand_computed_case(bench):
+    epoch = importlib.import_module("scale_epoch")  # on sys.path once `bench` has loaded benchmarks/scale.py
     # hidden 2, 2 layers, FFN 4x, one 3-d modality of 1 frame, batch 1, 11 outputs: unimodal ENC 228, fusion 1
     # (1 frame) 224, fusion 2 (2 frames) 480, fuse + heads 60 FLOPs
-    assert bench.deepser_forward_flops(1, [1], [3], hidden=2, layers=2, ff_mult=4, n_outputs=11) == 992
+    assert epoch.deepser_forward_flops(1, [1], [3], hidden=2, layers=2, ff_mult=4, n_outputs=11) == 992
     # attention grows with the square of the frames, the rest linearly
-    one, two = (bench.deepser_forward_flops(16, [t, t, 20], [1024] * 3, 1024, 2, 4, 11) for t in (300, 600))
+    one, two = (epoch.deepser_forward_flops(16, [t, t, 20], [1024] * 3, 1024, 2, 4, 11) for t in (300, 600))
     assert 2 < two / one < 4

@@ -3,7 +3,6 @@ random features and (eGeMAPS only: offline, no ASR) on synthesized wav files, th
 import json
 import re
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +10,22 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from meta_config import meta_config
 from safetensors.torch import save_file
-
 from tiny_models import deepser_config, train_config
+
 from medusa import cli
-from medusa.ensemble import meta as ensemble
 from medusa.data.audio import AudioError, load_audio
-from medusa.model.linear_probe import LinearProbe, pooled_means
-from medusa.serving.bundle import BundleError, load_bundle, save_bundle, stored_agreement
-from medusa.model.dataset import batch_from_arrays, unscale_attributes
-from medusa.model.deepser import DeepSER, DeepSERConfig
+from medusa.ensemble.meta import MetaClassifier, Stacked, meta_predict
+from medusa.ensemble.subsets import ensemble_posteriors, run_subset
+from medusa.ensemble.voting import read_probe_posteriors
 from medusa.features.encoders.opensmile_lld import OpenSmileEncoder
-from medusa.ensemble.meta import MetaClassifier, MetaConfig, Stacked, meta_predict
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS, target_columns
+from medusa.model.dataset import batch_from_arrays, unscale_attributes
+from medusa.model.deepser import DeepSER
+from medusa.model.linear_probe import LinearProbe, pooled_means
+from medusa.serving.bundle import BundleError, save_bundle
+from medusa.serving.inference import load_bundle, stored_agreement
 
 EGEMAPS_STORE = {"family": "opensmile", "feature_set": "eGeMAPSv02", "dim": 25, "kind": "audio", "frame_rate": 100.0}
 EGEMAPS = {"family": "egemaps", "model": "eGeMAPSv02", "layers": [], "batch_size": 16, "batch_seconds": 60.0}
@@ -59,7 +61,8 @@ def write_member(root, name, encoders: dict[str, int], pools, stores: dict[str, 
 
 def make_meta(n_models: int, use_attributes: bool, hidden: int = 0, seed: int = 0) -> MetaClassifier:
     torch.manual_seed(seed)
-    meta = MetaClassifier(MetaConfig(n_models=n_models, use_attributes=use_attributes, hidden=hidden)).eval()
+    meta = MetaClassifier(meta_config(n_models, attributes_in=use_attributes, attributes_out=use_attributes,
+                                       hidden=hidden)).eval()
     with torch.no_grad():
         for p in meta.parameters():
             p.mul_(5)
@@ -232,9 +235,10 @@ def grid_bundle(tmp_path_factory):
     without a mask, as the base checkpoints are) and eGeMAPS, trained on stores made by the extract stage over
     nine wav files of 0.4-6.5 s; the bundle built from those stores' meta, as the bundle stage builds it."""
     import tiny_models
+
     from medusa.features.encoders import build_encoder
     from medusa.features.extract import extract_to_store
-    from medusa.features.store import FeatureStore
+    from medusa.features.store.reader import FeatureStore
 
     root = tmp_path_factory.mktemp("grid")
     params = {"whisper": {"family": "whisper", "model": tiny_models.whisper_checkpoint(root), "layers": [-1],
@@ -315,7 +319,7 @@ def test_other_library_versions_are_refused_unless_allowed(egemaps_bundle, tmp_p
     with pytest.raises(BundleError, match=rf"encoder 'egemaps': its features were made with opensmile 1\.0\.0, "
                                           rf"installed: {re.escape(installed)}(?s:.*)--allow-version-mismatch"):
         load_bundle(other)
-    with caplog.at_level("WARNING", logger="medusa.serving.bundle"):
+    with caplog.at_level("WARNING", logger="medusa.serving.inference"):
         assert load_bundle(other, allow_version_mismatch=True).member_names == ["e"]
     assert "opensmile 1.0.0" in caplog.text
     assert cli.main(["predict", str(other), str(wavs[0]), "--device", "cpu"]) == 1
@@ -429,11 +433,11 @@ def probe_run(root: Path, classes: tuple[str, ...], stage3: str = "paper") -> di
         probe_frame[list(ATTRIBUTES)] = np.nan
         probe_frame.to_parquet(d / "probe_posteriors.parquet")
     posteriors = {n: pd.read_parquet(d / "posteriors.parquet") for n, d in zip(names, dirs)}
-    probe_posteriors = ensemble.read_probe_posteriors(names, root / "models")
-    cfg = MetaConfig(n_models=0, include_probes=True, epochs=20, lr=1e-2, stage3=stage3)
-    result = ensemble.run_subset(posteriors, manifest, names, cfg, [0, 1], probe_posteriors, anchor_grid=[0.0],
+    probe_posteriors = read_probe_posteriors(names, root / "models")
+    cfg = meta_config(0, include_probes=True, epochs=20, lr=1e-2, stage3=stage3)
+    result = run_subset(posteriors, manifest, names, cfg, [0, 1], probe_posteriors, anchor_grid=[0.0],
                                  cv_folds=2)
-    stored = ensemble.ensemble_posteriors(posteriors, result, ("test", "blind"), probe_posteriors)
+    stored = ensemble_posteriors(posteriors, result, ("test", "blind"), probe_posteriors)
     out = save_bundle(root / "bundle", result.soup, dirs, {"egemaps": EGEMAPS}, None)
     return {"bundle": out, "dirs": dirs, "probes": probes, "soup": result.soup, "stored": stored, "wavs": wavs,
             "features": features, "rows": rows}

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from medusa.scoring import calibration
-from medusa.ensemble import meta as ensemble
-from medusa.reporting import plots, reports
+from medusa.ensemble.voting import soft_vote, stack
 from medusa.labels import ATTRIBUTES
+from medusa.reporting import plots, reports
+from medusa.scoring import calibration
 
 CLASSES = ("A", "S", "N")
 COLUMNS = ["p_A", "p_S", "p_N"]
@@ -158,10 +158,10 @@ def test_soft_voting_is_the_members_mean_posterior():
         frame[list(ATTRIBUTES)] = 4.0
         frames[m] = frame
     vote = reports.soft_voting_frame(frames, ["a", "b"]).set_index("utt_id")
-    stacked = ensemble.stack(frames, "test")
+    stacked = stack(frames, "test")
     np.testing.assert_allclose(vote.loc[stacked.utt_ids, COLUMNS].to_numpy(), stacked.probs.mean(1), rtol=1e-6)
     np.testing.assert_array_equal(vote.loc[stacked.utt_ids, COLUMNS].to_numpy().argmax(1),
-                                  ensemble.soft_vote(stacked.probs))
+                                  soft_vote(stacked.probs))
 
 
 def test_calibration_systems_put_each_one_hot_run_beside_its_reference(tmp_path):

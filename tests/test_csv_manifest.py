@@ -9,12 +9,12 @@ import pytest
 import soundfile as sf
 import yaml
 
+from medusa.config.params import ParamsError, PrepareParams, validate_params
 from medusa.data.audio import AudioError
 from medusa.data.corpora.csv_manifest import label_code
 from medusa.data.corpora.manifest import prepare_corpus, stratified_speaker_split, thin_classes
 from medusa.data.corpora.msp_podcast import CorpusError
 from medusa.labels import classes_of
-from medusa.config.params import ParamsError, PrepareParams, validate_params
 
 HEADER = ["path", "label", "speaker"]
 

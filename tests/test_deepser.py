@@ -1,12 +1,15 @@
 """DeepSER's architecture and the loss pieces of the stage 1-2 recipe."""
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tiny_models import deepser_config, train_config
-from medusa.model.deepser import DeepSER, DeepSERConfig, count_parameters, manifold_mixup, soft_cross_entropy
+
+from medusa.config.params import ArchitectureParams
 from medusa.labels import CODES, balanced_epoch, class_weights
+from medusa.model.deepser import DeepSER, DeepSERConfig, count_parameters, manifold_mixup, soft_cross_entropy
 
 
 def batch(dims, lengths, seed=0):
@@ -60,10 +63,15 @@ def test_late_fusion_has_no_fusion_encoders_and_fewer_parameters():
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ValueError, match="at least 2 transformer layers"):
+    """The checks are the params schema's own (ArchitectureParams), and name the setting."""
+    with pytest.raises(ValueError, match=r"layers\n.*greater than or equal to 2"):
         deepser_config((4,), layers=1)
     with pytest.raises(ValueError, match="divisible by heads"):
         deepser_config((4,), hidden=10, heads=3)
+    with pytest.raises(ValueError, match=r"fusion\n.*'deep' or 'late'"):
+        deepser_config((4,), fusion="mid")
+    with pytest.raises(ValueError, match=r"input_dims\n.*at least 1 item"):
+        deepser_config(())
     with pytest.raises(ValueError, match="expected 2 modalities"):
         DeepSER(deepser_config((4, 4), hidden=8, heads=2))(*batch((4,), [[3]]))
 
@@ -137,3 +145,14 @@ def test_the_architecture_is_read_from_the_train_settings_it_is_declared_in():
     cfg = DeepSERConfig.from_train((7, 5), train)
     assert (cfg.input_dims, cfg.hidden, cfg.heads, cfg.layers, cfg.dropout, cfg.ff_mult, cfg.fusion) == \
         ((7, 5), 24, 3, 3, 0.2, 2, "late")
+    assert DeepSERConfig.from_train([7, 5], train, n_classes=4).n_classes == 4
+    # one model of the schema: the architecture is ArchitectureParams' fields, nothing declared again
+    assert set(ArchitectureParams.model_fields) < set(DeepSERConfig.model_fields)
+    assert set(DeepSERConfig.model_fields) - set(ArchitectureParams.model_fields) == \
+        {"input_dims", "n_classes", "n_attributes", "extra"}
+
+
+def test_a_config_survives_its_json_form():
+    cfg = deepser_config((7, 5), n_classes=3, fusion="late")
+    saved = json.loads(json.dumps(cfg.to_dict()))
+    assert saved["input_dims"] == [7, 5] and DeepSERConfig.from_dict(saved) == cfg

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from medusa.config.params import load_params
 from medusa.data.corpora.demo import MAX_DURATION_S, MIN_DURATION_S, build_demo_corpus, tree_digest
 from medusa.data.corpora.manifest import build_manifest, speaker_overlap
 from medusa.data.corpora.msp_podcast import parse_emo_detail
 from medusa.labels import CODES, plurality
-from medusa.config.params import load_params
 
 SMALL = dict(seed=11, n_speakers=12, n_train=60, n_development=20, n_blind=8, annotators_min=5, annotators_max=7)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import yaml
 
-from medusa.pipeline.dryrun import OVERRIDE, PRESET, dry_run_params
 from medusa.config.params import ParamsError, merge_overrides
+from medusa.pipeline.dryrun import OVERRIDE, PRESET, dry_run_params
 
 
 def test_merge_overrides_merges_mappings_and_replaces_everything_else():

@@ -1,80 +1,25 @@
-"""dvc.yaml's deps cover every module a stage imports: a stage reruns when code it runs changes.
-
-The import closure of each stage starts at its command's module (`python -m medusa.pipeline.run`) and at the `medusa`
-imports of its notebook's code cells, and follows every `import medusa...` / `from medusa... import ...` statement
-in the files reached (function-local imports included: a stage may call them; `if TYPE_CHECKING:` blocks left
-out: they never run). Every file of the closure must be a dep of the stage, or inside a folder that is one.
-"""
+"""dvc.yaml's deps cover every module a stage imports (medusa.pipeline.stage_deps), and a stage depends on the
+feature stores it reads and no other (medusa.pipeline.inputs)."""
 from __future__ import annotations
 
-import ast
-import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
-import yaml
+import numpy as np
+import pytest
 
-
-def _module_file(root: Path, name: str) -> Path | None:
-    path = root.joinpath(*name.split("."))
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    return path / "__init__.py" if (path / "__init__.py").is_file() else None
-
-
-def _imports(source: str) -> set[str]:
-    """The medusa modules (and `module.name` candidates of `from module import name`) a source imports."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            node.body = []
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] == "medusa"}
-        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "medusa":
-            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
-    return out
-
-
-def import_closure(root: Path, names: set[str]) -> set[str]:
-    """Repository-relative paths of every medusa file the modules `names` import, transitively (packages'
-    __init__.py included: importing medusa.x runs medusa/__init__.py first)."""
-    seen: set[Path] = set()
-    todo = list(names)
-    while todo:
-        parts = todo.pop().split(".")
-        for i in range(1, len(parts) + 1):
-            path = _module_file(root, ".".join(parts[:i]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.extend(_imports(path.read_text(encoding="utf-8")))
-    return {p.relative_to(root).as_posix() for p in seen}
-
-
-def _notebook_code(path: Path) -> str:
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    lines = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code").splitlines()
-    return "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))  # IPython magics
-
-
-def stage_gaps(root: Path) -> dict[str, list[str]]:
-    """{stage: the files of its import closure that none of its deps covers}."""
-    gaps = {}
-    for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
-        body = stage.get("do", stage)   # a foreach stage: its template
-        deps = [d.rstrip("/") for d in body.get("deps", []) if isinstance(d, str) and "${" not in d]
-        roots = {"medusa.pipeline.run"} if "medusa.pipeline.run" in body["cmd"] else set()
-        for notebook in (d for d in deps if d.endswith(".ipynb")):
-            roots |= _imports(_notebook_code(root / notebook))
-        closure = import_closure(root, roots)
-        gaps[name] = sorted(f for f in closure if not any(f == d or f.startswith(d + "/") for d in deps))
-    return gaps
+from medusa.features.store.reader import STORE_FILES
+from medusa.features.store.writer import FeatureStoreWriter
+from medusa.pipeline.inputs import InputsError, link_stores
+from medusa.pipeline.stage_deps import fix, import_closure, stage_gaps
 
 
 def test_every_stage_lists_every_module_it_imports(repo_root):
     gaps = {stage: files for stage, files in stage_gaps(repo_root).items() if files}
-    assert not gaps, "dvc.yaml: stages import modules they do not list as deps: " + "; ".join(
-        f"{stage}: {', '.join(files)}" for stage, files in gaps.items())
+    assert not gaps, ("dvc.yaml: stages import modules they do not list as deps (python -m medusa.pipeline.stage_deps "
+                      "--fix writes them): " + "; ".join(f"{stage}: {', '.join(files)}" for stage, files in gaps.items()))
 
 
 def test_the_closure_follows_imports_and_skips_type_checking_blocks(tmp_path):
@@ -88,3 +33,82 @@ def test_the_closure_follows_imports_and_skips_type_checking_blocks(tmp_path):
     (pkg / "d.py").write_text("")
     assert import_closure(tmp_path, {"medusa.a"}) == {"medusa/__init__.py", "medusa/a.py", "medusa/sub/__init__.py",
                                                       "medusa/sub/b.py", "medusa/d.py"}
+
+
+def test_fix_writes_a_stage_s_closure_and_keeps_its_other_deps(tmp_path):
+    pkg = tmp_path / "medusa"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "run.py").write_text("import medusa.a\n")
+    (pkg / "a.py").write_text("")
+    (pkg / "old.py").write_text("")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  one:\n    cmd: python -m medusa.run x\n    deps:\n      - medusa/old.py  # gone\n"
+        "      - work/data\n    outs:\n      - work/out\n")
+    assert stage_gaps(tmp_path) == {"one": ["medusa/__init__.py", "medusa/a.py", "medusa/run.py"]}
+    fix(tmp_path)
+    text = (tmp_path / "dvc.yaml").read_text()
+    assert "medusa/old.py" not in text and "      - work/data\n" in text
+    assert stage_gaps(tmp_path) == {"one": []}
+
+
+def _store(root: Path, dim: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    with FeatureStoreWriter(root, dim) as writer:
+        for i in range(3):
+            writer.add(f"u{i}", rng.standard_normal((4, dim)).astype(np.float32))
+
+
+def test_a_view_links_the_files_a_reader_opens_and_names_a_missing_store(tmp_path):
+    features = tmp_path / "features"
+    _store(features / "a", 3, 0)
+    _store(features / "b", 2, 1)
+    view = link_stores(["b", "a", "b"], features, tmp_path / "inputs" / "m")
+    assert sorted(p.name for p in view.iterdir()) == ["a", "b"]
+    for name in STORE_FILES:
+        link = view / "a" / name
+        assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+        assert link.read_bytes() == (features / "a" / name).read_bytes()
+    link_stores(["a"], features, view)       # rebuilt in place: b is gone
+    assert sorted(p.name for p in view.iterdir()) == ["a"]
+    with pytest.raises(InputsError, match="no complete feature store for c under .*dvc repro extract@c"):
+        link_stores(["a", "c"], features, view)
+
+
+@pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not on PATH")
+def test_changing_one_store_changes_only_the_stages_that_read_it(repo_root, tmp_path):
+    """The pattern dvc.yaml uses (inputs@MODEL views, train@MODEL depending on its view), in a small DVC project:
+    after one store changes, `dvc status` names the train stage of the one model that reads it, not the other."""
+    project = tmp_path / "project"
+    (project / "work").mkdir(parents=True)
+    _store(project / "work" / "features" / "a", 3, 0)
+    _store(project / "work" / "features" / "b", 2, 1)
+    (project / "params.yaml").write_text("models:\n  m_a:\n    encoders: [a]\n  m_ab:\n    encoders: [a, b]\n"
+                                          "  m_b:\n    encoders: [b]\n")
+    (project / "link.py").write_text(
+        "import sys, yaml\nfrom medusa.pipeline.inputs import link_stores\n"
+        "m = sys.argv[1]\nlink_stores(yaml.safe_load(open('params.yaml'))['models'][m]['encoders'], 'work/features',"
+        " f'work/inputs/{m}')\n")
+    (project / "dvc.yaml").write_text(
+        "stages:\n  inputs:\n    foreach: ${models}\n    do:\n      cmd: python link.py ${key}\n"
+        "      deps: [work/features]\n      params: ['models.${key}.encoders']\n"
+        "      outs:\n        - work/inputs/${key}:\n            cache: false\n"
+        "  train:\n    foreach: ${models}\n    do:\n      cmd: python -c \"open('work/${key}.out', 'w').write('x')\"\n"
+        "      deps: ['work/inputs/${key}']\n      outs: ['work/${key}.out']\n")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo_root)}
+
+    def dvc(*args: str) -> str:
+        proc = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    dvc("init", "-q")
+    dvc("repro")
+    shutil.rmtree(project / "work" / "features" / "b")
+    _store(project / "work" / "features" / "b", 2, 2)          # b re-extracted with other frames
+    status = dvc("status")
+    changed_train = sorted(line.strip().rstrip(":") for line in status.splitlines() if line.startswith("train@"))
+    assert changed_train == ["train@m_ab", "train@m_b"], status
+    ran = dvc("repro")
+    assert "Running stage 'train@m_a'" not in ran and "Running stage 'train@m_b'" in ran, ran

@@ -67,8 +67,14 @@ def _word_tokenizer(words):
 @pytest.fixture(scope="module")
 def tiny_text_models(tmp_path_factory):
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import (ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast, RobertaConfig,
-                              RobertaModel, RobertaTokenizerFast)
+    from transformers import (
+        ModernBertConfig,
+        ModernBertModel,
+        PreTrainedTokenizerFast,
+        RobertaConfig,
+        RobertaModel,
+        RobertaTokenizerFast,
+    )
 
     root = tmp_path_factory.mktemp("text_models")
     corpus = ["the weather is nice today", "I am so angry about this", "what a wonderful day"] * 20

@@ -10,7 +10,7 @@ import torch
 from medusa.features.batches import length_batches
 from medusa.features.encoders import build_encoder
 from medusa.features.extract import extract_to_store, merge_shards
-from medusa.features.store import FeatureStore
+from medusa.features.store.reader import FeatureStore
 
 CPU = torch.device("cpu")
 
@@ -138,7 +138,7 @@ def test_resume_after_the_corpus_changed_under_the_same_names_starts_afresh(tmp_
         extract_to_store(Interrupting(wavlm, fail_at=5), corpus_a, tmp_path / "store", **kw)  # 12 stored
     # the other corpus: the same 12 names with other audio, 4 names of its own
     corpus_b = write_corpus(tmp_path / "Audios", shared + [f"MSP-PODCAST_b{i}" for i in range(4)], seed=2)
-    with caplog.at_level("WARNING", logger="medusa.features.store"):
+    with caplog.at_level("WARNING", logger="medusa.features.store.journal"):
         stats = extract_to_store(wavlm, corpus_b, tmp_path / "store", **kw)
     assert "discarding the unfinished store" in caplog.text and "other inputs" in caplog.text
     assert stats.utterances == 16
@@ -186,7 +186,7 @@ def test_shards_under_other_batch_settings_are_restarted_or_refused_at_merge(tmp
     with pytest.raises(KeyboardInterrupt):   # shard 0 begun anew under batch_size 3, interrupted ...
         extract_to_store(Interrupting(wavlm, fail_at=2), items, tmp_path / "s", shard=0, n_shards=2,
                          batch_size=3, **kw)
-    with caplog.at_level("WARNING", logger="medusa.features.store"):   # ... and resumed under batch_size 1
+    with caplog.at_level("WARNING", logger="medusa.features.store.journal"):   # ... and resumed under batch_size 1
         extract_to_store(wavlm, items, tmp_path / "s", shard=0, n_shards=2, batch_size=1, **kw)
     assert "discarding the unfinished store" in caplog.text
     extract_to_store(wavlm, items, tmp_path / "s", shard=0, n_shards=2, batch_size=3, **kw)
@@ -210,7 +210,7 @@ def test_resume_after_the_weights_changed_under_the_same_path_starts_afresh(tmp_
     with pytest.raises(KeyboardInterrupt):
         extract_to_store(Interrupting(save(0), fail_at=3), items, tmp_path / "store", **kw)
     retrained = save(1)
-    with caplog.at_level("WARNING", logger="medusa.features.store"):
+    with caplog.at_level("WARNING", logger="medusa.features.store.journal"):
         extract_to_store(retrained, items, tmp_path / "store", **kw)
     assert "discarding the unfinished store" in caplog.text
     extract_to_store(retrained, items, tmp_path / "straight", **kw)

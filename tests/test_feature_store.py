@@ -6,23 +6,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medusa.features.store import (
+from medusa.features.store.reader import (
     FRAMES_FILE,
     INDEX_FILE,
-    JOURNAL_FILE,
     META_FILE,
     STORE_FILES,
     CorruptStoreError,
     FeatureStore,
-    FeatureStoreWriter,
     IncompleteStoreError,
     is_store,
-    merge_stores,
     pad_batch,
     partial_dir,
-    shard_dir,
-    shard_items,
 )
+from medusa.features.store.shards import merge_stores, shard_dir, shard_items
+from medusa.features.store.workdir import JOURNAL_FILE
+from medusa.features.store.writer import FeatureStoreWriter
 
 DIM = 6
 META = {"encoder": "demo-encoder", "layer": 3, "sample_rate": 16000}
@@ -229,7 +227,7 @@ def test_resume_with_other_settings_is_refused_or_restarted(tmp_path, caplog):
     # key order is irrelevant: same settings resume
     assert len(FeatureStoreWriter(root, DIM, dict(reversed(META.items())), inputs="list-1").done) == 1
     # the default: another work list discards the folder with a log line, and the work starts afresh
-    with caplog.at_level("WARNING", logger="medusa.features.store"):
+    with caplog.at_level("WARNING", logger="medusa.features.store.journal"):
         w = FeatureStoreWriter(root, DIM, META, inputs="list-2")
     assert len(w.done) == 0 and w.resumed == 0 and "other inputs" in caplog.text
     w.add("fresh", np.ones((2, DIM), np.float32))
@@ -381,7 +379,7 @@ def test_merge_into_the_folder_of_the_shards_replaces_them(tmp_path):
 def test_an_interrupted_merge_resumes_from_the_shards_it_has_not_consumed(tmp_path, monkeypatch):
     """In the shards' own folder the merge deletes each shard's frames once appended (at most one shard's size of
     extra disk); a merge that dies midway resumes with what is left and gives the bytes of an uninterrupted one."""
-    import medusa.features.store as fs
+    import medusa.features.store.shards as fs
 
     utts = make_utterances(n=40)
     by_id = dict(utts)
@@ -452,7 +450,8 @@ def test_a_close_that_dies_before_the_rename_is_resumed_in_add_order(tmp_path, m
     """A close() killed after it finalised the folder (index in utt_id order, writer.json gone) but before the rename:
     the next writer rebuilds its journal in frame order, takes more adds, and gives the bytes of a writer that
     added everything in one go, in the same order."""
-    import medusa.features.store as fs
+    import medusa.features.store.writer as fs
+    from medusa.features.store.workdir import WRITER_FILE
 
     utts = make_utterances(n=9, seed=5)   # shuffled: index order differs from frame order
     write_store(tmp_path / "ref", utts)
@@ -460,12 +459,12 @@ def test_a_close_that_dies_before_the_rename_is_resumed_in_add_order(tmp_path, m
     def dying_move(work_dir, root, allowed_children=()):
         raise Interrupted("process killed")
 
-    monkeypatch.setattr(fs, "_move_into_place", dying_move)
+    monkeypatch.setattr(fs, "move_into_place", dying_move)
     with pytest.raises(Interrupted):
         write_store(tmp_path / "s", utts[:6])
     monkeypatch.undo()
     wd = partial_dir(tmp_path / "s")
-    assert (wd / INDEX_FILE).exists() and not (wd / fs.WRITER_FILE).exists()
+    assert (wd / INDEX_FILE).exists() and not (wd / WRITER_FILE).exists()
     with FeatureStoreWriter(tmp_path / "s", DIM, META) as w:
         assert w.done == {u for u, _ in utts[:6]}
         for u, x in utts[6:]:
@@ -478,15 +477,15 @@ def test_a_close_that_dies_after_writer_json_keeps_the_store_when_the_inputs_mat
     rename used to discard the whole finished store (its fingerprint went with writer.json): now it outlives
     writer.json until the rename, so the next writer with the same inputs completes the store and one with other
     inputs discards it."""
-    import medusa.features.store as fs
-
     from pathlib import Path
+
+    from medusa.features.store.workdir import JOURNAL_FILE, WRITER_FILE
 
     utts = make_utterances(n=7, seed=5)
     real_unlink = Path.unlink
 
     def dying_unlink(path, missing_ok=False):   # killed right after writer.json went, before the journal goes
-        if path.name == fs.JOURNAL_FILE:
+        if path.name == JOURNAL_FILE:
             raise Interrupted("process killed")
         return real_unlink(path, missing_ok=missing_ok)
 
@@ -498,11 +497,11 @@ def test_a_close_that_dies_after_writer_json_keeps_the_store_when_the_inputs_mat
                 for u, x in utts:
                     w.add(u, x)
         monkeypatch.setattr(Path, "unlink", real_unlink)
-        assert not (partial_dir(root) / fs.WRITER_FILE).exists()
+        assert not (partial_dir(root) / WRITER_FILE).exists()
         with FeatureStoreWriter(root, DIM, META, inputs=inputs) as w:
             assert (w.done == {u for u, _ in utts}) is kept
             for u, x in utts:
                 if u not in w.done:
                     w.add(u, x)
         assert sorted(FeatureStore(root).utt_ids) == sorted(u for u, _ in utts)
-        assert sorted(p.name for p in root.iterdir()) == sorted(fs.STORE_FILES)
+        assert sorted(p.name for p in root.iterdir()) == sorted(STORE_FILES)

@@ -9,18 +9,19 @@ import pytest
 import torch
 import yaml
 
-from medusa.model import members
-from medusa.model.linear_probe import logistic_baseline
-from medusa.model.deepser import DeepSER, count_parameters
-from medusa.features.store import FeatureStoreWriter
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
 from medusa.config.params import ParamsError, load_params
+from medusa.features.store.writer import FeatureStoreWriter
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.model import members
+from medusa.model.deepser import DeepSER, count_parameters
+from medusa.model.linear_probe import logistic_baseline
 
 TRAIN = {"device": "cpu", "amp": True, "hidden": 16, "layers": 2, "heads": 2, "dropout": 0.1, "ff_mult": 2,
          "fusion": "deep", "targets": "soft", "pool": {"a": 2}, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.01,
          "stage1_epochs": 4, "stage2_epochs": 1, "patience": 4, "grad_clip": 1.0, "mixup_p": 0.3,
-         "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True, "baseline_c": 1.0,
+         "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True,
          "standardise": True, "epoch_steps": 24}
+PROBE = {"c": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     manifest, root = corpus
-    spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0}, TRAIN, members.store_dims(["a", "b"], root))
+    spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0}, TRAIN, members.store_dims(["a", "b"], root),
+                                  probe=PROBE)
     out = tmp_path_factory.mktemp("models") / "m"
     metrics = members.train_member(spec, manifest, root, out, out.with_name("m.checkpoint.pt"))
     return spec, out, metrics
@@ -60,13 +62,13 @@ def trained(corpus, tmp_path_factory):
 
 def test_resolve_applies_overrides_then_the_ablation_switch():
     spec = members.resolve_member("m", {"encoders": ["b", "a"], "seed": 4, "overrides": {"hidden": 32}}, TRAIN,
-                                  {"a": 5, "b": 3}, extra_overrides={"targets": "one_hot", "mixup_p": 0.0})
+                                  {"a": 5, "b": 3}, extra_overrides={"targets": "one_hot", "mixup_p": 0.0}, probe=PROBE)
     assert spec.deepser.input_dims == (3, 5) and spec.pools == (1, 2)
     assert spec.deepser.hidden == 32 and spec.one_hot and spec.train.mixup_p == 0.0 and spec.train.seed == 4
     with pytest.raises(ParamsError, match="hiden: unknown key"):
-        members.resolve_member("m", {"encoders": ["a"], "seed": 0, "overrides": {"hiden": 32}}, TRAIN, {"a": 5})
+        members.resolve_member("m", {"encoders": ["a"], "seed": 0, "overrides": {"hiden": 32}}, TRAIN, {"a": 5}, probe=PROBE)
     with pytest.raises(KeyError, match="'c'"):
-        members.resolve_member("m", {"encoders": ["a", "c"], "seed": 0}, TRAIN, {"a": 5})
+        members.resolve_member("m", {"encoders": ["a", "c"], "seed": 0}, TRAIN, {"a": 5}, probe=PROBE)
 
 
 def test_a_nested_override_merges_key_by_key_like_a_preset():
@@ -74,11 +76,11 @@ def test_a_nested_override_merges_key_by_key_like_a_preset():
     b's, where replacing the whole mapping silently reset b's to 1 (a different, far costlier model)."""
     base = {**TRAIN, "pool": {"a": 2, "b": 3}}
     spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0, "overrides": {"pool": {"a": 4}}}, base,
-                                  {"a": 5, "b": 3})
+                                  {"a": 5, "b": 3}, probe=PROBE)
     assert spec.train.pool == {"a": 4, "b": 3} and spec.pools == (4, 3)
     with pytest.raises(ParamsError, match="overrides: hidden: the base value is not a mapping"):
         members.resolve_member("m", {"encoders": ["a"], "seed": 0, "overrides": {"hidden": {"x": 1}}}, TRAIN,
-                               {"a": 5})
+                               {"a": 5}, probe=PROBE)
 
 
 def test_member_folder_is_complete_and_scores_far_above_chance(trained, corpus):
@@ -129,7 +131,7 @@ def test_training_rows_of_soft_and_one_hot_members(corpus, tmp_path):
     for targets, expected in (("soft", {"stage1": n - 3, "stage2_pool": n - 17}),
                               ("one_hot", {"stage1": n - 17, "stage2_pool": n - 17})):
         spec = members.resolve_member("m", {"encoders": ["a"], "seed": 0}, {**train, "targets": targets},
-                                      members.store_dims(["a"], root))
+                                      members.store_dims(["a"], root), probe=PROBE)
         metrics = members.train_member(spec, manifest, root, tmp_path / targets)
         assert metrics["train_rows"] == expected, targets
         assert json.loads((tmp_path / targets / "metrics.json").read_text())["train_rows"] == expected
@@ -137,7 +139,7 @@ def test_training_rows_of_soft_and_one_hot_members(corpus, tmp_path):
         assert history.loc[history["stage"] == 1, "utterances"].tolist() == [expected["stage1"]]
         assert np.isfinite(history["train_loss"]).all()
     spec = members.resolve_member("m", {"encoders": ["a"], "seed": 0}, {**train, "stage2_epochs": 0},
-                                  members.store_dims(["a"], root))
+                                  members.store_dims(["a"], root), probe=PROBE)
     assert members.train_member(spec, manifest, root, tmp_path / "no_stage2")["train_rows"] == \
         {"stage1": n - 3, "stage2_pool": None}
 
@@ -229,7 +231,7 @@ def test_a_four_class_run_trains_a_member_over_its_classes(corpus, tmp_path):
     four = four_class(manifest)
     train = {**TRAIN, "stage1_epochs": 2, "stage2_epochs": 1, "epoch_steps": 6}
     spec = members.resolve_member("m4", {"encoders": ["a", "b"], "seed": 0}, train,
-                                  members.store_dims(["a", "b"], root))
+                                  members.store_dims(["a", "b"], root), probe=PROBE)
     metrics = members.train_member(spec, four, root, tmp_path / "m4")
     model, config = members.load_member(tmp_path / "m4")
     assert model.class_head.out_features == 4 and config["deepser"]["n_classes"] == 4
@@ -267,6 +269,39 @@ def test_a_member_config_without_classes_predicts_all_8(trained, tmp_path):
     assert members.member_classes(config) == CODES and model.class_head.out_features == 8
 
 
+def test_config_json_stores_each_setting_once(trained):
+    """The architecture only under `deepser`, the pooling only under `pools`, the probe's C under `probe`; `train`
+    keeps the rest of the recipe."""
+    spec, out, _ = trained
+    config = json.loads((out / "config.json").read_text())
+    architecture = {"hidden", "layers", "heads", "dropout", "ff_mult", "fusion"}
+    assert architecture <= set(config["deepser"]) and not architecture & set(config["train"])
+    assert "pool" not in config["train"] and config["pools"] == [2, 1]
+    assert config["probe"] == PROBE and "baseline_c" not in config["train"]
+    assert config["train"]["seed"] == 0 and config["train"]["amp"] is True  # read by ablation and the bundle
+    from medusa.model.linear_probe import LinearProbe
+    assert LinearProbe.load(out).c == PROBE["c"]  # the probe was fitted with the `probe` section's C
+    # every key of `train` is in exactly one place
+    assert set(TRAIN) <= set(config["train"]) | architecture | {"pool"}
+
+
+def test_a_member_config_of_the_old_layout_still_loads(trained, tmp_path):
+    """Configs written before each setting was stored once (the architecture and train.pool repeated in `train`,
+    the probe's C as train.baseline_c, no `probe`) load the same model."""
+    spec, out, _ = trained
+    old = Path(shutil.copytree(out, tmp_path / "old"))
+    config = json.loads((old / "config.json").read_text())
+    config["train"].update({k: config["deepser"][k] for k in ("hidden", "layers", "heads", "dropout", "ff_mult",
+                                                             "fusion")}, pool={"a": 2}, baseline_c=1.0)
+    del config["probe"]
+    (old / "config.json").write_text(json.dumps(config))
+    model, loaded = members.load_member(old)
+    reference, _ = members.load_member(out)
+    assert model.cfg == reference.cfg
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_a_run_without_attribute_ratings_trains_and_reports_null_ccc(corpus, tmp_path):
     """A corpus without arousal/valence/dominance ratings (all NaN): the MSE term has nothing to read and adds
     nothing, training stays finite, and the member's CCC is NaN (null in metrics.json), not a number made up from
@@ -274,7 +309,8 @@ def test_a_run_without_attribute_ratings_trains_and_reports_null_ccc(corpus, tmp
     manifest, root = corpus
     unrated = manifest.assign(**{a: np.nan for a in ATTRIBUTES})
     train = {**TRAIN, "stage1_epochs": 2, "stage2_epochs": 1, "epoch_steps": 6}
-    spec = members.resolve_member("u", {"encoders": ["a"], "seed": 0}, train, members.store_dims(["a"], root))
+    spec = members.resolve_member("u", {"encoders": ["a"], "seed": 0}, train, members.store_dims(["a"], root),
+                                  probe=PROBE)
     metrics = members.train_member(spec, unrated, root, tmp_path / "u")
     assert all(np.isnan(v) for v in metrics["test"]["ccc"].values())
     assert json.loads((tmp_path / "u" / "metrics.json").read_text())["test"]["ccc"] == dict.fromkeys(ATTRIBUTES)
@@ -319,7 +355,7 @@ def test_every_paper_model_builds_at_the_presets_dims(repo_root):
     assert len(params.models) == 14 and params.train.hidden == 1024 and params.train.batch_size == 16
     counts = {}
     for name, model in params.models.items():
-        spec = members.resolve_member(name, model, params.train, PAPER_DIMS)
+        spec = members.resolve_member(name, model, params.train, PAPER_DIMS, probe=params.probe)
         with torch.device("meta"):
             counts[name] = count_parameters(DeepSER(spec.deepser))
     print("parameters per Table 1 model:", {k: f"{v / 1e6:.1f} M" for k, v in counts.items()})
@@ -327,7 +363,7 @@ def test_every_paper_model_builds_at_the_presets_dims(repo_root):
     assert all(100e6 < counts[n] < 125e6 for n in counts if n_mod[n] == 2)
     assert all(130e6 < counts[n] < 160e6 for n in counts if n_mod[n] == 3)
     assert counts["m03"] > counts["m02"]  # Whisper's 1280-d input is wider
-    spec = members.resolve_member("m02", params.models["m02"], params.train, PAPER_DIMS)
+    spec = members.resolve_member("m02", params.models["m02"], params.train, PAPER_DIMS, probe=params.probe)
     torch.manual_seed(0)
     model = DeepSER(spec.deepser).eval()
     xs = [torch.randn(2, t, d) for t, d in zip((30, 30, 6), spec.deepser.input_dims)]

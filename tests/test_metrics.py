@@ -5,9 +5,20 @@ import pytest
 from sklearn.metrics import f1_score
 
 from medusa.labels import balanced_epoch
-from medusa.scoring.metrics import (accuracy, balanced_macro_f1, bootstrap_interval, bootstrap_macro_f1, ccc,
-                            classification_scores, classes_of, macro_f1, per_class_f1, percentile_interval,
-                            run_classes, stratified_bootstrap_indices)
+from medusa.scoring.metrics import (
+    accuracy,
+    balanced_macro_f1,
+    bootstrap_interval,
+    bootstrap_macro_f1,
+    ccc,
+    classes_of,
+    classification_scores,
+    macro_f1,
+    per_class_f1,
+    percentile_interval,
+    run_classes,
+    stratified_bootstrap_indices,
+)
 
 
 def test_macro_f1_by_hand():

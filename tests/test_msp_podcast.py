@@ -1,7 +1,6 @@
 """MSP-Podcast loader and manifest, on small corpora the tests write in the challenge layout."""
 import csv
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +8,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from medusa.config.params import PrepareParams
 from medusa.data.audio import AudioError
 from medusa.data.corpora.manifest import build_manifest, speaker_disjoint_cut
 from medusa.data.corpora.msp_podcast import CorpusError, read_consensus, read_detailed
 from medusa.labels import classes_of, target_columns
-from medusa.config.params import PrepareParams
 
 # file, consensus, speaker, split set, votes (primary words)
 ROWS = [

@@ -12,23 +12,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import tiny_models
 import torch
+from meta_config import meta_config
 from safetensors.torch import load_file
 
-import tiny_models
 from medusa import cli
-from medusa.ensemble import meta as ensemble
-from medusa.model import members
-from medusa.features.asr import transcribe_manifest, wer_by_split
-from medusa.serving.bundle import load_bundle, save_bundle
-from medusa.data.corpora.manifest import prepare_corpus
-from medusa.features.encoders import build_encoder
-from medusa.features.encoders.whisper import load_whisper
-from medusa.serving.evaluate import evaluate
-from medusa.features.extract import extract_to_store, extraction_items
-from medusa.labels import classes_of
 from medusa.config.params import PrepareParams
 from medusa.data.channel_probes import egemaps_functionals, probe_sample, run_probes
+from medusa.data.corpora.manifest import prepare_corpus
+from medusa.ensemble import subsets, tables, voting
+from medusa.features.asr import transcribe_manifest, wer_by_split
+from medusa.features.encoders import build_encoder
+from medusa.features.encoders.whisper import load_whisper
+from medusa.features.extract import extract_to_store, extraction_items
+from medusa.labels import classes_of
+from medusa.model import members
+from medusa.serving.bundle import save_bundle
+from medusa.serving.evaluate import evaluate
+from medusa.serving.inference import load_bundle
 
 CPU = torch.device("cpu")
 RATING = {"A": (6, 2, 6), "S": (2, 2, 2), "H": (5, 6, 5), "N": (4, 4, 4), "F": (6, 2, 2), "D": (4, 2, 5)}
@@ -136,13 +138,13 @@ def run_pipeline(work: Path, csv_path: Path, prepare: dict, tiny: dict) -> dict:
     names = {"egemaps_text": ["egemaps", "text"], "egemaps": ["egemaps"]}
     for name, keys in names.items():
         dims = members.store_dims(keys, work / "features")
-        spec = members.resolve_member(name, {"encoders": keys, "seed": 0}, train, dims)
+        spec = members.resolve_member(name, {"encoders": keys, "seed": 0}, train, dims, probe={"c": 0.1})
         members.train_member(spec, manifest, work / "features", work / "models" / name)
     posteriors = {n: pd.read_parquet(work / "models" / n / "posteriors.parquet") for n in names}
-    probe_posteriors = ensemble.read_probe_posteriors(list(names), work / "models")
-    cfg = ensemble.MetaConfig(n_models=len(names), epochs=20, lr=1e-2)
-    result = ensemble.run_subset(posteriors, manifest, list(names), cfg, [0, 1], probe_posteriors)
-    table = ensemble.technique_table({"all (2)": result})
+    probe_posteriors = voting.read_probe_posteriors(list(names), work / "models")
+    cfg = meta_config(len(names), epochs=20, lr=1e-2)
+    result = subsets.run_subset(posteriors, manifest, list(names), cfg, [0, 1], probe_posteriors)
+    table = tables.technique_table({"all (2)": result}, bootstrap=200, seed=0)
     bundle_dir = save_bundle(work / "bundle", result.soup, [work / "models" / n for n in names], encoders,
                              {"model": tiny["whisper"], "language": "en", "batch_size": 8, "pad_seconds": 0.0,
                               "beam_size": 1})

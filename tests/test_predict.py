@@ -11,14 +11,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-
 from test_bundle import EGEMAPS, EGEMAPS_STORE, make_meta, write_member
+
 from medusa import cli
 from medusa.data.audio import read_any
-from medusa.serving.bundle import BundleError, load_bundle, save_bundle
 from medusa.labels import ATTRIBUTES, SOFT_TARGET_COLUMNS
-from medusa.serving.predict import (SHORT_SECONDS, SILENCE_DBFS, PredictError, Predictor, expand_inputs, window_starts,
-                            write_predictions)
+from medusa.serving.bundle import BundleError, save_bundle
+from medusa.serving.inference import load_bundle
+from medusa.serving.predict import (
+    SHORT_SECONDS,
+    SILENCE_DBFS,
+    PredictError,
+    Predictor,
+    expand_inputs,
+    window_starts,
+    write_predictions,
+)
 
 SR = 16000
 PROBS = list(SOFT_TARGET_COLUMNS)
@@ -351,7 +359,7 @@ def test_import_medusa_is_light_and_exports_the_predictor():
 def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monkeypatch, caplog):
     """A batch that fails on one clip's values is scored again clip by clip: only that clip (or window) gets the
     error; a bundle problem still stops the run."""
-    from medusa.serving.bundle import Bundle
+    from medusa.serving.inference import Bundle
 
     long = tmp_path / "long.wav"
     sf.write(long, voice(25.0, seed=22), SR, subtype="PCM_16")

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medusa.scoring.metrics import balanced_macro_f1, macro_f1
 from medusa.data.channel_probes import run_probes
+from medusa.scoring.metrics import balanced_macro_f1, macro_f1
 
 WORDS = {"A": "furious shouting", "S": "tears grief", "H": "joy laughter", "N": "weather report"}
 

@@ -6,12 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medusa.reporting import ablation, reports
-from medusa.ensemble import meta as ensemble
-from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.scoring.metrics import (balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval, relative_change,
-                            stratified_bootstrap_indices)
 from medusa.config.params import REFERENCE_VARIANT
+from medusa.ensemble.voting import majority_vote, soft_vote, stack
+from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
+from medusa.reporting import ablation, reports
+from medusa.scoring.metrics import (
+    balanced_macro_f1,
+    bootstrap_macro_f1,
+    macro_f1,
+    percentile_interval,
+    relative_change,
+    stratified_bootstrap_indices,
+)
 
 # an imbalanced test split (like a real one): plain and balanced macro-F1 disagree on it
 TRUTH = np.array(list("N" * 40 + "A" * 12 + "S" * 8))
@@ -164,12 +170,12 @@ def test_vote_frames_pair_the_votes_with_other_systems():
     for m in ("b", "c"):
         frames[m]["label"] = frames["a"]["label"]
     votes = reports.vote_frames(frames, ["a", "b", "c"])
-    stacked = ensemble.stack(frames, "test")
+    stacked = stack(frames, "test")
     truth, predictions = ablation.aligned_test_predictions({**votes, "a": frames["a"]})
     order = np.argsort(stacked.utt_ids)                          # aligned_test_predictions sorts by utt_id
     np.testing.assert_array_equal(predictions["majority voting"],
-                                  np.asarray(CODES)[ensemble.majority_vote(stacked.probs)][order])
-    np.testing.assert_array_equal(predictions["soft voting"], np.asarray(CODES)[ensemble.soft_vote(stacked.probs)][order])
+                                  np.asarray(CODES)[majority_vote(stacked.probs)][order])
+    np.testing.assert_array_equal(predictions["soft voting"], np.asarray(CODES)[soft_vote(stacked.probs)][order])
     np.testing.assert_array_equal(truth, stacked.labels[order])
 
 

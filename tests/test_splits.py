@@ -6,11 +6,17 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from test_csv_manifest import HEADER, prepare_params, tone, write_csv
 
 from medusa.data.corpora.manifest import prepare_corpus
 from medusa.data.corpora.msp_podcast import CorpusError
-from medusa.data.corpora.splits import _one_fold, class_table, search_splits, speaker_disjoint_cut, stratified_speaker_split
-from test_csv_manifest import HEADER, prepare_params, tone, write_csv
+from medusa.data.corpora.splits import (
+    _one_fold,
+    class_table,
+    search_splits,
+    speaker_disjoint_cut,
+    stratified_speaker_split,
+)
 
 FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 

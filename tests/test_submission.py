@@ -7,15 +7,23 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-
-from test_bundle import egemaps_bundle, write_member  # noqa: F401  (the eGeMAPS-only bundle fixture)
-from test_bundle import EGEMAPS, EGEMAPS_STORE
+from meta_config import meta_config
+from test_bundle import EGEMAPS, EGEMAPS_STORE, egemaps_bundle, write_member  # noqa: F401  (the eGeMAPS-only bundle fixture)
 from test_msp_podcast import BLIND, build, params, write_corpus
-from medusa.serving.bundle import load_bundle, save_bundle
-from medusa.ensemble.meta import MetaClassifier, MetaConfig
+
+from medusa.ensemble.meta import MetaClassifier
 from medusa.labels import CODES, target_columns
-from medusa.serving.submission import (SubmissionError, blind_files, submission_frame, submission_from_bundle,
-                               submission_from_posteriors, validate_submission, write_submission)
+from medusa.serving.bundle import save_bundle
+from medusa.serving.inference import load_bundle
+from medusa.serving.submission import (
+    SubmissionError,
+    blind_files,
+    submission_frame,
+    submission_from_bundle,
+    submission_from_posteriors,
+    validate_submission,
+    write_submission,
+)
 
 EXTRA_BLIND = ["MSP-PODCAST_test3_0003.wav", "MSP-PODCAST_test3_0002.wav"]
 ALL_BLIND = sorted(BLIND + EXTRA_BLIND)
@@ -222,7 +230,7 @@ def test_submission_from_a_three_class_bundle(corpus, tmp_path):
     classes = ("A", "H", "N")
     folder = write_member(tmp_path / "models", "e3", {"egemaps": 25}, [1], {"egemaps": EGEMAPS_STORE}, seed=3,
                           classes=classes)[0]
-    meta = MetaClassifier(MetaConfig(n_models=1, classes=classes)).eval()
+    meta = MetaClassifier(meta_config(1, classes=classes)).eval()
     with torch.no_grad():   # the member's argmax passes through: this member tells the blind files apart
         meta.net.weight.zero_()
         meta.net.weight[:3].copy_(10 * torch.eye(3))

@@ -6,15 +6,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from tiny_models import deepser_config, train_config
-from medusa.model import training
-from medusa.model.dataset import FeatureDataset, pool_frames
-from medusa.model.deepser import DeepSER, DeepSERConfig
-from medusa.features.store import RESERVED_META_KEYS, FeatureStore, FeatureStoreWriter
+
+from medusa.features.store.reader import RESERVED_META_KEYS, FeatureStore
+from medusa.features.store.writer import FeatureStoreWriter
 from medusa.labels import ATTRIBUTES, CODES, SOFT_TARGET_COLUMNS
-from medusa.model.training import (NonFiniteLossError, _epoch_rows, _stage1_rows, _stage2_pool, predict,
-                             train_deepser, train_step, training_rows)
+from medusa.model import training
+from medusa.model.dataset import FeatureDataset, pool_frames, pooled_length
+from medusa.model.deepser import DeepSER
+from medusa.model.training import (
+    NonFiniteLossError,
+    _epoch_rows,
+    _stage1_rows,
+    _stage2_pool,
+    predict,
+    train_deepser,
+    train_step,
+    training_rows,
+)
 
 CPU = torch.device("cpu")
 
@@ -51,6 +60,13 @@ def test_pool_frames_averages_windows():
     x = np.arange(10, dtype=np.float32).reshape(5, 2)
     np.testing.assert_allclose(pool_frames(x, 2), [[1, 2], [5, 6], [8, 9]])
     assert pool_frames(x, 1) is x
+
+
+def test_pooled_length_is_the_length_pool_frames_gives():
+    """The one formula for frames after time pooling (batching, length sorting, prediction all call it)."""
+    for t in range(1, 23):   # a stored utterance has at least one frame
+        for pool in (1, 2, 3, 5, 10):
+            assert pooled_length(t, pool) == len(pool_frames(np.zeros((t, 2), np.float32), pool)), (t, pool)
 
 
 def test_a_learnable_problem_is_learned(problem):

@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from medusa.features import whisper_ct2
-from medusa.features.whisper_ct2 import (DEMO_WHISPER_MODELS, CT2FormatError, ct2_to_whisper_state_dict, convert_ct2,
-                                demo_whisper_checkpoint, read_ct2_model)
+from medusa.features.whisper_ct2 import (
+    DEMO_WHISPER_MODELS,
+    CT2FormatError,
+    convert_ct2,
+    ct2_to_whisper_state_dict,
+    demo_whisper_checkpoint,
+    read_ct2_model,
+)
 
 whisper = pytest.importorskip("whisper", reason="openai-whisper is not installed (pip install openai-whisper)")
 from whisper.model import ModelDimensions, Whisper  # noqa: E402

@@ -1,17 +1,15 @@
-"""Tiny randomly initialised models of every encoder family, saved like real checkpoints (no model hub here):
-transformers models from small configs + save_pretrained, tokenizers trained on the spot, a random openai-whisper
-checkpoint. Shared by the encoder, extraction, ASR and bundle tests."""
+"""What the tests add to the stand-in encoders of medusa.pipeline.standins (the one place that builds random
+encoders from their configs): test audio, the tests' variants of the tiny stand-ins saved under a test's folder
+(seed 0), and small training configs. Shared by the encoder, extraction, ASR, bundle and training tests."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from medusa.pipeline.standins import BASE_SETUP, save_model, standin
 
 SR = 16000
-CORPUS = ["the weather is nice today", "I am so angry about this", "what a wonderful day",
-          "please open the window and close the door", "we will meet at the station tomorrow"] * 12
 
 
 def clip(seconds: float, seed: int = 0) -> np.ndarray:
@@ -23,93 +21,27 @@ def clip(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def hf_audio(root: Path, family: str, norm: str) -> str:
-    """WavLM / HuBERT / wav2vec 2.0 with a layer-norm feature encoder used with an attention mask (the large
-    checkpoints' setup) or a group-norm one used without (the base checkpoints' setup)."""
-    from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model,
-                              WavLMConfig, WavLMModel)
-
-    cfg_cls, model_cls = {"wavlm": (WavLMConfig, WavLMModel), "hubert": (HubertConfig, HubertModel),
-                          "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model)}[family]
-    layer = norm == "layer"
-    torch.manual_seed(0)
-    model = model_cls(cfg_cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                              feat_extract_norm=norm, do_stable_layer_norm=layer)).eval()
-    path = root / f"{family}-{norm}"
-    model.save_pretrained(path)
-    Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=layer).save_pretrained(path)
-    return str(path)
-
-
-def _word_tokenizer(words):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return tok
+    """The tiny WavLM / HuBERT / wav2vec 2.0 with the large checkpoints' layer-norm feature encoder used with an
+    attention mask (norm "layer"), or the base checkpoints' group-norm one used without (norm "group"): the two
+    padding behaviours the extraction must handle."""
+    if norm not in ("layer", "group"):
+        raise ValueError(f"norm must be 'layer' or 'group', got {norm!r}")
+    arch = standin(family, "tiny", **(BASE_SETUP if norm == "group" else {}))
+    return save_model(arch, Path(root) / f"{family}-{norm}", seed=0)
 
 
 def hf_text(root: Path, family: str) -> str:
-    """RoBERTa (byte-level BPE), ModernBERT or BERT/MiniLM (word-level vocabulary) with a trained tokenizer."""
-    from transformers import (BertConfig, BertModel, ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast,
-                              RobertaConfig, RobertaModel, RobertaTokenizerFast)
-
-    path = root / family
-    torch.manual_seed(0)
-    if family == "roberta":
-        from tokenizers import ByteLevelBPETokenizer
-
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-        (root / "bpe").mkdir(exist_ok=True)
-        bpe.save_model(str(root / "bpe"))
-        merges = [tuple(line.split()) for line in (root / "bpe" / "merges.txt").read_text().splitlines()[1:] if line]
-        # transformers 5: vocab=/merges= objects (vocab_file= would silently give an empty vocabulary)
-        tok = RobertaTokenizerFast(vocab=bpe.get_vocab(), merges=merges)
-        RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                   intermediate_size=64, max_position_embeddings=80,
-                                   pad_token_id=tok.pad_token_id)).save_pretrained(path)
-    else:
-        words = sorted({w for s in CORPUS for w in s.split()})
-        tok = PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(words), pad_token="[PAD]", unk_token="[UNK]",
-                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-        if family == "modernbert":
-            ModernBertModel(ModernBertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2, intermediate_size=64, pad_token_id=0,
-                                             cls_token_id=2, sep_token_id=3, global_attn_every_n_layers=1,
-                                             local_attention=16)).save_pretrained(path)
-        else:  # BERT, the architecture of all-MiniLM-L6-v2
-            BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, max_position_embeddings=64,
-                                 pad_token_id=0)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    """The tiny RoBERTa, ModernBERT or MiniLM (BERT), with its tokenizer."""
+    return save_model(standin(family, "tiny"), Path(root) / family, seed=0)
 
 
 def whisper_checkpoint(root: Path, n_text_ctx: int = 128) -> str:
-    """A random openai-whisper checkpoint (English-only vocabulary) that load_whisper reads like a real one."""
-    from whisper.model import ModelDimensions, Whisper
-
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=2,
-                           n_vocab=51864, n_text_ctx=n_text_ctx, n_text_state=32, n_text_head=2, n_text_layer=2)
-    torch.manual_seed(0)
-    model = Whisper(dims)
-    with torch.no_grad():
-        # At PyTorch's default init the decoder says one word over and over, whatever the audio; unit-variance
-        # decoder weight matrices make its (random) tokens follow the audio, so that transcripts of different clips,
-        # or of one clip padded differently, differ. The encoder keeps the default init (its frames then depend on
-        # padding by percents, as a trained Whisper's do). The decoder's positional embedding is torch.empty in
-        # openai-whisper: set it, or the checkpoint holds whatever memory was there.
-        for name, p in model.decoder.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.1 if "positional" in name else 1.0)
-    path = root / "tiny-whisper.pt"
-    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, path)
-    return str(path)
+    """The tiny Whisper as an openai-whisper checkpoint file, with a 2-block decoder whose random tokens follow the
+    audio (standins.save_whisper_model's varied_decoder), so that transcripts of different clips, or of one clip
+    padded differently, differ. Its context is 128 tokens by default: room for the prompt and the 80-token budget
+    of an 8 s window (medusa.features.asr.asr_window), which the stand-in's 64 would not leave."""
+    arch = standin("whisper", "tiny", n_text_layer=2, n_text_ctx=n_text_ctx)
+    return save_model(arch, Path(root) / "whisper", seed=0, varied_decoder=True)
 
 
 def train_config(**overrides):

@@ -130,21 +130,33 @@ class ExtractParams(Section):
     whisper_pad_seconds: float = Field(ge=0, le=30)
 
 
-class TrainParams(Section):
-    """Stages 1-2 of every DeepSER (medusa.model.training, medusa.model.members). A model's `overrides` may change any key."""
+class ArchitectureParams(Section):
+    """DeepSER's architecture (paper: hidden 1024, 2 layers per ENC): the `train` keys of these names. A model
+    (medusa.model.deepser.DeepSERConfig) extends this class with what the data decides (input widths, classes),
+    so that each setting is declared, bounded and checked here only."""
+    hidden: int = Field(ge=1)
+    layers: int = Field(ge=2)                   # transformer layers per ENC (h_first and h_last must differ)
+    heads: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    ff_mult: int = Field(ge=1)                  # feed-forward width = ff_mult * hidden
+    fusion: Literal["deep", "late"]             # late = Table 2's "late fusion" ablation
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "ArchitectureParams":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class TrainParams(ArchitectureParams):
+    """Stages 1-2 of every DeepSER (medusa.model.training, medusa.model.members): its architecture (the keys of
+    ArchitectureParams) and the recipe below. A model's `overrides` may change any key."""
     device: str
     amp: bool                   # bf16 autocast on CUDA
     #: CPU threads of torch while training (0 = torch's default). CPU results are reproducible for a fixed
     #: thread count; the demo uses 1 (about 10 % slower than 2 at its size) so that they do not depend on the
     #: machine's core count, and the ablation stage can train two runs side by side.
     threads: int = Field(default=0, ge=0)
-    # DeepSER architecture (paper: hidden 1024, 2 layers per ENC)
-    hidden: int = Field(ge=1)
-    layers: int = Field(ge=2)
-    heads: int = Field(ge=1)
-    dropout: float = Field(ge=0, lt=1)
-    ff_mult: int = Field(ge=1)
-    fusion: Literal["deep", "late"]             # late = Table 2's "late fusion" ablation
     targets: Literal["soft", "one_hot"]         # one_hot = Table 2's "one-hot targets" ablation
     #: Frames averaged per time step, per encoder key (e.g. 10: 50 frames/s -> 5/s); encoders not listed: 1.
     pool: dict[str, int]
@@ -169,18 +181,29 @@ class TrainParams(Section):
     ce_weight: float = Field(gt=0)
     mse_weight: float = Field(ge=0)             # 0 = Table 2's "w/o multitask"
     class_weighted: bool                        # stage-1 class weights alpha_c = (N / (|C| f_c))^0.5
-    #: The member's linear probe (medusa.model.linear_probe): logistic regression on its mean-pooled, standardised
-    #: features, fitted beside every member and shown beside it in Table 1.
-    baseline_c: float = Field(gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        # a preset, a model's overrides or an ablation variant written before the probe got its own section
+        if isinstance(data, dict) and "baseline_c" in data:
+            raise ValueError("baseline_c moved out of `train` to the `probe` section (the linear probe is not part "
+                             f"of DeepSER's training): write `probe: {{c: {data['baseline_c']}}}`")
+        return data
 
     @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "TrainParams":
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+    def _pool_factors(self) -> "TrainParams":
         for key, factor in self.pool.items():
             if factor < 1:
                 raise ValueError(f"pool.{key} must be >= 1, got {factor}")
         return self
+
+
+class ProbeParams(Section):
+    """Every member's linear probe (medusa.model.linear_probe): logistic regression on the member's mean-pooled,
+    standardised features, fitted beside it and shown beside it in Table 1. Its own section, apart from `train`,
+    because none of it changes how a DeepSER trains."""
+    c: float = Field(gt=0)      # inverse L2 regularisation strength (scikit-learn's C)
 
 
 class ModelParams(Section):
@@ -249,6 +272,7 @@ class Params(Section):
     encoders: dict[str, EncoderParams]
     extract: ExtractParams
     train: TrainParams
+    probe: ProbeParams
     models: dict[str, ModelParams] = Field(min_length=1)
     ensemble: EnsembleParams
     ablate: AblateParams

@@ -38,3 +38,10 @@ SUBMISSION = WORK / "submission.csv"
 ABLATIONS = WORK / "ablations"
 #: The summary report's tables (Markdown, CSV, LaTeX).
 TABLES = REPORTS / "tables"
+#: Per-model views of the feature stores (medusa.pipeline.inputs): what each train@ and ablate@ stage reads.
+INPUTS = WORK / "inputs"
+ABLATION_INPUTS = INPUTS / "ablation"
+
+
+def model_inputs(name: str) -> Path:
+    return INPUTS / "models" / name

@@ -23,7 +23,13 @@ from tqdm import tqdm
 
 from medusa.features.batches import audio_batches, length_batches
 from medusa.features.encoders.base import encode_by_padded_length, library_versions
-from medusa.features.encoders.whisper import MAX_SAMPLES, SAMPLES_PER_ENCODER_FRAME, log_mel_batch, short_positions, whisper_samples
+from medusa.features.encoders.whisper import (
+    MAX_SAMPLES,
+    SAMPLES_PER_ENCODER_FRAME,
+    log_mel_batch,
+    short_positions,
+    whisper_samples,
+)
 from medusa.features.fingerprint import audio_work_rows, inputs_fingerprint, weights_sample
 from medusa.io import write_parquet
 

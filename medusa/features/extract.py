@@ -29,8 +29,10 @@ from tqdm import tqdm
 
 from medusa.features.batches import audio_batches, length_batches
 from medusa.features.encoders import Encoder
-from medusa.features.store import FeatureStore, FeatureStoreWriter, merge_stores, shard_dir, shard_items
 from medusa.features.fingerprint import audio_work_rows, inputs_fingerprint, text_work_rows, weights_sample
+from medusa.features.store.reader import FeatureStore
+from medusa.features.store.shards import merge_stores, shard_dir, shard_items
+from medusa.features.store.writer import FeatureStoreWriter
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from medusa.features.store import FeatureStore
+from medusa.features.store.reader import FeatureStore
 from medusa.labels import ATTRIBUTES, classes_of, target_columns
 
 ATTRIBUTE_RANGE = (1.0, 7.0)  # MSP-Podcast ratings; scaled to [0, 1] for the MSE term
@@ -28,12 +28,18 @@ PREFETCH_BATCHES = 4
 PREFETCH_THREADS = 2
 
 
+def pooled_length(frames: int, pool: int) -> int:
+    """How many time steps `frames` frames become after pool_frames (the last window may be shorter):
+    ceil(frames / pool). The one place that says so: batching, length sorting and prediction must agree."""
+    return -(-frames // pool)
+
+
 def pool_frames(x: np.ndarray, pool: int) -> np.ndarray:
-    """Mean of non-overlapping windows of `pool` frames (the last window may be shorter): (T, D) -> (ceil(T/pool), D)."""
+    """Mean of non-overlapping windows of `pool` frames: (T, D) -> (pooled_length(T, pool), D)."""
     if pool <= 1:
         return x
     t = len(x)
-    n = -(-t // pool)
+    n = pooled_length(t, pool)
     padded = np.zeros((n * pool, x.shape[1]), dtype=np.float32)
     padded[:t] = x
     counts = np.minimum(pool, t - np.arange(n) * pool).astype(np.float32)
@@ -141,7 +147,7 @@ class FeatureDataset:
             self.has_target = has_votes
             self.targets = soft
         self.attributes = scale_attributes(self.rows[list(ATTRIBUTES)].to_numpy(dtype=np.float32))
-        self.lengths = np.asarray([sum(-(-s.lengths[u] // p) for s, p in zip(stores, pools))
+        self.lengths = np.asarray([sum(pooled_length(s.lengths[u], p) for s, p in zip(stores, pools))
                                    for u in self.rows["utt_id"]])
 
     def __len__(self) -> int:

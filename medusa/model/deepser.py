@@ -20,49 +20,41 @@ evaluation and prediction all apply the same numbers. Left at 0 and 1 they chang
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from medusa.config.params import ArchitectureParams
 from medusa.labels import ATTRIBUTES, CODES
 
 
-@dataclass(frozen=True)
-class DeepSERConfig:
-    """The architecture. Its settings are the `train` keys of the same names (medusa.config.params.TrainParams, where
-    they are declared and documented once); from_train copies them from there."""
-    input_dims: tuple[int, ...]        # one per modality, in the order the batches give them
-    hidden: int
-    layers: int                        # transformer layers per ENC
-    heads: int
-    dropout: float
-    ff_mult: int                       # feed-forward width = ff_mult * hidden
-    fusion: Literal["deep", "late"]
+class DeepSERConfig(ArchitectureParams):
+    """One DeepSER: the architecture settings (medusa.config.params.ArchitectureParams, the `train` keys where they
+    are declared, bounded and checked once; from_train copies them from there) over what the data decides."""
+    input_dims: tuple[int, ...] = Field(min_length=1)  # one per modality, in the order the batches give them
     n_classes: int = len(CODES)        # the run's classes (members.train_member sets it from the manifest)
     n_attributes: int = len(ATTRIBUTES)
-    extra: dict = field(default_factory=dict)  # free-form notes kept with the config (e.g. encoder names)
-
-    def __post_init__(self) -> None:
-        if not self.input_dims:
-            raise ValueError("DeepSER needs at least one modality (input_dims is empty)")
-        if self.layers < 2:
-            raise ValueError(f"ENC needs at least 2 transformer layers, got layers={self.layers}")
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.fusion not in ("deep", "late"):
-            raise ValueError(f"fusion must be 'deep' or 'late', got {self.fusion!r}")
+    extra: dict = Field(default_factory=dict)  # free-form notes kept with the config (e.g. encoder names)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "input_dims": list(self.input_dims)}
+        """As config.json stores it (plain JSON types)."""
+        return {**self.model_dump(), "input_dims": list(self.input_dims)}
 
     @classmethod
-    def from_train(cls, input_dims: tuple[int, ...] | list[int], train: Any) -> "DeepSERConfig":
-        """The architecture of `train` (a TrainParams, or anything with those attributes) over `input_dims`."""
-        shared = [f.name for f in fields(cls) if f.name != "input_dims" and hasattr(train, f.name)]
-        return cls(input_dims=tuple(input_dims), **{name: getattr(train, name) for name in shared})
+    def from_dict(cls, saved: dict) -> "DeepSERConfig":
+        """A config as to_dict wrote it (JSON gives the input widths as a list)."""
+        return cls.model_validate({**saved, "input_dims": tuple(saved["input_dims"])})
+
+    @classmethod
+    def from_train(cls, input_dims: tuple[int, ...] | list[int], train: ArchitectureParams, **data: Any
+                   ) -> "DeepSERConfig":
+        """The architecture of `train` (a TrainParams, or the architecture alone) over `input_dims`; `data`: the
+        other data-dependent fields (n_classes ...)."""
+        architecture = {name: getattr(train, name) for name in ArchitectureParams.model_fields}
+        return cls(input_dims=tuple(input_dims), **architecture, **data)
 
 
 class Standardise(nn.Module):

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from medusa.features.store import FeatureStore
+from medusa.features.store.reader import FeatureStore
 from medusa.io import write_json
 from medusa.labels import ATTRIBUTES, CODES, target_columns
 from medusa.scoring.metrics import run_classes

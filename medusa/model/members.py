@@ -4,9 +4,12 @@ A member folder (work/models/<name>/) holds everything later stages and the pred
 load without pickle:
 
     model.safetensors     the weights selected on dev (balanced macro-F1), with the input standardisation
-    config.json           the resolved configuration: encoders with their feature-store metadata, time pooling,
-                          DeepSER architecture, training recipe, seed, targets, and `classes`: the run's classes
-                          (the manifest's p_ columns), in the order of the model's class outputs
+    config.json           the resolved configuration, each setting once: `encoders` with their feature-store
+                          metadata, `pools` (time pooling per encoder), `deepser` (the architecture with input
+                          widths and class count), `train` (the recipe: the rest of `train`, seed and targets
+                          included), `probe` (the probe's section), and `classes`: the run's classes (the
+                          manifest's p_ columns), in the order of the model's class outputs. Configs written
+                          before it stored each setting once (architecture and pooling in `train` too) read alike.
     history.json          per epoch: stage, epoch, mean training loss, dev balanced macro-F1, utterances seen,
                           optimizer steps so far, test balanced macro-F1 (recorded to diagnose the selection; it never drives it)
     posteriors.parquet    utt_id, split, label, p_<code> of each of the run's classes (class probabilities),
@@ -35,16 +38,16 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from medusa.config.params import ArchitectureParams, ModelParams, ProbeParams, TrainParams, resolve_train
 from medusa.features.batches import pick_device
-from medusa.model.linear_probe import PROBE_FILE, fit_probe, probe_posteriors
-from medusa.model.dataset import FeatureDataset, input_statistics, unscale_attributes
-from medusa.model.deepser import DeepSER, DeepSERConfig, count_parameters
-from medusa.features.store import FeatureStore
+from medusa.features.store.reader import FeatureStore
 from medusa.io import write_json, write_parquet
 from medusa.labels import ATTRIBUTES, CODES, classes_of, target_columns
-from medusa.scoring.metrics import ccc, classification_scores, run_classes
-from medusa.config.params import ModelParams, TrainParams, resolve_train
+from medusa.model.dataset import FeatureDataset, input_statistics, unscale_attributes
+from medusa.model.deepser import DeepSER, DeepSERConfig, count_parameters
+from medusa.model.linear_probe import PROBE_FILE, fit_probe, probe_posteriors
 from medusa.model.training import TrainConfig, predict, train_deepser, training_rows
+from medusa.scoring.metrics import ccc, classification_scores, run_classes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class MemberSpec:
     encoders: tuple[str, ...]        # feature-store keys, in the order of the model's inputs
     deepser: DeepSERConfig           # derived from `train` (DeepSERConfig.from_train) and the stores' widths
     train: TrainConfig               # params' `train` with the model's overrides, and the model's seed
+    probe: ProbeParams               # params' `probe`: the linear probe fitted beside the member
 
     @property
     def pools(self) -> tuple[int, ...]:
@@ -72,23 +76,27 @@ class MemberSpec:
         return self.train.targets == "one_hot"
 
     def to_dict(self) -> dict[str, Any]:
+        """Each setting once: the architecture under `deepser` and this member's pooling under `pools`, so
+        `train` keeps the rest of the recipe (train.pool also names encoders this member does not read)."""
+        recipe = self.train.model_dump(exclude={*ArchitectureParams.model_fields, "pool"})
         return {"name": self.name, "encoders": list(self.encoders), "pools": list(self.pools),
-                "deepser": self.deepser.to_dict(), "train": self.train.model_dump()}
+                "deepser": self.deepser.to_dict(), "train": recipe, "probe": self.probe.model_dump()}
 
 
 def resolve_member(name: str, model: ModelParams | dict, train: TrainParams | dict, input_dims: dict[str, int],
-                   extra_overrides: dict[str, Any] | None = None) -> MemberSpec:
+                   extra_overrides: dict[str, Any] | None = None, *, probe: ProbeParams | dict) -> MemberSpec:
     """The full configuration of one member: `train` with the model's overrides (then `extra_overrides`, e.g.
-    an ablation's switch) applied, and each encoder's feature width from `input_dims`."""
+    an ablation's switch) applied, each encoder's feature width from `input_dims`, and params' `probe` section."""
     model = model if isinstance(model, ModelParams) else ModelParams.model_validate(model)
     base = train if isinstance(train, TrainParams) else TrainParams.model_validate(train)
+    probe = probe if isinstance(probe, ProbeParams) else ProbeParams.model_validate(probe)
     t = resolve_train(resolve_train(base, model.overrides), extra_overrides or {})
     missing = [e for e in model.encoders if e not in input_dims]
     if missing:
         raise KeyError(f"model {name!r}: no feature width known for encoder(s) {missing}")
     return MemberSpec(name=name, encoders=tuple(model.encoders),
                       deepser=DeepSERConfig.from_train([input_dims[e] for e in model.encoders], t),
-                      train=TrainConfig.of(t, model.seed))
+                      train=TrainConfig.of(t, model.seed), probe=probe)
 
 
 def open_stores(encoders: tuple[str, ...] | list[str], features_root: str | Path) -> list[FeatureStore]:
@@ -166,7 +174,7 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
             raise ValueError(f"model {spec.name!r}: the manifest has no {split!r} utterances")
     classes = run_classes(manifest)
     # one class output per class of the run (the manifest's p_ columns); config.json records them
-    spec = replace(spec, deepser=replace(spec.deepser, n_classes=len(classes)))
+    spec = replace(spec, deepser=spec.deepser.model_copy(update={"n_classes": len(classes)}))
     torch.manual_seed(spec.train.seed)  # the initial weights come from the seed too
     model = DeepSER(spec.deepser)
     if spec.train.standardise:  # the training split's statistics, kept in the weights (medusa.model.deepser.Standardise)
@@ -186,7 +194,7 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
                                                                 spec.train.amp), rated)
                             for s in SCORED_SPLITS if s in data], ignore_index=True)
     # the member's linear probe: the same stores, mean-pooled, logistic regression (Table 1 shows both)
-    probe = fit_probe(manifest, stores, spec.train.baseline_c, spec.train.seed)
+    probe = fit_probe(manifest, stores, spec.probe.c, spec.train.seed)
     probe_frame = probe_posteriors(probe, manifest[manifest["split"].isin(SCORED_SPLITS)], stores)
     metrics = {"test": score_test_split(manifest, posteriors, spec.train.seed)
                if "test" in data else None,
@@ -251,8 +259,7 @@ def load_member(folder: str | Path, device: str | torch.device = "cpu") -> tuple
         member_classes(config)
     except ValueError as e:
         raise ValueError(f"{folder / 'config.json'}: {e}; retrain the member (dvc repro train@<name>)") from None
-    d = config["deepser"]
-    model = DeepSER(DeepSERConfig(**{**d, "input_dims": tuple(d["input_dims"])}))
+    model = DeepSER(DeepSERConfig.from_dict(config["deepser"]))
     state = load_file(str(folder / "model.safetensors"), device=str(device))
     missing = [k for k in model.state_dict() if k not in state]
     if missing:  # e.g. the standardisation buffers, which members trained before them lack

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medusa.model.dataset import Batch, FeatureDataset, bucketed
-from medusa.features.store import FRAMES_FILE, INDEX_FILE, META_FILE, FeatureStore
-from medusa.io import atomic_path
-from medusa.model.deepser import DeepSER, manifold_mixup, soft_cross_entropy
-from medusa.labels import balanced_epoch, class_weights
-from medusa.scoring.metrics import balanced_macro_f1
 from medusa.config.params import TrainParams
+from medusa.features.store.reader import FRAMES_FILE, INDEX_FILE, META_FILE, FeatureStore
+from medusa.io import atomic_path
+from medusa.labels import balanced_epoch, class_weights
+from medusa.model.dataset import Batch, FeatureDataset, bucketed
+from medusa.model.deepser import DeepSER, manifold_mixup, soft_cross_entropy
+from medusa.scoring.metrics import balanced_macro_f1
 
 log = logging.getLogger(__name__)
 

@@ -96,8 +96,8 @@ def _standins(workspace: Path) -> None:
 
 def _corpus(workspace: Path, params: dict[str, Any]) -> None:
     """The synthetic corpus of the override's demo_corpus section, written once (rebuilt when its params change)."""
-    from medusa.data.corpora.demo import build_demo_corpus
     from medusa.config.params import DemoCorpusParams
+    from medusa.data.corpora.demo import build_demo_corpus
 
     data = workspace / params["prepare"]["corpus"]
     marker = workspace / "data.params.json"
@@ -153,9 +153,9 @@ def check_reports(workspace: Path) -> dict[str, Any]:
     """What the dry run proves, read back from its reports: a row per member in Table 1, per ablation variant in
     Table 2 (each on every ablated model), per ensemble subset in Table 3, and the figures, metrics, submission and
     predict bundle a real run writes. Raises DryRunError listing whatever is missing."""
-    from medusa.reporting.ablation import variant_title
-    from medusa.serving.bundle import load_bundle
     from medusa.config.params import load_params
+    from medusa.reporting.ablation import variant_title
+    from medusa.serving.inference import load_bundle
 
     p = load_params(workspace / "params.yaml")
     reports, work = workspace / "reports", workspace / "work"

@@ -21,8 +21,8 @@ from typing import Any
 
 import nbformat
 
-from medusa.io import atomic_path
 from medusa.config.params import PARAMS_FILE, ParamsError, load_params
+from medusa.io import atomic_path
 
 log = logging.getLogger("medusa.pipeline.run")
 KERNEL_START_TIMEOUT_S = 600

@@ -1,16 +1,22 @@
-"""Stand-ins for the paper's pretrained encoders: the same architectures, built from their configs with random
-weights and saved where `medusa.features.encoders.build_encoder` (and the ASR) load them like downloaded checkpoints.
+"""Stand-ins for pretrained encoders: the same architectures, built from their configs with random weights and saved
+where `medusa.features.encoders.build_encoder` (and the ASR) load them like downloaded checkpoints.
 
 There is no model hub here, yet the paper's code paths (WavLM-large, HuBERT-large, the Whisper-large-v3 encoder and
-ASR, RoBERTa-large, ModernBERT-large) must run: the extraction and training benchmarks at full size on a GPU, and
-the paper preset's dry run (`medusa.pipeline.dryrun`) at a tiny size on a CPU. One table of architectures serves all three
-sizes, so that only the sizes differ between them:
+ASR, RoBERTa-large, ModernBERT-large) must run: the extraction and training benchmarks at full size on a GPU, the
+paper preset's dry run (`medusa.pipeline.dryrun`) at a tiny size on a CPU, and the tests at that tiny size too. This
+is the one place that builds them: one table of architectures per family serves all three sizes, so that only the
+sizes differ between them:
 
 * `full`: the real dimensions (same FLOPs and memory as the trained checkpoints);
 * `base`: the base-size siblings (WavLM/HuBERT base, Whisper base, RoBERTa/ModernBERT base), for CPU benchmarks;
 * `tiny`: 32-wide models of 4 blocks (2 for Whisper) with every structural setting of the `full` one kept
   (layer-norm feature encoder with an attention mask, 128 mel bins and the multilingual large-v3 vocabulary,
-  RoBERTa's byte-level BPE and position offset, ModernBERT's alternating global/local attention), for a dry run.
+  RoBERTa's byte-level BPE and position offset, ModernBERT's alternating global/local attention), for a dry run
+  and the tests.
+
+`architectures(size)` gives the paper's five encoders; `standin(family, size, **changes)` any family that
+build_encoder knows (wav2vec 2.0 and MiniLM too, which the demo and the tests use), with config settings changed,
+e.g. `BASE_SETUP` for a speech encoder with the base checkpoints' group-norm feature encoder used without a mask.
 
 Tokenizers are trained on the spot on synthetic sentences (`tokenizer_corpus`).
 """
@@ -27,27 +33,41 @@ import torch
 Size = Literal["full", "base", "tiny"]
 SIZES: tuple[str, ...] = ("full", "base", "tiny")
 KEYS: tuple[str, ...] = ("wavlm", "hubert", "whisper", "roberta", "modernbert")
+SPEECH_FAMILIES: tuple[str, ...] = ("wavlm", "hubert", "wav2vec2")
+TEXT_FAMILIES: tuple[str, ...] = ("roberta", "modernbert", "minilm")
+FAMILIES: tuple[str, ...] = (*SPEECH_FAMILIES, "whisper", *TEXT_FAMILIES)
 SAMPLE_RATE = 16000
 ROBERTA_VOCAB, MODERNBERT_VOCAB = 50265, 50368  # the real embedding tables, so parameters and memory match
+MINILM_VOCAB = 30522                            # all-MiniLM-L6-v2: BERT's uncased WordPiece vocabulary
 WHISPER_V3_VOCAB = 51866                        # large-v3: multilingual, 100 languages
 SSL_LAYERS = [-4, -3, -2, -1]
 WHISPER_LAYERS = [-1]
 MIN_WORDS, MAX_WORDS = 8, 30
 #: Blocks of the tiny WavLM/HuBERT/RoBERTa/ModernBERT: the preset averages their last 4 hidden states
 TINY_BLOCKS = 4
+#: The feature encoder of the large speech checkpoints: layer-normed, used with an attention mask (padding-invariant)
+LARGE_SETUP = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+#: ... and of the base ones: group-normed, used without a mask (frames depend on padding)
+BASE_SETUP = dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
+#: What each family's stand-in stands for, by size (tiny: the full model's structure at tiny dimensions)
+_STANDS_FOR = {"wavlm": ("WavLM-large", "WavLM-base"), "hubert": ("HuBERT-large", "HuBERT-base"),
+               "wav2vec2": ("wav2vec 2.0-large", "wav2vec 2.0-base"),
+               "whisper": ("Whisper-large-v3", "Whisper-base"),
+               "roberta": ("RoBERTa-large", "RoBERTa-base"), "modernbert": ("ModernBERT-large", "ModernBERT-base"),
+               "minilm": ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2")}
 
 
 @dataclass(frozen=True)
 class Arch:
-    """One encoder of the paper at one size: which build_encoder family it is and its dimensions."""
-    key: str                 # wavlm, hubert, whisper, roberta, modernbert
+    """One encoder at one size: which build_encoder family it is and its dimensions."""
+    key: str                 # wavlm, hubert, whisper, roberta, modernbert (the paper's); else the family
     family: str              # build_encoder family
     name: str                # the model it stands for, e.g. WavLM-large
     dims: dict               # config keyword arguments (transformers) or ModelDimensions fields (whisper)
 
     @property
     def kind(self) -> str:
-        return "text" if self.family in ("roberta", "modernbert") else "audio"
+        return "text" if self.family in TEXT_FAMILIES else "audio"
 
     @property
     def layers(self) -> list[int]:
@@ -55,15 +75,16 @@ class Arch:
 
 
 def _speech_dims(size: str) -> dict:
+    """WavLM, HuBERT and wav2vec 2.0 share their dimensions at each size."""
     if size == "base":
         return dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                    feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
-    large = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)  # wavlm-large / hubert-large
+                    **BASE_SETUP)
     if size == "full":
-        return dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, **large)
+        return dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                    **LARGE_SETUP)
     # 16 conv channels instead of 512: the feature encoder runs on every sample and dominates a tiny model's cost
     return dict(hidden_size=32, num_hidden_layers=TINY_BLOCKS, num_attention_heads=2, intermediate_size=64,
-                conv_dim=(16,) * 7, **large)
+                conv_dim=(16,) * 7, **LARGE_SETUP)
 
 
 def _whisper_dims(size: str, decoder_layers: int) -> dict:
@@ -82,6 +103,8 @@ def _whisper_dims(size: str, decoder_layers: int) -> dict:
 def _text_dims(family: str, size: str) -> dict:
     if size == "tiny":
         return dict(hidden_size=32, num_hidden_layers=TINY_BLOCKS, num_attention_heads=2, intermediate_size=64)
+    if family == "minilm":  # one size: all-MiniLM-L6-v2
+        return dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
     if family == "roberta":
         return (dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
                 if size == "full" else
@@ -91,26 +114,30 @@ def _text_dims(family: str, size: str) -> dict:
             dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152))
 
 
-def architectures(size: str, whisper_decoder_layers: int = 1) -> list[Arch]:
-    """The paper's five encoders at `size`. Whisper's decoder gets `whisper_decoder_layers` blocks: 1 when only
-    the encoder runs (its width must match the encoder's for cross-attention), the full 32 (large-v3) for ASR."""
+def standin(family: str, size: str = "tiny", **changes) -> Arch:
+    """The stand-in of `family` at `size`, its config settings updated by `changes` (transformers config keyword
+    arguments, or ModelDimensions fields for Whisper). Whisper gets a 1-block decoder (its width must match the
+    encoder's for cross-attention) unless n_text_layer is changed: enough when only the encoder runs."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-    tag = {"full": "large", "base": "base", "tiny": "tiny stand-in for large"}[size]
-    whisper = {"full": "Whisper-large-v3", "base": "Whisper-base",
-               "tiny": "tiny stand-in for Whisper-large-v3"}[size]
-    return [
-        Arch("wavlm", "wavlm", f"WavLM-{tag}" if size != "tiny" else "tiny stand-in for WavLM-large",
-             _speech_dims(size)),
-        Arch("hubert", "hubert", f"HuBERT-{tag}" if size != "tiny" else "tiny stand-in for HuBERT-large",
-             _speech_dims(size)),
-        Arch("whisper", "whisper", whisper, _whisper_dims(size, whisper_decoder_layers)),
-        Arch("roberta", "roberta", f"RoBERTa-{tag}" if size != "tiny" else "tiny stand-in for RoBERTa-large",
-             _text_dims("roberta", size)),
-        Arch("modernbert", "modernbert",
-             f"ModernBERT-{tag}" if size != "tiny" else "tiny stand-in for ModernBERT-large",
-             _text_dims("modernbert", size)),
-    ]
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if family in SPEECH_FAMILIES:
+        dims = _speech_dims(size)
+    elif family == "whisper":
+        dims = _whisper_dims(size, 1)
+    else:
+        dims = _text_dims(family, size)
+    full, base = _STANDS_FOR[family]
+    name = {"full": full, "base": base, "tiny": f"tiny stand-in for {full}"}[size]
+    return Arch(family, family, name, {**dims, **changes})
+
+
+def architectures(size: str, whisper_decoder_layers: int = 1) -> list[Arch]:
+    """The paper's five encoders at `size`. Whisper's decoder gets `whisper_decoder_layers` blocks: 1 when only
+    the encoder runs, the full 32 (large-v3) for ASR."""
+    return [standin(key, size, **({"n_text_layer": whisper_decoder_layers} if key == "whisper" else {}))
+            for key in KEYS]
 
 
 def describe(arch: Arch, n_params: int) -> str:
@@ -126,11 +153,29 @@ def describe(arch: Arch, n_params: int) -> str:
 # ------------------------------------------------------------------------------------------ saving the models
 
 
-def save_speech_model(arch: Arch, folder: Path) -> str:
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+def _config(config_cls, arch: Arch, **fixed):
+    """`config_cls` from arch.dims and `fixed`. A transformers config keeps an unknown keyword as a plain attribute
+    that nothing reads, so a misspelt change would silently leave the default: refused here instead."""
+    unknown = sorted(set(arch.dims) - set(config_cls().to_dict()))
+    if unknown:
+        raise ValueError(f"{arch.name}: {config_cls.__name__} has no setting {', '.join(unknown)}")
+    return config_cls(**{**fixed, **arch.dims})  # a change may also replace a fixed setting
 
-    config_cls, model_cls = (WavLMConfig, WavLMModel) if arch.family == "wavlm" else (HubertConfig, HubertModel)
-    model_cls(config_cls(**arch.dims)).save_pretrained(folder)
+
+def save_speech_model(arch: Arch, folder: Path) -> str:
+    from transformers import (
+        HubertConfig,
+        HubertModel,
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Model,
+        WavLMConfig,
+        WavLMModel,
+    )
+
+    config_cls, model_cls = {"wavlm": (WavLMConfig, WavLMModel), "hubert": (HubertConfig, HubertModel),
+                             "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model)}[arch.family]
+    model_cls(_config(config_cls, arch)).save_pretrained(folder)
     # The checkpoints' preprocessing: per-utterance normalisation; an attention mask where the feature encoder is
     # layer-normed (the large models), none for the group-normed base models.
     Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE, do_normalize=True,
@@ -144,7 +189,9 @@ def save_whisper_model(arch: Arch, folder: Path, varied_decoder: bool = False) -
     `varied_decoder`: unit-variance decoder weight matrices. At PyTorch's default init a random decoder says one
     token over and over whatever the audio (for Whisper, often a special token, so that every transcript is the same
     string of a few hundred characters); with these its tokens vary with the audio, giving transcripts of ordinary
-    lengths to the text encoders of a dry run."""
+    lengths to the text encoders of a dry run, and transcripts that differ from clip to clip (or for one clip
+    padded differently) to the ASR tests. The encoder keeps the default init: its frames then depend on padding
+    by percents, as a trained Whisper's do."""
     from whisper.model import ModelDimensions, Whisper
 
     dims = ModelDimensions(**arch.dims)
@@ -162,35 +209,38 @@ def save_whisper_model(arch: Arch, folder: Path, varied_decoder: bool = False) -
 
 
 def save_text_model(arch: Arch, folder: Path, sentences: list[str]) -> str:
-    from transformers import ModernBertConfig, ModernBertModel, RobertaConfig, RobertaModel
+    from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel, RobertaConfig, RobertaModel
 
     tokenizer = make_tokenizer(arch.family, sentences)
     tokenizer.save_pretrained(folder)
     if arch.family == "roberta":
-        config = RobertaConfig(vocab_size=ROBERTA_VOCAB, max_position_embeddings=514, type_vocab_size=1,
-                               layer_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch.dims)
+        config = _config(RobertaConfig, arch, vocab_size=ROBERTA_VOCAB, max_position_embeddings=514,
+                         type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    elif arch.family == "minilm":  # all-MiniLM-L6-v2 is a BERT
+        BertModel(_config(BertConfig, arch, vocab_size=MINILM_VOCAB, pad_token_id=tokenizer.pad_token_id)
+                  ).save_pretrained(folder)
     else:
-        config = ModernBertConfig(vocab_size=MODERNBERT_VOCAB, pad_token_id=tokenizer.pad_token_id,
-                                  cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-                                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                                  **arch.dims)
+        config = _config(ModernBertConfig, arch, vocab_size=MODERNBERT_VOCAB, pad_token_id=tokenizer.pad_token_id,
+                         cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
         ModernBertModel(config).save_pretrained(folder)
     return str(folder)
 
 
-def save_model(arch: Arch, folder: Path, sentences: list[str], seed: int | None = None,
+def save_model(arch: Arch, folder: Path, sentences: list[str] | None = None, seed: int | None = None,
                varied_decoder: bool = False) -> str:
     """Build `arch` with random weights (seeded when `seed` is given) and save it where build_encoder can load it;
-    return the `model` value for params.yaml (a folder, or Whisper's checkpoint file)."""
+    return the `model` value for params.yaml (a folder, or Whisper's checkpoint file). A text model's tokenizer is
+    trained on `sentences` (by default `tokenizer_corpus` of the seed, or of 0)."""
     if seed is not None:
         torch.manual_seed(seed)
     folder = Path(folder)
     if arch.family == "whisper":
         return save_whisper_model(arch, folder, varied_decoder)
     if arch.kind == "text":
-        return save_text_model(arch, folder, sentences)
+        return save_text_model(arch, folder, sentences if sentences is not None else tokenizer_corpus(seed or 0))
     return save_speech_model(arch, folder)
 
 
@@ -199,7 +249,7 @@ def make_tokenizer(family: str, sentences: list[str]):
 
     Its vocabulary is kept small enough that rarer words split into several pieces, giving about as many tokens
     per word as GPT-2's BPE gives on English transcripts. RoBERTa gets RobertaTokenizerFast (<s> ... </s>);
-    ModernBERT a plain fast tokenizer with a [CLS] ... [SEP] template, like its real one."""
+    ModernBERT and MiniLM a plain fast tokenizer with a [CLS] ... [SEP] template, like their real ones."""
     from tokenizers import ByteLevelBPETokenizer, Tokenizer
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast

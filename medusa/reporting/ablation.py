@@ -32,12 +32,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medusa.model import members
 from medusa.config import paths
-from medusa.labels import classes_of, common_classes
-from medusa.scoring.metrics import (accuracy, balanced_macro_f1, bootstrap_macro_f1, macro_f1, percentile_interval,
-                            relative_change, stratified_bootstrap_indices)
 from medusa.config.params import REFERENCE_VARIANT, Params
+from medusa.labels import classes_of, common_classes
+from medusa.model import members
+from medusa.scoring.metrics import (
+    accuracy,
+    balanced_macro_f1,
+    bootstrap_macro_f1,
+    macro_f1,
+    percentile_interval,
+    relative_change,
+    stratified_bootstrap_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,8 @@ def ablation_runs(params: Params, variant: str, input_dims: dict[str, int]) -> l
     if variant not in params.ablate.variants:
         raise KeyError(f"ablate.variants: no variant {variant!r} (have: {', '.join(params.ablate.variants)})")
     return [AblationRun(variant, model, members.resolve_member(model, params.models[model], params.train, input_dims,
-                                                               extra_overrides=params.ablate.variants[variant]))
+                                                               extra_overrides=params.ablate.variants[variant],
+                                                               probe=params.probe))
             for model in params.ablate.models]
 
 

@@ -10,18 +10,22 @@ same frame, so the three formats carry the same numbers.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medusa.config import paths
+from medusa.config.params import REFERENCE_VARIANT
+from medusa.labels import classes_of
 from medusa.reporting.ablation import PAPER_DELTA_PCT, run_dir, variant_title
 from medusa.scoring.calibration import BINS
-from medusa.labels import classes_of
-from medusa.scoring.metrics import bootstrap_macro_f1, percentile_interval, relative_change, stratified_bootstrap_indices
-from medusa.config.params import REFERENCE_VARIANT
+from medusa.scoring.metrics import (
+    bootstrap_macro_f1,
+    percentile_interval,
+    relative_change,
+    stratified_bootstrap_indices,
+)
 
 TABLE_FORMATS = ("md", "csv", "tex")
 #: The paper's headline numbers the findings compare with (Table 1 best single, MEDUSA, Section 5.3).
@@ -231,7 +235,7 @@ def stage3_notes(records: dict[str, dict]) -> list[str]:
 def stage3_findings(table3: pd.DataFrame, records: dict[str, dict]) -> list[str]:
     """What stage 3 was on the first subset, and the soup of the paper's form (or of the anchored one) beside
     MEDUSA's and soft voting, by test balanced macro-F1 (beyond the paper: issue #22)."""
-    from medusa.ensemble.meta import OTHER_FORM_SOUP
+    from medusa.ensemble.subsets import OTHER_FORM_SOUP
 
     subset = table3["subset"].iloc[0]
     rows = table3[table3["subset"] == subset].set_index("technique")["balanced_macro_f1"]
@@ -285,7 +289,7 @@ VOTES = ("majority voting", "soft voting")
 def vote_frames(posteriors: dict[str, pd.DataFrame], names: list[str]) -> dict[str, pd.DataFrame]:
     """The two votes over the members `names` on test, as posteriors frames over the members' classes (one-hot
     on the voted class), so that they pair up with other systems in medusa.reporting.ablation.aligned_test_predictions."""
-    from medusa.ensemble.meta import majority_vote, posteriors_frame, soft_vote, stack
+    from medusa.ensemble.voting import majority_vote, posteriors_frame, soft_vote, stack
 
     test = stack({n: posteriors[n] for n in names}, "test")
     return {name: posteriors_frame(test, "test", np.eye(len(test.classes))[vote(test.probs)])
@@ -394,7 +398,7 @@ def one_hot_pairs(one_hot_models: list[str]) -> dict[str, str]:
 def soft_voting_frame(posteriors: dict[str, pd.DataFrame], names: list[str]) -> pd.DataFrame:
     """Soft voting over the members `names` as a posteriors frame on test: their mean posterior (vote_frames
     keeps only its argmax, one-hot, which says nothing about calibration)."""
-    from medusa.ensemble.meta import posteriors_frame, stack
+    from medusa.ensemble.voting import posteriors_frame, stack
 
     test = stack({n: posteriors[n] for n in names}, "test")
     return posteriors_frame(test, "test", test.probs.mean(axis=1))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from medusa.data.corpora.csv_manifest import read_csv_manifest
-from medusa.data.corpora.msp_podcast import (CONSENSUS_NAMES, CorpusError, find_label_file, read_consensus)
+from medusa.data.corpora.msp_podcast import CONSENSUS_NAMES, CorpusError, find_label_file, read_consensus
 from medusa.labels import target_columns
 from medusa.scoring.metrics import classification_scores
 
@@ -57,7 +57,7 @@ def corpus_rows(corpus: str | Path, label_map: dict[str, str], splits: list[str]
 def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None, splits: list[str] | None = None,
              audio_cache: str | Path = "work/cache/audio", cache_dir: str | Path = "work/cache",
              skip_bad_audio: bool = False, seed: int = 0, bootstrap: int = 1000) -> Evaluation:
-    """Predict every labelled row of `corpus` with `bundle` (a medusa.serving.bundle.Bundle) and score it."""
+    """Predict every labelled row of `corpus` with `bundle` (a medusa.serving.inference.Bundle) and score it."""
     from medusa.data.audio import AudioError, prepare_audio
 
     rows = corpus_rows(corpus, label_map or {}, splits)

@@ -53,7 +53,7 @@ from medusa.data.audio import MIN_SECONDS, SAMPLE_RATE, AudioError, check_min_du
 from medusa.labels import ATTRIBUTES, target_columns
 
 if TYPE_CHECKING:
-    from medusa.serving.bundle import Bundle
+    from medusa.serving.inference import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +239,9 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "auto", cache_dir: str | Path = "work/cache",
                     allow_version_mismatch: bool = False) -> Predictor:
-        """Load (and verify) the bundle at `path` (medusa.serving.bundle.load_bundle: BundleError names what is wrong);
+        """Load (and verify) the bundle at `path` (medusa.serving.inference.load_bundle: BundleError names what is wrong);
         its encoders, members and ASR run on `device` (auto: cuda if there is one)."""
-        from medusa.serving.bundle import load_bundle
+        from medusa.serving.inference import load_bundle
 
         return cls(load_bundle(path, device, allow_version_mismatch=allow_version_mismatch), Path(cache_dir))
 

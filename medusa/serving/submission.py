@@ -86,7 +86,9 @@ def submission_frame(utt_ids: Iterable[str], predicted: Iterable[str]) -> pd.Dat
 def submission_from_posteriors(posteriors: pd.DataFrame) -> pd.DataFrame:
     """The submission of a posteriors frame's blind rows (utt_id, split, p_<code> of the run's classes; e.g. the
     ensemble stage's soup posteriors): the argmax class of each, as medusa.model.members.predicted_labels takes it."""
-    from medusa.model.members import predicted_labels  # members pulls in torch; the rest of this module does not need it
+    from medusa.model.members import (
+        predicted_labels,  # members pulls in torch; the rest of this module does not need it
+    )
 
     missing = [c for c in ("utt_id", "split") if c not in posteriors.columns]
     if missing:
@@ -107,7 +109,7 @@ def submission_from_posteriors(posteriors: pd.DataFrame) -> pd.DataFrame:
 
 def submission_from_bundle(bundle, corpus: str | Path, cache_dir: str | Path = "work/cache",
                            names: list[str] | None = None) -> pd.DataFrame:
-    """The submission of a loaded medusa.serving.bundle.Bundle run on every blind file of an MSP-layout corpus, read as
+    """The submission of a loaded medusa.serving.inference.Bundle run on every blind file of an MSP-layout corpus, read as
     MSP ships it (16 kHz wav; predict_audio names a file of another rate). One predict_audio call: its batches
     are length-sorted, so one call predicts as the pipeline does; `cache_dir` holds its ASR/encoder caches."""
     corpus = Path(corpus)

@@ -201,8 +201,13 @@ def write_manifest_csv(corpus_dir: str | Path, out: str | Path) -> Path:
     """An MSP-Podcast-layout folder written as a CSV manifest (paths relative to `out`'s folder): the same corpus
     in the form a researcher writes for theirs. Train/Development rows keep their split (train/dev; test is cut
     from train by prepare, as for the folder), other labelled Split_Sets are left out, blind audio is kept."""
-    from medusa.data.corpora.msp_podcast import (CONSENSUS_NAMES, DETAILED_NAMES, find_label_file, read_consensus,
-                                            read_detailed)
+    from medusa.data.corpora.msp_podcast import (
+        CONSENSUS_NAMES,
+        DETAILED_NAMES,
+        find_label_file,
+        read_consensus,
+        read_detailed,
+    )
     from medusa.io import atomic_path
 
     corpus, out = Path(corpus_dir), Path(out)

@@ -33,9 +33,9 @@ import numpy as np
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from medusa.config.params import DemoCorpusParams
 from medusa.data.corpora.espeak import ESPEAK_RATE_HZ, SynthRequest, synthesize_batch
 from medusa.labels import CODES, EMOTION_OF, OTHER, plurality, primary_code
-from medusa.config.params import DemoCorpusParams
 
 SAMPLE_RATE = 16000
 MIN_DURATION_S, MAX_DURATION_S = 1.5, 4.0

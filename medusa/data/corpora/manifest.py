@@ -27,16 +27,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medusa.data.audio import prepare_audio
-from medusa.io import atomic_path
-from medusa.data.corpora.csv_manifest import consensus_votes, read_csv_manifest
-from medusa.data.corpora.msp_podcast import (CONSENSUS_NAMES, DETAILED_NAMES, CorpusError, find_label_file,
-                                        read_consensus, read_detailed)
-# speaker_disjoint_cut and stratified_speaker_split lived here: imported by name from this module elsewhere
-from medusa.data.corpora.splits import (UNKNOWN_SPEAKER, search_splits, speaker_disjoint_cut,  # noqa: F401
-                                   stratified_speaker_split)
-from medusa.labels import ATTRIBUTES, CODES, classes_of, soft_targets, target_columns, vote_counts
 from medusa.config.params import PrepareParams
+from medusa.data.audio import prepare_audio
+from medusa.data.corpora.csv_manifest import consensus_votes, read_csv_manifest
+from medusa.data.corpora.msp_podcast import (
+    CONSENSUS_NAMES,
+    DETAILED_NAMES,
+    CorpusError,
+    find_label_file,
+    read_consensus,
+    read_detailed,
+)
+
+# speaker_disjoint_cut and stratified_speaker_split lived here: imported by name from this module elsewhere
+from medusa.data.corpora.splits import UNKNOWN_SPEAKER, search_splits, speaker_disjoint_cut, stratified_speaker_split  # noqa: F401
+from medusa.io import atomic_path
+from medusa.labels import ATTRIBUTES, CODES, classes_of, soft_targets, target_columns, vote_counts
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test", "blind")

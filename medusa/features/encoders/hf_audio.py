@@ -16,8 +16,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medusa.features.encoders.base import (LAYER_DEFINITION, Encoder, autocast, defined_hidden_states, encode_by_padded_length,
-                                  grid_samples, mean_of_layers, weights_error)
+from medusa.features.encoders.base import (
+    LAYER_DEFINITION,
+    Encoder,
+    autocast,
+    defined_hidden_states,
+    encode_by_padded_length,
+    grid_samples,
+    mean_of_layers,
+    weights_error,
+)
 
 
 class HFAudioEncoder(Encoder):

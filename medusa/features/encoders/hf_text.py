@@ -10,7 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medusa.features.encoders.base import LAYER_DEFINITION, Encoder, autocast, defined_hidden_states, mean_of_layers, weights_error
+from medusa.features.encoders.base import (
+    LAYER_DEFINITION,
+    Encoder,
+    autocast,
+    defined_hidden_states,
+    mean_of_layers,
+    weights_error,
+)
 
 MAX_TOKENS = 512
 

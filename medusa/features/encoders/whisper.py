@@ -17,8 +17,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from medusa.features.encoders.base import (LAYER_DEFINITION, Encoder, autocast, encode_by_padded_length, grid_samples,
-                                  mean_of_layers)
+from medusa.features.encoders.base import (
+    LAYER_DEFINITION,
+    Encoder,
+    autocast,
+    encode_by_padded_length,
+    grid_samples,
+    mean_of_layers,
+)
 
 SAMPLES_PER_MEL_FRAME = 160        # 10 ms hop at 16 kHz
 SAMPLES_PER_ENCODER_FRAME = 320    # conv2 has stride 2: 50 frames per second

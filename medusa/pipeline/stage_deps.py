@@ -1,0 +1,141 @@
+"""dvc.yaml's deps cover every module a stage imports, so that a stage reruns when code it runs changes.
+
+    python -m medusa.pipeline.stage_deps           # list what each stage imports but does not list; exit 1 if any
+    python -m medusa.pipeline.stage_deps --fix     # write each stage's module deps as its import closure
+
+A stage's import closure starts at its command's module (`python -m medusa...`) and at the `medusa` imports of
+its notebook's code cells, and follows every `import medusa...` / `from medusa... import ...` in the files reached
+(function-local imports included: a stage may call them; `if TYPE_CHECKING:` blocks left out: they never run;
+packages' __init__.py included: importing medusa.x.y runs them first). tests/test_dvc_deps.py runs the check.
+Written by hand (an AST walk of ~100 lines) because no kept tool computes a static import closure of notebooks
+and modules together.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+_COMMAND_MODULE = re.compile(r"python -m (medusa(?:\.\w+)*)")
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    path = root.joinpath(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return path / "__init__.py" if (path / "__init__.py").is_file() else None
+
+
+def imports_of(source: str) -> set[str]:
+    """The medusa modules (and `module.name` candidates of `from module import name`) a source imports."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            node.body = []
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "medusa"}
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "medusa":
+            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return out
+
+
+def import_closure(root: Path, names: set[str]) -> set[str]:
+    """Repository-relative paths of every medusa file the modules `names` import, transitively."""
+    seen: set[Path] = set()
+    todo = list(names)
+    while todo:
+        parts = todo.pop().split(".")
+        for i in range(1, len(parts) + 1):
+            path = _module_file(root, ".".join(parts[:i]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.extend(imports_of(path.read_text(encoding="utf-8")))
+    return {p.relative_to(root).as_posix() for p in seen}
+
+
+def notebook_code(path: Path) -> str:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    lines = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code").splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))  # IPython magics
+
+
+def _stages(root: Path) -> dict[str, dict]:
+    return {name: stage.get("do", stage)   # a foreach stage: its template
+            for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items()}
+
+
+def stage_closure(root: Path, body: dict) -> set[str]:
+    deps = [d for d in body.get("deps", []) if isinstance(d, str)]
+    roots = set(_COMMAND_MODULE.findall(body["cmd"]))
+    for notebook in (d for d in deps if d.endswith(".ipynb")):
+        roots |= imports_of(notebook_code(root / notebook))
+    return import_closure(root, roots)
+
+
+def stage_gaps(root: Path) -> dict[str, list[str]]:
+    """{stage: the files of its import closure that none of its deps covers}."""
+    gaps = {}
+    for name, body in _stages(root).items():
+        deps = [d.rstrip("/") for d in body.get("deps", []) if isinstance(d, str) and "${" not in d]
+        gaps[name] = sorted(f for f in stage_closure(root, body)
+                            if not any(f == d or f.startswith(d + "/") for d in deps))
+    return gaps
+
+
+def fix(root: Path) -> dict[str, int]:
+    """Rewrite each stage's `medusa/` deps in dvc.yaml as its import closure (sorted), leaving its other deps,
+    comments and layout alone. Returns {stage: module deps written}."""
+    stages = _stages(root)
+    lines = (root / "dvc.yaml").read_text().splitlines(keepends=True)
+    out, written, stage, in_deps = [], {}, None, False
+    for line in lines:
+        header = re.match(r"^  (\w+):\s*(#.*)?$", line)
+        if header:
+            stage, in_deps = header.group(1), False
+        key = re.match(r"^(\s+)(deps|params|outs|metrics|cmd|foreach|do):", line)
+        if key:
+            in_deps = key.group(2) == "deps"
+            out.append(line)
+            if in_deps and stage in stages:
+                closure = sorted(stage_closure(root, stages[stage]))
+                indent = key.group(1) + ("  " if key.group(1) else "")
+                pending = [f"{indent}- {f}\n" for f in closure]
+                written[stage] = len(closure)
+            continue
+        if in_deps and re.match(r"^\s+- medusa/", line):
+            if pending:
+                out.extend(pending)
+                pending = []
+            continue
+        if in_deps and pending and re.match(r"^\s+- ", line) and not line.strip().startswith("- notebooks/"):
+            out.extend(pending)
+            pending = []
+        out.append(line)
+    (root / "dvc.yaml").write_text("".join(out))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medusa.pipeline.stage_deps", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fix", action="store_true", help="rewrite the module deps of every stage in dvc.yaml")
+    parser.add_argument("--root", default=".")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if args.fix:
+        for stage, n in fix(root).items():
+            print(f"{stage}: {n} modules")
+    gaps = {stage: files for stage, files in stage_gaps(root).items() if files}
+    for stage, files in gaps.items():
+        print(f"{stage}: imports but does not list {', '.join(files)}", file=sys.stderr)
+    return 1 if gaps else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

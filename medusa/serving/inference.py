@@ -1,0 +1,429 @@
+"""A loaded predict bundle and its inference: load_bundle verifies and loads a bundle (medusa.serving.bundle, its
+format), Bundle goes from audio to features to emotion probabilities, stored_agreement checks it against the
+pipeline's stored posteriors.
+
+Audio goes through the same steps as in training: Whisper transcripts (if a member reads text), each encoder
+on batches planned as the extract stage plans them (medusa.features.extract.plan_batches), frames rounded to
+float16 as the feature stores hold them, the same pooling and padding (medusa.model.dataset.batch_from_arrays), the
+members' posteriors and attributes, with include_probes each member's linear probe on the mean of the same raw
+(unpooled) frames, as it was fitted from the feature stores (medusa.model.linear_probe.pooled_means), then the
+meta-classifier, whose inputs are assembled by the ensemble stage's own code (medusa.ensemble.meta.meta_inputs). A
+clip's features and transcript depend on the clip alone (medusa.features.encoders.base), so several files in one
+call, in any order, get the features the store would hold.
+
+Versions: features depend on the libraries that compute them. `load_bundle` refuses a bundle whose encoders'
+features were made with another major.minor version of transformers, openai-whisper or opensmile than the one
+installed (and, for transcripts, another openai-whisper than the one that wrote the bundle), unless told to go on
+(`allow_version_mismatch=True`, `medusa predict --allow-version-mismatch`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from medusa.data.audio import AudioError, audio_info, load_audio
+from medusa.ensemble.meta import MetaClassifier, MetaConfig, Stacked, meta_predict
+from medusa.features.encoders import build_encoder, kind_of
+from medusa.labels import ATTRIBUTES, target_columns
+from medusa.model.dataset import batch_from_arrays, unscale_attributes
+from medusa.model.deepser import DeepSER
+from medusa.model.linear_probe import PROBE_FILE, LinearProbe, pooled_means
+from medusa.model.members import MODEL_FILES, load_member, member_classes
+from medusa.model.training import autocast
+from medusa.serving.bundle import (
+    BundleError,
+    check_classes,
+    installed_version,
+    major_minor,
+    read_probe,
+    verify_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+WHISPER_MAX_SECONDS = 30.0
+
+
+@dataclass
+class Member:
+    name: str
+    model: DeepSER
+    config: dict[str, Any]
+    probe: LinearProbe | None = None     # loaded when the meta-classifier reads the members' probes
+
+    @property
+    def encoders(self) -> list[str]:
+        return list(self.config["encoders"])
+
+    @property
+    def pools(self) -> list[int]:
+        return [int(p) for p in self.config["pools"]]
+
+    @property
+    def input_dims(self) -> list[int]:
+        return [int(d) for d in self.config["deepser"]["input_dims"]]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The classes of its class outputs, in order (config.json)."""
+        return member_classes(self.config)
+
+    @property
+    def amp(self) -> bool:
+        # bf16 on CUDA as in training, so the meta-classifier sees posteriors like those it was trained on
+        return bool(self.config.get("train", {}).get("amp", True))
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: MetaClassifier                # kept on the CPU: it is tiny, and meta_predict feeds it CPU tensors
+    members: list[Member]
+    encoders: dict[str, dict[str, Any]]
+    asr: dict[str, Any] | None
+    manifest: dict[str, Any]
+    device: torch.device
+    batch_size: int = 32                # utterances per member forward pass
+    _dims: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for m in self.members:
+            for key, dim in zip(m.encoders, m.input_dims):
+                self._dims.setdefault(key, dim)
+
+    @property
+    def member_names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The run's classes (codes, CODES order): the columns p_<code> of every prediction, in that order."""
+        return self.meta.cfg.classes
+
+    @property
+    def encoder_keys(self) -> list[str]:
+        """Every encoder key a member reads, in first-use order."""
+        return list(dict.fromkeys(k for m in self.members for k in m.encoders))
+
+    @property
+    def needs_asr(self) -> bool:
+        return any(kind_of(self.encoders[k]["family"]) == "text" for k in self.encoder_keys)
+
+    @property
+    def whisper_keys(self) -> list[str]:
+        """The encoder keys of Whisper encoders: they take clips of at most WHISPER_MAX_SECONDS."""
+        return [k for k in self.encoder_keys if self.encoders[k]["family"] == "whisper"]
+
+    @property
+    def max_clip_seconds(self) -> float | None:
+        """The longest clip the bundle scores (Whisper's window, when a Whisper encoder or the Whisper ASR reads
+        the audio), or None when no part of it limits the length."""
+        return WHISPER_MAX_SECONDS if self.whisper_keys or self.needs_asr else None
+
+    # ---- features -> probabilities
+
+    def _check_features(self, features: Mapping[str, list[np.ndarray]]) -> int:
+        missing = [k for k in self.encoder_keys if k not in features]
+        if missing:
+            raise KeyError(f"no features for encoder(s) {', '.join(missing)} (the members read "
+                           f"{', '.join(self.encoder_keys)})")
+        counts = {k: len(features[k]) for k in self.encoder_keys}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"the encoders have features for different numbers of utterances: {counts}")
+        for key in self.encoder_keys:
+            for i, x in enumerate(features[key]):
+                shape = np.shape(x)
+                if len(shape) != 2 or shape[1] != self._dims[key] or shape[0] < 1:
+                    raise ValueError(f"{key} features of utterance {i}: expected (T >= 1, {self._dims[key]}) "
+                                     f"frames, got shape {shape}")
+        return next(iter(counts.values()))
+
+    @torch.no_grad()
+    def _member_outputs(self, member: Member, features: Mapping[str, list[np.ndarray]], n: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """One member's class probabilities (n, C) and attributes (n, 3; 1..7 scale), in input order."""
+        seqs = [features[k] for k in member.encoders]
+        # length-sorted batches, as training.predict does: little padding (the masks make it harmless anyway)
+        lengths = np.asarray([sum(-(-len(s[i]) // p) for s, p in zip(seqs, member.pools)) for i in range(n)])
+        order = np.argsort(lengths, kind="stable")
+        probs, attrs = np.zeros((n, len(member.classes)), np.float32), np.zeros((n, len(ATTRIBUTES)), np.float32)
+        member.model.eval()
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            xs, masks = batch_from_arrays([[s[i] for i in idx] for s in seqs], member.pools, member.input_dims)
+            with autocast(self.device, member.amp):
+                logits, a = member.model([x.to(self.device) for x in xs], [m.to(self.device) for m in masks])
+            probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+            attrs[idx] = a.float().cpu().numpy()
+        return probs, unscale_attributes(attrs)
+
+    def predict_all(self, features: Mapping[str, list[np.ndarray]]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Ensemble class probabilities (N, C), the members' (N, M, C), and the ensemble's attributes (N, 3;
+        1..7 scale) when its meta-classifier predicts them (else None); C = the bundle's classes, in order."""
+        n = self._check_features(features)
+        m, c = len(self.members), len(self.classes)
+        if n == 0:
+            return np.zeros((0, c), np.float32), np.zeros((0, m, c), np.float32), None
+        outputs = [self._member_outputs(member, features, n) for member in self.members]
+        # each probe on the mean of the member's raw frames, per encoder in the member's order, as fitted
+        probe_probs = (np.stack([m.probe.predict_proba(pooled_means([features[k] for k in m.encoders]))
+                                 for m in self.members], 1) if self.meta.cfg.include_probes else None)
+        stacked = Stacked(utt_ids=np.arange(n), probs=np.stack([p for p, _ in outputs], 1),
+                          attributes=np.stack([a for _, a in outputs], 1), labels=np.full(n, None, dtype=object),
+                          probe_probs=probe_probs, classes=self.classes)
+        probs, attrs = meta_predict(self.meta, stacked)
+        return probs, stacked.probs, attrs
+
+    def predict_features(self, features: Mapping[str, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """From frame sequences per encoder key ((T_i, dim) each, the same utterance order for every key):
+        the ensemble's class probabilities (N, C) and the members' (N, M, C), over the bundle's classes in order."""
+        probs, member_probs, _ = self.predict_all(features)
+        return probs, member_probs
+
+    # ---- audio -> features
+
+    def transcribe(self, audios: list[np.ndarray], cache_dir: str | Path = "work/cache",
+                   device: torch.device | str | None = None) -> list[str]:
+        """Whisper transcripts of float32 16 kHz clips with the bundle's ASR settings, batched as the transcribe
+        stage batches (clips of one padding window together): each transcript depends on its clip alone."""
+        from medusa.features.asr import asr_batches, transcribe_clips
+        from medusa.features.encoders.whisper import load_whisper
+
+        if self.asr is None:
+            raise BundleError(f"{self.path}: the bundle has no ASR settings (asr.json is null)")
+        device = self._device(device)
+        model = load_whisper(self.asr["model"], cache_dir, device)
+        pad_seconds = float(self.asr["pad_seconds"])
+        texts = [""] * len(audios)
+        batches = asr_batches([f"{i:09d}" for i in range(len(audios))], [len(a) / 16000 for a in audios],
+                              int(self.asr["batch_size"]), pad_seconds)
+        for idx in batches:
+            out = transcribe_clips(model, [audios[i] for i in idx], self.asr["language"], pad_seconds,
+                                   int(self.asr.get("beam_size", 1)))
+            for i, text in zip(idx, out):
+                texts[i] = text
+        del model
+        return texts
+
+    def encode(self, audios: list[np.ndarray], texts: list[str] | None = None, cache_dir: str | Path = "work/cache",
+               device: torch.device | str | None = None, names: list[str] | None = None
+               ) -> dict[str, list[np.ndarray]]:
+        """Features per encoder key, made as the extract stage made the members' training features: batches
+        planned as there (medusa.features.extract.plan_batches), then rounded to float16 as the feature stores hold them.
+        `texts` (the transcripts) are needed when a member reads a text encoder; `names` label clips in error
+        messages. A BundleError if this code pads clips otherwise than the code that made the members' stores."""
+        from medusa.features.extract import plan_batches
+
+        device = self._device(device)
+        names = names or [f"clip {i}" for i in range(len(audios))]
+        items = pd.DataFrame({"utt_id": [f"{i:09d}" for i in range(len(audios))],
+                              "duration_s": [len(a) / 16000 for a in audios],
+                              "text": texts if texts is not None else [""] * len(audios)})
+        features: dict[str, list[np.ndarray]] = {}
+        for key in self.encoder_keys:
+            e = self.encoders[key]
+            encoder = build_encoder(key, e["family"], e["model"], e["layers"], device, cache_dir,
+                                    float(e.get("pad_seconds", 0.0)))
+            if encoder.dim != self._dims[key]:
+                raise BundleError(f"encoder {key!r} ({e['family']} {e['model']!r}) gives {encoder.dim}-d frames, "
+                                  f"the members were trained on {self._dims[key]}-d ones")
+            if encoder.kind == "text" and texts is None:
+                raise ValueError(f"encoder {key!r} reads transcripts; pass texts")
+            padding = encoder.spec().get("padding")
+            if "padding" in e and e["padding"] != padding:
+                raise BundleError(f"encoder {key!r}: the members were trained on features padded as "
+                                  f"{e['padding']!r}, this version of medusa pads as {padding!r}; rebuild the "
+                                  "features and the bundle with this version (dvc repro)")
+            inputs = audios if encoder.kind == "audio" else list(items["text"])
+            # No batch-mate changes a clip's frames (medusa.features.encoders.base), so the extract stage's batching is
+            # used as is; it groups clips by padded length, which the encoder would otherwise split itself.
+            batches = plan_batches(encoder, items, int(e["batch_size"]), float(e["batch_seconds"]))
+            out: list[np.ndarray | None] = [None] * len(audios)
+            for idx in batches:
+                for i, frames in zip(idx, encoder.encode([inputs[i] for i in idx])):
+                    out[i] = _as_stored(frames, key, names[i])
+            features[key] = out  # type: ignore[assignment]
+            del encoder
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the next encoder may be as large
+        return features
+
+    def predict_clips(self, audios: list[np.ndarray], names: list[str] | None = None,
+                      cache_dir: str | Path = "work/cache", device: torch.device | str | None = None
+                      ) -> tuple[list[str] | None, np.ndarray, np.ndarray | None]:
+        """From clips already in memory (float32 mono 16 kHz, e.g. medusa.data.audio.read_any's): the transcripts (None
+        when no member reads text), the ensemble's class probabilities (N, C) over the bundle's classes, and its
+        attributes (N, 3; 1..7 scale) when the meta-classifier predicts them (else None). Each clip's outputs
+        depend on that clip alone (up to float noise), whatever else is in the call. `names` label clips in error
+        messages; AudioError naming the clip if one is longer than the Whisper encoder takes."""
+        names = names or [f"clip {i}" for i in range(len(audios))]
+        whisper_keys = self.whisper_keys
+        if whisper_keys:
+            for name, a in zip(names, audios):
+                if len(a) > WHISPER_MAX_SECONDS * 16000:
+                    raise AudioError(f"{name}: {len(a) / 16000:.1f} s long; the Whisper encoder "
+                                     f"({', '.join(whisper_keys)}) takes at most {WHISPER_MAX_SECONDS:g} s clips "
+                                     "(cut it into shorter segments)")
+        texts = self.transcribe(audios, cache_dir, device) if self.needs_asr else None
+        features = self.encode(audios, texts, cache_dir, device, names=names)
+        probs, _, attrs = self.predict_all(features)
+        return texts, probs, attrs
+
+    def predict_audio(self, paths: list[str | Path], cache_dir: str | Path = "work/cache",
+                      device: torch.device | str | None = None) -> pd.DataFrame:
+        """Predictions for audio files (16 kHz; several channels are averaged): one row per file with utt_id
+        (the file's stem), path, text (when a member reads transcripts), p_<code> of each of the bundle's classes,
+        `predicted` (the argmax class code among them) and, when the meta-classifier predicts them,
+        arousal/valence/dominance (1..7 scale).
+        `device` runs the encoders and ASR (default: the bundle's). Files of any format, rate or length, each
+        error in its own row: medusa.serving.predict.Predictor."""
+        paths = [Path(p) for p in paths]
+        audios = [_read_clip(p) for p in paths]
+        texts, probs, attrs = self.predict_clips(audios, [str(p) for p in paths], cache_dir, device)
+        frame = pd.DataFrame({"utt_id": [p.stem for p in paths], "path": [str(p) for p in paths]})
+        if texts is not None:
+            frame["text"] = texts
+        frame[list(target_columns(self.classes))] = probs
+        frame["predicted"] = np.asarray(self.classes)[probs.argmax(1)] if len(probs) else np.asarray([], dtype=object)
+        if attrs is not None:
+            frame[list(ATTRIBUTES)] = attrs
+        return frame
+
+    def _device(self, device: torch.device | str | None) -> torch.device:
+        from medusa.features.batches import pick_device
+
+        if device is None:
+            return self.device
+        return device if isinstance(device, torch.device) else pick_device(device)
+
+
+def stored_agreement(bundle: Bundle, files: list[str | Path], stored: pd.DataFrame, cache_dir: str | Path = "work/cache"
+                     ) -> dict[str, Any]:
+    """Score `files` with the bundle in one call and compare with the pipeline's stored posteriors for the same
+    clips (`stored`: utt_id = the file's stem, p_<code> of the bundle's classes), e.g. the ensemble stage's soup
+    posteriors. Batch invariance makes them agree up to float noise; a gap means prediction and pipeline compute
+    features differently."""
+    predicted = bundle.predict_audio(list(files), cache_dir)
+    columns = list(target_columns(bundle.classes))
+    reference = stored.set_index("utt_id").loc[predicted["utt_id"], columns].to_numpy(dtype=np.float64)
+    ours = predicted[columns].to_numpy(dtype=np.float64)
+    return {"clips": len(predicted), "max_abs_diff": float(np.abs(ours - reference).max()),
+            "argmax_agree": int((ours.argmax(1) == reference.argmax(1)).sum())}
+
+
+def _read_clip(path: Path) -> np.ndarray:
+    info = audio_info(path)  # AudioError naming the file if it is missing or unreadable
+    if info.duration_s <= 0:
+        raise AudioError(f"{path}: empty audio")
+    return load_audio(path)  # rejects sample rates other than 16 kHz, averages channels
+
+
+def _as_stored(frames: np.ndarray, key: str, name: str) -> np.ndarray:
+    """Frames as a feature store would give them back (float16): the members never saw more precision."""
+    x = np.asarray(frames, dtype=np.float32).astype(np.float16)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: encoder {key!r} gives values float16 cannot hold (NaN, inf or |x| > 65504); "
+                         "the extract stage would have refused them too")
+    return x
+
+
+def version_mismatches(bundle: Bundle) -> list[str]:
+    """How the installed library versions differ (in major.minor) from those that made the bundle's features:
+    each encoder's, as its feature store recorded them, and for transcripts the openai-whisper that wrote the
+    bundle. Encoders whose stores recorded no versions (older stores) cannot be checked and are logged."""
+    problems, unchecked = [], []
+    for key in bundle.encoder_keys:
+        recorded = bundle.encoders[key].get("versions")
+        if not recorded:
+            unchecked.append(key)
+            continue
+        for dist in sorted(recorded):
+            # torch is recorded too, but another torch changes float rounding, not which features are computed:
+            # not refused. Every library that defines the frames (transformers, tokenizers, openai-whisper,
+            # opensmile, as the encoder recorded them) is checked.
+            if dist == "torch" or recorded[dist] is None:
+                continue
+            installed = installed_version(dist)
+            if installed is None or major_minor(installed) != major_minor(recorded[dist]):
+                problems.append(f"encoder {key!r}: its features were made with {dist} {recorded[dist]}, "
+                                f"installed: {installed or 'none'}")
+    if bundle.needs_asr:
+        recorded = bundle.manifest.get("created_by", {}).get("openai-whisper")
+        installed = installed_version("openai-whisper")
+        if recorded is not None and (installed is None or major_minor(installed) != major_minor(recorded)):
+            problems.append(f"transcripts (ASR): the bundle was written with openai-whisper {recorded}, "
+                            f"installed: {installed or 'none'}")
+    if unchecked:
+        log.warning("%s: the feature stores of encoder(s) %s recorded no library versions (made before medusa "
+                    "recorded them): cannot check that this installation computes the same features",
+                    bundle.path, ", ".join(unchecked))
+    return problems
+
+
+def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
+                allow_version_mismatch: bool = False) -> Bundle:
+    """A bundle written by save_bundle, after verifying every file against its manifest (BundleError names a
+    missing or changed file). The members run on `device`; the meta-classifier stays on the CPU.
+
+    BundleError if the installed transformers / openai-whisper / opensmile differ in major.minor from those that
+    made the members' features (`version_mismatches`): other versions may compute other features, and the
+    members would give wrong probabilities without an error. `allow_version_mismatch=True` loads it anyway,
+    with a warning."""
+    from medusa.features.batches import pick_device
+
+    path = Path(path)
+    device = pick_device(device) if isinstance(device, str) else device  # "auto" -> cuda if there is one
+    manifest = verify_manifest(path)
+    if "meta.json" not in manifest["files"]:
+        raise BundleError(f"{path / 'meta.json'}: not listed in the bundle's manifest")
+    meta_info = json.loads((path / "meta.json").read_text())
+    names = list(meta_info["members"])
+    required = ["meta.safetensors", "encoders.json", "asr.json",
+                *(f"members/{n}/{f}" for n in names for f in MODEL_FILES)]
+    unlisted = [f for f in required if f not in manifest["files"]]
+    if unlisted:
+        raise BundleError(f"{path / unlisted[0]}: not listed in the bundle's manifest (a file the bundle needs "
+                          "must be checksummed)")
+    cfg = MetaConfig.from_saved(meta_info["config"])
+    if cfg.n_models != len(names):
+        raise BundleError(f"{path / 'meta.json'}: the meta-classifier takes {cfg.n_models} member(s), "
+                          f"{len(names)} are listed")
+    if cfg.include_probes:
+        unlisted = [n for n in names if f"members/{n}/{PROBE_FILE}" not in manifest["files"]]
+        if unlisted:
+            raise BundleError(f"{path / 'members' / unlisted[0] / PROBE_FILE}: the meta-classifier reads the "
+                              f"members' probe posteriors (include_probes) but the bundle has no probe for member "
+                              f"{unlisted[0]!r}; write the bundle again (dvc repro ensemble)")
+    meta = MetaClassifier(cfg)
+    meta.load_state_dict(load_file(str(path / "meta.safetensors"), device="cpu"))
+    members = [Member(n, *load_member(path / "members" / n, device)) for n in names]
+    check_classes(cfg.classes, {m.name: m.config for m in members}, path)
+    for m in members if cfg.include_probes else []:
+        m.probe = read_probe(path / "members" / m.name, m.config)
+    encoders = json.loads((path / "encoders.json").read_text())
+    asr = json.loads((path / "asr.json").read_text())
+    missing = sorted({k for m in members for k in m.encoders} - set(encoders))
+    if missing:
+        raise BundleError(f"{path / 'encoders.json'}: no entry for encoder(s) {', '.join(missing)}")
+    bundle = Bundle(path, meta.eval(), members, encoders, asr, manifest, device)
+    if bundle.needs_asr and asr is None:
+        raise BundleError(f"{path / 'asr.json'}: a member reads transcripts but the bundle has no ASR settings")
+    problems = version_mismatches(bundle)
+    if problems and not allow_version_mismatch:
+        raise BundleError(f"{path}: the installed libraries differ from those that made the members' features "
+                          f"(major.minor):\n  " + "\n  ".join(problems) + "\nInstall those versions, or score "
+                          "anyway with `medusa predict --allow-version-mismatch` (load_bundle(..., "
+                          "allow_version_mismatch=True)): the features, hence the probabilities, may differ.")
+    if problems:
+        log.warning("%s: scoring with other library versions than those that made the features (allowed): %s",
+                    path, "; ".join(problems))
+    return bundle
