@@ -7,7 +7,8 @@ The tests prove the property on tiny models; this measures it on the run's real 
 offline Whisper base for ASR and features). Reported: how many transcripts differ, and for each feature store the
 number of clips that differ in any stored value and the largest difference as a share of the tests'
 tolerance (2e-3 |value| + 1e-4, two float16 steps). Run it after
-`dvc repro`, with the params.yaml of that run. Writes the "## Batch invariance" section of the report.
+`dvc repro`, with the params.yaml of that run. Writes the "## Batch invariance" section of the report
+(reports/benchmarks/batch_invariance.json, rendered by benchmarks/report.py).
 """
 from __future__ import annotations
 

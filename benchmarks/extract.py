@@ -17,7 +17,8 @@ timed. Both ways then encode the same synthetic corpus:
 
 `--size small` (the CPU default) uses base-size stand-ins and a few utterances so that it finishes in minutes on a
 laptop; `--size full` is the paper's scale and is meant for a GPU. The script prints a table and writes the
-"## Feature extraction" section of the report (other sections of the file are kept).
+"## Feature extraction" section of the report: reports/benchmarks/extract.json, which benchmarks/report.py renders
+into reports/benchmarks.md with the other sections.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import report
-from _common import busy
+from _common import busy, device_name
 from learning_variants import VariantData
 
 log = logging.getLogger("learning")
@@ -163,7 +163,6 @@ def report_section(frame: pd.DataFrame, variants: dict[str, VariantData], comman
                    params: Any, figure: Path, csv: Path, changes: dict[str, dict[str, Any] | None]) -> report.Doc:
     """The section as a document (benchmarks/report.py renders it)."""
     import torch
-    from _common import device_name
 
     from medusa.features.batches import pick_device
 

@@ -13,7 +13,7 @@ For each: wall seconds, files per second, real-time factor (compute seconds per 
 (benchmarks/_common.measure). Both ways must predict the same class for every file; the largest absolute
 difference of their probabilities is reported too (batch invariance, as a side result). Loading the bundle is
 timed on its own. The script prints a table and writes the "## Prediction speed (medusa predict)" section of the
-report (other sections are kept).
+report (reports/benchmarks/predict.json, rendered by benchmarks/report.py with the other sections).
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ chosen by cross-validation within the subset) and its single meta-classifier (th
 soft and majority voting, and the best member by the subset's own dev score. Every technique is scored by test balanced macro-F1;
 its difference from soft voting gets a paired 95 % interval (class-stratified resamples of the test clips, the
 same for every technique and draw, averaged over a condition's draws). The script prints a table, writes the
-"## Stage 3 on small dev sets" section of the report, its JSON to reports/metrics/stacking.json and a figure to
+"## Stage 3 on small dev sets" section of the report (reports/benchmarks/stacking.json, rendered by
+benchmarks/report.py), every number to reports/metrics/stacking.json and a figure to
 reports/benchmark_figures/stacking.png.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ mixes of Table 1's models 2 (WavLM + HuBERT + RoBERTa) and 14 (Whisper + WavLM +
 paper's DeepSER (hidden 1024, FFN 4096, 16 heads, batch 16) at 50 frames/s and is meant for a GPU; `--size
 small` (the CPU default) is the same structure scaled down (hidden 256, 4 heads, audio at 10 frames/s) so that
 it finishes in a few minutes on 2 cores. The script prints a table and writes the "## DeepSER training" section
-of the report (other sections of the file are kept).
+of the report: reports/benchmarks/train.json, which benchmarks/report.py renders with the other sections.
 """
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
         result = evaluate(bundle, args.corpus, label_map, args.splits, args.audio_cache,
-                          args.cache_dir, args.skip_bad_audio, args.seed, args.bootstrap)
+                          args.cache_dir, skip_bad_audio=args.skip_bad_audio, seed=args.seed,
+                          bootstrap=args.bootstrap)
     except (BundleError, AudioError, CorpusError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -61,13 +61,13 @@ def test_seed_repeats_of_one_configuration_give_mean_and_std():
     a, b = np.array(list("AANN")), np.array(list("ANNN"))
     predictions = {(REFERENCE_VARIANT, "m"): a, (REFERENCE_VARIANT, "m_s1"): b, ("x", "m"): b, ("x", "m_s1"): b}
     runs = _runs([(v, m, "m", macro_f1(truth, p), float(np.mean(truth == p))) for (v, m), p in predictions.items()])
-    row = ablation.table2(runs, truth, predictions, bootstrap=100, classes=("A", "N")).set_index(
+    row = ablation.table2(runs, truth, predictions, bootstrap=100, seed=0, classes=("A", "N")).set_index(
         ["variant", "configuration"])
     f_b = macro_f1(truth, b)
     assert row.loc[(REFERENCE_VARIANT, "m"), "seeds"] == 2
     assert row.loc[(REFERENCE_VARIANT, "m"), "macro_f1"] == pytest.approx((1 + f_b) / 2)
     assert row.loc[(REFERENCE_VARIANT, "m"), "macro_f1_std"] == pytest.approx((1 - f_b) / 2)
-    view = reports.table2_view(ablation.table2(runs, truth, predictions, bootstrap=100, classes=("A", "N")))
+    view = reports.table2_view(ablation.table2(runs, truth, predictions, bootstrap=100, seed=0, classes=("A", "N")))
     assert " ± " in view.loc["DeepSER", "m bal. F1"] and view.loc["DeepSER", "Δ (%)"] == "–"
 
 
@@ -75,7 +75,7 @@ def test_table2_needs_the_reference():
     truth = np.array(list("AN"))
     runs = _runs([("x", "m", "m", 1.0, 1.0)])
     with pytest.raises(ValueError, match="reference"):
-        ablation.table2(runs, truth, {("x", "m"): truth}, bootstrap=100, classes=("A", "N"))
+        ablation.table2(runs, truth, {("x", "m"): truth}, bootstrap=100, seed=0, classes=("A", "N"))
 
 
 def test_configurations_group_seed_repeats():

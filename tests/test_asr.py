@@ -60,8 +60,8 @@ def test_asr_window_depends_on_the_clip_alone():
 
 
 def test_short_padding_batch_transcribes_like_30s_windows(model, speech):
-    short = transcribe_clips(model, speech, "en", pad_seconds=5.0)
-    full = transcribe_clips(model, speech, "en", pad_seconds=30.0)
+    short = transcribe_clips(model, speech, "en", pad_seconds=5.0, beam_size=1)
+    full = transcribe_clips(model, speech, "en", pad_seconds=30.0, beam_size=1)
     for sentence, a, b in zip(SENTENCES, short, full):
         assert word_error_rate([sentence], [a]) <= 0.2, (sentence, a)
         assert word_error_rate([sentence], [b]) <= 0.2, (sentence, b)
@@ -80,7 +80,7 @@ def test_transcribe_manifest_resumes_from_its_journal(model, speech, tmp_path):
     header = {"inputs": inputs_fingerprint(audio_work_rows(manifest), asr_spec(model, "en", 5.0, 1))}
     out.with_suffix(".journal.jsonl").write_text(json.dumps(header) + "\n" + json.dumps(
         {"utt_id": "u1", "text": "from the journal"}) + "\n{\"utt")
-    result = transcribe_manifest(model, manifest, out, "en", 5.0, batch_size=2, num_workers=0)
+    result = transcribe_manifest(model, manifest, out, "en", 5.0, batch_size=2, num_workers=0, beam_size=1)
     assert list(result["utt_id"]) == ["u0", "u1", "u2"]
     assert result.loc[1, "text"] == "from the journal"                     # not decoded again
     assert set(words(SENTENCES[0])) & set(words(result.loc[0, "text"]))
@@ -129,9 +129,9 @@ def tiny(tmp_path_factory):
 
 def test_transcript_of_a_clip_is_the_same_alone_and_batched(tiny):
     target, long, short = tiny_models.clip(2.3, 1), tiny_models.clip(6.7, 2), tiny_models.clip(0.45, 3)
-    alone = {k: transcribe_clips(tiny, [x], "en", 5.0)[0] for k, x in (("t", target), ("l", long), ("s", short))}
+    alone = {k: transcribe_clips(tiny, [x], "en", 5.0, 1)[0] for k, x in (("t", target), ("l", long), ("s", short))}
     assert len(set(alone.values())) == 3  # the random model's transcripts follow the audio
-    assert transcribe_clips(tiny, [short, long, target, target], "en", 5.0) == [alone[k] for k in "sltt"]
+    assert transcribe_clips(tiny, [short, long, target, target], "en", 5.0, 1) == [alone[k] for k in "sltt"]
     # the token sequences themselves (and their log-probabilities): target and short share the 5 s window, long
     # has its own (8 s)
     windows = [asr_window(len(x), 5.0) for x in (long, target, short)]
@@ -164,20 +164,20 @@ def test_a_journal_from_another_corpus_is_discarded(tiny, tmp_path, caplog):
 
     out = tmp_path / "transcripts.parquet"
     corpus_a = _wav_manifest(tmp_path / "Audios", seed=1)
-    straight_a = transcribe_manifest(tiny, corpus_a, tmp_path / "a.parquet", "en", 5.0, batch_size=2, num_workers=0)
+    straight_a = transcribe_manifest(tiny, corpus_a, tmp_path / "a.parquet", "en", 5.0, batch_size=2, num_workers=0, beam_size=1)
     # the run is stopped by u3, which is the longest clip (so it comes after a first batch of 2, which is
     # journaled) and whose file is broken
     interrupted = corpus_a.copy()
     (tmp_path / "Audios" / "u3.wav").write_bytes(b"not a wav")
     interrupted.loc[3, "duration_s"] = 3.9
     with pytest.raises(AudioError):
-        transcribe_manifest(tiny, interrupted, out, "en", 5.0, batch_size=2, num_workers=0)
+        transcribe_manifest(tiny, interrupted, out, "en", 5.0, batch_size=2, num_workers=0, beam_size=1)
     journal = out.with_suffix(".journal.jsonl")
     assert len(journal.read_text().splitlines()) == 3       # header + the first batch's 2 transcripts
     corpus_b = _wav_manifest(tmp_path / "Audios", seed=50)   # the same names, other audio
-    straight_b = transcribe_manifest(tiny, corpus_b, tmp_path / "b.parquet", "en", 5.0, batch_size=2, num_workers=0)
+    straight_b = transcribe_manifest(tiny, corpus_b, tmp_path / "b.parquet", "en", 5.0, batch_size=2, num_workers=0, beam_size=1)
     assert (straight_a["text"] != straight_b["text"]).any()  # the corpora transcribe differently
     with caplog.at_level("WARNING", logger="medusa.features.asr"):
-        resumed = transcribe_manifest(tiny, corpus_b, out, "en", 5.0, batch_size=2, num_workers=0)
+        resumed = transcribe_manifest(tiny, corpus_b, out, "en", 5.0, batch_size=2, num_workers=0, beam_size=1)
     assert "discarding the transcription journal" in caplog.text
     pd.testing.assert_frame_equal(resumed, straight_b)

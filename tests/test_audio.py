@@ -115,7 +115,7 @@ def _tone(x, rate=16000):
 
 
 def _one(tmp_path, path, **kw):
-    table, skipped = prepare_audio([path], tmp_path / "cache", **kw)
+    table, skipped = prepare_audio([path], tmp_path / "cache", **{"long_audio": "reject", **kw})
     assert skipped.empty and len(table) == 1
     return table.iloc[0]
 
@@ -193,10 +193,10 @@ def test_a_rerun_reuses_the_cache_and_a_changed_source_is_converted_again(tmp_pa
 def test_too_short_and_too_long_files(tmp_path):
     short = _sine(tmp_path / "blip.wav", rate=16000, seconds=0.01)
     with pytest.raises(AudioError, match=rf"blip\.wav: too short: 0\.010 s, the minimum is {MIN_SECONDS:g} s"):
-        prepare_audio([short], tmp_path / "cache")
+        prepare_audio([short], tmp_path / "cache", long_audio="reject")
     long = _sine(tmp_path / "long.wav", rate=16000, seconds=65.0, amplitude=0.3)
     with pytest.raises(AudioError) as err:
-        prepare_audio([long], tmp_path / "cache")
+        prepare_audio([long], tmp_path / "cache", long_audio="reject")
     expected = ("long.wav", "65.00 s", f"{MAX_SECONDS:g} s", "prepare.long_audio: segment")
     assert all(s in str(err.value) for s in expected)
     table, _ = prepare_audio([long], tmp_path / "cache", long_audio="segment")
@@ -218,14 +218,14 @@ def test_bad_files_are_all_named_or_skipped(tmp_path):
     ok = _wav(tmp_path / "ok.wav")
     paths = [good, tmp_path / "noise.wav", tmp_path / "zero.wav", tmp_path / "no_frames.wav", cut, ok]
     with pytest.raises(AudioError) as err:
-        prepare_audio(paths, tmp_path / "cache")
+        prepare_audio(paths, tmp_path / "cache", long_audio="reject")
     message = str(err.value)
     assert message.startswith("4 of 6 audio files cannot be used") and "prepare.skip_bad_audio: true" in message
     assert f"{tmp_path / 'noise.wav'}: cannot read audio header" in message
     assert f"{tmp_path / 'zero.wav'}: cannot read audio header" in message
     assert f"{tmp_path / 'no_frames.wav'}: empty audio" in message
     assert f"{cut}: truncated audio" in message and "good.ogg" not in message
-    table, skipped = prepare_audio(paths, tmp_path / "cache", skip_bad=True)
+    table, skipped = prepare_audio(paths, tmp_path / "cache", long_audio="reject", skip_bad=True)
     assert table["source"].tolist() == [str(good), str(ok)]  # in the order given
     assert skipped["source"].tolist() == [str(p) for p in paths[1:5]]
     assert list(table.columns) == ["source", "segment", "path", "duration_s", "orig_sample_rate", "orig_channels",
@@ -239,7 +239,7 @@ def test_a_long_list_of_bad_files_is_cut_short(tmp_path):
         (tmp_path / f"bad{i}.wav").write_bytes(b"not audio")
         paths.append(tmp_path / f"bad{i}.wav")
     with pytest.raises(AudioError) as err:
-        prepare_audio(paths, tmp_path / "cache")
+        prepare_audio(paths, tmp_path / "cache", long_audio="reject")
     assert "bad19.wav" in str(err.value) and "bad20.wav" not in str(err.value)
     assert "... and 3 more" in str(err.value)
 

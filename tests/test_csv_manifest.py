@@ -81,7 +81,7 @@ def test_stratification_keeps_a_rare_class_in_every_split():
     rng = np.random.default_rng(0)
     speakers = pd.Series([f"s{i // 10}" for i in range(400)])
     labels = np.where(rng.random(400) < 0.06, "S", "N")   # 6 % Sad, as a minority class of a real corpus
-    split = stratified_speaker_split(labels, speakers, 0.1, 0.1, seed=3)
+    split = stratified_speaker_split(labels, speakers, 0.1, 0.1, 3, 200, "auto")
     for name in ("train", "dev", "test"):
         share = (labels[split == name] == "S").mean()
         assert 0.02 < share < 0.12, (name, share)

@@ -151,7 +151,7 @@ def test_a_loaded_member_reproduces_its_posteriors(trained, corpus):
     assert config["encoders"] == ["a", "b"] and config["pools"] == [2, 1] and config["feature_stores"]["a"]["dim"] == 5
     data = members.split_datasets(spec, manifest, members.open_stores(spec.encoders, root))["test"]
     from medusa.model.training import predict
-    probs, _ = predict(model, data, 32, torch.device("cpu"))
+    probs, _ = predict(model, data, 32, torch.device("cpu"), amp=True)
     saved = pd.read_parquet(out / "posteriors.parquet").set_index("utt_id").loc[data.rows["utt_id"]]
     np.testing.assert_allclose(probs, saved[list(SOFT_TARGET_COLUMNS)].to_numpy(), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="not a trained member folder"):
@@ -188,7 +188,7 @@ def test_baseline_posteriors_are_in_class_order(corpus):
     post = logistic_baseline(manifest, members.open_stores(["a", "b"], root), 1.0, 0)
     assert set(post["split"]) == {"dev", "test"}
     assert np.allclose(post[list(SOFT_TARGET_COLUMNS)].sum(axis=1), 1)
-    scores = members.classification_scores_of(post, "test", CODES, 0)
+    scores = members.classification_scores_of(post, "test", CODES, 0, 1000)
     assert scores["balanced_macro_f1"] > 0.8  # the class is in store a's frame mean: a linear model finds it
 
 
@@ -322,7 +322,7 @@ def test_a_run_without_attribute_ratings_trains_and_reports_null_ccc(corpus, tmp
 def test_score_table_rows_match_the_scores(corpus, trained):
     _, out, metrics = trained
     post = pd.read_parquet(out / "posteriors.parquet")
-    scores = {"DeepSER": members.classification_scores_of(post, "test", CODES, 0)}
+    scores = {"DeepSER": members.classification_scores_of(post, "test", CODES, 0, 1000)}
     table = members.score_table(scores)
     # the same seed and classes give exactly the figures train_member wrote
     for key in ("balanced_macro_f1", "macro_f1", "accuracy"):

@@ -166,7 +166,7 @@ def test_classification_scores_report_both_figures_with_intervals():
         low, high = scores[f"{key}_ci95"]
         assert low <= scores[key] <= high
     with pytest.raises(ValueError, match="run's classes"):
-        classification_scores(["X", "O"], ["A", "A"], classes=("A", "N"))
+        classification_scores(["X", "O"], ["A", "A"], classes=("A", "N"), seed=0, bootstrap=10)
 
 
 def test_relative_change_on_hand_made_numbers():
@@ -180,6 +180,6 @@ def test_relative_change_on_hand_made_numbers():
 def test_bootstrap_interval_on_a_hand_made_case():
     # every prediction right: every resample scores 1, so the interval is the point
     y = np.array(["A", "N"] * 10)
-    assert bootstrap_interval(y, y, n=50) == (1.0, 1.0)
-    assert bootstrap_interval(y, y, balanced=True, n=50) == (1.0, 1.0)
+    assert bootstrap_interval(y, y, n=50, seed=0) == (1.0, 1.0)
+    assert bootstrap_interval(y, y, balanced=True, n=50, seed=0) == (1.0, 1.0)
     assert percentile_interval(np.arange(101), 0.9) == pytest.approx((5.0, 95.0))

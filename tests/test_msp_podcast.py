@@ -171,9 +171,9 @@ def test_unknown_split_sets_in_params_are_an_error(tmp_path):
 def test_speaker_disjoint_cut_is_seeded_and_whole_speakers():
     rng = np.random.default_rng(1)
     speakers = pd.Series(rng.choice([f"s{i}" for i in range(30)] + ["Unknown"], size=2000))
-    cut = speaker_disjoint_cut(speakers, 0.1, seed=3)
-    assert np.array_equal(cut, speaker_disjoint_cut(speakers, 0.1, seed=3))
-    assert not np.array_equal(cut, speaker_disjoint_cut(speakers, 0.1, seed=4))
+    cut = speaker_disjoint_cut(speakers, 0.1, 3, None, 200, "auto")
+    assert np.array_equal(cut, speaker_disjoint_cut(speakers, 0.1, 3, None, 200, "auto"))
+    assert not np.array_equal(cut, speaker_disjoint_cut(speakers, 0.1, 4, None, 200, "auto"))
     known = speakers != "Unknown"
     assert set(speakers[cut & known]).isdisjoint(set(speakers[~cut & known]))
     assert 0.05 < cut.mean() < 0.15

@@ -118,7 +118,7 @@ def run_pipeline(work: Path, csv_path: Path, prepare: dict, tiny: dict) -> dict:
     probes = run_probes(rows, egemaps_functionals(list(rows["path"])), 0, prepared.classes)
 
     whisper = load_whisper(tiny["whisper"], work / "cache", CPU)
-    transcripts = transcribe_manifest(whisper, manifest, work / "transcripts.parquet", "en", 0.0, 8, 0)
+    transcripts = transcribe_manifest(whisper, manifest, work / "transcripts.parquet", "en", 0.0, 8, 0, 1)
     wer = wer_by_split(manifest, transcripts)
 
     encoders = {"egemaps": {"family": "egemaps", "model": "eGeMAPSv02", "layers": [], "batch_size": 8,
@@ -143,7 +143,8 @@ def run_pipeline(work: Path, csv_path: Path, prepare: dict, tiny: dict) -> dict:
     posteriors = {n: pd.read_parquet(work / "models" / n / "posteriors.parquet") for n in names}
     probe_posteriors = voting.read_probe_posteriors(list(names), work / "models")
     cfg = meta_config(len(names), epochs=20, lr=1e-2)
-    result = subsets.run_subset(posteriors, manifest, list(names), cfg, [0, 1], probe_posteriors)
+    result = subsets.run_subset(posteriors, manifest, list(names), cfg, [0, 1], probe_posteriors, anchor_grid=(),
+                                cv_folds=5)
     table = tables.technique_table({"all (2)": result}, bootstrap=200, seed=0)
     bundle_dir = save_bundle(work / "bundle", result.soup, [work / "models" / n for n in names], encoders,
                              {"model": tiny["whisper"], "language": "en", "batch_size": 8, "pad_seconds": 0.0,
@@ -246,7 +247,7 @@ def test_cross_corpus_rows_outside_the_bundle_classes_are_reported(runs, tmp_pat
     bundle = load_bundle(runs["bare"]["bundle"])
     result = evaluate(bundle, runs["iemocap_like"]["csv"], runs["iemocap_like"]["prepare"]["label_map"],
                       splits=["test"], audio_cache=tmp_path / "audio", cache_dir=runs["bare"]["work"] / "cache",
-                      bootstrap=200)
+                      skip_bad_audio=False, seed=0, bootstrap=200)
     assert result.metrics["classes"] == ["A", "S", "N"] and result.metrics["n"] == 18
     assert {k: v["utterances"] for k, v in result.metrics["not_scored"].items()} == {"H": 6, "O": 2}
     assert set(result.predictions["predicted"]) <= {"A", "S", "N"}

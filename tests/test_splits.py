@@ -62,26 +62,26 @@ def test_every_derived_split_holds_every_class_where_a_single_draw_did_not():
     for seed in range(5):  # the old rule leaves Sad (or another class) out of dev or test, whatever the seed
         assert (counts(single_draw(labels, speakers, seed), labels) == 0).any().any(), seed
     for seed in range(3):
-        splits = stratified_speaker_split(labels, speakers, FRACTIONS["dev"], FRACTIONS["test"], seed, draws=200)
+        splits = stratified_speaker_split(labels, speakers, FRACTIONS["dev"], FRACTIONS["test"], seed, draws=200, classes="auto")
         table = counts(splits, labels)
         assert (table > 0).all().all(), (seed, table)
         assert_speaker_disjoint(splits, speakers)
         for name, fraction in FRACTIONS.items():
             assert abs((splits == name).mean() - fraction) < 0.03, (seed, name)
-        again = stratified_speaker_split(labels, speakers, FRACTIONS["dev"], FRACTIONS["test"], seed, draws=200)
+        again = stratified_speaker_split(labels, speakers, FRACTIONS["dev"], FRACTIONS["test"], seed, draws=200, classes="auto")
         assert np.array_equal(splits, again)
 
 
 def test_the_record_names_the_winning_draw_and_its_score():
     labels, speakers = one_emotion_corpus()
-    found = search_splits(labels, speakers, FRACTIONS, seed=7, draws=60)
+    found = search_splits(labels, speakers, FRACTIONS, seed=7, draws=60, classes="auto")
     r = found.record
     assert r["draws"] == r["tried"] == 60 and r["empty_cells"] == 0 and r["uncovered"] == []
     assert r["seed"] == 7 + r["best_draw"] and r["generator"] in ("stratified_group_kfold", "class_greedy")
     assert r["classes"] == ["A", "S", "H", "N"] and r["speakers"] == 29 and r["rows"] == len(labels)
     assert 0 < r["distance"] < 0.5
     # the winner of 60 draws is among the first 60 of 200: more draws can only score as well or better
-    more = search_splits(labels, speakers, FRACTIONS, seed=7, draws=200).record
+    more = search_splits(labels, speakers, FRACTIONS, seed=7, draws=200, classes="auto").record
     assert (more["empty_cells"], more["distance"]) <= (r["empty_cells"], r["distance"])
 
 
@@ -89,7 +89,7 @@ def test_the_test_cut_of_a_training_pool_holds_every_class():
     labels, speakers = one_emotion_corpus()
     speakers = speakers.where(np.arange(len(speakers)) % 50 != 0, "Unknown")  # unknown: a speaker per row
     for seed in range(3):
-        cut = speaker_disjoint_cut(speakers, 0.3, seed, labels=labels, draws=200)
+        cut = speaker_disjoint_cut(speakers, 0.3, seed, labels=labels, draws=200, classes="auto")
         splits = np.where(cut, "test", "train")
         assert (pd.crosstab(splits, labels) > 0).all().all(), seed
         known = (speakers != "Unknown").to_numpy()
@@ -100,7 +100,7 @@ def test_the_test_cut_of_a_training_pool_holds_every_class():
 def test_a_class_with_fewer_speakers_than_splits_stops_or_is_kept_with_a_warning(caplog):
     labels, speakers = one_emotion_corpus(sad=(4, 3))
     with pytest.raises(CorpusError) as err:
-        search_splits(labels, speakers, FRACTIONS, seed=0, draws=50, what="corpus.csv: the rows without a split")
+        search_splits(labels, speakers, FRACTIONS, seed=0, draws=50, classes="auto", what="corpus.csv: the rows without a split")
     message = str(err.value)
     assert message.startswith("corpus.csv: the rows without a split: class S (Sad) is spoken by 2 speaker(s) "
                               "(s23: 4, s24: 3 utterances)")
@@ -111,7 +111,7 @@ def test_a_class_with_fewer_speakers_than_splits_stops_or_is_kept_with_a_warning
     assert found.record["classes"] == ["A", "H", "N"] and found.record["empty_cells"] == 0
 
     with caplog.at_level(logging.WARNING, logger="medusa.data.corpora.splits"):
-        found = search_splits(labels, speakers, FRACTIONS, seed=0, draws=50, allow_uncovered=True)
+        found = search_splits(labels, speakers, FRACTIONS, seed=0, draws=50, classes="auto", allow_uncovered=True)
     assert "allow_uncovered_classes" in caplog.text and "lacks S" in caplog.text
     table = counts(found.splits, labels)
     assert table.loc["train", "S"] > 0  # a class short of speakers stays in train: without it, it leaves the run
@@ -126,7 +126,7 @@ def test_a_search_that_finds_no_covering_assignment_says_after_how_many_draws():
     speakers = ["p1"] * 6 + ["p2"] * 6 + ["p3"] * 6 + [f"n{i}" for i in range(40)]
     with pytest.raises(CorpusError, match=r"no assignment of the 43 speakers to train, test holding every class "
                                           r"in every split was found after 30 draws .*prepare.split_draws"):
-        search_splits(labels, pd.Series(speakers), {"train": 0.7, "test": 0.3}, seed=0, draws=30)
+        search_splits(labels, pd.Series(speakers), {"train": 0.7, "test": 0.3}, seed=0, draws=30, classes="auto")
 
 
 def test_prepare_records_the_search_and_the_class_table_shows_it(tmp_path):

@@ -75,7 +75,7 @@ def test_a_learnable_problem_is_learned(problem):
     trained, history, best = train_deepser(model(), train, dev, cfg, CPU)
     assert best["score"] > 0.85, history
     assert [h["stage"] for h in history].count(2) >= 1
-    probs, attrs = predict(trained, dev, 32, CPU)
+    probs, attrs = predict(trained, dev, 32, CPU, amp=True)
     assert probs.shape == (len(dev), 8) and np.allclose(probs.sum(1), 1, atol=1e-5)
     acc = (np.asarray(CODES)[probs.argmax(1)] == dev.labels).mean()
     assert acc > 0.85
@@ -104,7 +104,7 @@ def test_prefetching_batches_changes_nothing(problem, monkeypatch):
     for ahead in (medusa.model.dataset.PREFETCH_BATCHES, 0):
         monkeypatch.setattr(medusa.model.dataset, "PREFETCH_BATCHES", ahead)
         trained, history, _ = train_deepser(model(), train, dev, cfg, CPU)
-        runs.append((trained.state_dict(), history, predict(trained, dev, 5, CPU)[0]))
+        runs.append((trained.state_dict(), history, predict(trained, dev, 5, CPU, amp=True)[0]))
     (wa, ha, pa), (wb, hb, pb) = runs
     assert ha == hb and np.array_equal(pa, pb)
     for k in wa:
@@ -427,7 +427,7 @@ def test_targets_weights_and_balanced_draws_follow_the_run_classes(problem):
     cfg = train_config(batch_size=16, lr=3e-3, stage1_epochs=2, stage2_epochs=1, seed=0)
     torch.manual_seed(0)
     trained, history, best = train_deepser(DeepSER(deepser_config((6, 4), n_classes=3)), soft, dev3, cfg, CPU)
-    probs, _ = predict(trained, dev3, 32, CPU)
+    probs, _ = predict(trained, dev3, 32, CPU, amp=True)
     assert probs.shape == (len(dev3), 3) and best["score"] > 0.5 and len(history) == 3
     with pytest.raises(ValueError, match=r"the model has 8 class outputs but the run has 3 classes \(A S N\)"):
         train_deepser(model(), soft, dev3, cfg, CPU)

@@ -24,6 +24,18 @@ class ParamsError(ValueError):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    @classmethod
+    def from_cell(cls, namespace: dict[str, Any]) -> "Section":
+        """The section from a stage notebook's parameters cell, whose names (each `= None` there: the values live
+        in params.yaml only) the runner (medusa.pipeline.run) sets from params.yaml; validated by the schema, so a
+        value set by hand is checked like one in params.yaml."""
+        values = {key: namespace.get(key) for key in cls.model_fields}
+        if all(value is None for value in values.values()):
+            raise ParamsError(f"the parameters cell's {', '.join(values)} are unset: run the notebook through its "
+                              "stage (`dvc repro`, or python -m medusa.pipeline.run NOTEBOOK --section ...), which "
+                              "injects them from params.yaml")
+        return cls(**values)
+
 
 class DemoCorpusParams(Section):
     """The synthetic demo corpus (medusa.data.corpora.demo). Changing any value changes data/ and data.dvc."""

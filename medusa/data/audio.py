@@ -316,7 +316,7 @@ PREPARED_COLUMNS = {"source": object, "segment": "int64", "path": object, "durat
                     "orig_sample_rate": "int64", "orig_channels": "int64", "converted": bool}
 
 
-def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_audio: str = "reject",
+def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_audio: str,
                   skip_bad: bool = False, listed_at: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check every source file once and make it readable by load_audio: (table, skipped).
 

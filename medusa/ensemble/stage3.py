@@ -69,7 +69,7 @@ def cross_entropy_rows(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def choose_stage3(dev: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
-                  anchor_grid: list[float] | tuple[float, ...] = (), folds: int = 5) -> tuple[MetaConfig, Stage3Choice]:
+                  anchor_grid: list[float] | tuple[float, ...], folds: int) -> tuple[MetaConfig, Stage3Choice]:
     """The paper's form as configured, or, for cfg.stage3 "anchored", the penalty by K-fold cross-validation within
     dev (class-stratified, seeded by cfg.seed): soft voting and the anchored layer at each anchor_l2 of the grid are
     scored by their out-of-fold class-balanced cross-entropy; the candidate kept is the closest to voting (voting,

@@ -78,7 +78,7 @@ def probe_dev_scores(dev: Stacked, members: list[str], classes: tuple[str, ...])
 
 def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, members: list[str], cfg: MetaConfig,
                seeds: list[int], probes: dict[str, pd.DataFrame] | None = None,
-               anchor_grid: list[float] | tuple[float, ...] = (), cv_folds: int = 5) -> SubsetResult:
+               *, anchor_grid: list[float] | tuple[float, ...], cv_folds: int) -> SubsetResult:
     """Stages 3-4 for one subset: meta-classifiers trained on dev with each seed, their soup, and the voting
     baselines, all predicting test. With `probes` ({member: its probe's posteriors}; required when
     cfg.include_probes), also the soup trained exactly alike (same seeds) with the other setting of

@@ -97,7 +97,7 @@ def whisper_language(model, language: str) -> str | None:
 
 
 @torch.inference_mode()
-def transcribe_clips(model, audios: list, language: str, pad_seconds: float, beam_size: int = 1) -> list[str]:
+def transcribe_clips(model, audios: list, language: str, pad_seconds: float, beam_size: int) -> list[str]:
     """Transcripts of float32 16 kHz clips, each decoded only with clips of the same padded length (so its
     transcript does not depend on the others). A clip whose short-padded decode loops (compression ratio over
     openai-whisper's 2.4) is decoded again in a 30 s window, as Whisper was trained, with the same budget."""
@@ -149,7 +149,7 @@ def _read_journal(journal: Path, fingerprint: str) -> dict[str, str]:
 
 
 def transcribe_manifest(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
-                        batch_size: int, num_workers: int, beam_size: int = 1) -> pd.DataFrame:
+                        batch_size: int, num_workers: int, beam_size: int) -> pd.DataFrame:
     """Transcribe every manifest row into out_path (parquet: utt_id, text); resumable through a journal that is
     kept only if it was made from the same manifest rows, audio files, model and settings."""
     out_path = Path(out_path)
@@ -215,7 +215,7 @@ def wer_by_split(manifest: pd.DataFrame, transcripts: pd.DataFrame) -> pd.DataFr
 
 
 def compare_padding(model, manifest: pd.DataFrame, language: str, pad_seconds: float, n: int,
-                    batch_size: int) -> pd.DataFrame:
+                    batch_size: int, beam_size: int) -> pd.DataFrame:
     """Seconds per clip and WER of 30 s windows vs. this stage's padding (whole seconds >= clip + 1 s and >=
     pad_seconds) on the first n utterances with a reference; empty when no utterance has one."""
     from medusa.data.audio import load_audio
@@ -231,7 +231,7 @@ def compare_padding(model, manifest: pd.DataFrame, language: str, pad_seconds: f
         start, hyps = time.perf_counter(), [""] * len(audios)
         for idx in tqdm(asr_batches(ids, [len(a) / 16000 for a in audios], batch_size, pad),
                         desc=f"decoding ({label})", unit="batch"):
-            for i, text in zip(idx, transcribe_clips(model, [audios[i] for i in idx], language, pad)):
+            for i, text in zip(idx, transcribe_clips(model, [audios[i] for i in idx], language, pad, beam_size)):
                 hyps[i] = text
         result[label] = {"seconds_per_clip": (time.perf_counter() - start) / len(audios),
                          "wer": word_error_rate(list(rows["ref_text"]), hyps)}

@@ -31,7 +31,7 @@ import logging
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 #: Splits a member scores (it trains on `train` and selects on `dev`; `test` is never seen in training).
 SCORED_SPLITS = ("dev", "test", "blind")
 PROBE_POSTERIORS = "probe_posteriors.parquet"
+#: Resamples of the intervals in a member's own metrics.json (its test and its probe's, seeded by the member's seed),
+#: which Table 1 shows. Fixed, not report.bootstrap: a member's stage does not read the report section, so that
+#: changing how the report resamples never retrains a member (the report's own intervals use report.bootstrap).
+MEMBER_BOOTSTRAP = 1000
 FILES = ("model.safetensors", "config.json", "history.json", "posteriors.parquet", "metrics.json", PROBE_FILE,
          PROBE_POSTERIORS)
 
@@ -142,14 +146,14 @@ def attribute_ccc(truth: pd.DataFrame, posteriors: pd.DataFrame) -> dict[str, fl
 
 
 def classification_scores_of(posteriors: pd.DataFrame, split: str, classes: tuple[str, ...] | list[str],
-                             seed: int = 0, bootstrap: int = 1000) -> dict[str, Any]:
+                             seed: int, bootstrap: int) -> dict[str, Any]:
     """medusa.scoring.metrics.classification_scores of the argmax predictions of a posteriors frame on one split, over
     `classes` (the run's classes: medusa.scoring.metrics.run_classes of the manifest)."""
     part = posteriors[posteriors["split"] == split]
     return classification_scores(part["label"], predicted_labels(part), classes, seed, bootstrap)
 
 
-def score_test_split(manifest: pd.DataFrame, posteriors: pd.DataFrame, seed: int, bootstrap: int = 1000
+def score_test_split(manifest: pd.DataFrame, posteriors: pd.DataFrame, seed: int, bootstrap: int
                      ) -> dict[str, Any]:
     """Scores of a member's (or any model's) posteriors on the test split, over the run's classes (the
     manifest's p_ columns), attribute CCC included (NaN, null on disk, for an attribute rated on fewer than 2
@@ -196,9 +200,10 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     # the member's linear probe: the same stores, mean-pooled, logistic regression (Table 1 shows both)
     probe = fit_probe(manifest, stores, spec.probe.c, spec.train.seed)
     probe_frame = probe_posteriors(probe, manifest[manifest["split"].isin(SCORED_SPLITS)], stores)
-    metrics = {"test": score_test_split(manifest, posteriors, spec.train.seed)
+    metrics = {"test": score_test_split(manifest, posteriors, spec.train.seed, MEMBER_BOOTSTRAP)
                if "test" in data else None,
-               "probe_test": classification_scores_of(probe_frame, "test", classes, spec.train.seed)
+               "probe_test": classification_scores_of(probe_frame, "test", classes, spec.train.seed,
+                                                     MEMBER_BOOTSTRAP)
                if "test" in data else None,
                "dev_balanced_macro_f1": best["score"], "best_stage": best["stage"], "best_epoch": best["epoch"],
                "parameters": count_parameters(model),
@@ -328,3 +333,15 @@ def selection_note(history: pd.DataFrame, best_stage: int, best_epoch: int, tole
             f"{int(top['epoch'])}); the {len(near)} epoch(s) within {tolerance} of the selected dev score span "
             f"{near[score].min():.3f}-{near[score].max():.3f} on test. A wide span means dev "
             f"cannot tell these epochs apart and the choice among them is luck.")
+
+
+#: metrics.json's keys (train_member) that the member's stage reports in its metrics file.
+_TEST_KEYS = ("balanced_macro_f1", "balanced_macro_f1_ci95", "macro_f1", "macro_f1_ci95", "accuracy", "n", "ccc")
+_PROBE_KEYS = ("balanced_macro_f1", "balanced_macro_f1_ci95", "macro_f1", "accuracy")
+
+
+def member_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The member stage's metrics file (reports/metrics/train/<name>.json) from its metrics.json."""
+    return {**{f"test_{k}": metrics["test"][k] for k in _TEST_KEYS},
+            **{k: metrics[k] for k in ("dev_balanced_macro_f1", "best_stage", "best_epoch", "parameters")},
+            **{f"probe_test_{k}": metrics["probe_test"][k] for k in _PROBE_KEYS}}

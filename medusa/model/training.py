@@ -55,7 +55,7 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
-def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch.device, amp: bool = True
+def predict(model: DeepSER, data: FeatureDataset, batch_size: int, device: torch.device, amp: bool
             ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (N, C: the model's classes) and scaled attributes (N, 3), in the dataset's row order."""
     model.eval()

@@ -1,6 +1,5 @@
 """What a stage does beyond the package's computations, in one function each, so that the stage notebooks
-(parameters, one call, displays) and the tests run the same code: the outputs of the ensemble stage and the
-summary a member's stage writes."""
+(parameters, one call, displays) and the tests run the same code: the outputs of the ensemble stage."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,15 +58,3 @@ def write_ensemble(run: EnsembleRun, ensemble_dir: str | Path, bundle_dir: str |
 def write_ensemble_metrics(run: EnsembleRun, check: dict[str, Any] | None, out: str | Path) -> None:
     write_json({**run.summary, "probes": run.probe_summary, "bundle_check": check, "stage3": run.stage3_record(),
                 "table3": run.table.to_dict(orient="records")}, out)
-
-
-#: metrics.json's keys (medusa.model.members.train_member) that the member's stage reports in its metrics file.
-_TEST_KEYS = ("balanced_macro_f1", "balanced_macro_f1_ci95", "macro_f1", "macro_f1_ci95", "accuracy", "n", "ccc")
-_PROBE_KEYS = ("balanced_macro_f1", "balanced_macro_f1_ci95", "macro_f1", "accuracy")
-
-
-def member_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The member stage's metrics file (reports/metrics/train/<name>.json) from its metrics.json."""
-    return {**{f"test_{k}": metrics["test"][k] for k in _TEST_KEYS},
-            **{k: metrics[k] for k in ("dev_balanced_macro_f1", "best_stage", "best_epoch", "parameters")},
-            **{f"probe_test_{k}": metrics["probe_test"][k] for k in _PROBE_KEYS}}

@@ -297,7 +297,7 @@ def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
     return [sentence(words, weights, prng.randint(MIN_WORDS, MAX_WORDS), prng) for _ in range(n)]
 
 
-def save_standins(root: str | Path, size: str = "tiny", seed: int = 0, whisper_decoder_layers: int = 2
+def save_standins(root: str | Path, size: str, seed: int, whisper_decoder_layers: int = 2
                   ) -> dict[str, str]:
     """All five stand-ins under `root` (root/<key>), Whisper with a varied decoder (its ASR is run); returns
     key -> the `model` value to put in params.yaml."""

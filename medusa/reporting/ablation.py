@@ -113,7 +113,7 @@ def _train_one(run: AblationRun, manifest_path: str, features_root: str, root: s
 
 
 def train_runs(runs: list[AblationRun], manifest_path: str | Path, features_root: str | Path, root: str | Path,
-               workers: int = 1) -> dict[str, dict[str, Any]]:
+               workers: int) -> dict[str, dict[str, Any]]:
     """Train every run (resumable: each has its per-epoch checkpoint), `workers` at a time; {run name: metrics}.
 
     Workers are fresh (spawned) processes: forking a process that has started torch's thread pools can hang."""
@@ -197,7 +197,7 @@ def test_predictions(runs: pd.DataFrame, root: str | Path = paths.ABLATIONS, mod
 
 
 def table2(runs: pd.DataFrame, truth: np.ndarray, predictions: dict[tuple[str, str], np.ndarray],
-           bootstrap: int = 1000, seed: int = 0, reference: str = REFERENCE_VARIANT, *,
+           bootstrap: int, seed: int, reference: str = REFERENCE_VARIANT, *,
            classes: tuple[str, ...]) -> pd.DataFrame:
     """Table 2 in long form: one row per (variant, configuration) and one per (variant, "AVG").
 

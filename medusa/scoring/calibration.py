@@ -152,7 +152,7 @@ def reliability_curves(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFra
 
 
 def divergence_change(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, systems: list[str],
-                      references: list[str], bootstrap: int = 1000, seed: int = 0
+                      references: list[str], bootstrap: int, seed: int
                       ) -> tuple[float, float, float] | None:
     """The mean JSD vs votes of `systems` (averaged over them) minus that of `references`, on the rows with
     votes, with its 95 % interval: a class-stratified bootstrap of those rows (medusa.scoring.metrics), paired (each

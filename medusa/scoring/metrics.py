@@ -143,7 +143,7 @@ def ccc(x: Sequence[float], y: Sequence[float]) -> float:
     return float(2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2))
 
 
-def stratified_bootstrap_indices(y_true: Sequence, n: int = 1000, seed: int = 0) -> np.ndarray:
+def stratified_bootstrap_indices(y_true: Sequence, n: int, seed: int) -> np.ndarray:
     """(n, N) indices: `n` class-stratified resamples of N utterances, seeded. Within each distinct true label,
     as many draws as it has utterances, with replacement; every resample keeps the class composition. Share
     them across systems scored on the same utterances (in the same order) to get paired intervals."""
@@ -156,13 +156,10 @@ def stratified_bootstrap_indices(y_true: Sequence, n: int = 1000, seed: int = 0)
     return np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), dtype=np.int64)
 
 
-def bootstrap_macro_f1(y_true: Sequence, y_pred: Sequence, n: int = 1000, seed: int = 0,
-                       classes: Sequence[str] = CODES, indices: np.ndarray | None = None, balanced: bool = False
-                       ) -> np.ndarray:
-    """Macro-F1 (plain, or balanced) on each resample: the rows of `indices`, or `n` stratified resamples
-    drawn from `seed`."""
+def bootstrap_macro_f1(y_true: Sequence, y_pred: Sequence, indices: np.ndarray, classes: Sequence[str] = CODES,
+                       balanced: bool = False) -> np.ndarray:
+    """Macro-F1 (plain, or balanced) on each resample: the rows of `indices` (stratified_bootstrap_indices)."""
     t, p = _class_indices(y_true, y_pred, classes)
-    indices = stratified_bootstrap_indices(y_true, n, seed) if indices is None else indices
     return resampled_macro_f1(t, p, indices, len(classes), balanced)
 
 
@@ -172,10 +169,11 @@ def percentile_interval(stats: Sequence[float], level: float = 0.95) -> tuple[fl
     return float(low), float(high)
 
 
-def bootstrap_interval(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES, balanced: bool = False,
-                       n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of macro-F1 (plain, or balanced) over `n` class-stratified resamples."""
-    return percentile_interval(bootstrap_macro_f1(y_true, y_pred, n, seed, classes, balanced=balanced), level)
+def bootstrap_interval(y_true: Sequence, y_pred: Sequence, n: int, seed: int, classes: Sequence[str] = CODES,
+                       balanced: bool = False, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of macro-F1 (plain, or balanced) over `n` class-stratified resamples from `seed`."""
+    indices = stratified_bootstrap_indices(y_true, n, seed)
+    return percentile_interval(bootstrap_macro_f1(y_true, y_pred, indices, classes, balanced=balanced), level)
 
 
 def relative_change(value: float | np.ndarray, reference: float | np.ndarray) -> float | np.ndarray:
@@ -183,8 +181,8 @@ def relative_change(value: float | np.ndarray, reference: float | np.ndarray) ->
     return 100.0 * (np.asarray(value, dtype=np.float64) - reference) / np.asarray(reference, dtype=np.float64)
 
 
-def classification_scores(y_true: Sequence, y_pred: Sequence, classes: Sequence[str] = CODES, seed: int = 0,
-                          bootstrap: int = 1000) -> dict:
+def classification_scores(y_true: Sequence, y_pred: Sequence, classes: Sequence[str], seed: int, bootstrap: int
+                          ) -> dict:
     """The scores every report shows for one set of predictions, over the utterances whose consensus is one of
     `classes` (the run's classes): balanced macro-F1 and macro-F1, each with its 95 % interval (the same
     `bootstrap` stratified resamples from `seed`), accuracy, per-class F1, n, and the classes."""

@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 #: Settings of the params schema that cannot change a clip's features or transcript: how a stage runs, not what it
 #: computes. Every other field of EncoderParams / TranscribeParams is carried by the bundle (ENCODER_KEYS,
-#: ASR_KEYS), so a setting added to the schema is carried without being listed here; tests/test_bundle.py checks
-#: that each field is either carried or excluded, with its reason.
+#: ASR_KEYS), so a setting added to the schema is carried without being listed here; tests/test_settings_once.py
+#: checks that each field is either carried or excluded, with its reason.
 ENCODER_EXCLUDED: frozenset[str] = frozenset()
 ASR_EXCLUDED = frozenset({
     "num_workers",     # processes that read the audio: how fast, not what is transcribed

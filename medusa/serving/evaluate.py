@@ -56,7 +56,7 @@ def corpus_rows(corpus: str | Path, label_map: dict[str, str], splits: list[str]
 
 def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None, splits: list[str] | None = None,
              audio_cache: str | Path = "work/cache/audio", cache_dir: str | Path = "work/cache",
-             skip_bad_audio: bool = False, seed: int = 0, bootstrap: int = 1000) -> Evaluation:
+             *, skip_bad_audio: bool, seed: int, bootstrap: int) -> Evaluation:
     """Predict every labelled row of `corpus` with `bundle` (a medusa.serving.inference.Bundle) and score it."""
     from medusa.data.audio import AudioError, prepare_audio
 

@@ -52,7 +52,7 @@ class SplitSearch:
 
 
 def search_splits(labels, speakers: pd.Series, fractions: dict[str, float], seed: int, draws: int,
-                  classes: str | list[str] = "auto", allow_uncovered: bool = False, what: str = "the rows"
+                  classes: str | list[str], allow_uncovered: bool = False, what: str = "the rows"
                   ) -> SplitSearch:
     """Assign whole speakers to the splits of `fractions` ({split: target share}; "train" first, the others
     held out), searching `draws` seeded candidates for one that holds every class in every split (module
@@ -282,7 +282,7 @@ def _not_found_message(p: _Problem, empty: list[tuple[int, int]], names: list[st
 
 
 def stratified_speaker_split(labels: np.ndarray, speakers: pd.Series, dev_fraction: float, test_fraction: float,
-                             seed: int, draws: int = 200, classes: str | list[str] = "auto",
+                             seed: int, draws: int, classes: str | list[str],
                              allow_uncovered: bool = False) -> np.ndarray:
     """train/dev/test per row: whole speakers, every class in every split, class shares and sizes near the
     fractions (search_splits)."""
@@ -290,8 +290,8 @@ def stratified_speaker_split(labels: np.ndarray, speakers: pd.Series, dev_fracti
     return search_splits(labels, speakers, fractions, seed, draws, classes, allow_uncovered).splits
 
 
-def speaker_disjoint_cut(speakers: pd.Series, fraction: float, seed: int, labels=None, draws: int = 200,
-                         classes: str | list[str] = "auto", allow_uncovered: bool = False) -> np.ndarray:
+def speaker_disjoint_cut(speakers: pd.Series, fraction: float, seed: int, labels, draws: int,
+                         classes: str | list[str], allow_uncovered: bool = False) -> np.ndarray:
     """Boolean mask of a held-out cut of about `fraction` of the rows, whole speakers at a time, holding every
     class of `labels` (if given) on both sides (search_splits)."""
     labels = np.full(len(speakers), "", dtype=object) if labels is None else labels
