@@ -2,6 +2,7 @@
 feature stores it reads and no other (medusa.pipeline.inputs)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -49,6 +50,23 @@ def test_fix_writes_a_stage_s_closure_and_keeps_its_other_deps(tmp_path):
     fix(tmp_path)
     text = (tmp_path / "dvc.yaml").read_text()
     assert "medusa/old.py" not in text and "      - work/data\n" in text
+    assert stage_gaps(tmp_path) == {"one": []}
+
+
+def test_fix_fills_a_deps_list_that_names_only_its_notebook(tmp_path):
+    """A stage whose deps are its notebook alone (no module listed yet, nothing after it) still gets its closure."""
+    pkg = tmp_path / "medusa"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    cells = [{"cell_type": "code", "source": ["import medusa.a\n"]}]
+    (tmp_path / "notebooks" / "nb.ipynb").write_text(json.dumps({"cells": cells}))
+    (tmp_path / "dvc.yaml").write_text("stages:\n  one:\n    cmd: papermill notebooks/nb.ipynb\n    deps:\n"
+                                       "      - notebooks/nb.ipynb\n"
+                                       "    outs:\n      - work/out\n")
+    assert stage_gaps(tmp_path) == {"one": ["medusa/__init__.py", "medusa/a.py"]}
+    fix(tmp_path)
     assert stage_gaps(tmp_path) == {"one": []}
 
 

@@ -57,9 +57,9 @@ def run_ensemble(section: Any, names: list[str], manifest: pd.DataFrame, models_
                                   anchor_grid=section.anchor_l2, cv_folds=section.cv_folds)
                for subset, chosen in groups.items()}
     table = technique_table(results, bootstrap, seed).merge(calibration_columns(results, manifest), how="left",
-                                           on=["technique", "subset"])
-    all_subset = next(iter(groups))
-    return EnsembleRun(manifest, models_root, run_classes(manifest), list(names), posteriors, probes, singles, cfg, groups,
-                       results, table, headline(table, singles, all_subset),
+                                                            on=["technique", "subset"])
+    all_subset = next(iter(groups))   # the first subset holds every member (EnsembleRun.all_subset)
+    return EnsembleRun(manifest, models_root, run_classes(manifest), list(names), posteriors, probes, singles, cfg,
+                       groups, results, table, headline(table, singles, all_subset),
                        probes_summary(table, results[all_subset], all_subset),
                        ensemble_posteriors(posteriors, results[all_subset], probes=probes))

@@ -94,12 +94,15 @@ def fix(root: Path) -> dict[str, int]:
     comments and layout alone. Returns {stage: module deps written}."""
     stages = _stages(root)
     lines = (root / "dvc.yaml").read_text().splitlines(keepends=True)
-    out, written, stage, in_deps = [], {}, None, False
+    out, written, stage, in_deps, pending = [], {}, None, False, []
     for line in lines:
         header = re.match(r"^  (\w+):\s*(#.*)?$", line)
+        key = re.match(r"^(\s+)(deps|params|outs|metrics|cmd|foreach|do):", line)
+        if (header or key) and pending:   # a deps list of notebooks only: its modules go at its end
+            out.extend(pending)
+            pending = []
         if header:
             stage, in_deps = header.group(1), False
-        key = re.match(r"^(\s+)(deps|params|outs|metrics|cmd|foreach|do):", line)
         if key:
             in_deps = key.group(2) == "deps"
             out.append(line)
