@@ -26,6 +26,7 @@ import logging
 import sys
 
 from medusa.config.params import PARAMS_FILE, ParamsError, load_params
+from medusa.errors import UserError, message_line
 
 
 def _demo_corpus(args: argparse.Namespace) -> int:
@@ -46,19 +47,30 @@ def _demo_corpus(args: argparse.Namespace) -> int:
 
 
 def _label_map(pairs: list[str]) -> dict[str, str]:
+    """--label-map's WORD=CODE pairs as a mapping. A word given twice (labels are matched ignoring case, so `calm`
+    and `Calm` are one word) is refused where the last would silently win: two codes for it, or two spellings of
+    it (the user meant two words); the same pair repeated changes nothing and is kept (the rule of
+    medusa.config.params.label_word_clash, shared with prepare.label_map)."""
+    from medusa.config.params import label_word_clash
     from medusa.labels import CONSENSUS_CODES
 
-    out = {}
+    given = []
     for pair in pairs:
         word, sep, code = pair.partition("=")
         if not sep or not word.strip() or code.strip().upper() not in CONSENSUS_CODES:
             raise ParamsError(f"--label-map takes WORD=CODE with a code of {' '.join(CONSENSUS_CODES)} (e.g. "
                               f"boredom=O calm=N), got {pair!r}")
-        out[word.strip()] = code.strip().upper()
-    return out
+        given.append((word.strip(), code.strip().upper()))
+    clash = label_word_clash(given)
+    if clash:
+        (word, code), (other, other_code) = clash
+        raise ParamsError(f"--label-map: {word}={code} and {other}={other_code} give the word {word.lower()!r} "
+                          "twice (labels are matched ignoring case): keep one")
+    return dict(given)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    label_map = _label_map(args.label_map)  # a mistyped code is reported before torch and any model load
     from pathlib import Path
 
     from medusa.data.audio import AudioError
@@ -71,7 +83,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medusa.serving.inference import load_bundle
     from medusa.serving.predict import write_predictions
 
-    label_map = _label_map(args.label_map)  # a mistyped code is reported before any model loads
     try:
         bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
         result = evaluate(bundle, args.corpus, label_map, args.splits, args.audio_cache,
@@ -208,15 +219,18 @@ def _predict(args: argparse.Namespace) -> int:
 def _submission(args: argparse.Namespace) -> int:
     from medusa.data.audio import AudioError
     from medusa.data.corpora.msp_podcast import CorpusError
-    from medusa.features.batches import pick_device
     from medusa.serving.bundle import BundleError
-    from medusa.serving.inference import load_bundle
+    from medusa.serving.predict import Predictor, output_file_problem
     from medusa.serving.submission import SubmissionError, blind_files, submission_from_bundle, write_submission
 
     try:
-        bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
+        if output_file_problem(args.out):  # the output and the corpus are checked before any model loads
+            raise SubmissionError(output_file_problem(args.out))
         blind = blind_files(args.corpus)
-        frame = submission_from_bundle(bundle, args.corpus, args.cache_dir, names=blind)
+        # The blind files are read and scored as `medusa predict` does (any rate or format; one file's problem is
+        # named with every other's, and then no submission is written); the CSV is checked against the audio on disk.
+        predictor = Predictor.from_bundle(args.bundle, args.device, args.cache_dir, args.allow_version_mismatch)
+        frame = submission_from_bundle(predictor, args.corpus, names=blind, progress=True)
         write_submission(frame, args.out, blind)
     except (SubmissionError, BundleError, AudioError, CorpusError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -301,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ParamsError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # a user's mistake: one line naming the file, key or value; anything else is a bug
+        print(message_line(e), file=sys.stderr)
         return 1
 
 

@@ -192,7 +192,7 @@ def test_a_rerun_reuses_the_cache_and_a_changed_source_is_converted_again(tmp_pa
 
 def test_too_short_and_too_long_files(tmp_path):
     short = _sine(tmp_path / "blip.wav", rate=16000, seconds=0.01)
-    with pytest.raises(AudioError, match=rf"blip\.wav: too short: 0\.010 s, the minimum is {MIN_SECONDS:g} s"):
+    with pytest.raises(AudioError, match=rf"blip\.wav: too short: 0\.01 s \(160 samples at 16 kHz\), the minimum is {MIN_SECONDS:g} s"):
         prepare_audio([short], tmp_path / "cache", long_audio="reject")
     long = _sine(tmp_path / "long.wav", rate=16000, seconds=65.0, amplitude=0.3)
     with pytest.raises(AudioError) as err:
@@ -229,7 +229,7 @@ def test_bad_files_are_all_named_or_skipped(tmp_path):
     assert table["source"].tolist() == [str(good), str(ok)]  # in the order given
     assert skipped["source"].tolist() == [str(p) for p in paths[1:5]]
     assert list(table.columns) == ["source", "segment", "path", "duration_s", "orig_sample_rate", "orig_channels",
-                                   "converted"]
+                                   "sha256", "converted"]
     assert table.converted.tolist() == [True, False] and table.segment.dtype == np.int64
 
 

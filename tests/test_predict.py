@@ -249,8 +249,8 @@ def test_silence_and_short_clips(predictor, tmp_path, capsys):
     assert pd.isna(frame.loc["ok", "warning"]) and pd.isna(frame.loc["ok", "error"])
     scored = frame.loc[["silence", "hum", "half", "ok"]]
     assert scored["error"].isna().all() and np.isfinite(scored[VALUES].to_numpy()).all()
-    assert frame.loc["tick", "error"] == f"{paths[3]}: too short: 0.010 s, the minimum is 0.1 s (the shortest clip " \
-                                        "every encoder gives a frame for)"
+    assert frame.loc["tick", "error"] == f"{paths[3]}: too short: 0.01 s (160 samples at 16 kHz), the minimum is " \
+                                        "0.1 s (1600 samples: the shortest clip every encoder gives a frame for)"
     assert frame.loc[["tick"], VALUES].isna().all().all() and frame.loc["tick", "duration_s"] == 0.01
     assert cli.main(["predict", str(predictor.bundle.path), *map(str, paths), "--device", "cpu"]) == 1
     captured = capsys.readouterr()

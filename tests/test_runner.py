@@ -153,3 +153,20 @@ def test_every_notebook_cell_has_a_fixed_id(repo_root):
     missing = [f"{path.name} cell {i}" for path in sorted((repo_root / "notebooks").glob("*.ipynb"))
                for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]) if "id" not in cell]
     assert not missing, f"cells without an id: {', '.join(missing)}"
+
+
+def test_a_users_mistake_inside_a_stage_is_one_line_without_a_traceback(tmp_path, repo_root):
+    """The real prepare notebook on a corpus folder without Audios/: the CorpusError raised in its cell is printed
+    as one `error:` line (no notebook traceback, no ANSI colours), exit 1; a bug keeps its traceback (above)."""
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["prepare"]["corpus"] = str(tmp_path / "no-such-corpus")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "medusa.pipeline.run", str(repo_root / "notebooks/01_prepare.ipynb"),
+                           "--section", "prepare", "--params", str(tmp_path / "params.yaml"),
+                           "--out-dir", str(tmp_path / "o"), "--html-dir", str(tmp_path / "h")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"{tmp_path / 'no-such-corpus' / 'Audios'}: not found" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "\x1b[" not in proc.stderr and "CorpusError" not in proc.stderr
+    assert (tmp_path / "o" / "01_prepare.ipynb").is_file()  # the executed copy keeps the whole story

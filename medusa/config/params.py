@@ -2,23 +2,129 @@
 
 Each stage has one section; a pydantic model per section declares its keys and types. Validation is strict
 (no silent coercion of "3" to 3) and forbids unknown keys, so a typo never falls back to a default.
-Errors name the key path, e.g. ``prepare.test_fraction: expected float, got str 'ten'``.
+Errors name the key path, e.g. ``prepare.test_fraction: expected float, got str 'ten'``. Every YAML file is read by
+`read_yaml`, which also refuses a key given twice in a mapping and reports a syntax error as one line.
 """
 from __future__ import annotations
 
+import math
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medusa.errors import UserError
 from medusa.labels import CODES, CONSENSUS_CODES
 
 PARAMS_FILE = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml (or a preset) is missing a key, has an unknown one, or has a value of the wrong type."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping, naming its key path and both lines.
+
+    Why: SafeLoader keeps the last of two equal keys without a word, so `prepare:` given twice dropped the first
+    section whole (validation then listed its keys as missing) and `lr:` twice inside `train:` trained with the
+    second rate: a silent wrong result. A mapping's key path is recorded for each value by the mapping or list that
+    holds it, before that value is constructed, so a nested mapping knows where it sits (e.g. train.lr)."""
+
+    def __init__(self, stream, source: str):
+        super().__init__(stream)
+        self.source = source
+        self.key_paths: dict[int, str] = {}     # id(node) -> its key path in the document
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            path, seen = self.key_paths.get(id(node), ""), {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue    # `<<: *base` merges a mapping in whose keys this one may override by design
+                key = self.construct_object(key_node, deep=True)
+                where = f"{path}.{key}" if path else str(key)
+                self.key_paths.setdefault(id(value_node), where)
+                mark = key_node.start_mark
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue    # an unhashable key: SafeLoader's own construct_mapping reports it
+                if first is not None:
+                    lines = (f"at lines {first.line + 1} and {mark.line + 1}" if first.line != mark.line else
+                             f"on line {mark.line + 1} (columns {first.column + 1} and {mark.column + 1})")
+                    raise ParamsError(f"{self.source}:{mark.line + 1}: {where}: key given twice, {lines} (YAML "
+                                      "would silently keep only the last: keep one)")
+                seen[key] = mark
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_sequence(self, node, deep=False):
+        path = self.key_paths.get(id(node), "")
+        for i, item in enumerate(node.value):
+            self.key_paths.setdefault(id(item), f"{path}[{i}]")
+        return super().construct_sequence(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML file at `path` (params.yaml, a preset or an override), read safely (no Python objects). A key given
+    twice in a mapping, a syntax error, undecodable text or a missing file is a ParamsError of one line naming
+    the file (and line)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ParamsError(f"{path}: a folder, not a YAML file (pass the file's path)")
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found (run from the repository root, or pass its path)")
+    data, loader = path.read_bytes(), None
+    try:
+        loader = _UniqueKeyLoader(data, str(path))  # bytes: PyYAML detects a BOM and checks the UTF-8 itself
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(e.problem or e.context or "unreadable YAML").split())
+        raise ParamsError(f"{where}: YAML syntax error: {problem} ({_yaml_hint(e)})") from None
+    except yaml.reader.ReaderError as e:
+        if e.encoding == "unicode":     # a control character in decoded text: its position counts characters
+            line = data.decode("utf-8", "replace")[:e.position].count("\n") + 1
+            what = f"control character #x{e.character:04x} (delete it)"
+        else:                           # bytes that do not decode: the position counts bytes
+            line = data[:e.position].count(b"\n") + 1
+            what = f"byte {e.character:#04x} is not {e.encoding} (save the file as UTF-8 text)"
+        raise ParamsError(f"{path}:{line}: not readable as YAML text: {what}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_hint(e: yaml.MarkedYAMLError) -> str:
+    """How to fix a YAML syntax error, from PyYAML's description of it."""
+    context = ""
+    if e.context and e.context_mark is not None:
+        context = f"{e.context} from line {e.context_mark.line + 1}; "
+    elif e.context:
+        context = f"{e.context}; "
+    problem = str(e.problem or "")
+    if "'\\t'" in problem or "\t" in problem:
+        return context + "YAML indents with spaces only: replace the tab with spaces"
+    if "mapping values are not allowed" in problem:
+        return context + "quote a value that holds ': ', or check the indentation of this key"
+    return context + "check the indentation, colons, brackets and quotes at and above this line"
+
+
+def label_word_clash(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], tuple[str, str]] | None:
+    """The first two (word, code) pairs that give one label word twice, or None. Labels are matched ignoring case
+    and surrounding spaces (medusa.data.corpora.csv_manifest.label_code), so `calm` and `Calm` are one word and
+    the last one would win silently. Refused: two spellings of the word (even with one code: the user meant two
+    words, or mistyped one), or one spelling with two codes. Allowed: the same pair repeated, which changes
+    nothing (prepare.label_map cannot repeat a key: read_yaml refuses it)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for word, code in pairs:
+        first = seen.setdefault(word.strip().lower(), (word, code))
+        if first != (word, code) and (first[0].strip() != word.strip() or first[1] != code):
+            return first, (word, code)
+    return None
 
 
 class Section(BaseModel):
@@ -92,6 +198,11 @@ class PrepareParams(Section):
             if bad:
                 raise ValueError(f"label_map: {bad[0]!r}: {label_map[bad[0]]!r}: words and codes are text; quote "
                                  "numbers, e.g. '01': N")
+            same = label_word_clash(list(label_map.items()))
+            if same:
+                (word, code), (other, other_code) = same
+                raise ValueError(f"label_map: {word!r} ({code}) and {other!r} ({other_code}) are one word (labels are "
+                                 "matched ignoring case and surrounding spaces): keep one")
         return data
 
     @model_validator(mode="after")
@@ -361,27 +472,55 @@ def _describe(err: dict[str, Any]) -> str:
         message = err["msg"].removeprefix("Value error, ")
         return f"{path}: {message}" if path else message
     if kind in _TYPE_WORDS:
-        return f"{path}: expected {_TYPE_WORDS[kind]}, got {type(got).__name__} {got!r}"
+        hint = _float_hint(got) if kind == "float_type" and isinstance(got, str) else None
+        return f"{path}: expected {_TYPE_WORDS[kind]}, got {type(got).__name__} {got!r}" + (f" ({hint})" if hint
+                                                                                               else "")
     return f"{path}: {err['msg']} (got {got!r})"
 
 
+def _float_hint(text: str) -> str | None:
+    """How to write a float that YAML read as text, or None if it is no number. YAML 1.1 (PyYAML) reads a float
+    only with a dot, and an exponent only with its sign: `1e-3` and `1.0e3` are text, `1.0e-3` and `0.001` are
+    floats (and a quoted number is text)."""
+    number = text.strip().replace("_", "")
+    try:
+        if not math.isfinite(float(number)):
+            return None
+        plain = format(Decimal(number), "f")
+    except (ValueError, InvalidOperation):
+        return None
+    plain = plain if "." in plain else plain + ".0"
+    mantissa, e, exponent = number.lower().partition("e")
+    if not e:
+        return f"YAML reads a quoted number as text: write {plain} without quotes"
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    exponent = exponent if exponent[:1] in "+-" else "+" + exponent
+    return (f"YAML reads {text} as text, a float needs a dot and a signed exponent: write it as "
+            f"{mantissa}e{exponent} or {plain}")
+
+
 def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
-    """Validate a params mapping; raise ParamsError listing every bad key path."""
+    """Validate a params mapping; raise ParamsError listing every bad key path, one per line: the first line is
+    a whole message by itself (`<file>: <key>: <what is wrong> (N more below)`), the others follow indented."""
+    if raw is None:
+        raise ParamsError(f"{source}: the file is empty (copy params.yaml or a preset of configs/ and edit it)")
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        lines = "\n  ".join(_describe(err) for err in e.errors())
-        raise ParamsError(f"{source}: invalid params:\n  {lines}") from None
+        # a cross-reference validator reports several problems in one message, one per line
+        problems = [line.strip() for err in e.errors() for line in _describe(err).splitlines() if line.strip()]
+        more = f" ({len(problems) - 1} more below)" if len(problems) > 1 else ""
+        raise ParamsError("\n  ".join([f"{source}: {problems[0]}{more}", *problems[1:]])) from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """params.yaml (or a preset) read by `read_yaml` and validated by `validate_params`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ParamsError(f"{path}: params file not found (run from the repository root, or pass its path)")
-    with path.open() as f:
-        return validate_params(yaml.safe_load(f), source=str(path))
+    return validate_params(read_yaml(path), source=str(path))
 
 
 def merge_overrides(base: dict[str, Any], override: dict[str, Any] | None, source: str = "override") -> dict[str, Any]:

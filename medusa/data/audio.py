@@ -14,6 +14,7 @@ bundle, read only 16 kHz files, and load_audio keeps refusing anything else.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -25,6 +26,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 import soundfile as sf
+
+from medusa.errors import UserError
 
 SAMPLE_RATE = 16000
 
@@ -42,14 +45,14 @@ MAX_SECONDS = 30.0
 MIN_SECONDS = 0.1
 #: Part of the cache key: change it when the conversion changes (resampler, quality, segmenting, sample format), so
 #: that files converted the old way are not reused.
-CONVERSION_VERSION = "soxr-HQ/pcm16/v1"
+CONVERSION_VERSION = "soxr-HQ/pcm16/v2"  # v2: above full scale scaled down, not clipped
 #: soxr's high-quality mode: 20-bit precision, ~ -120 dB stopband, more than the PCM16 output keeps; deterministic.
 _SOXR_QUALITY = "HQ"
 LONG_AUDIO_MODES = ("reject", "segment")
 _MAX_LISTED = 20  # bad files named in the error; the rest are counted
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file is missing, unreadable, or not in the expected format; the message names the file."""
 
 
@@ -68,9 +71,41 @@ def _sf_info(path: str | Path):
         raise AudioError(f"{path}: cannot read audio header ({e})") from None
 
 
+#: libsndfile's frame count for a stream whose header gives no length (SF_COUNT_MAX, e.g. a FLAC written to a pipe:
+#: 576460752303423.5 s at 16 kHz). Any count this large is not a length.
+_UNKNOWN_FRAMES = 1 << 60
+
+
+def _frame_count(path: str | Path, info) -> int:
+    """The file's real number of frames: the header's, or, where the header leaves it unknown (a streamed FLAC or
+    WAV), the frames that decode (read in blocks, so a long file is not held in memory)."""
+    if info.frames < _UNKNOWN_FRAMES:
+        return int(info.frames)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return sum(len(block) for block in _blocks(f))
+    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError with a terse message
+        raise AudioError(f"{path}: cannot read audio ({e})") from None
+
+
+def _blocks(f, size: int = 1 << 16):
+    """A file's frames as float32 blocks (n, channels), read forwards to the end through libsndfile's sf_readf_float.
+    Written here because soundfile's read(), buffer_read() and blocks() all ask libsndfile for the position before
+    each read, and on a stream of unknown length (a FLAC whose header gives no length) that seek fails before the
+    last frame ("Internal psf_fseek() failed"); the plain forward read has no such step."""
+    from soundfile import _ffi, _snd
+
+    while True:
+        block = np.empty((size, f.channels), dtype=np.float32)
+        n = _snd.sf_readf_float(f._file, _ffi.cast("float *", block.ctypes.data), size)
+        if n <= 0:
+            return
+        yield block[:n]
+
+
 def audio_info(path: str | Path) -> AudioInfo:
     info = _sf_info(path)
-    return AudioInfo(info.frames / info.samplerate, info.samplerate, info.channels, info.subtype)
+    return AudioInfo(_frame_count(path, info) / info.samplerate, info.samplerate, info.channels, info.subtype)
 
 
 @dataclass(frozen=True)
@@ -156,10 +191,13 @@ def _read_frames(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(str(path)) as f:
             declared, sr = f.frames, f.samplerate
-            x = f.read(dtype="float32", always_2d=True)
+            if declared < _UNKNOWN_FRAMES:
+                x = f.read(dtype="float32", always_2d=True)
+            else:  # a length the header leaves unknown: read() would allocate that many frames
+                x = np.concatenate(list(_blocks(f)) or [np.zeros((0, f.channels), np.float32)])
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError with a terse message
         raise AudioError(f"{path}: cannot read audio ({e})") from None
-    if len(x) < declared:
+    if len(x) < declared < _UNKNOWN_FRAMES:
         raise _truncated(path, declared, len(x), sr)
     return x, sr
 
@@ -204,27 +242,50 @@ def _decode(path: str | Path) -> np.ndarray:
     x, sr = _read_frames(path)
     if not len(x):
         raise AudioError(f"{path}: empty audio (0 samples)")
-    if not np.isfinite(x).all():
-        raise AudioError(f"{path}: holds NaN or infinite samples")
-    return to_mono_16k(x, sr)
+    return to_mono_16k(x, sr, name=str(path))
 
 
 def check_min_duration(name: str | Path, seconds: float) -> None:
     """AudioError naming `name` when a clip is shorter than MIN_SECONDS."""
     if seconds < MIN_SECONDS:
-        raise AudioError(f"{name}: too short: {seconds:.3f} s, the minimum is {MIN_SECONDS:g} s (the shortest "
+        # %g with 6 digits: a clip of 0.0999 s must not read "too short: 0.100 s, the minimum is 0.1 s"
+        raise AudioError(f"{name}: too short: {seconds:.6g} s ({round(seconds * SAMPLE_RATE)} samples at 16 kHz), "
+                         f"the minimum is {MIN_SECONDS:g} s ({round(MIN_SECONDS * SAMPLE_RATE)} samples: the shortest "
                          "clip every encoder gives a frame for)")
 
 
-def to_mono_16k(frames: np.ndarray, sample_rate: int) -> np.ndarray:
-    """float32 mono samples at 16 kHz of float32 frames (N, channels) at `sample_rate`, as read_any converts a
-    file's: channels averaged, another rate resampled with soxr (see read_any)."""
+#: PCM16's grid: every sample the models see is k / 32768 for an integer k in [-32768, 32767] (see to_mono_16k).
+_PCM16_SCALE = 32768.0
+
+
+def to_mono_16k(frames: np.ndarray, sample_rate: int, *, name: str | None = None) -> np.ndarray:
+    """The one conversion of audio for the models, for every path (prepare's converted files, predict's files and
+    arrays, evaluate, submission): float32 mono samples at 16 kHz of float32 frames (N, channels) at `sample_rate`.
+
+    - NaN or infinite samples: AudioError naming `name` (float formats can hold them).
+    - Above full scale (float formats can exceed +-1): the whole clip scaled down so that its peak is full scale,
+      with a warning naming `name` and the peak. Hard-clipping instead would distort it (and once did so in prepare
+      only, while predict passed the samples through: the same file got different predictions).
+    - Channels averaged; another rate resampled with soxr (a band-limited resampler: content above the new Nyquist
+      frequency is filtered out instead of folding back as aliases).
+    - Rounded to PCM16's grid and clipped to its range (resampling can overshoot full scale by a little): the
+      samples prepare writes as a 16 kHz PCM16 file and reads back are exactly those predict computes in memory.
+      A 16 kHz PCM16 source passes unchanged."""
     import soxr
 
+    where = name or "the audio"
+    if not np.isfinite(frames).all():
+        raise AudioError(f"{where}: holds NaN or infinite samples (export it again)")
+    peak = float(np.abs(frames).max()) if frames.size else 0.0
+    if peak > 1.0:
+        log.warning("%s: float samples reach %.3f (%.1f dB above full scale): scaled down by that factor to fit",
+                    where, peak, 20 * math.log10(peak))
+        frames = frames / np.float32(peak)
     mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
     if sample_rate != SAMPLE_RATE:
         mono = soxr.resample(mono, sample_rate, SAMPLE_RATE, quality=_SOXR_QUALITY)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    grid = np.clip(np.rint(np.asarray(mono, dtype=np.float64) * _PCM16_SCALE), -32768, 32767) / _PCM16_SCALE
+    return np.ascontiguousarray(grid, dtype=np.float32)
 
 
 def _is_corpus_wav(info) -> bool:
@@ -252,10 +313,9 @@ def _segments(frames: int, sample_rate: int) -> int:
 def _write_pcm16(samples: np.ndarray, path: Path) -> None:
     from medusa.io import atomic_path
 
-    # Resampling can overshoot full scale by a little (and float files may exceed it): clip to [-1, 1] first. The
-    # scale is 32768, the inverse of how libsndfile reads PCM16 as float (load_audio), so that a 16-bit source that
-    # is only cut into segments keeps its exact samples (libsndfile's own float->PCM16 scales by 32767).
-    ints = np.clip(np.rint(np.clip(samples, -1.0, 1.0) * 32768.0), -32768, 32767).astype(np.int16)
+    # The samples are on PCM16's grid already (to_mono_16k): k / 32768, the inverse of how libsndfile reads PCM16
+    # as float (load_audio), so writing them loses nothing (libsndfile's own float->PCM16 scales by 32767).
+    ints = np.clip(np.rint(samples * _PCM16_SCALE), -32768, 32767).astype(np.int16)
     with atomic_path(path) as tmp:  # an interrupted run never leaves half a file that a rerun would reuse
         sf.write(str(tmp), ints, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
@@ -280,17 +340,56 @@ class _Prepared:
     status: str  # "kept", "converted", "reused" (converted by an earlier run) or "segmented"
 
 
-def _prepare_one(source: str, cache_dir: Path, long_audio: str) -> _Prepared:
+class ContentHashes:
+    """sha256 of every source file, kept beside the conversion cache (work/audio -> work/.audio-hashes.json) and
+    reused while a file's resolved path, size and mtime are unchanged, so that a corpus is read in full once, not
+    on every prepare. (Not inside the cache folder: that folder is a DVC output, and the entries hold this machine's
+    paths and mtimes, which would give every clone another hash of it.)
+
+    The manifest records each utterance's hash (audio_sha256), so a recording replaced by another of the same
+    length changes the manifest, and DVC reruns every stage that reads audio (the journals and partial stores of
+    those stages fingerprint it too). The path and duration alone left such a change unseen."""
+
+    def __init__(self, cache_dir: Path):
+        self.file = cache_dir.parent / f".{cache_dir.name}-hashes.json"
+        try:
+            self.known = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        except (OSError, ValueError):  # a damaged cache is rebuilt, not trusted
+            self.known = {}
+        self.used: dict[str, list] = {}
+
+    def __call__(self, source: str) -> str:
+        from medusa.io import sha256_file
+
+        key = str(Path(source).resolve())
+        st = os.stat(source)
+        entry = self.known.get(key)
+        if not (isinstance(entry, list) and entry[:2] == [st.st_size, st.st_mtime_ns]):
+            entry = [st.st_size, st.st_mtime_ns, sha256_file(source)]
+        self.used[key] = entry
+        return entry[2]
+
+    def save(self) -> None:
+        """Keep the entries of this run's files (a file no longer in the corpus drops out)."""
+        from medusa.io import write_json
+
+        if self.used != self.known:
+            write_json(self.used, self.file)
+
+
+def _prepare_one(source: str, cache_dir: Path, long_audio: str, content_hash: ContentHashes) -> _Prepared:
     info = _sf_info(source)
     # First: libsndfile counts a cut-short WAV's frames from the bytes present, so it would pass as a shorter (or
     # too short) clip. (Other formats are compared with their decoded frames in read_any.)
     _check_wav_complete(source)
-    orig = {"orig_sample_rate": int(info.samplerate), "orig_channels": int(info.channels)}
-    if info.frames <= 0:
+    orig = {"orig_sample_rate": int(info.samplerate), "orig_channels": int(info.channels),
+            "sha256": content_hash(source)}
+    frames = _frame_count(source, info)  # a streamed file's header gives no length
+    if frames <= 0:
         raise AudioError(f"{source}: empty audio (0 samples)")
-    duration = info.frames / info.samplerate
+    duration = frames / info.samplerate
     check_min_duration(source, duration)
-    n = _segments(info.frames, info.samplerate)
+    n = _segments(frames, info.samplerate)
     if n > 1 and long_audio == "reject":
         raise AudioError(f"{source}: too long: {duration:.2f} s, the limit is {MAX_SECONDS:g} s (Whisper's window); "
                          f"cut it, or set `prepare.long_audio: segment` to split such files into equal segments "
@@ -313,7 +412,7 @@ def _prepare_one(source: str, cache_dir: Path, long_audio: str) -> _Prepared:
 
 
 PREPARED_COLUMNS = {"source": object, "segment": "int64", "path": object, "duration_s": "float64",
-                    "orig_sample_rate": "int64", "orig_channels": "int64", "converted": bool}
+                    "orig_sample_rate": "int64", "orig_channels": "int64", "sha256": object, "converted": bool}
 
 
 def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_audio: str,
@@ -326,11 +425,13 @@ def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_au
     segments of at most MAX_SECONDS, one row each.
 
     table: one row per (source, segment), in the order of `paths`: source (as given), segment (0-based), path (the
-    16 kHz file to read), duration_s (of that file), orig_sample_rate, orig_channels, converted (path is a file
-    written to the cache). Bad files (unreadable, empty, truncated, too short, too long under "reject") raise one
+    16 kHz file to read), duration_s (of that file), orig_sample_rate, orig_channels, sha256 (of the source's
+    bytes: ContentHashes), converted (path is a file written to the cache). Bad files (unreadable, empty, truncated, too short, too long under "reject") raise one
     AudioError listing them all, or with skip_bad are left out and returned in skipped (source, reason).
     `listed_at` (one per path, e.g. "corpus.csv:12") prefixes each reason with where the file is listed."""
     from tqdm import tqdm
+
+    from medusa.io import remove_stale_temps
 
     if long_audio not in LONG_AUDIO_MODES:
         raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_MODES)}, got {long_audio!r}")
@@ -338,14 +439,17 @@ def prepare_audio(paths: Iterable[str | Path], cache_dir: str | Path, *, long_au
     rows: list[dict] = []
     bad: list[tuple[str, str]] = []
     counts = dict.fromkeys(("kept", "converted", "reused", "segmented"), 0)
+    remove_stale_temps(cache_dir)  # a conversion killed mid-write (kill -9) left its `.NAME.tmp-PID` behind
+    content_hash = ContentHashes(cache_dir)
     for i, source in enumerate(tqdm(paths, desc="checking and converting audio", unit="file")):
         try:
-            prepared = _prepare_one(source, cache_dir, long_audio)
+            prepared = _prepare_one(source, cache_dir, long_audio, content_hash)
         except AudioError as e:  # collect them all: one run names every file to fix, not the first
             bad.append((source, str(e) if listed_at is None else f"{listed_at[i]}: {e}"))
             continue
         rows.extend(prepared.rows)
         counts[prepared.status] += 1
+    content_hash.save()
     log.info("audio: %d files: %d kept as they are, %d converted, %d segmented, %d reused from an earlier "
              "conversion in %s, %d bad", len(paths), counts["kept"], counts["converted"], counts["segmented"],
              counts["reused"], cache_dir, len(bad))

@@ -31,7 +31,7 @@ from medusa.features.encoders.whisper import (
     whisper_samples,
 )
 from medusa.features.fingerprint import audio_work_rows, inputs_fingerprint, weights_sample
-from medusa.io import write_parquet
+from medusa.io import atomic_path, remove_stale_temps, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +144,20 @@ def _read_journal(journal: Path, fingerprint: str) -> dict[str, str]:
             break  # a half-written last line from an interrupted run
         done[row["utt_id"]] = row["text"]
         good.append(line + "\n")
-    journal.write_text("".join(good))  # drop the torn tail before appending to it
+    with atomic_path(journal) as tmp:  # drop the torn tail before appending to it (a kill here keeps the old one)
+        tmp.write_text("".join(good))
     return done
 
 
 def transcribe_manifest(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
                         batch_size: int, num_workers: int, beam_size: int) -> pd.DataFrame:
     """Transcribe every manifest row into out_path (parquet: utt_id, text); resumable through a journal that is
-    kept only if it was made from the same manifest rows, audio files, model and settings."""
+    kept only if it was made from the same manifest rows, audio files, model and settings. Temporary files that
+    killed runs left beside out_path are deleted first (medusa.io.remove_stale_temps)."""
     out_path = Path(out_path)
     journal = out_path.with_suffix(".journal.jsonl")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_path.parent, recursive=False)  # e.g. half a transcripts file of a killed run
     fingerprint = inputs_fingerprint(audio_work_rows(manifest.sort_values("utt_id")),
                                      asr_spec(model, language, pad_seconds, beam_size))
     done = _read_journal(journal, fingerprint)

@@ -6,6 +6,10 @@ whose frames depend on padding pad each clip to a length of its own (medusa.feat
 grouped by that padded length (`groups`), so that no clip shares a forward pass with a differently padded one."""
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -55,11 +59,26 @@ class _AudioFiles(Dataset):
         return idx, [load_audio(self.paths[i]) for i in idx]
 
 
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """A DataLoader worker's init: the kernel kills it when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG). Without it, a worker whose parent is killed (kill -9, out of memory) hangs for good: exiting,
+    it waits to flush batches into a pipe whose reading end it holds itself, so the write never fails."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    try:
+        os.kill(parent, 0)  # the parent died before the line above took effect: end now
+    except ProcessLookupError:
+        os._exit(1)
+
+
 def audio_batches(paths: Sequence[str], batches: list[list[int]], num_workers: int
                   ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
     """Yield (indices, float32 16 kHz arrays) per batch, decoding files in `num_workers` processes."""
     loader = DataLoader(_AudioFiles(paths, batches), batch_size=None, shuffle=False, num_workers=num_workers,
                         collate_fn=lambda x: x, persistent_workers=False,
+                        worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
                         prefetch_factor=4 if num_workers > 0 else None)
     yield from loader
 

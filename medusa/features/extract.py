@@ -33,6 +33,7 @@ from medusa.features.fingerprint import audio_work_rows, inputs_fingerprint, tex
 from medusa.features.store.reader import FeatureStore
 from medusa.features.store.shards import merge_stores, shard_dir, shard_items
 from medusa.features.store.writer import FeatureStoreWriter
+from medusa.io import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
                      shard: int = 0, n_shards: int = 1) -> ExtractionStats:
     """Encode `items` (columns utt_id, duration_s, and path or text) into the store at `root`.
 
-    With n_shards > 1 this call writes shard `shard` to `root/shard-<i>-of-<n>`; `merge_shards` joins them."""
+    With n_shards > 1 this call writes shard `shard` to `root/shard-<i>-of-<n>`; `merge_shards` joins them.
+    Temporary files that killed runs left in the stores' folder (root's parent) are deleted first
+    (medusa.io.remove_stale_temps)."""
+    remove_stale_temps(Path(root).parent)
     items = items.sort_values("utt_id").reset_index(drop=True)
     batches = plan_batches(encoder, items, batch_size, batch_seconds)  # over the whole list, for every shard
     fingerprint = work_fingerprint(encoder, items)

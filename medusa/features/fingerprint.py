@@ -3,15 +3,16 @@ only if it was started from the same inputs; otherwise its work is discarded and
 
 An input fingerprint covers the work list and the settings that make the output:
 
-* per utterance, its id and, for audio, the file's path, size, modification time (ns) and duration; for text,
-  the transcript itself;
+* per utterance, its id and, for audio, the file's path, size, modification time (ns), duration and the source's
+  content hash where the manifest has one (audio_sha256, computed once by prepare); for text, the transcript itself;
 * the encoder's or ASR's spec (model, layers, padding rule, language, beam, library versions, ...).
 
 Size + mtime_ns identify a file's content the way make and rsync do: writing a file, or replacing a corpus by
 another (unpacked or copied without preserving times), gives new mtimes, and a different corpus with the same
-names, sizes and nanosecond mtimes is not something that happens by accident. Hashing the audio instead would read
-the whole corpus (hundreds of GB for MSP-Podcast) before a resume; stat-ing 100k files takes about a second. The
-price of the cheap identity is being conservative: touching or re-checking-out the same files discards a resume.
+names, sizes and nanosecond mtimes is not something that happens by accident. Hashing the audio here would read
+the whole corpus (hundreds of GB for MSP-Podcast) before every resume; prepare hashes each source once and keeps the
+hash while its size and mtime are unchanged (medusa.data.audio.ContentHashes). The price of the cheap identity is
+being conservative: touching or re-checking-out the same files discards a resume.
 
 The fingerprint lives only in private work files (writer.json of a `.partial` store, the journal's first line),
 never in a finished store's meta.json: paths and mtimes differ between machines and clones of the same corpus.
@@ -37,9 +38,12 @@ def file_identity(path: str | os.PathLike) -> list[int] | None:
 
 
 def audio_work_rows(items: pd.DataFrame) -> list[dict[str, Any]]:
-    """utt_id, path, file identity and duration of every row (columns utt_id, path, duration_s)."""
-    return [{"utt_id": str(u), "path": str(p), "file": file_identity(p), "duration_s": float(d)}
-            for u, p, d in zip(items["utt_id"], items["path"], items["duration_s"])]
+    """utt_id, path, file identity and duration of every row (columns utt_id, path, duration_s), and the source's
+    content hash where the rows carry one (a manifest's audio_sha256)."""
+    hashes = items["audio_sha256"] if "audio_sha256" in items else [None] * len(items)
+    return [{"utt_id": str(u), "path": str(p), "file": file_identity(p), "duration_s": float(d),
+             **({"sha256": str(h)} if isinstance(h, str) else {})}
+            for u, p, d, h in zip(items["utt_id"], items["path"], items["duration_s"], hashes)]
 
 
 def text_work_rows(items: pd.DataFrame) -> list[dict[str, Any]]:

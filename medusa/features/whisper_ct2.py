@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medusa.errors import UserError
 from medusa.io import sha256_file
 
 if TYPE_CHECKING:  # torch is imported lazily: reading a model.bin needs numpy only
@@ -48,7 +49,7 @@ _REQUIRED_FLAGS = {"decoder/activation": _CT2_GELU, "decoder/pre_norm": 1, "deco
 _IGNORED = {"decoder/alignment_heads", "decoder/alignment_layer"}
 
 
-class CT2FormatError(ValueError):
+class CT2FormatError(UserError, ValueError):
     """A CTranslate2 model file is malformed or not a Whisper model openai-whisper can hold; the message names
     the file (when the error comes from a file) and what is wrong."""
 

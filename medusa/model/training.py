@@ -12,12 +12,15 @@ epoch_steps > 0 that many optimizer steps drawn from fresh passes (a budget that
 Loss = ce_weight * CE + mse_weight * MSE (paper: 1.5 and 0.4); a loss that is not finite stops training with
 an error naming the batch's utterances. Model selection: balanced macro-F1 on dev (medusa.scoring.metrics). Every random
 draw comes from `seed`: same config, same data, same weights on CPU. A checkpoint resumes only a run with the
-same inputs (_fingerprint: config, architecture, rows and targets, feature stores).
+same inputs and the same code (_fingerprint: config, architecture, initial weights, rows and targets, feature stores,
+the source of every module that shapes training (training_code) and the torch and numpy versions).
 """
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
+import importlib.util
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +33,7 @@ from tqdm import tqdm
 
 from medusa.config.params import TrainParams
 from medusa.features.store.reader import FRAMES_FILE, INDEX_FILE, META_FILE, FeatureStore
-from medusa.io import atomic_path
+from medusa.io import atomic_path, remove_stale_temps
 from medusa.labels import balanced_epoch, class_weights
 from medusa.model.dataset import Batch, FeatureDataset, bucketed
 from medusa.model.deepser import DeepSER, manifold_mixup, soft_cross_entropy
@@ -201,12 +204,76 @@ def _rows_digest(data: FeatureDataset) -> str:
     return h.hexdigest()
 
 
+#: medusa modules the training step imports whose code cannot change a trained weight: file writing, the error
+#: classes, and the params schema (the values it validates are in the fingerprint, as the config).
+NOT_TRAINING_CODE = frozenset({"medusa.io", "medusa.errors", "medusa.config.params"})
+
+
+def _medusa_imports(module: str) -> set[str]:
+    """The medusa modules that `module`'s import statements name (those inside functions too)."""
+    spec = importlib.util.find_spec(module)
+    package = module if spec.submodule_search_locations is not None else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(Path(spec.origin).read_bytes(), spec.origin)):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+                else node.module
+            names.add(base)
+            names |= {f"{base}.{a.name}" for a in node.names}  # `from medusa.model import deepser` names a module
+    found = set()
+    for name in names:
+        if name.split(".")[0] != "medusa":
+            continue
+        try:
+            if importlib.util.find_spec(name) is not None:
+                found.add(name)
+        except ModuleNotFoundError:  # `from medusa.labels import CODES`: CODES is no module
+            pass
+    return found
+
+
+def training_code() -> dict[str, Path]:
+    """{module name: source file} of the code that shapes a training run's result: this module and every medusa
+    module it imports, directly or through another (read from their import statements, so a module the training
+    step starts to use is covered without a list to update), less NOT_TRAINING_CODE. Today: training, deepser,
+    dataset, labels, scoring.metrics and the feature-store reader."""
+    seen: dict[str, Path] = {}
+    todo = [__name__]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in NOT_TRAINING_CODE:
+            continue
+        seen[name] = Path(importlib.util.find_spec(name).origin)
+        todo += sorted(_medusa_imports(name))
+    return dict(sorted(seen.items()))
+
+
+def code_digests() -> dict[str, str]:
+    """{module name: sha256 of its source file} for every module of training_code(), and the torch and numpy
+    versions (their kernels make the numbers too). A checkpoint records them: one made by other code is not
+    resumed, so an interrupted member never finishes with half old, half new code."""
+    digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in training_code().items()}
+    return {**digests, "torch": str(torch.__version__), "numpy": str(np.__version__)}
+
+
+def _state_digest(model: DeepSER) -> str:
+    """sha256 of a model's weights and buffers: the initial state a run starts from (seeded weights, the
+    standardisation statistics), which the code that builds the model (e.g. medusa.model.members) decides."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode() + b"\0" + str(value.dtype).encode() + str(tuple(value.shape)).encode() + b"\0")
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _fingerprint(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg: TrainConfig,
-                 monitor: FeatureDataset | None = None) -> str:
-    """What a checkpoint was made for; a checkpoint of anything else is not resumed. Config, architecture,
-    time pooling, the rows of train and dev (ids, labels, targets, attributes: a manifest whose labels changed
-    gives other targets), the monitor's rows (its scores are in the history), and the identity of every
-    feature store read (store_identity)."""
+                 monitor: FeatureDataset | None = None, code: dict[str, str] | None = None) -> str:
+    """What a checkpoint was made for; a checkpoint of anything else is not resumed. Config, architecture, the
+    model's initial weights, time pooling, the rows of train and dev (ids, labels, targets, attributes: a manifest
+    whose labels changed gives other targets), the monitor's rows (its scores are in the history), the identity of
+    every feature store read (store_identity), and the code (`code`, default code_digests())."""
     identities: dict[Path, str] = {}  # each store hashed once, listed in modality order for every split
 
     def identity(store: FeatureStore) -> str:
@@ -218,20 +285,22 @@ def _fingerprint(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cfg
     splits = [d for d in (train, dev, monitor) if d is not None]
     # the device is where, not what: a run may resume on another one
     blob = json.dumps([cfg.model_dump(exclude={"device"}), model.cfg.to_dict(), train.pools, monitor is not None,
-                       [_rows_digest(d) for d in splits], [[identity(s) for s in d.stores] for d in splits]],
+                       [_rows_digest(d) for d in splits], [[identity(s) for s in d.stores] for d in splits],
+                       _state_digest(model), code if code is not None else code_digests()],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _save_checkpoint(path: Path, model: DeepSER, progress: _Progress, rng: np.random.Generator, fingerprint: str
-                     ) -> None:
-    state = {"fingerprint": fingerprint, "model": model.state_dict(), "rng": _rng_states(rng), **asdict(progress)}
+def _save_checkpoint(path: Path, model: DeepSER, progress: _Progress, rng: np.random.Generator, fingerprint: str,
+                     code: dict[str, str]) -> None:
+    state = {"fingerprint": fingerprint, "code": code, "model": model.state_dict(), "rng": _rng_states(rng),
+             **asdict(progress)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, model: DeepSER, rng: np.random.Generator, fingerprint: str,
-                     device: torch.device) -> _Progress | None:
+                     code: dict[str, str]) -> _Progress | None:
     if not path.exists():
         return None
     try:
@@ -240,9 +309,19 @@ def _load_checkpoint(path: Path, model: DeepSER, rng: np.random.Generator, finge
     except Exception as e:  # a torn or foreign file: say so and start afresh rather than fail the stage
         log.warning("ignoring unreadable checkpoint %s (%s); training from the start", path, e)
         return None
+    if not isinstance(state, dict):
+        log.warning("ignoring %s: not a training checkpoint; training from the start", path)
+        return None
+    if state.get("fingerprint") != fingerprint and state.get("code") != code:
+        made = state.get("code") or {}
+        changed = sorted(k for k in set(made) | set(code) if made.get(k) != code.get(k))
+        log.warning("checkpoint %s was made by other code (changed since: %s); discarding it, training from the "
+                    "start", path, ", ".join(changed) if made else "unknown: the checkpoint records no code")
+        return None
     if state.get("fingerprint") != fingerprint:
-        log.warning("checkpoint %s was made with other settings or data (config, architecture, training or dev "
-                    "rows and their targets, or feature stores differ); discarding it, training from the start", path)
+        log.warning("checkpoint %s was made with other settings or data (config, architecture, initial weights, "
+                    "training or dev rows and their targets, or feature stores differ); discarding it, training from "
+                    "the start", path)
         return None
     model.load_state_dict(state["model"])
     _set_rng_states(rng, state["rng"])
@@ -328,8 +407,11 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
         mass = np.nansum(train.targets, axis=0)
         weights = torch.tensor(class_weights(mass), dtype=torch.float32, device=device)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(model, train, dev, cfg, monitor)
-    progress = (_load_checkpoint(checkpoint, model, rng, fingerprint, device) if checkpoint else None) or _Progress()
+    code = code_digests()
+    fingerprint = _fingerprint(model, train, dev, cfg, monitor, code)
+    if checkpoint:  # a torch.save killed mid-write leaves its temporary file: drop those of dead processes
+        remove_stale_temps(checkpoint.parent)
+    progress = (_load_checkpoint(checkpoint, model, rng, fingerprint, code) if checkpoint else None) or _Progress()
     if progress.best_state is None:
         progress.best_state = copy.deepcopy(model.state_dict())
     stages = [(1, cfg.stage1_epochs, weights)] + ([(2, cfg.stage2_epochs, None)] if cfg.stage2_epochs > 0 else [])
@@ -370,7 +452,7 @@ def train_deepser(model: DeepSER, train: FeatureDataset, dev: FeatureDataset, cf
                 progress.stale += 1
             progress.optimizer = optimizer.state_dict()
             if checkpoint:
-                _save_checkpoint(checkpoint, model, progress, rng, fingerprint)
+                _save_checkpoint(checkpoint, model, progress, rng, fingerprint, code)
             if on_epoch:
                 on_epoch(row)
         progress = replace(progress, stage=stage + 1, epoch=0, stale=0, optimizer=None)

@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from medusa.config.params import ParamsError, merge_overrides, validate_params
+from medusa.config.params import ParamsError, merge_overrides, read_yaml, validate_params
 
 log = logging.getLogger("medusa.pipeline.dryrun")
 
@@ -53,12 +53,7 @@ class DryRunError(RuntimeError):
 
 def dry_run_params(preset: str | Path = PRESET, override: str | Path = OVERRIDE) -> dict[str, Any]:
     """The preset with the override merged in, validated like any params.yaml."""
-    raw = []
-    for path in (preset, override):
-        path = Path(path)
-        if not path.is_file():
-            raise ParamsError(f"{path}: file not found (run from the repository root, or pass its path)")
-        raw.append(yaml.safe_load(path.read_text()))
+    raw = [read_yaml(path) for path in (preset, override)]  # a repeated key or a syntax error: one line naming it
     merged = merge_overrides(raw[0], raw[1], source=str(override))
     validate_params(merged, source=f"{preset} + {override}")
     return merged

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from medusa.config import paths
 from medusa.config.params import PARAMS_FILE, ParamsError, load_params
+from medusa.errors import UserError
 from medusa.features.store.reader import STORE_FILES, is_store
 
 
-class InputsError(ValueError):
+class InputsError(UserError, ValueError):
     """A store a view needs does not exist (its extract@ stage has not run)."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import nbformat
 
 from medusa.config.params import PARAMS_FILE, ParamsError, load_params
+from medusa.errors import UserError, message_line, user_error_names
 from medusa.io import atomic_path
 
 log = logging.getLogger("medusa.pipeline.run")
@@ -30,6 +31,22 @@ KERNEL_START_TIMEOUT_S = 600
 
 class NotebookError(RuntimeError):
     """The notebook cannot be run (no parameters cell) or one of its cells failed."""
+
+
+class StageInputError(UserError, ValueError):
+    """A cell of the stage raised a UserError (bad corpus, audio, params...): shown as its one-line message."""
+
+
+def _user_error_names() -> set[str]:
+    """Names of the UserError classes a stage can raise. A cell's error reaches the runner as a name only, so the
+    modules that define them are imported here (only when a cell has failed)."""
+    import importlib
+
+    for module in ("medusa.data.audio", "medusa.data.corpora.msp_podcast", "medusa.features.encoders.base",
+                   "medusa.features.store.reader", "medusa.features.whisper_ct2", "medusa.pipeline.inputs",
+                   "medusa.serving.bundle", "medusa.serving.predict", "medusa.serving.submission"):
+        importlib.import_module(module)
+    return user_error_names()
 
 
 def has_parameters_cell(nb: nbformat.NotebookNode) -> bool:
@@ -105,6 +122,9 @@ def execute_notebook(notebook: str | Path, parameters: dict[str, Any], out_noteb
                                    kernel_name="python3", progress_bar=False, log_output=True,
                                    start_timeout=KERNEL_START_TIMEOUT_S)
     except PapermillExecutionError as e:
+        if e.ename in _user_error_names():  # a user's mistake found inside the stage: its message alone
+            raise StageInputError(f"{e.evalue} (stage notebook {notebook}; the executed copy is at {out_notebook})"
+                                  ) from None
         raise NotebookError(f"{notebook}: cell {e.exec_count} failed: {e.ename}: {e.evalue}\n"
                             f"{''.join(e.traceback[-3:]) if e.traceback else ''}\n"
                             f"(the executed notebook with the error is at {out_notebook})") from None
@@ -165,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         parameters = stage_parameters(args.params, args.section, args.key, args.also, args.entry_of)
         execute_notebook(args.notebook, parameters, Path(args.out_dir) / f"{stem}.ipynb",
                          Path(args.html_dir) / f"{stem}.html")
-    except (NotebookError, ParamsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (NotebookError, UserError) as e:
+        print(message_line(e), file=sys.stderr)
         return 1
     return 0
 

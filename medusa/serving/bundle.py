@@ -18,33 +18,42 @@ loads it and predicts with it.
 
 Everything loads with safetensors and JSON only (no pickle), so a bundle from elsewhere cannot run code when
 loaded. The manifest's checksums are verified before anything is used: a member silently swapped or a truncated
-copy would otherwise give plausible but wrong probabilities.
+copy would otherwise give plausible but wrong probabilities. Then each file is checked as it is read (the
+reading section below): a BundleError names the file and the key or tensor of JSON that is not JSON, a key this
+version does not know or a missing one, a safetensors header or data that cannot be read, and a tensor holding
+NaN or inf.
 
 The pretrained encoders (Whisper, WavLM, MiniLM, ...) are not copied: encoders.json names them as params.yaml
 did (hub name, local folder or demo:base), and they must be loadable where the bundle is used.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
+import math
 import platform
 import shutil
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
+import pydantic
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from medusa.config.params import EncoderParams, TranscribeParams
 from medusa.ensemble.meta import MetaClassifier
+from medusa.errors import UserError
 from medusa.features.encoders import kind_of
 from medusa.io import sha256_file, write_json
 from medusa.labels import common_classes
+from medusa.model.deepser import DeepSERConfig
 from medusa.model.linear_probe import PROBE_FILE, LinearProbe
-from medusa.model.members import MODEL_FILES, member_classes, read_member_config
+from medusa.model.members import MODEL_FILES, MemberSpec, member_classes, read_member_config
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +77,26 @@ STORE_SPEC_KEYS = ("padding", "versions")
 ASR_KEYS = tuple(name for name in TranscribeParams.model_fields if name not in ASR_EXCLUDED)
 #: openSMILE feature stores record family "opensmile" and the feature set; params name the family by set.
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
+#: The keys a bundle's files may hold, and those it reads without a fallback: anything else is refused at load
+#: (a key this version does not know may change what the bundle computes; a typo'd key would silently be ignored).
+META_JSON_KEYS = ("config", "members")
+#: encoders.json entries: the carried settings, the padding and spec keys recorded from the feature store
+ENCODER_ENTRY_KEYS = (*ENCODER_KEYS, "pad_seconds", *STORE_SPEC_KEYS)
+ENCODER_ENTRY_REQUIRED = ("family", "model", "layers", "batch_size", "batch_seconds")
+#: asr.json: the transcribe section as it was given (the excluded settings too); these are read by name
+ASR_JSON_KEYS = tuple(TranscribeParams.model_fields)
+ASR_REQUIRED = ("model", "language", "batch_size", "pad_seconds")
+#: A member's config.json (medusa.model.members: MemberSpec.to_dict, then train_member's classes and store meta);
+#: one_hot, device and threads: configs written by earlier versions, which still load.
+MEMBER_CONFIG_KEYS = (*(f.name for f in dataclasses.fields(MemberSpec)), "pools", "classes", "feature_stores",
+                      "one_hot", "device", "threads")
+MEMBER_CONFIG_REQUIRED = ("encoders", "pools", "deepser")
+#: what to do about a damaged file of a bundle
+COPY_AGAIN = "the bundle is damaged: copy it again, or rebuild it (dvc repro ensemble)"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """A bundle cannot be written or loaded as asked; the message names the file or member concerned."""
 
 
@@ -252,8 +277,21 @@ def check_classes(classes: tuple[str, ...], configs: dict[str, dict[str, Any]], 
 
 def read_probe(folder: Path, config: dict[str, Any]) -> LinearProbe:
     """The member's linear probe, checked against the member's inputs: it reads the concatenated frame means of
-    the member's encoders, so its width must be the sum of theirs; its outputs are the member's classes."""
-    probe = LinearProbe.load(folder)
+    the member's encoders, so its width must be the sum of theirs; its outputs are the member's classes. A
+    BundleError names the file and key if probe.json is not JSON, has an unknown or missing key, or a number that
+    is not finite (JSON allows NaN and Infinity)."""
+    file = Path(folder) / PROBE_FILE
+    if not file.is_file():
+        LinearProbe.load(folder)  # FileNotFoundError: no probe (a member older than probes) and how to make one
+    fix = f"retrain the member (dvc repro train@{Path(folder).name}) and rebuild the bundle"
+    fields = dataclasses.fields(LinearProbe)
+    data = check_keys(file, read_bundle_json(file, fix), [f.name for f in fields],
+                      [f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING], fix=fix)
+    for key in ("mean", "scale", "coef", "intercept"):
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in _flat(data[key])):
+            raise BundleError(f"{file}: {key} holds a value that is not a finite number (NaN, inf or "
+                              f"not a number): the probe would give non-finite probabilities; {fix}")
+    probe = LinearProbe(**data)
     width = sum(int(d) for d in config["deepser"]["input_dims"])
     if len(probe.mean) != width or any(len(row) != width for row in probe.coef):
         raise BundleError(f"{folder / PROBE_FILE}: the probe reads {len(probe.mean)} features, but the member's "
@@ -305,3 +343,97 @@ def major_minor(version: str) -> str:
     """"5.24.0" -> "5.24"; "2.13.0+cpu" -> "2.13"; a date version ("20250625") stays whole."""
     return ".".join(str(version).split("+")[0].split(".")[:2])
 
+
+
+# ----------------------------------------------------------------------------------------------- reading
+# The checks every file of a bundle passes when it is loaded (medusa.serving.inference.load_bundle): a library's
+# exception (JSONDecodeError, SafetensorError, a dataclass's TypeError, pydantic's ValidationError) caused by a
+# damaged or edited bundle becomes one BundleError naming the file and the key or tensor.
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _flat(value: Any) -> list:
+    """The numbers of a nested list (a probe's coefficients), or the value itself in a list."""
+    if isinstance(value, list):
+        return [x for v in value for x in _flat(v)]
+    return [value]
+
+
+def read_bundle_json(file: Path, fix: str = COPY_AGAIN) -> Any:
+    """A JSON file of a bundle; BundleError naming it when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(Path(file).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{file}: missing; {fix}") from None
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON, or bytes that are not UTF-8 text
+        raise BundleError(f"{file}: cannot be read as JSON ({_first_line(e)}); {fix}") from None
+
+
+def check_keys(file: Path, data: Any, known: Iterable[str], required: Iterable[str] = (), where: str = "",
+               fix: str = COPY_AGAIN) -> dict[str, Any]:
+    """`data` (read from `file`, at `where`: "" for the whole file, else a dotted key) as a dict whose keys are
+    all `known` and hold every `required` one; a BundleError naming the file and the key otherwise."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(data, dict):
+        raise BundleError(f"{file}: {where or 'the file'} is a JSON {type(data).__name__}, not an object with the "
+                          f"keys {', '.join(known)}; {fix}")
+    known = list(known)
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise BundleError(f"{file}: unknown key(s) {', '.join(prefix + k for k in unknown)} (known: "
+                          f"{', '.join(known)}); the bundle was written by another version of medusa or edited: "
+                          "rebuild it with this version (dvc repro ensemble)")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise BundleError(f"{file}: missing key(s) {', '.join(prefix + k for k in missing)}; {fix}")
+    return data
+
+
+def load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file of a bundle, on the CPU. BundleError naming the file when its header or
+    data cannot be read (safetensors' SafetensorError), and naming the tensor when one holds NaN or inf: such
+    weights give non-finite (or meaningless) probabilities and attributes without an error."""
+    try:
+        tensors = load_file(str(file), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise BundleError(f"{file}: not a readable safetensors file ({_first_line(e)}); {COPY_AGAIN}") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise BundleError(f"{file}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                                  f"{tensor.numel()}: the model would score every clip as NaN or inf; retrain it "
+                                  "(it diverged, or the file was edited) and rebuild the bundle (dvc repro ensemble)")
+    return tensors
+
+
+def check_member_config(file: Path, config: Any) -> dict[str, Any]:
+    """A member's config.json as the bundle reads it: known keys only (MEMBER_CONFIG_KEYS), encoders, pools and
+    the DeepSER architecture present and consistent, its classes those of its class outputs. BundleError naming
+    the file and key otherwise."""
+    fix = f"rebuild the bundle from a member trained by this version (dvc repro train@{file.parent.name} ensemble)"
+    check_keys(file, config, MEMBER_CONFIG_KEYS, MEMBER_CONFIG_REQUIRED, fix=fix)
+    deepser = check_keys(file, config["deepser"], [*DeepSERConfig.model_fields], ["input_dims"], "deepser", fix)
+    try:
+        DeepSERConfig.from_dict(deepser)
+    except (pydantic.ValidationError, TypeError) as e:
+        words = {"missing": "missing key", "extra_forbidden": "unknown key"}
+        problems = [f"deepser.{'.'.join(map(str, err['loc']))}: {words.get(err['type'], err['msg'])}"
+                    for err in e.errors()] if isinstance(e, pydantic.ValidationError) else [f"deepser: {_first_line(e)}"]
+        raise BundleError(f"{file}: {'; '.join(problems)}; {fix}") from None
+    encoders, pools = config["encoders"], config["pools"]
+    if not (isinstance(encoders, list) and all(isinstance(k, str) for k in encoders)):
+        raise BundleError(f"{file}: encoders is {encoders!r}, not a list of encoder keys; {fix}")
+    if not (isinstance(pools, list) and all(isinstance(p, int) and p >= 1 for p in pools)):
+        raise BundleError(f"{file}: pools is {pools!r}, not a list of whole numbers >= 1; {fix}")
+    if not len(encoders) == len(pools) == len(deepser["input_dims"]):
+        raise BundleError(f"{file}: {len(encoders)} encoders, {len(pools)} pools and {len(deepser['input_dims'])} "
+                          f"deepser.input_dims: one of each per encoder; {fix}")
+    try:
+        member_classes(config)
+    except ValueError as e:
+        raise BundleError(f"{file}: {e}; {fix}") from None
+    return config

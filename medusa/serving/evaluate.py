@@ -7,7 +7,9 @@ readers (and the same audio checks and 16 kHz conversion) as prepare. Scored: th
 the bundle's classes, with the scores every report uses (medusa.scoring.metrics.classification_scores: balanced
 macro-F1 with its interval, macro-F1, accuracy, per-class F1). Rows labelled with anything else (a class the
 bundle does not know, O, X) are counted per label in `not_scored`, with what the bundle predicted for them:
-reported, never dropped silently.
+reported, never dropped silently. --splits values match a CSV's `split` or an MSP Split_Set ignoring case; one
+that matches no labelled row is an error listing the splits there are. A label word the CSV reader cannot map is
+an error naming --label-map.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medusa.data.corpora.csv_manifest import read_csv_manifest
-from medusa.data.corpora.msp_podcast import CONSENSUS_NAMES, CorpusError, find_label_file, read_consensus
+from medusa.data.corpora.csv_manifest import LABEL_MAP_OPTION, read_csv_manifest
+from medusa.data.corpora.msp_podcast import CONSENSUS_NAMES, CorpusError, audio_files, find_label_file, read_consensus
 from medusa.labels import target_columns
 from medusa.scoring.metrics import classification_scores
 
@@ -32,26 +34,49 @@ class Evaluation:
 
 
 def corpus_rows(corpus: str | Path, label_map: dict[str, str], splits: list[str] | None = None) -> pd.DataFrame:
-    """utt_id, source, label (and, for a CSV, listed_at: file:line) of a corpus's labelled rows (CSV `split` values, or MSP Split_Set values, in `splits`
-    when given)."""
+    """utt_id, source, label (and, for a CSV, listed_at: file:line) of a corpus's labelled rows (CSV `split` values,
+    or MSP Split_Set values, in `splits` when given: matched ignoring case, as the CSV reader lower-cases its split
+    values; a value that matches no labelled row is a CorpusError listing the splits there are). Label words are
+    mapped by `label_map`, given as `--label-map` (named in the message on an unmapped word)."""
     corpus = Path(corpus)
     if corpus.suffix.lower() == ".csv":
-        rows = read_csv_manifest(corpus, label_map)
+        rows = read_csv_manifest(corpus, label_map, label_map_from=LABEL_MAP_OPTION)
         rows = rows[rows["label"].notna()]
         if splits:
-            rows = rows[rows["split"].isin(splits)]
+            rows = rows[_in_splits(rows["split"], splits, corpus, "`split`")]
     else:
         if not (corpus / "Audios").is_dir():
             raise CorpusError(f"{corpus}: not a CSV manifest nor a folder holding Audios/ and Labels/")
         consensus = read_consensus(find_label_file(corpus / "Labels", CONSENSUS_NAMES))
         if splits:
-            consensus = consensus[consensus["split_set"].isin(splits)]
+            consensus = consensus[_in_splits(consensus["split_set"], splits, corpus, "Split_Set")]
+        on_disk = audio_files(corpus / "Audios")  # the one listing of a corpus's audio (`X.WAV` is `X.wav`)
+        missing = sorted(set(consensus["file_name"]) - set(on_disk))
+        if missing:
+            raise CorpusError(f"{corpus / 'Audios'}: {len(missing)} labelled files are missing, e.g. {missing[:3]} "
+                              "(labelled in Labels/; restrict the rows with --splits, or restore the files)")
         rows = pd.DataFrame({"utt_id": consensus["file_name"].str.removesuffix(".wav"),
-                             "source": [str(corpus / "Audios" / f) for f in consensus["file_name"]],
+                             "source": [str(on_disk[f]) for f in consensus["file_name"]],
                              "label": consensus["label"]})
     if rows.empty:
         raise CorpusError(f"{corpus}: no labelled row" + (f" in split(s) {', '.join(splits)}" if splits else ""))
     return rows[["utt_id", "source", "label", *(["listed_at"] if "listed_at" in rows else [])]].reset_index(drop=True)
+
+
+def _in_splits(values: pd.Series, splits: list[str], corpus: Path, column: str) -> pd.Series:
+    """Rows whose split (`column`) is one of `splits`, ignoring case and spaces on both sides (the CSV reader
+    lower-cases its `split` cells: `--splits Test` must find a CSV's `Test` rows). A value that matches no row is
+    refused, listing the splits there are: scoring fewer rows than asked would pass silently."""
+    key = values.fillna("").astype(str).str.strip().str.lower()
+    wanted = {s.strip().lower(): s for s in splits}
+    unmatched = [given for low, given in wanted.items() if not (key == low).any()]
+    if unmatched:
+        present = values.fillna("").astype(str).str.strip().value_counts()
+        listed = ", ".join(f"{v} ({n} rows)" if v else f"none given ({n} rows: prepare derives their split, which "
+                           "evaluate cannot see; leave out --splits to score them)" for v, n in present.items())
+        raise CorpusError(f"{corpus}: --splits {' '.join(unmatched)} matches no labelled row's {column} (ignoring "
+                          f"case; there are: {listed or 'no labelled rows'})")
+    return key.isin(set(wanted)).to_numpy()
 
 
 def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None, splits: list[str] | None = None,

@@ -18,20 +18,21 @@ installed (and, for transcripts, another openai-whisper than the one that wrote 
 """
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from medusa.data.audio import AudioError, audio_info, load_audio
 from medusa.ensemble.meta import MetaClassifier, MetaConfig, Stacked, meta_predict
+from medusa.errors import UserError
 from medusa.features.encoders import build_encoder, kind_of
+from medusa.features.encoders.base import weights_error
 from medusa.labels import ATTRIBUTES, target_columns
 from medusa.model.dataset import batch_from_arrays, unscale_attributes
 from medusa.model.deepser import DeepSER
@@ -39,10 +40,20 @@ from medusa.model.linear_probe import PROBE_FILE, LinearProbe, pooled_means
 from medusa.model.members import MODEL_FILES, load_member, member_classes
 from medusa.model.training import autocast
 from medusa.serving.bundle import (
+    ASR_JSON_KEYS,
+    ASR_REQUIRED,
+    COPY_AGAIN,
+    ENCODER_ENTRY_KEYS,
+    ENCODER_ENTRY_REQUIRED,
+    META_JSON_KEYS,
     BundleError,
     check_classes,
+    check_keys,
+    check_member_config,
     installed_version,
+    load_tensors,
     major_minor,
+    read_bundle_json,
     read_probe,
     verify_manifest,
 )
@@ -50,6 +61,11 @@ from medusa.serving.bundle import (
 log = logging.getLogger(__name__)
 
 WHISPER_MAX_SECONDS = 30.0
+
+
+class ClipError(UserError, ValueError):
+    """A clip the bundle cannot score: its features or the bundle's outputs for it are not finite. The message
+    names the clip; `medusa predict` gives its row this error and scores the other clips."""
 
 
 @dataclass
@@ -165,10 +181,12 @@ class Bundle:
             attrs[idx] = a.float().cpu().numpy()
         return probs, unscale_attributes(attrs)
 
-    def predict_all(self, features: Mapping[str, list[np.ndarray]]
+    def predict_all(self, features: Mapping[str, list[np.ndarray]], names: list[str] | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Ensemble class probabilities (N, C), the members' (N, M, C), and the ensemble's attributes (N, 3;
-        1..7 scale) when its meta-classifier predicts them (else None); C = the bundle's classes, in order."""
+        1..7 scale) when its meta-classifier predicts them (else None); C = the bundle's classes, in order.
+        Never a NaN or inf: ClipError naming the clips (`names`, default "utterance <i>") whose values are not
+        finite."""
         n = self._check_features(features)
         m, c = len(self.members), len(self.classes)
         if n == 0:
@@ -181,12 +199,36 @@ class Bundle:
                           attributes=np.stack([a for _, a in outputs], 1), labels=np.full(n, None, dtype=object),
                           probe_probs=probe_probs, classes=self.classes)
         probs, attrs = meta_predict(self.meta, stacked)
+        self._check_finite(names, probabilities=probs, attributes=attrs, member_probabilities=stacked.probs,
+                           member_attributes=stacked.attributes, probe_probabilities=probe_probs)
         return probs, stacked.probs, attrs
 
-    def predict_features(self, features: Mapping[str, list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    def _check_finite(self, names: list[str] | None, **outputs: np.ndarray | None) -> None:
+        """ClipError naming every clip (row) of which one of `outputs` is NaN or inf: the weights are finite
+        (load_bundle), so the clip's features took a model out of range; its row must say so, not hold a NaN."""
+        bad: set[int] = set()
+        kinds: dict[str, None] = {}
+        for what, values in outputs.items():
+            if values is None:
+                continue
+            rows = ~np.isfinite(np.asarray(values, dtype=np.float64)).reshape(len(values), -1).all(1)
+            if rows.any():
+                bad.update(int(i) for i in np.flatnonzero(rows))
+                kinds[what.replace("_", " ")] = None
+        if bad:
+            label = [names[i] if names else f"utterance {i}" for i in sorted(bad)]
+            shown = ", ".join(label[:5]) + (f" and {len(label) - 5} more" if len(label) > 5 else "")
+            this = "this clip" if len(label) == 1 else "these clips"
+            raise ClipError(f"{shown}: the bundle {self.path} gives values that are not finite (NaN or inf) for "
+                            f"{this}, in its {', '.join(kinds)}: not scored (the clip's features are out of the "
+                            "range the models handle; check the audio)")
+
+    def predict_features(self, features: Mapping[str, list[np.ndarray]], names: list[str] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
         """From frame sequences per encoder key ((T_i, dim) each, the same utterance order for every key):
-        the ensemble's class probabilities (N, C) and the members' (N, M, C), over the bundle's classes in order."""
-        probs, member_probs, _ = self.predict_all(features)
+        the ensemble's class probabilities (N, C) and the members' (N, M, C), over the bundle's classes in order
+        (ClipError naming a clip, `names`, whose values are not finite)."""
+        probs, member_probs, _ = self.predict_all(features, names)
         return probs, member_probs
 
     # ---- audio -> features
@@ -201,7 +243,15 @@ class Bundle:
         if self.asr is None:
             raise BundleError(f"{self.path}: the bundle has no ASR settings (asr.json is null)")
         device = self._device(device)
-        model = load_whisper(self.asr["model"], cache_dir, device)
+        try:
+            model = load_whisper(self.asr["model"], cache_dir, device)
+        except FileNotFoundError as e:  # the message would send the user to params.yaml: the bundle names it
+            cause = e.__context__ or e
+            raise BundleError(f"{self.path / 'asr.json'}: model: cannot load the Whisper ASR weights "
+                              f"{self.asr['model']!r} ({type(cause).__name__}: {str(cause).splitlines()[0][:200]}); "
+                              "the bundle was built where they are: copy the checkpoint to that path here, or "
+                              "rebuild the bundle with transcribe.model naming a checkpoint this machine has "
+                              "(dvc repro ensemble)") from None
         pad_seconds = float(self.asr["pad_seconds"])
         texts = [""] * len(audios)
         batches = asr_batches([f"{i:09d}" for i in range(len(audios))], [len(a) / 16000 for a in audios],
@@ -231,8 +281,7 @@ class Bundle:
         features: dict[str, list[np.ndarray]] = {}
         for key in self.encoder_keys:
             e = self.encoders[key]
-            encoder = build_encoder(key, e["family"], e["model"], e["layers"], device, cache_dir,
-                                    float(e.get("pad_seconds", 0.0)))
+            encoder = self._build_encoder(key, device, cache_dir)
             if encoder.dim != self._dims[key]:
                 raise BundleError(f"encoder {key!r} ({e['family']} {e['model']!r}) gives {encoder.dim}-d frames, "
                                   f"the members were trained on {self._dims[key]}-d ones")
@@ -257,6 +306,19 @@ class Bundle:
                 torch.cuda.empty_cache()  # the next encoder may be as large
         return features
 
+    def _build_encoder(self, key: str, device: torch.device, cache_dir: str | Path):
+        """The encoder of encoders.json's entry `key`. Weights that are not on this machine are blamed on the
+        bundle's file and key, not on params.yaml (which the encoder's own message names)."""
+        e = self.encoders[key]
+        try:
+            return build_encoder(key, e["family"], e["model"], e["layers"], device, cache_dir,
+                                 float(e.get("pad_seconds", 0.0)))
+        except FileNotFoundError as error:  # EncoderWeightsError; Whisper's load_whisper: a FileNotFoundError
+            # the library's own exception (load_whisper's and weights_error's are raised `from None`)
+            cause = getattr(error, "cause", None) or error.__context__ or error
+            raise weights_error(e["family"], e["model"], key, cause, source=str(self.path / "encoders.json")
+                                ) from None
+
     def predict_clips(self, audios: list[np.ndarray], names: list[str] | None = None,
                       cache_dir: str | Path = "work/cache", device: torch.device | str | None = None
                       ) -> tuple[list[str] | None, np.ndarray, np.ndarray | None]:
@@ -264,7 +326,8 @@ class Bundle:
         when no member reads text), the ensemble's class probabilities (N, C) over the bundle's classes, and its
         attributes (N, 3; 1..7 scale) when the meta-classifier predicts them (else None). Each clip's outputs
         depend on that clip alone (up to float noise), whatever else is in the call. `names` label clips in error
-        messages; AudioError naming the clip if one is longer than the Whisper encoder takes."""
+        messages; AudioError naming the clip if one is longer than the Whisper encoder takes, ClipError if its
+        features or outputs are not finite."""
         names = names or [f"clip {i}" for i in range(len(audios))]
         whisper_keys = self.whisper_keys
         if whisper_keys:
@@ -275,7 +338,7 @@ class Bundle:
                                      "(cut it into shorter segments)")
         texts = self.transcribe(audios, cache_dir, device) if self.needs_asr else None
         features = self.encode(audios, texts, cache_dir, device, names=names)
-        probs, _, attrs = self.predict_all(features)
+        probs, _, attrs = self.predict_all(features, names)
         return texts, probs, attrs
 
     def predict_audio(self, paths: list[str | Path], cache_dir: str | Path = "work/cache",
@@ -331,8 +394,8 @@ def _as_stored(frames: np.ndarray, key: str, name: str) -> np.ndarray:
     """Frames as a feature store would give them back (float16): the members never saw more precision."""
     x = np.asarray(frames, dtype=np.float32).astype(np.float16)
     if not np.isfinite(x).all():
-        raise ValueError(f"{name}: encoder {key!r} gives values float16 cannot hold (NaN, inf or |x| > 65504); "
-                         "the extract stage would have refused them too")
+        raise ClipError(f"{name}: encoder {key!r} gives values float16 cannot hold (NaN, inf or |x| > 65504); "
+                        "the extract stage would have refused them too (check the audio)")
     return x
 
 
@@ -374,6 +437,11 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
     """A bundle written by save_bundle, after verifying every file against its manifest (BundleError names a
     missing or changed file). The members run on `device`; the meta-classifier stays on the CPU.
 
+    Every file is checked as it is read, with a BundleError naming the file and the key or tensor: JSON that is
+    not JSON, a key this version does not know or a missing one (meta.json, encoders.json, asr.json, each
+    member's config.json and probe.json), a safetensors file whose header or data cannot be read, and any tensor
+    of any safetensors file of the bundle that holds NaN or inf (the members would score every clip as NaN).
+
     BundleError if the installed transformers / openai-whisper / opensmile differ in major.minor from those that
     made the members' features (`version_mismatches`): other versions may compute other features, and the
     members would give wrong probabilities without an error. `allow_version_mismatch=True` loads it anyway,
@@ -385,17 +453,30 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
     manifest = verify_manifest(path)
     if "meta.json" not in manifest["files"]:
         raise BundleError(f"{path / 'meta.json'}: not listed in the bundle's manifest")
-    meta_info = json.loads((path / "meta.json").read_text())
-    names = list(meta_info["members"])
+    meta_file = path / "meta.json"
+    meta_info = check_keys(meta_file, read_bundle_json(meta_file), META_JSON_KEYS, META_JSON_KEYS)
+    names = meta_info["members"]
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n and n == Path(n).name
+                                                      and n not in (".", "..") for n in names)
+            and len(set(names)) == len(names)):
+        raise BundleError(f"{meta_file}: members is {names!r}, not a list of distinct member folder names; "
+                          f"{COPY_AGAIN}")
     required = ["meta.safetensors", "encoders.json", "asr.json",
                 *(f"members/{n}/{f}" for n in names for f in MODEL_FILES)]
     unlisted = [f for f in required if f not in manifest["files"]]
     if unlisted:
         raise BundleError(f"{path / unlisted[0]}: not listed in the bundle's manifest (a file the bundle needs "
                           "must be checksummed)")
-    cfg = MetaConfig.from_saved(meta_info["config"])
+    # every safetensors file the manifest lists (members, meta-classifier, any other): readable, finite. Only the
+    # meta-classifier's tensors are kept: load_member reads a member's again (keeping them would double the memory)
+    meta_state: dict[str, torch.Tensor] = {}
+    for rel in manifest["files"]:
+        if rel.endswith(".safetensors"):
+            state = load_tensors(path / rel)
+            meta_state = state if rel == "meta.safetensors" else meta_state
+    cfg = _meta_config(meta_file, meta_info["config"])
     if cfg.n_models != len(names):
-        raise BundleError(f"{path / 'meta.json'}: the meta-classifier takes {cfg.n_models} member(s), "
+        raise BundleError(f"{meta_file}: the meta-classifier takes {cfg.n_models} member(s), "
                           f"{len(names)} are listed")
     if cfg.include_probes:
         unlisted = [n for n in names if f"members/{n}/{PROBE_FILE}" not in manifest["files"]]
@@ -403,20 +484,32 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
             raise BundleError(f"{path / 'members' / unlisted[0] / PROBE_FILE}: the meta-classifier reads the "
                               f"members' probe posteriors (include_probes) but the bundle has no probe for member "
                               f"{unlisted[0]!r}; write the bundle again (dvc repro ensemble)")
-    meta = MetaClassifier(cfg)
-    meta.load_state_dict(load_file(str(path / "meta.safetensors"), device="cpu"))
-    members = [Member(n, *load_member(path / "members" / n, device)) for n in names]
+    try:
+        meta = MetaClassifier(cfg)
+        meta.load_state_dict(meta_state)
+    except (RuntimeError, TypeError, ValueError) as e:  # shapes or names of another config's weights
+        if isinstance(e, RuntimeError) and "state_dict" not in str(e):
+            raise  # not about the weights (e.g. out of memory): a bug or the machine, not the bundle
+        raise BundleError(f"{path / 'meta.safetensors'}: not the weights of the meta-classifier meta.json "
+                          f"describes ({_one_line(e)}); {COPY_AGAIN}") from None
+    members = [Member(n, *_load_member(path / "members" / n, device)) for n in names]
     check_classes(cfg.classes, {m.name: m.config for m in members}, path)
     for m in members if cfg.include_probes else []:
         m.probe = read_probe(path / "members" / m.name, m.config)
-    encoders = json.loads((path / "encoders.json").read_text())
-    asr = json.loads((path / "asr.json").read_text())
+    encoders_file, asr_file = path / "encoders.json", path / "asr.json"
+    encoders = check_keys(encoders_file, read_bundle_json(encoders_file),
+                          dict.fromkeys(k for m in members for k in m.encoders))
+    for key, entry in encoders.items():
+        check_keys(encoders_file, entry, ENCODER_ENTRY_KEYS, ENCODER_ENTRY_REQUIRED, key)
+    asr = read_bundle_json(asr_file)
+    if asr is not None:
+        check_keys(asr_file, asr, ASR_JSON_KEYS, ASR_REQUIRED)
     missing = sorted({k for m in members for k in m.encoders} - set(encoders))
     if missing:
-        raise BundleError(f"{path / 'encoders.json'}: no entry for encoder(s) {', '.join(missing)}")
+        raise BundleError(f"{encoders_file}: no entry for encoder(s) {', '.join(missing)}")
     bundle = Bundle(path, meta.eval(), members, encoders, asr, manifest, device)
     if bundle.needs_asr and asr is None:
-        raise BundleError(f"{path / 'asr.json'}: a member reads transcripts but the bundle has no ASR settings")
+        raise BundleError(f"{asr_file}: a member reads transcripts but the bundle has no ASR settings")
     problems = version_mismatches(bundle)
     if problems and not allow_version_mismatch:
         raise BundleError(f"{path}: the installed libraries differ from those that made the members' features "
@@ -427,3 +520,37 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
         log.warning("%s: scoring with other library versions than those that made the features (allowed): %s",
                     path, "; ".join(problems))
     return bundle
+
+
+def _one_line(error: BaseException) -> str:
+    """A library exception's message on one line (load_state_dict's lists a problem per line), shortened."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _meta_config(file: Path, config: object) -> MetaConfig:
+    """meta.json's `config`: MetaConfig's fields (and the former use_attributes), none missing but those that
+    bundles written before them lack (MetaConfig.from_saved); BundleError naming the file and key otherwise."""
+    check_keys(file, config, [*(f.name for f in fields(MetaConfig)), "use_attributes"], where="config")
+    try:
+        return MetaConfig.from_saved(config)  # type: ignore[arg-type]
+    except TypeError as e:  # a required field missing (the dataclass's message names it)
+        missing = [k for k in re.findall(r"'(\w+)'", str(e)) if k in {f.name for f in fields(MetaConfig)}]
+        what = f"missing key(s) {', '.join('config.' + k for k in missing)}" if missing else f"config: {_one_line(e)}"
+        raise BundleError(f"{file}: {what}; {COPY_AGAIN}") from None
+
+
+def _load_member(folder: Path, device: torch.device) -> tuple[DeepSER, dict]:
+    """A member of the bundle (medusa.model.members.load_member) after its config.json passed
+    bundle.check_member_config; BundleError naming the file if the weights do not fit the config."""
+    config_file = folder / "config.json"
+    check_member_config(config_file, read_bundle_json(config_file))
+    try:
+        return load_member(folder, device)
+    except (ValueError, RuntimeError) as e:  # missing, extra or misshapen weights
+        if isinstance(e, RuntimeError) and "state_dict" not in str(e):
+            raise  # not about the weights (e.g. CUDA out of memory): a bug or the machine, not the bundle
+        text = _one_line(e)
+        raise BundleError(text if text.startswith(str(folder)) else
+                          f"{folder / 'model.safetensors'}: not the weights of the model config.json describes "
+                          f"({text}); {COPY_AGAIN}") from None

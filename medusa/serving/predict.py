@@ -10,7 +10,9 @@ and length, in files, folders or list files, each bad file reported in its own r
 
 Inputs. A file is read whatever its extension; a folder stands for the audio files under it (subfolders too;
 AUDIO_EXTENSIONS, any case; hidden files and folders skipped; sorted by path); `@list.txt` for the paths it lists,
-one a line, relative to the list file's folder (blank lines and `#` comments skipped; a listed folder is expanded).
+one a line, relative to the list file's folder (UTF-8, a BOM allowed; blank lines and `#` comments skipped; a listed
+folder is expanded). A path that names nothing (missing, a broken symbolic link, also one found in a folder) gets
+its own error row, as an unreadable file does.
 Every file goes through medusa.data.audio.read_any: channels averaged, resampled to 16 kHz with soxr, exactly as the
 pipeline converts a corpus, so a file and its own 16 kHz mono conversion get the same probabilities.
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -50,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from medusa.data.audio import MIN_SECONDS, SAMPLE_RATE, AudioError, check_min_duration, read_any, to_mono_16k
+from medusa.errors import UserError
 from medusa.labels import ATTRIBUTES, target_columns
 
 if TYPE_CHECKING:
@@ -76,17 +80,36 @@ DEFAULT_BATCH_SIZE = 64
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
 
 
-class PredictError(ValueError):
-    """A request the Predictor cannot do as asked (a window, hop or batch size out of range, an unknown output
-    format); the message says what is allowed. Bad audio is never this: it is reported in its file's row."""
+class PredictError(UserError, ValueError):
+    """A request the Predictor cannot do as asked (a window, hop or batch size out of range, an output of unknown
+    format or that cannot be a file); the message says what is allowed. Bad audio is never this: it is reported in its file's row."""
+
+
+def output_file_problem(out: str | Path) -> str | None:
+    """Why `out` cannot become a file (an existing folder, or a path below a file; missing folders above it are
+    made when it is written), as `<out>: <what> (<how to fix>)`; None when it can. Cheap: a command says it before
+    any model loads, instead of after scoring everything."""
+    path = Path(out)
+    if path.is_dir():
+        return f"{out}: is a folder, not a file (give a file name, e.g. {path / 'predictions'}{path.suffix})"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{out}: cannot be written: {parent} is a file, not a folder (choose another path)"
+            break
+    return None
 
 
 def check_output_path(out: str | Path) -> str:
-    """The format of an output file by its suffix (csv, json or parquet); PredictError naming it otherwise."""
+    """The format of an output file by its suffix (csv, json or parquet). PredictError naming it for another
+    suffix, and for a path that cannot become a file (output_file_problem)."""
     suffix = Path(out).suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
         raise PredictError(f"{out}: cannot write predictions as {suffix or 'a file without suffix'!r}; the output "
                            f"must end in {', '.join(OUTPUT_SUFFIXES)}")
+    problem = output_file_problem(out)
+    if problem is not None:
+        raise PredictError(problem)
     return suffix[1:]
 
 
@@ -159,23 +182,46 @@ def _is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
+def _broken_link(path: Path) -> str | None:
+    """`broken symbolic link -> TARGET` for a symbolic link whose target does not exist (or a loop), else None."""
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"broken symbolic link -> {target}"
+
+
 def _folder_files(folder: Path) -> list[Path]:
+    """The audio files under `folder`, and the broken links among the audio names (each gets its error row: a
+    file the user put there must not vanish from the output without a word)."""
     found = [p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
-             and not _is_hidden(p.relative_to(folder)) and p.is_file()]
+             and not _is_hidden(p.relative_to(folder)) and (p.is_file() or _broken_link(p))]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _expand_path(path: Path, where: str | None) -> list[Source]:
+def _file_source(path: Path, where: str | None) -> Source:
+    """A path that is not a folder: a file to read, or the problem that it names nothing."""
     at = f" (listed at {where})" if where else ""
+    broken = _broken_link(path)
+    if broken is not None:
+        return Source(str(path), where, f"{path}: {broken}{at} (the file it points to does not exist; fix or "
+                                        "remove the link)")
+    if not path.exists():
+        return Source(str(path), where, f"{path}: no such file or folder{at}")
+    return Source(str(path), where)
+
+
+def _expand_path(path: Path, where: str | None) -> list[Source]:
     if path.is_dir():
         files = _folder_files(path)
         if not files:
+            at = f" (listed at {where})" if where else ""
             return [Source(str(path), where, f"{path}: a folder without audio files{at} (looked for "
                                               f"{' '.join(AUDIO_EXTENSIONS)}, in subfolders too)")]
-        return [Source(str(p), where) for p in files]
-    if not path.exists():
-        return [Source(str(path), where, f"{path}: no such file or folder{at}")]
-    return [Source(str(path), where)]
+        return [_file_source(p, where) for p in files]
+    return [_file_source(path, where)]
 
 
 def _expand_list(list_file: Path) -> list[Source]:
@@ -200,7 +246,8 @@ def _expand_list(list_file: Path) -> list[Source]:
 def expand_inputs(paths: Iterable[str | Path]) -> list[Source]:
     """The audio inputs that `paths` stand for, in order: files as given, folders expanded (recursively,
     AUDIO_EXTENSIONS, sorted), `@list.txt` replaced by the paths it lists (relative to its folder). A missing path,
-    an unreadable list or a folder without audio becomes a Source with its `problem`, reported in its row."""
+    a broken symbolic link (given, listed or in a folder), an unreadable or empty list or a folder without audio
+    becomes a Source with its `problem`, reported in its row."""
     sources: list[Source] = []
     for p in paths:
         text = str(p)
@@ -458,5 +505,5 @@ def _array_samples(frames: np.ndarray, sample_rate: int | float, name: str) -> n
 
 
 __all__ = ["AUDIO_EXTENSIONS", "DEFAULT_BATCH_SIZE", "OUTPUT_SUFFIXES", "SHORT_SECONDS", "SILENCE_DBFS",
-           "PredictError", "Predictor", "Source", "check_output_path", "clip_warning", "expand_inputs", "rms_dbfs",
-           "window_starts", "write_predictions"]
+           "PredictError", "Predictor", "Source", "check_output_path", "clip_warning", "expand_inputs",
+           "output_file_problem", "rms_dbfs", "window_starts", "write_predictions"]

@@ -8,32 +8,39 @@ from a CSV of exactly this form:
     ...
 
 one row per blind file, EmoClass one letter of A S H U F D C N. In an MSP-layout corpus (medusa.data.corpora.msp_podcast)
-the blind files are the Audios/*.wav without a row in the consensus label file, the same rule the manifest uses
-for its `split == "blind"` rows (utt_id = the file's stem).
+the blind files are the Audios/*.wav (the extension in any case: msp_podcast.audio_files) without a row in the
+consensus label file, the same rule the manifest uses for its `split == "blind"` rows (utt_id = the file's stem).
 
 Two ways to a submission: the ensemble stage's stored posteriors (submission_from_posteriors, no audio read again)
-or a bundle run on the corpus's blind audio (submission_from_bundle). Either frame goes through
-write_submission, which refuses a file the scorer would reject or score wrongly: a blind file missing or twice,
-a file that is not blind, a letter outside the 8.
+or a bundle run on the corpus's blind audio (submission_from_bundle, which reads and scores the files as
+`medusa predict` does). Either frame goes through write_submission, which refuses a file the scorer would reject or
+score wrongly: a blind file missing or twice, a file that is not blind, a letter outside the 8.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
-from medusa.data.corpora.msp_podcast import CONSENSUS_NAMES, CorpusError, find_label_file, read_consensus
+from medusa.data.corpora.msp_podcast import CONSENSUS_NAMES, CorpusError, audio_files, find_label_file, read_consensus
+from medusa.errors import UserError
 from medusa.io import atomic_path
 from medusa.labels import CODES, classes_of, target_columns
 
 HEADER = ("FileName", "EmoClass")
 #: How many names of each kind an error message lists (a wrong corpus can miss thousands).
 SHOWN = 5
+#: How many unscorable blind files an error message lists with their reasons, one a line.
+SHOWN_REASONS = 20
+
+log = logging.getLogger(__name__)
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """The submission cannot be made or would be rejected; the message names the folder, files or rows."""
 
 
@@ -45,7 +52,8 @@ def _some(names: Iterable[str]) -> str:
 
 def blind_files(corpus: str | Path) -> list[str]:
     """Sorted file names (`MSP-PODCAST_test3_0001.wav`, ...) of the blind audio of an MSP-layout folder: the
-    Audios/*.wav without a consensus row. Labelled files of any Split_Set (also those prepare leaves out, such as
+    Audios/*.wav without a consensus row, as the label files name them (a file `X.WAV` on disk is `X.wav`: the
+    listing is msp_podcast.audio_files). Labelled files of any Split_Set (also those prepare leaves out, such as
     Test1) are not blind: the challenge scores only the unlabelled ones.
     SubmissionError naming the folder when it is not an MSP-layout folder or holds no blind file; CorpusError
     (naming the file and line) when its consensus file is malformed."""
@@ -65,7 +73,7 @@ def blind_files(corpus: str | Path) -> list[str]:
         raise SubmissionError(f"{corpus}: no consensus label file ({e}); the blind files are the audio without "
                               "a consensus row, so it is needed") from None
     labelled = set(read_consensus(label_file)["file_name"])
-    blind = sorted(f.name for f in audio_dir.glob("*.wav") if f.name not in labelled)
+    blind = sorted(name for name in audio_files(audio_dir) if name not in labelled)
     if not blind:
         raise SubmissionError(f"{corpus}: no blind audio (every file in {audio_dir} has a row in {label_file.name}); "
                               "put the challenge's test audio in Audios/ to predict it")
@@ -108,14 +116,42 @@ def submission_from_posteriors(posteriors: pd.DataFrame) -> pd.DataFrame:
 
 
 def submission_from_bundle(bundle, corpus: str | Path, cache_dir: str | Path = "work/cache",
-                           names: list[str] | None = None) -> pd.DataFrame:
-    """The submission of a loaded medusa.serving.inference.Bundle run on every blind file of an MSP-layout corpus, read as
-    MSP ships it (16 kHz wav; predict_audio names a file of another rate). One predict_audio call: its batches
-    are length-sorted, so one call predicts as the pipeline does; `cache_dir` holds its ASR/encoder caches."""
+                           names: list[str] | None = None, *, progress: bool = False) -> pd.DataFrame:
+    """The submission of a predict bundle run on every blind file of an MSP-layout corpus. The files are read and
+    scored exactly as `medusa predict` reads and scores them (medusa.serving.predict.Predictor.predict_files: any
+    format, rate or channel count converted to 16 kHz mono; a file longer than 30 s scored as the mean of its
+    windows), found on disk by msp_podcast.audio_files (so the blind file `X.wav` may be `X.WAV` there).
+
+    `bundle`: a loaded medusa.serving.inference.Bundle (scored with its ASR/encoder caches in `cache_dir`) or a
+    Predictor; `names`: the blind files (default blind_files(corpus); pass the caller's list when it has one).
+    Every file is scored; if any could not be (missing, unreadable, empty, too short, non-finite output),
+    SubmissionError naming each one with its reason, one a line: the challenge needs a class for every blind file,
+    so no submission is made without one."""
+    from medusa.serving.predict import Predictor  # pulls in the audio and bundle code only when scoring
+
     corpus = Path(corpus)
-    names = blind_files(corpus) if names is None else names  # the caller's list, when it already has one
-    frame = bundle.predict_audio([corpus / "Audios" / n for n in names], cache_dir=cache_dir)
-    return submission_frame(frame["utt_id"].astype(str), frame["predicted"])
+    names = blind_files(corpus) if names is None else [str(n) for n in names]
+    audio_dir = corpus / "Audios"
+    on_disk = audio_files(audio_dir) if audio_dir.is_dir() else {}
+    paths = [on_disk.get(n, audio_dir / n) for n in names]  # a name not on disk gets its "no such file" row
+    predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, Path(cache_dir))
+    frame = predictor.predict_files(paths, progress=progress)
+    files = frame[frame["level"] == "file"].reset_index(drop=True)
+    assert len(files) == len(paths), f"{len(paths)} blind files gave {len(files)} file rows"  # one row a file
+    columns = list(target_columns(predictor.classes))
+    problems = [str(e) if pd.notna(e) else f"{path}: the bundle gave non-finite probabilities"
+                for path, e, finite in zip(paths, files["error"], np.isfinite(files[columns].to_numpy(float)).all(1))
+                if pd.notna(e) or not finite]
+    if problems:
+        shown = problems[:SHOWN_REASONS] + ([f"... ({len(problems)} in all)"] if len(problems) > SHOWN_REASONS else [])
+        raise SubmissionError(f"{corpus}: {len(problems)} of {len(names)} blind file(s) could not be scored, so no "
+                              "submission was made (the challenge needs a class for every blind file: repair or "
+                              "replace them):\n" + "\n".join(f"  {p}" for p in shown))
+    warned = [f"{n} ({w})" for n, w in zip(names, files["warning"]) if pd.notna(w)]
+    if warned:
+        log.warning("%d blind file(s) scored with a warning, their classes deserve suspicion: %s", len(warned),
+                    _some(warned))
+    return submission_frame([Path(n).stem for n in names], files["predicted"])
 
 
 def validate_submission(frame: pd.DataFrame, blind: Iterable[str]) -> None:

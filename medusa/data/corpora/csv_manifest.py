@@ -14,7 +14,8 @@ Columns (a header row; any order; UTF-8, a BOM is fine):
     votes       optional. The annotators' primary votes, `angry:3;neutral:1` (words as for label): the soft
                 target is their distribution over the run's classes (Other votes dropped, as in MSP-Podcast).
                 Without it the soft target is the label's one-hot.
-Every error names the file, the line and the value; all unmapped label words are listed at once.
+Every error names the file, the line and the value; all unmapped label words are listed at once, with how to map
+them where the map is given (prepare.label_map in params.yaml, or `medusa evaluate --label-map`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ REQUIRED = ("path", "label", "speaker")
 OPTIONAL = ("utt_id", "split", "gender", "transcript", *ATTRIBUTES, "votes")
 SPLIT_VALUES = ("train", "dev", "test", "blind")
 UNKNOWN = "Unknown"
+#: Where a label map comes from (read_csv_manifest's label_map_from): prepare's setting, or evaluate's option.
+LABEL_MAP_PARAMS, LABEL_MAP_OPTION = "prepare.label_map", "--label-map"
 
 
 def label_code(word: str, label_map: dict[str, str]) -> str | None:
@@ -63,7 +66,11 @@ def _rating(text: str, where: str, column: str) -> float:
 
 def _votes(text: str, where: str, label_map: dict[str, str], unmapped: dict[str, list[int]], line: int
            ) -> list[str]:
-    """`angry:3;neutral:1` -> ["A", "A", "A", "N"]; unknown words are collected in `unmapped`."""
+    """`angry:3;neutral:1` -> ["A", "A", "A", "N"]; unknown words are collected in `unmapped`. Entries are
+    separated by `;`: `angry:3,sad:1` is a syntax error, not a word `angry:3,sad` to map."""
+    if "," in text:
+        raise CorpusError(f"{where}: votes {text!r}: entries are separated by `;`, not `,` (write "
+                          f"{';'.join(p.strip() for p in text.split(','))!r})")
     codes: list[str] = []
     for part in (p.strip() for p in text.split(";")):
         if not part:
@@ -82,10 +89,15 @@ def _votes(text: str, where: str, label_map: dict[str, str], unmapped: dict[str,
     return codes
 
 
-def read_csv_manifest(path: str | Path, label_map: dict[str, str]) -> pd.DataFrame:
+def read_csv_manifest(path: str | Path, label_map: dict[str, str], *, label_map_from: str) -> pd.DataFrame:
     """The corpus's rows in the form medusa.data.corpora.manifest assembles: utt_id, source, speaker, gender, split
     ("" = derive), label (code, O, X or None), votes (list of codes; None = no votes column), attributes,
-    ref_text. Checks columns, labels, ratings, duplicates and that every audio file exists."""
+    ref_text. Checks columns, labels, ratings, duplicates (the same recording under two spellings included: paths
+    are compared resolved) and that every audio file exists. `label_map_from`: where `label_map` was given,
+    LABEL_MAP_PARAMS (prepare.label_map in params.yaml) or LABEL_MAP_OPTION (`medusa evaluate --label-map`): the
+    message on an unmapped label word says how to map it there."""
+    if label_map_from not in (LABEL_MAP_PARAMS, LABEL_MAP_OPTION):
+        raise ValueError(f"label_map_from: {LABEL_MAP_PARAMS!r} or {LABEL_MAP_OPTION!r}, got {label_map_from!r}")
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: prepare.corpus names no such file")
@@ -96,48 +108,114 @@ def read_csv_manifest(path: str | Path, label_map: dict[str, str]) -> pd.DataFra
                           "UTF-8") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(reader, [])]
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise CorpusError(f"{path}:1: the header lacks column(s) {', '.join(missing)} (required: "
-                          f"{', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)}; got: {', '.join(header)})")
-    unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
-    if unknown or len(set(header)) != len(header):
-        twice = [c for c, n in Counter(header).items() if n > 1]
-        raise CorpusError(f"{path}:1: unknown or repeated column(s) {', '.join(unknown + twice)} (known: "
-                          f"{', '.join(REQUIRED + OPTIONAL)}); rename or drop them")
-    rows, lines, unmapped = [], [], {}
+    records = []  # (line, fields) of each non-empty record: the line it starts on (a quoted cell may span lines)
     while True:
-        line = reader.line_num + 1  # where the next record starts (a quoted cell may span several lines)
+        line = reader.line_num + 1
         fields = next(reader, None)
         if fields is None:
             break
-        if not any(f.strip() for f in fields):
-            continue
+        if any(f.strip() for f in fields):
+            records.append((line, fields))
+    _check_header(header, records, path)
+    rows, lines, unmapped = [], [], {}
+    for line, fields in records:
         if len(fields) != len(header):
-            raise CorpusError(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
+            raise CorpusError(f"{path}:{line}: expected {len(header)} fields ({', '.join(header)}), got "
+                              f"{len(fields)}{_field_hint(header, fields)}")
         rows.append(_row(dict(zip(header, fields)), f"{path}:{line}", path.parent, label_map, unmapped, line))
         lines.append(line)
     if unmapped:
         listed = "; ".join(f"{w!r} ({len(ls)} rows, first on line {ls[0]})" for w, ls in sorted(unmapped.items()))
         first = min(ls[0] for ls in unmapped.values())
-        raise CorpusError(f"{path}:{first}: label word(s) that are not a class code or name: {listed}. Map each in "
-                          "params.yaml, e.g. prepare.label_map: {boredom: O, calm: N} (O = other, X = no agreement)")
+        word = min(unmapped, key=lambda w: unmapped[w][0])
+        how = (f"with --label-map, e.g. --label-map {_shell_word(word)}=O (one WORD=CODE per word)"
+               if label_map_from == LABEL_MAP_OPTION else
+               f"in params.yaml, e.g. prepare.label_map: {{{_yaml_word(word)}: O}}")
+        raise CorpusError(f"{path}:{first}: label word(s) that are not a class code or name: {listed}. Map each "
+                          f"to a code of {' '.join(CONSENSUS_CODES)} {how} (O = other, X = no agreement)")
     if not rows:
         raise CorpusError(f"{path}: no rows")
     table = pd.DataFrame(rows)
     table["line"] = lines
     if "votes" not in header:
         table["votes"] = None
-    _refuse_repeats(table, path, "source", "the audio file")
-    _refuse_repeats(table, path, "utt_id", "the utterance name (the file name without extension; give a "
-                                           "`utt_id` column to tell them apart)")
+    _refuse_same_audio(table, path)
+    _refuse_repeated_names(table, path)
+    folders = table[[Path(s).is_dir() for s in table["source"]]]
+    if len(folders):
+        first = folders.iloc[0]
+        raise CorpusError(f"{path}:{first['line']}: path {first['path_cell']!r} is a folder, not an audio file "
+                          f"({first['source']}; {len(folders)} such rows): a row names one recording (list the "
+                          "folder's files one per row)")
     absent = table[[not Path(s).is_file() for s in table["source"]]]
     if len(absent):
         first = absent.iloc[0]
         raise CorpusError(f"{path}:{first['line']}: audio file not found: {first['source']} ({len(absent)} of "
                           f"{len(table)} files are missing; paths are relative to {path.parent})")
     table["listed_at"] = [f"{path}:{line}" for line in table["line"]]  # named in audio errors (prepare_audio)
-    return table.drop(columns="line")
+    return table.drop(columns=["line", "path_cell"])
+
+
+def _check_header(header: list[str], records: list[tuple[int, list[str]]], path: Path) -> None:
+    """Required columns present, none unknown, repeated or without a name (a trailing comma on every line is an
+    empty column name: said so, not listed as an invisible unknown column)."""
+    if "" in header:
+        at = header.index("")
+        if at == len(header) - 1 and len(header) > 1:
+            every = bool(records) and all(len(f) == len(header) and not f[-1].strip() for _, f in records)
+            raise CorpusError(f"{path}:1: " + ("every line ends with a comma" if every else
+                                                "the header ends with a comma")
+                              + f": an empty column name after `{header[-2]}` (delete the trailing comma"
+                              + (" of every line" if every else "") + ", or name the column)")
+        raise CorpusError(f"{path}:1: column {at + 1} has no name" + (f" (after `{header[at - 1]}`)" if at else "")
+                          + f"; name it or delete the column (header: {','.join(header)})")
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        cased = [h for h in header if h.lower() in REQUIRED + OPTIONAL and h not in REQUIRED + OPTIONAL]
+        raise CorpusError(f"{path}:1: the header lacks column(s) {', '.join(missing)} (required: "
+                          f"{', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)}; got: {', '.join(header)})"
+                          + (f"; column names are lower-case: {', '.join(cased)}" if cased else ""))
+    unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
+    if unknown or len(set(header)) != len(header):
+        twice = [c for c, n in Counter(header).items() if n > 1]
+        raise CorpusError(f"{path}:1: unknown or repeated column(s) {', '.join(unknown + twice)} (known: "
+                          f"{', '.join(REQUIRED + OPTIONAL)}); rename or drop them")
+
+
+def _field_hint(header: list[str], fields: list[str]) -> str:
+    """Why a record's field count may differ from the header's, where it can be told."""
+    if len(fields) > len(header) and not any(f.strip() for f in fields[len(header):]):
+        return ": the line ends with a comma the header does not have (delete it)"
+    if len(fields) > len(header):
+        return (": a cell that holds a comma must be in double quotes"
+                + ("; votes are separated by `;` (angry:3;sad:1)" if "votes" in header else ""))
+    return ""
+
+
+def _shell_word(word: str) -> str:
+    """A label word as it is typed after --label-map (quoted where the shell would split or expand it)."""
+    return word if word.replace("_", "").replace("-", "").isalnum() else "'" + word.replace("'", "'\\''") + "'"
+
+
+def _yaml_word(word: str) -> str:
+    """A label word as a YAML flow-mapping key."""
+    return word if word.replace("_", "").replace("-", "").isalnum() else repr(word)
+
+
+def _refuse_same_audio(table: pd.DataFrame, path: Path) -> None:
+    """One recording, one row: paths are compared resolved (`a/../a/y.wav`, `./y.wav` and `y.wav`, a symlink and
+    its target are one file), so that the same recording cannot land in two splits with two labels."""
+    resolved = pd.Series([str(Path(s).resolve()) for s in table["source"]], index=table.index)
+    repeated = resolved[resolved.duplicated(keep=False)]
+    if not len(repeated):
+        return
+    first = table.loc[resolved == repeated.iloc[0]]
+    a, b = first.iloc[0], first.iloc[1]
+    spelled = "" if a["path_cell"] == b["path_cell"] else \
+        f" (line {b['line']} spells it {b['path_cell']!r}: one file, {repeated.iloc[0]})"
+    raise CorpusError(f"{path}:{b['line']}: the audio file {a['path_cell']!r} is on lines "
+                      f"{', '.join(map(str, first['line']))}{spelled}; each recording is one row "
+                      f"({repeated.nunique()} such files)")
 
 
 def _row(values: dict[str, str], where: str, folder: Path, label_map: dict[str, str],
@@ -170,6 +248,7 @@ def _row(values: dict[str, str], where: str, folder: Path, label_map: dict[str, 
     return {
         "utt_id": values.get("utt_id", "").strip() or Path(source).stem,
         "source": str(source_path),
+        "path_cell": source,
         "speaker": values["speaker"].strip() or UNKNOWN,
         "gender": values.get("gender", "").strip() or UNKNOWN,
         "split": "blind" if not word else split,
@@ -180,13 +259,16 @@ def _row(values: dict[str, str], where: str, folder: Path, label_map: dict[str, 
     }
 
 
-def _refuse_repeats(table: pd.DataFrame, path: Path, column: str, what: str) -> None:
-    repeated = table[table[column].duplicated(keep=False)]
+def _refuse_repeated_names(table: pd.DataFrame, path: Path) -> None:
+    """One name per utterance (its transcript, features and predictions are keyed by it): two files with the same
+    stem in two folders need a `utt_id` column."""
+    repeated = table[table["utt_id"].duplicated(keep=False)]
     if len(repeated):
-        value = repeated.iloc[0][column]
-        at = table.loc[table[column] == value, "line"].tolist()
-        raise CorpusError(f"{path}:{at[1]}: {what} {value!r} is on lines {', '.join(map(str, at))}; each "
-                          f"utterance is one row ({repeated[column].nunique()} such values)")
+        value = repeated.iloc[0]["utt_id"]
+        at = table.loc[table["utt_id"] == value, "line"].tolist()
+        raise CorpusError(f"{path}:{at[1]}: the utterance name {value!r} is on lines {', '.join(map(str, at))} (the "
+                          "file name without its extension, unless a `utt_id` column gives one); give a `utt_id` "
+                          f"column to tell them apart ({repeated['utt_id'].nunique()} such names)")
 
 
 def consensus_votes(label: str | None, votes: list[str] | None) -> tuple[list[str], str | None]:

@@ -2,10 +2,11 @@
 
 A corpus is a CSV manifest (medusa.data.corpora.csv_manifest: the form for any corpus) or a folder in the MSP-Podcast
 challenge layout (medusa.data.corpora.msp_podcast). Both become the same table:
-    utt_id, path, duration_s, speaker, gender, split, label, p_<code> for each of the run's classes (soft
+    utt_id, path, duration_s, audio_sha256, speaker, gender, split, label, p_<code> for each of the run's classes (soft
     targets), arousal, valence, dominance, agreement, n_votes, ref_text
 The p_ columns record the run's classes (medusa.labels.classes_of): every later model, table and prediction
-follows them. `path` is the 16 kHz mono file to read (the original, or its conversion in work/audio/).
+follows them. `path` is the 16 kHz mono file to read (the original, or its conversion in work/audio/); audio_sha256 the hash of
+the source file's bytes, so that a replaced recording changes the manifest and reruns what reads audio.
 Splits:
     train  the training rows (MSP layout: prepare.train_sets) minus the test cut;
     test   given, or cut from train: `test_fraction` of it, speaker-disjoint, seeded (the paper's in-house cut);
@@ -29,18 +30,25 @@ import pandas as pd
 
 from medusa.config.params import PrepareParams
 from medusa.data.audio import prepare_audio
-from medusa.data.corpora.csv_manifest import consensus_votes, read_csv_manifest
+from medusa.data.corpora.csv_manifest import LABEL_MAP_PARAMS, consensus_votes, read_csv_manifest
 from medusa.data.corpora.msp_podcast import (
     CONSENSUS_NAMES,
     DETAILED_NAMES,
     CorpusError,
+    audio_files,
     find_label_file,
     read_consensus,
     read_detailed,
 )
 
 # speaker_disjoint_cut and stratified_speaker_split lived here: imported by name from this module elsewhere
-from medusa.data.corpora.splits import UNKNOWN_SPEAKER, search_splits, speaker_disjoint_cut, stratified_speaker_split  # noqa: F401
+from medusa.data.corpora.splits import (  # noqa: F401
+    UNKNOWN_SPEAKER,
+    classes_without_train,
+    search_splits,
+    speaker_disjoint_cut,
+    stratified_speaker_split,
+)
 from medusa.io import atomic_path
 from medusa.labels import ATTRIBUTES, CODES, classes_of, soft_targets, target_columns, vote_counts
 
@@ -71,18 +79,19 @@ def prepare_corpus(p: PrepareParams, cache_dir: str | Path, check_audio: bool = 
     `check_audio=False` skips the audio (tests of the label logic only)."""
     corpus = Path(p.corpus)
     if corpus.suffix.lower() == ".csv":
-        rows = read_csv_manifest(corpus, p.label_map)
+        rows = read_csv_manifest(corpus, p.label_map, label_map_from=LABEL_MAP_PARAMS)
     else:
         rows = _read_msp_layout(corpus, p)
     rows, skipped = _audio(rows, p, check_audio, cache_dir)
+    given = (rows["split"] != "").to_numpy()
     rows, split_search = _assign_splits(rows, p)
-    classes = _classes(rows, p.classes, corpus)
+    classes = _classes(rows, p, given)
     outside = _outside_classes(rows, classes)
     rows = _targets(rows, classes)
     label = rows["label"].astype(object)
     rows["label"] = label.where(label.notna(), None)  # None on blind rows, whichever reader made the table
     rows = rows.sort_values(["split", "utt_id"], key=lambda s: s.map(SPLITS.index) if s.name == "split" else s)
-    columns = ["utt_id", "path", "duration_s", "speaker", "gender", "split", "label", *target_columns(classes),
+    columns = ["utt_id", "path", "duration_s", "audio_sha256", "speaker", "gender", "split", "label", *target_columns(classes),
                *ATTRIBUTES, "agreement", "n_votes", "ref_text"]
     return PreparedCorpus(rows.loc[:, columns].reset_index(drop=True), classes, skipped, outside, split_search)
 
@@ -115,16 +124,16 @@ def _read_msp_layout(corpus: Path, p: PrepareParams) -> pd.DataFrame:
                     int(no_votes.sum()), labelled.loc[no_votes, "file_name"].iloc[0])
     labelled["votes"] = labelled["votes"].apply(lambda v: v if isinstance(v, list) else [])
 
-    on_disk = {f.name for f in audio_dir.glob("*.wav")}
-    missing = sorted(set(labelled["file_name"]) - on_disk)
+    on_disk = audio_files(audio_dir)
+    missing = sorted(set(labelled["file_name"]) - set(on_disk))
     if missing:
         raise CorpusError(f"{audio_dir}: {len(missing)} labelled files are missing, e.g. {missing[:3]}")
-    blind = pd.DataFrame({"file_name": sorted(on_disk - set(consensus["file_name"]))})
+    blind = pd.DataFrame({"file_name": sorted(set(on_disk) - set(consensus["file_name"]))})
     blind["split"], blind["label"], blind["votes"] = "blind", None, None
     blind["speaker"], blind["gender"] = UNKNOWN_SPEAKER, "Unknown"
     table = pd.concat([labelled, blind], ignore_index=True)
     table["utt_id"] = table["file_name"].str.removesuffix(".wav")
-    table["source"] = [str(audio_dir / f) for f in table["file_name"]]
+    table["source"] = [str(on_disk[f]) for f in table["file_name"]]
     transcripts = corpus / "Transcripts"
     table["ref_text"] = [_read_transcript(transcripts / f"{u}.txt") for u in table["utt_id"]]
     return table.drop(columns=["file_name", "split_set"])
@@ -136,7 +145,8 @@ def _audio(rows: pd.DataFrame, p: PrepareParams, check: bool, cache_dir: str | P
     `<utt_id>_segNN` rows when prepare.long_audio is segment; bad files stop prepare or, with
     prepare.skip_bad_audio, are left out and listed."""
     if not check:
-        return rows.assign(path=rows["source"], duration_s=np.nan), pd.DataFrame(columns=["source", "reason"])
+        return (rows.assign(path=rows["source"], duration_s=np.nan, audio_sha256=None),
+                pd.DataFrame(columns=["source", "reason"]))
     audio, skipped = prepare_audio(list(rows["source"]), cache_dir, long_audio=p.long_audio,
                                    skip_bad=p.skip_bad_audio,
                                    listed_at=list(rows["listed_at"]) if "listed_at" in rows else None)
@@ -146,8 +156,8 @@ def _audio(rows: pd.DataFrame, p: PrepareParams, check: bool, cache_dir: str | P
         audio.to_csv(tmp, index=False)
     pieces = audio.groupby("source")["segment"].transform("size")
     audio = audio.assign(cut=pieces > 1)
-    out = rows.merge(audio[["source", "segment", "path", "duration_s", "cut"]], on="source", how="inner",
-                     validate="one_to_many")
+    out = rows.merge(audio[["source", "segment", "path", "duration_s", "sha256", "cut"]]
+                     .rename(columns={"sha256": "audio_sha256"}), on="source", how="inner", validate="one_to_many")
     out.loc[out["cut"], "utt_id"] = [f"{u}_seg{k:02d}" for u, k in out.loc[out["cut"], ["utt_id", "segment"]]
                                      .itertuples(index=False)]
     if out["cut"].any() and out.loc[out["cut"], "ref_text"].notna().any():
@@ -170,7 +180,7 @@ def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> tuple[pd.DataFrame, 
     train/test, as the paper's in-house split. An unknown speaker is a speaker of its own per audio file (so the
     pieces of a segmented file stay together). Returns the rows and the searches' records."""
     rows = rows.copy()
-    speakers = rows["speaker"].where(rows["speaker"] != UNKNOWN_SPEAKER, UNKNOWN_SPEAKER + ":" + rows["source"])
+    speakers = _speaker_groups(rows)
     derive = (rows["split"] == "").to_numpy().copy()
     if derive.any():
         given = rows[~derive & rows["split"].isin(["train", "dev", "test"])].groupby(speakers)["split"].agg(set)
@@ -204,6 +214,12 @@ def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> tuple[pd.DataFrame, 
     return rows, search
 
 
+def _speaker_groups(rows: pd.DataFrame) -> pd.Series:
+    """Each row's speaker for the splits: an unknown speaker is a speaker of its own per audio file (so the pieces
+    of a segmented file stay together)."""
+    return rows["speaker"].where(rows["speaker"] != UNKNOWN_SPEAKER, UNKNOWN_SPEAKER + ":" + rows["source"])
+
+
 def _shared_speakers(rows: pd.DataFrame) -> str:
     """'train/test: 3 speakers, e.g. ...' for each pair of labelled splits sharing speakers ('' if none)."""
     by_split = rows[rows["split"].isin(["train", "dev", "test"])].groupby("split")["speaker"].agg(set)
@@ -213,24 +229,27 @@ def _shared_speakers(rows: pd.DataFrame) -> str:
                      f"{sorted(by_split[a] & by_split[b])[0]}" for a, b in pairs)
 
 
-def _classes(rows: pd.DataFrame, wanted: str | list[str], corpus: Path) -> tuple[str, ...]:
-    """The run's classes: every code labelling a train row (auto), or the list asked for, each of which must
-    label at least one train row (a class without training rows cannot be learnt)."""
+def _classes(rows: pd.DataFrame, p: PrepareParams, given: np.ndarray) -> tuple[str, ...]:
+    """The run's classes: every code labelling a train row (auto), or the list asked for. A class that labels dev or
+    test rows but no train row cannot be learnt: an error naming it, its speakers and the ways out
+    (splits.classes_without_train), or, with prepare.allow_uncovered_classes, a warning and the class left out
+    (auto) -- a class of the list asked for must label a train row either way. `given`: per row, whether its split
+    was given (not derived)."""
+    corpus, wanted = Path(p.corpus), p.classes
     present = set(rows.loc[rows["split"] == "train", "label"].dropna())
-    if wanted == "auto":
-        classes = tuple(c for c in CODES if c in present)
-        if not classes:
-            raise CorpusError(f"{corpus}: no train row is labelled with a class ({' '.join(CODES)})")
-        for code in sorted(set(rows["label"].dropna()) & set(CODES) - set(classes)):
-            log.warning("class %s labels %d rows but none in train (the split put all its speakers elsewhere): "
-                        "it is not one of the run's classes", code, int((rows["label"] == code).sum()))
-        return classes
-    absent = [c for c in wanted if c not in present]
-    if absent:
-        raise CorpusError(f"{corpus}: prepare.classes lists {', '.join(absent)}, which label(s) no train row "
-                          f"(train labels: {', '.join(sorted(present))}; if the corpus has such rows, the split put "
-                          "all their speakers in dev or test)")
-    return tuple(c for c in CODES if c in wanted)
+    uncovered = classes_without_train(rows["label"], _speaker_groups(rows), rows["split"], str(corpus), wanted, given)
+    if uncovered and (wanted != "auto" or not p.allow_uncovered_classes):
+        raise CorpusError(uncovered)
+    if uncovered:
+        log.warning("%s (prepare.allow_uncovered_classes: the class is not one of the run's)", uncovered)
+    classes = tuple(c for c in CODES if c in present and (wanted == "auto" or c in wanted))
+    if wanted != "auto" and len(classes) < len(wanted):
+        absent = sorted(set(wanted) - set(classes), key=CODES.index)
+        raise CorpusError(f"{corpus}: prepare.classes lists {', '.join(absent)}, which label(s) no row of the corpus "
+                          f"(train labels: {', '.join(sorted(present))})")
+    if not classes:
+        raise CorpusError(f"{corpus}: no train row is labelled with a class ({' '.join(CODES)})")
+    return classes
 
 
 def _outside_mask(rows: pd.DataFrame, classes: tuple[str, ...]) -> pd.Series:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medusa.errors import UserError
 from medusa.labels import CONSENSUS_CODES, primary_code
 
 CONSENSUS_NAMES = ("labels_consensus.csv", "labels_concensus.csv", "labels_consensus.json", "labels_concensus.json")
@@ -27,8 +28,27 @@ CONSENSUS_COLUMNS = ("file_name", "label", "arousal", "valence", "dominance", "s
 DETAILED_COLUMNS = ("file_name", "worker", "primary", "secondary", "arousal", "valence", "dominance")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus file is missing or malformed; the message names the file (and line or entry)."""
+
+
+def audio_files(audio_dir: str | Path) -> dict[str, Path]:
+    """The audio of an MSP-layout `Audios/` folder: {name as the label files write it (`<stem>.wav`): the file on
+    disk}. The one listing of a corpus's audio that prepare, `medusa submission` and `medusa evaluate` use: the
+    extension's case does not matter (`X.WAV` is `X.wav`; a glob for "*.wav" would leave it out without a word on a
+    case-sensitive file system); hidden files (`.X.wav`, an interrupted copy's temporary) are not audio. CorpusError
+    naming both when two files differ only in the extension's case (which would be scored?)."""
+    audio_dir = Path(audio_dir)
+    found: dict[str, Path] = {}
+    for path in sorted(audio_dir.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() != ".wav" or not (path.is_file() or path.is_symlink()):
+            continue
+        name = path.stem + ".wav"
+        if name in found:
+            raise CorpusError(f"{audio_dir}: {found[name].name} and {path.name} are the same utterance (the "
+                              "extension's case aside): keep one")
+        found[name] = path
+    return found
 
 
 def find_label_file(label_dir: Path, names: tuple[str, ...]) -> Path:

@@ -18,10 +18,16 @@ each scored lexicographically:
     3. distance: per split, the total-variation distance between its class shares and those of all the rows
        split, plus its size share's deviation from its target fraction relative to that fraction; summed.
 The best score wins, the earlier draw on a tie, so the result depends only on the rows, the seed and the draws
-(a perfect score, which no later draw could beat, ends the search early).
+(a perfect score, which no later draw could beat, ends the search early). Where no draw holds every class in every
+split and the speakers are few (n_splits ** speakers <= EXHAUSTIVE: 11 speakers for train/dev/test, 17 for a
+train/test cut), every assignment is scored (generator "exhaustive"): a small corpus gets a covering assignment
+whenever one exists, and otherwise the proof that none does, with the largest set of classes that one can hold.
 A class spoken by fewer speakers than there are splits to hold it cannot be in every split: that stops prepare
 (CorpusError naming the class, its speakers and the ways out), as does a search that finds no covering
-assignment, unless prepare.allow_uncovered_classes keeps the best one with a warning.
+assignment, unless prepare.allow_uncovered_classes keeps the best one with a warning. Messages name the user's
+settings (prepare.dev_fraction, prepare.test_fraction, prepare.classes, ...), never a share derived from them.
+classes_without_train names a class that labels rows but no train row once the splits are set (given splits can
+do that): which speakers hold it, and why no seed can help.
 """
 from __future__ import annotations
 
@@ -42,6 +48,9 @@ UNKNOWN_SPEAKER = "Unknown"
 #: speakers, 30x a greedy draw) and seldom wins: it takes at most SGKF_DRAWS even draws (0, 2, ...), fewer where
 #: speakers x its draws would pass SGKF_BUDGET (2 at 1,500 speakers, none above 3,000); the greedy one the rest.
 SGKF_DRAWS, SGKF_BUDGET = 8, 3_000
+#: At most this many assignments (n_splits ** speakers) are scored one by one where the draws found no covering
+#: one (~0.3 s at 3 ** 11 on one core); CHUNK of them at a time.
+EXHAUSTIVE, CHUNK = 200_000, 20_000
 
 
 @dataclass
@@ -67,7 +76,8 @@ def search_splits(labels, speakers: pd.Series, fractions: dict[str, float], seed
     frac = np.array([fractions[s] for s in names], dtype=float)
     if len(group_names) < len(names):
         raise CorpusError(f"{what}: {len(group_names)} speaker(s) cannot fill {len(names)} speaker-disjoint splits "
-                          f"({', '.join(names)}); give a `split` column")
+                          f"({', '.join(names)}), whatever {_settings(names, frac)}: give a `split` column "
+                          "(CSV manifest) that says which rows are train, dev and test")
     problem = _Problem(labels, gid, len(group_names), cover, frac)
 
     short = [k for k in range(len(cover)) if problem.speakers_of[k] < len(names)]
@@ -75,7 +85,7 @@ def search_splits(labels, speakers: pd.Series, fractions: dict[str, float], seed
         raise CorpusError(_impossible_message(problem, short, group_names, names, what))
 
     n_sgkf = min(math.ceil(draws / 2), SGKF_DRAWS, SGKF_BUDGET // len(group_names))
-    best, best_key, best_info = None, None, None
+    best, best_key, best_info, checked = None, None, None, None
     for i in range(draws):
         assignment, generator = None, "class_greedy"
         if i % 2 == 0 and i // 2 < n_sgkf:
@@ -88,20 +98,34 @@ def search_splits(labels, speakers: pd.Series, fractions: dict[str, float], seed
             best, best_key, best_info = assignment, key, (i, generator)
         if best_key == (0, 0, 0.0):
             break  # every class everywhere, shares and sizes exact: no later draw can win a tie
+    tried = i + 1
+
+    if best_key[1] and len(names) ** problem.n_groups <= EXHAUSTIVE:
+        # A few speakers: score every assignment, so that a covering one is found wherever one exists (the draws
+        # can miss it), and its absence is a proof, not a failure to search.
+        checked = _exhaustive(problem)
+        if checked.key < best_key:
+            best, best_key, best_info = checked.assignment, checked.key, (None, "exhaustive")
 
     empty = problem.empty_cells(best)
     uncovered = [f"{names[s]} lacks {cover[k]}" for s, k in empty]
     record = {"splits": names, "classes": list(cover), "fractions": {s: float(f) for s, f in zip(names, frac)},
-              "speakers": int(problem.n_groups), "rows": int(len(labels)), "draws": int(draws), "tried": i + 1,
-              "best_draw": int(best_info[0]), "generator": best_info[1], "seed": int(seed + best_info[0]),
+              "speakers": int(problem.n_groups), "rows": int(len(labels)), "draws": int(draws), "tried": tried,
+              "best_draw": None if best_info[0] is None else int(best_info[0]), "generator": best_info[1],
+              "seed": None if best_info[0] is None else int(seed + best_info[0]),
               "empty_cells": int(best_key[1]), "distance": round(float(best_key[2]), 6),
               "uncovered": uncovered}
+    if checked is not None:
+        record["exhaustive"] = int(checked.assignments)
     if uncovered:
         if not allow_uncovered:
-            raise CorpusError(_not_found_message(problem, empty, names, draws, what))
-        log.warning("%s: no split assignment holds every class in every split (%s; best of %d draws, "
-                    "prepare.split_draws); kept as prepare.allow_uncovered_classes asks", what,
-                    "; ".join(uncovered), draws)
+            if checked is not None:
+                raise CorpusError(_proven_message(problem, checked, names, frac, group_names, what))
+            raise CorpusError(_not_found_message(problem, empty, names, frac, draws, what))
+        log.warning("%s: no split assignment holds every class in every split (%s; best of %s); kept as "
+                    "prepare.allow_uncovered_classes asks", what, "; ".join(uncovered),
+                    f"all {checked.assignments:,} assignments" if checked is not None
+                    else f"{draws} draws, prepare.split_draws")
     return SplitSearch(np.asarray(names, dtype=object)[best[gid]], record)
 
 
@@ -215,25 +239,45 @@ def _sgkf_candidate(labels: np.ndarray, gid: np.ndarray, n_groups: int, frac: np
     rows = np.arange(len(labels))
     left = 1.0
     for j, s in enumerate(range(len(frac) - 1, 0, -1)):
-        try:
-            held = _one_fold(labels[rows], gid[rows], frac[s] / left, seed + j, "")
-        except (CorpusError, ValueError):  # fewer speakers, or fewer rows of every label, than folds
-            return None
+        if _fold_problem(labels[rows], gid[rows], _fold_count(frac[s] / left)):
+            return None  # what StratifiedGroupKFold needs is not there: the greedy generator takes this draw
+        held = _one_fold(labels[rows], gid[rows], frac[s] / left, seed + j, "")
         a[np.unique(gid[rows[held]])] = s
         rows = rows[np.isin(gid[rows], np.flatnonzero(a == 0))]
         left -= frac[s]
     return a
 
 
-def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, key: str) -> np.ndarray:
-    """Row indices of one StratifiedGroupKFold fold of round(1 / fraction) (at least 2)."""
+def _fold_count(fraction: float) -> int:
+    """StratifiedGroupKFold's fold count for a held-out share: round(1 / fraction), at least 2."""
+    return max(2, round(1 / fraction))
+
+
+def _fold_problem(labels: np.ndarray, groups: np.ndarray, k: int) -> str:
+    """What StratifiedGroupKFold(n_splits=k) needs and these rows lack ('' if nothing): it raises a ValueError
+    where there are fewer speakers or rows than folds, or where every label has fewer rows than folds."""
+    n_groups = len(set(groups))
+    per_label = pd.Series(labels).value_counts()
+    if n_groups < k:
+        return f"only {n_groups} speakers"
+    if len(labels) < k or not len(per_label) or per_label.max() < k:
+        return f"no label with {k} rows (the most: {int(per_label.max()) if len(per_label) else 0})"
+    return ""
+
+
+def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, key: str,
+              given: float | None = None) -> np.ndarray:
+    """Row indices of one StratifiedGroupKFold fold of round(1 / fraction) (at least 2). Where the rows cannot
+    give such folds, a CorpusError names prepare.`key` at the value the user gave (`given`; default `fraction`)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    k = max(2, round(1 / fraction))
-    n_groups = len(set(groups))
-    if n_groups < k:
-        raise CorpusError(f"{n_groups} speakers cannot give a speaker-disjoint share of {fraction:.2f} "
-                          f"(prepare.{key} needs at least {k}); give a `split` column or a larger fraction")
+    k = _fold_count(fraction)
+    problem = _fold_problem(labels, groups, k)
+    if problem:
+        value = fraction if given is None else given
+        raise CorpusError(f"prepare.{key} {value:g}: a speaker-disjoint, class-stratified cut of that share takes "
+                          f"{k} folds of whole speakers, and these {len(labels)} rows have {problem} (give a larger "
+                          f"prepare.{key}, or a `split` column)")
     with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": expected
         warnings.simplefilter("ignore", UserWarning)
         folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -272,13 +316,88 @@ def _impossible_message(p: _Problem, short: list[int], group_names: np.ndarray, 
             + _WAYS_OUT.format(keep=_keep(p, len(names))))
 
 
-def _not_found_message(p: _Problem, empty: list[tuple[int, int]], names: list[str], draws: int, what: str) -> str:
+def _settings(names: list[str], frac: np.ndarray) -> str:
+    """The fractions as the user set them: 'prepare.dev_fraction 0.1, prepare.test_fraction 0.3' (train's share
+    is what they leave)."""
+    return ", ".join(f"prepare.{s}_fraction {f:g}" for s, f in zip(names[1:], frac[1:]))
+
+
+def _not_found_message(p: _Problem, empty: list[tuple[int, int]], names: list[str], frac: np.ndarray, draws: int,
+                       what: str) -> str:
     cells = "; ".join(f"{names[s]} lacks {p.cover[c]} ({EMOTION_OF[p.cover[c]]}, {p.speakers_of[c]} speakers)"
                       for s, c in empty)
     return (f"{what}: no assignment of the {p.n_groups} speakers to {', '.join(names)} holding every class in "
-            f"every split was found after {draws} draws (best: {cells}). Ways out: raise prepare.split_draws; "
-            "change prepare.dev_fraction / prepare.test_fraction; "
+            f"every split was found after {draws} draws at {_settings(names, frac)} (best: {cells}). Ways out: "
+            "raise prepare.split_draws; change prepare.seed or the fractions; "
             + _WAYS_OUT.format(keep=_keep(p, len(names))))
+
+
+def _proven_message(p: _Problem, checked: "_Checked", names: list[str], frac: np.ndarray, group_names: np.ndarray,
+                    what: str) -> str:
+    """Every assignment was scored and none holds every class in every split: say so, and which classes can."""
+    held = [p.cover[c] for c in range(len(p.cover)) if checked.most_classes >> c & 1]
+    out = [c for c in p.cover if c not in held]
+    who = "; ".join(f"{c} ({EMOTION_OF[c]}): {_speaker_list(p, p.cover.index(c), group_names)} utterances"
+                    for c in out)
+    keep = (f"restrict prepare.classes to [{', '.join(held)}], the most classes one assignment holds in every "
+            f"split (the others' rows are kept, not scored)") if held else "restrict prepare.classes"
+    return (f"{what}: no assignment of the {p.n_groups} speakers to {', '.join(names)} holds every class in every "
+            f"split: all {checked.assignments:,} were checked, so no prepare.seed, prepare.split_draws or other "
+            f"fractions than {_settings(names, frac)} can help (the speakers of {who} overlap too much). Ways out: "
+            f"{keep}; give those rows a `split` (CSV manifest); or set prepare.allow_uncovered_classes: true to keep "
+            "the best assignment with a class missing from a split")
+
+
+@dataclass
+class _Checked:
+    """The exhaustive search's result: the best assignment and its score, how many were scored, and the largest
+    set of classes some assignment holds in every split (a bit per class of the cover)."""
+    assignment: np.ndarray
+    key: tuple[int, int, float]
+    assignments: int
+    most_classes: int
+
+
+def _exhaustive(p: _Problem) -> _Checked:
+    """Score every assignment of the speakers to the splits (n_splits ** speakers of them, in chunks) with
+    _Problem.score's key; the first best in enumeration order wins. Records the largest class set held in every
+    split by one assignment (most classes, then most utterances)."""
+    n_splits, g, k = len(p.frac), p.n_groups, len(p.cover)
+    total = n_splits ** g
+    place = n_splits ** np.arange(g)[::-1]  # speaker 0 the most significant digit: lexicographic order
+    total_size = p.sizes.sum()
+    best, best_key = None, None
+    most, most_score = 0, (-1, -1.0)
+    class_rows = p.counts.sum(axis=0)
+    for start in range(0, total, CHUNK):
+        idx = np.arange(start, min(start + CHUNK, total))
+        a = (idx[:, None] // place[None, :]) % n_splits                                    # (m, speakers)
+        member = (a[:, None, :] == np.arange(n_splits)[None, :, None]).reshape(-1, g).astype(float)
+        m = (member @ p.counts).reshape(len(idx), n_splits, k)                             # (m, splits, classes)
+        sizes = (member @ p.sizes).reshape(len(idx), n_splits)                             # (m, splits)
+        empty = m == 0
+        rows = m.sum(axis=2)
+        if k:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tv = np.where(rows > 0, 0.5 * np.abs(m / rows[:, :, None] - p.shares).sum(axis=2), 1.0)
+        else:
+            tv = np.zeros_like(rows)
+        distance = np.round((tv + np.abs(sizes / total_size - p.frac) / p.frac).sum(axis=1), 9)
+        e_train, e_all = empty[:, 0, :].sum(axis=1), empty.sum(axis=(1, 2))
+        first = np.flatnonzero(e_train == e_train.min())  # the key's order without a full lexsort
+        first = first[e_all[first] == e_all[first].min()]
+        j = first[np.argmin(distance[first])]
+        key = (int(e_train[j]), int(e_all[j]), float(distance[j]))
+        if best_key is None or key < best_key:
+            best, best_key = a[j].copy(), key
+        held = (~empty).all(axis=1)                                                        # (m, classes)
+        n_held = held.sum(axis=1)
+        weight = held @ class_rows
+        most_held = np.flatnonzero(n_held == n_held.max())
+        j = most_held[np.argmax(weight[most_held])]
+        if (int(n_held[j]), float(weight[j])) > most_score:
+            most_score, most = (int(n_held[j]), float(weight[j])), int((held[j] * (1 << np.arange(k))).sum())
+    return _Checked(best, best_key, total, most)
 
 
 def stratified_speaker_split(labels: np.ndarray, speakers: pd.Series, dev_fraction: float, test_fraction: float,
@@ -311,3 +430,47 @@ def class_table(manifest: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFram
     shares = counts.div(counts.sum(axis=1).where(lambda n: n > 0), axis=0).round(3)
     table = pd.concat({"utterances": counts, "share": shares}, axis=1)
     return table.rename_axis(index="split", columns=[None, "class"])
+
+
+def classes_without_train(labels, speakers, splits, what: str, classes: str | list[str], given=None) -> str:
+    """'' where every class code that labels a train, dev or test row (of `classes`: "auto" for all) labels a
+    train row; else one line for the user, naming each class without a train row, the speakers that hold it
+    (and where each is), why no seed can help (it has a single speaker, whose rows stay in one split, or every
+    speaker of it is in dev or test by a given split; where some splits were derived, it says so) and the ways
+    out: leave the class out with prepare.classes, or a `split` column that puts one of its speakers in train.
+    `given`: a boolean per row, True where the split was given rather than derived (None: all given). A class
+    without training rows cannot be learnt: the caller stops (or warns where prepare.allow_uncovered_classes
+    asks)."""
+    table = pd.DataFrame({"label": pd.Series(labels, dtype=object).to_numpy(),
+                          "speaker": pd.Series(speakers).astype(str).to_numpy(),
+                          "split": pd.Series(splits, dtype=object).astype(str).to_numpy(),
+                          "given": True if given is None else np.asarray(given, dtype=bool)})
+    table = table[table["split"].isin(["train", "dev", "test"]) & table["label"].isin(CODES)]
+    if classes != "auto":
+        table = table[table["label"].isin(classes)]
+    trained = set(table.loc[table["split"] == "train", "label"])
+    missing = [c for c in CODES if c in set(table["label"]) and c not in trained]
+    if not missing:
+        return ""
+    parts = []
+    for code in missing:
+        rows = table[table["label"] == code]
+        held = rows.groupby("speaker", sort=False).agg(split=("split", "first"), rows=("split", "size"),
+                                                       given=("given", "all"))
+        held = held.sort_values("rows", ascending=False, kind="stable")
+        listed = ", ".join(f"{s} in {r.split} ({r.rows} rows)" for s, r in held.head(5).iterrows())
+        if len(held) > 5:
+            listed += f", ... ({len(held) - 5} more)"
+        if len(held) == 1:
+            why = (f"its only speaker, {listed}, is not in train: a speaker's rows stay in one split, so no "
+                   "prepare.seed or prepare.split_draws can put it in train and in dev or test")
+        elif held["given"].all():
+            why = (f"all {len(held)} of its speakers are in dev or test ({listed}) by their given split, so no "
+                   "prepare.seed or prepare.split_draws can bring it into train")
+        else:
+            why = (f"all {len(held)} of its speakers are in dev or test ({listed}), some by their given split")
+        parts.append(f"class {code} ({EMOTION_OF[code]}, {len(rows)} rows) has no train row: {why}")
+    keep = [c for c in CODES if c in trained]
+    return (f"{what}: {'; '.join(parts)}. A class without training rows cannot be learnt. Ways out: leave it out "
+            f"with prepare.classes: [{', '.join(keep)}] (its rows are kept, not scored); or give a `split` column "
+            "that puts one of its speakers in train")

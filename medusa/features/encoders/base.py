@@ -31,22 +31,37 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from medusa.errors import UserError
+
 Kind = Literal["audio", "text"]
 SAMPLE_RATE = 16000
 LAYER_DEFINITION = ("index i < L: output of transformer block i (0: input to block 1); index L (-1): the "
                     "encoder output after its final LayerNorm, if any (last_hidden_state)")
 
 
-class EncoderWeightsError(FileNotFoundError):
+class EncoderWeightsError(UserError, FileNotFoundError):
     """Pretrained weights could not be loaded; the message names the model and how to provide it."""
 
 
-def weights_error(family: str, model: str, key: str, cause: Exception) -> EncoderWeightsError:
-    return EncoderWeightsError(
-        f"cannot load the {family} weights {model!r} ({type(cause).__name__}: {str(cause).splitlines()[0][:200]}).\n"
-        f"This machine has no model hub. Download the model where there is one (for example "
-        f"`huggingface-cli download {model} --local-dir /models/{model.split('/')[-1]}`), copy the folder here, "
-        f"and set `encoders.{key}.model` in params.yaml to that folder (a local path is used as is).")
+def weights_error(family: str, model: str, key: str, cause: BaseException, source: str | None = None
+                  ) -> EncoderWeightsError:
+    """The error for weights `model` of encoder `key` that cannot be loaded (`cause`: the library's exception,
+    kept as the error's `cause`), in one line. `source`: the file the encoder's settings came from when it is
+    not params.yaml (a predict bundle's encoders.json), so that the message blames that file, not params.yaml."""
+    reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+    if source is None:
+        message = (f"cannot load the {family} weights {model!r} ({reason}); this machine has no model hub: "
+                   f"download the model where there is one (for example `huggingface-cli download {model} "
+                   f"--local-dir /models/{model.split('/')[-1]}`), copy the folder here, and set "
+                   f"`encoders.{key}.model` in params.yaml to that folder (a local path is used as is)")
+    else:
+        message = (f"{source}: {key}.model: cannot load the {family} weights {model!r} ({reason}); the bundle "
+                   "names weights of the machine it was built on: copy them to this machine under that name (a "
+                   "folder or checkpoint: the same path; a hub name: the Hugging Face cache), or rebuild the "
+                   f"bundle with encoders.{key}.model naming weights this machine has (dvc repro ensemble)")
+    error = EncoderWeightsError(message)
+    error.cause = cause
+    return error
 
 
 def mean_of_layers(hidden_states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:

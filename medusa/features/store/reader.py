@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from medusa.errors import UserError
+
 FRAMES_FILE = "frames.f16"
 INDEX_FILE = "index.parquet"
 META_FILE = "meta.json"
@@ -34,11 +36,11 @@ RESERVED_META_KEYS = ("dim", "dtype", "n_utterances", "n_frames")
 STORE_FILES = (FRAMES_FILE, INDEX_FILE, META_FILE)
 
 
-class IncompleteStoreError(FileNotFoundError):
+class IncompleteStoreError(UserError, FileNotFoundError):
     """The folder is not a complete feature store (missing, or an extraction that has not finished)."""
 
 
-class CorruptStoreError(RuntimeError):
+class CorruptStoreError(UserError, RuntimeError):
     """A store or work folder is internally inconsistent (not something a crash alone can produce)."""
 
 
