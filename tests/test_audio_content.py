@@ -130,3 +130,16 @@ def test_a_killed_conversion_leaves_no_temporary_file_for_good(tmp_path):
     live.write_bytes(b"RIFF being written")
     prepare_audio([source], cache, long_audio="reject")
     assert not stale.exists() and live.exists()
+
+
+def test_a_streamed_wav_gets_its_real_length(tmp_path):
+    """A WAV written to a pipe leaves its RIFF and data sizes unknown (0xFFFFFFFF): its length is the data present."""
+    path = tmp_path / "stream.wav"
+    sf.write(path, (0.1 * np.sin(np.arange(24000) / 7)).astype(np.float32), 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data")
+    data[4:8] = data[at + 4:at + 8] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    assert audio_info(path).duration_s == pytest.approx(1.5)
+    table, _ = prepare_audio([path], tmp_path / "cache", long_audio="reject")
+    assert table["duration_s"].tolist() == [pytest.approx(1.5)] and len(load_audio(table["path"][0])) == 24000
