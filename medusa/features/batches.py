@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medusa.data.audio import load_audio
+from medusa.io import pid_alive
 
 
 def length_batches(ids: Sequence[str], lengths: Sequence[float], max_items: int,
@@ -67,9 +68,7 @@ def _die_with_parent(parent: int, worker_id: int) -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    try:
-        os.kill(parent, 0)  # the parent died before the line above took effect: end now
-    except ProcessLookupError:
+    if not pid_alive(parent):  # the parent died before the line above took effect: end now
         os._exit(1)
 
 

@@ -17,10 +17,8 @@ the source of every module that shapes training (training_code) and the torch an
 """
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
-import importlib.util
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +31,7 @@ from tqdm import tqdm
 
 from medusa.config.params import TrainParams
 from medusa.features.store.reader import FRAMES_FILE, INDEX_FILE, META_FILE, FeatureStore
+from medusa.imports import import_closure
 from medusa.io import atomic_path, remove_stale_temps
 from medusa.labels import balanced_epoch, class_weights
 from medusa.model.dataset import Batch, FeatureDataset, bucketed
@@ -209,45 +208,18 @@ def _rows_digest(data: FeatureDataset) -> str:
 NOT_TRAINING_CODE = frozenset({"medusa.io", "medusa.errors", "medusa.config.params"})
 
 
-def _medusa_imports(module: str) -> set[str]:
-    """The medusa modules that `module`'s import statements name (those inside functions too)."""
-    spec = importlib.util.find_spec(module)
-    package = module if spec.submodule_search_locations is not None else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(Path(spec.origin).read_bytes(), spec.origin)):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
-                else node.module
-            names.add(base)
-            names |= {f"{base}.{a.name}" for a in node.names}  # `from medusa.model import deepser` names a module
-    found = set()
-    for name in names:
-        if name.split(".")[0] != "medusa":
-            continue
-        try:
-            if importlib.util.find_spec(name) is not None:
-                found.add(name)
-        except ModuleNotFoundError:  # `from medusa.labels import CODES`: CODES is no module
-            pass
-    return found
-
-
 def training_code() -> dict[str, Path]:
     """{module name: source file} of the code that shapes a training run's result: this module and every medusa
-    module it imports, directly or through another (read from their import statements, so a module the training
-    step starts to use is covered without a list to update), less NOT_TRAINING_CODE. Today: training, deepser,
-    dataset, labels, scoring.metrics and the feature-store reader."""
-    seen: dict[str, Path] = {}
-    todo = [__name__]
-    while todo:
-        name = todo.pop()
-        if name in seen or name in NOT_TRAINING_CODE:
-            continue
-        seen[name] = Path(importlib.util.find_spec(name).origin)
-        todo += sorted(_medusa_imports(name))
-    return dict(sorted(seen.items()))
+    module it imports, directly or through another (medusa.imports, the closure dvc.yaml's deps use, so a module the
+    training step starts to use is covered without a list to update), less NOT_TRAINING_CODE. Today: training,
+    deepser, dataset, labels, scoring.metrics, the feature-store reader and their packages' __init__.py."""
+    root = Path(__file__).resolve().parents[2]
+    code = {}
+    for path in sorted(import_closure(root, {__name__})):
+        name = path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        if name not in NOT_TRAINING_CODE:
+            code[name] = root / path
+    return code
 
 
 def code_digests() -> dict[str, str]:
