@@ -17,7 +17,9 @@
           [--allow-version-mismatch]
     medusa evaluate BUNDLE CORPUS [--label-map W=C ...] a bundle scored on another corpus's labelled rows (a CSV
           [--splits S ...] [--out metrics.json]         manifest or an MSP-layout folder; medusa.serving.evaluate)
-          [--figure confusion.png] [--predictions CSV]
+          [--figure confusion.png] [--predictions CSV]  its files read and scored as `medusa predict` does, a
+          [--skip-bad-audio] [--batch-size N]           batch at a time; files that cannot be scored are named
+                                                        and stop the run, unless --skip-bad-audio
 """
 from __future__ import annotations
 
@@ -75,20 +77,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from medusa.data.audio import AudioError
     from medusa.data.corpora.msp_podcast import CorpusError
-    from medusa.features.batches import pick_device
     from medusa.io import write_json
     from medusa.reporting import plots
     from medusa.serving.bundle import BundleError
     from medusa.serving.evaluate import evaluate
-    from medusa.serving.inference import load_bundle
-    from medusa.serving.predict import write_predictions
+    from medusa.serving.predict import PredictError, Predictor, check_output_path, write_predictions
 
     try:
-        bundle = load_bundle(args.bundle, pick_device(args.device), allow_version_mismatch=args.allow_version_mismatch)
-        result = evaluate(bundle, args.corpus, label_map, args.splits, args.audio_cache,
-                          args.cache_dir, skip_bad_audio=args.skip_bad_audio, seed=args.seed,
-                          bootstrap=args.bootstrap)
-    except (BundleError, AudioError, CorpusError, FileNotFoundError, RuntimeError) as e:
+        if args.predictions:
+            check_output_path(args.predictions)  # an unknown format is said before any model loads
+        predictor = Predictor.from_bundle(args.bundle, args.device, args.cache_dir, args.allow_version_mismatch)
+        result = evaluate(predictor, args.corpus, label_map, args.splits, skip_bad_audio=args.skip_bad_audio,
+                          seed=args.seed, bootstrap=args.bootstrap, batch_size=args.batch_size, progress=True)
+    except (BundleError, AudioError, CorpusError, PredictError, FileNotFoundError, RuntimeError) as e:
+        # AudioError: files that could not be scored, each named on its own line (nothing is written then)
         print(f"error: {e}", file=sys.stderr)
         return 1
     m = result.metrics
@@ -101,13 +103,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"not scored: {info['utterances']} rows labelled {label} (not one of the bundle's classes); "
               f"predicted {info['predicted']}")
     if m["skipped_audio"]:
-        print(f"skipped {len(m['skipped_audio'])} unusable audio files (listed in the metrics)")
+        print(f"skipped {len(m['skipped_audio'])} audio files that could not be scored (--skip-bad-audio; each with "
+              "its reason in the metrics' skipped_audio)")
     if args.out:
         write_json(m, args.out)
         print(f"wrote {args.out}")
     figure = args.figure or (str(Path(args.out).with_name(Path(args.out).stem + "_confusion.png")) if args.out else None)
     if figure and m["n"]:
-        scored = result.predictions[result.predictions["label"].isin(m["classes"])]
+        p = result.predictions
+        scored = p[p["label"].isin(m["classes"]) & p["error"].isna()]
         fig = plots.confusion_matrix(scored["label"], scored["predicted"], tuple(m["classes"]),
                                      f"{Path(args.bundle).name} on {Path(args.corpus).name}")
         plots.save_figure(fig, figure)
@@ -189,8 +193,9 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         if args.out:
             check_output_path(args.out)  # an unknown format is said before any model loads
-        predictor = Predictor.from_bundle(args.bundle, args.device, args.cache_dir, args.allow_version_mismatch)
-        frame = predictor.predict_files(args.paths, args.window, args.hop, args.batch_size)
+        predictor = Predictor.from_bundle(args.bundle, args.device, args.cache_dir, args.allow_version_mismatch,
+                                          args.resident)
+        frame = predictor.predict_files(args.paths, args.window, args.hop, args.batch_size, segment=args.segment)
         if args.out:
             write_predictions(frame, args.out)
     except (BundleError, AudioError, PredictError, OSError, RuntimeError) as e:
@@ -229,7 +234,8 @@ def _submission(args: argparse.Namespace) -> int:
         blind = blind_files(args.corpus)
         # The blind files are read and scored as `medusa predict` does (any rate or format; one file's problem is
         # named with every other's, and then no submission is written); the CSV is checked against the audio on disk.
-        predictor = Predictor.from_bundle(args.bundle, args.device, args.cache_dir, args.allow_version_mismatch)
+        predictor = Predictor.from_bundle(args.bundle, args.device, args.cache_dir, args.allow_version_mismatch,
+                                          args.resident)
         frame = submission_from_bundle(predictor, args.corpus, names=blind, progress=True)
         write_submission(frame, args.out, blind)
     except (SubmissionError, BundleError, AudioError, CorpusError, OSError, RuntimeError) as e:
@@ -263,12 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="audio files (any format libsndfile reads, any rate; channels are averaged), folders "
                            "(their audio files, subfolders too) or @LIST.txt (one path a line, relative to the list)")
     pred.add_argument("--out", help="also write the predictions to this .csv, .json or .parquet file")
-    pred.add_argument("--window", type=float, default=30.0, metavar="S",
-                      help="files longer than this are cut into windows of S seconds, each scored, and the file "
-                           "scored as their duration-weighted mean (at most 30 with Whisper; default 30)")
+    pred.add_argument("--window", type=float, metavar="S",
+                      help="files longer than this are cut into pieces of at most S seconds, each scored, and the "
+                           "file scored as their mean with each second counted once (at most 30 with Whisper; "
+                           "default: the 95th percentile of the bundle's training clips' durations)")
     pred.add_argument("--hop", type=float, metavar="S", help="seconds between windows' starts (default: the window)")
+    pred.add_argument("--segment", choices=("window", "vad"), default="window",
+                      help="how long files are cut: fixed windows, or speech segments found by a voice-activity "
+                           "detector (silero-vad; silence is not scored; a timeline of speech)")
     pred.add_argument("--batch-size", type=int, metavar="N",
-                      help="windows encoded and scored together (speed and memory only; default 64)")
+                      help="pieces encoded and scored together (speed and memory only; default 64)")
+    pred.add_argument("--resident", choices=("all", "one"), default="all",
+                      help="keep every model in memory (all, fastest) or one at a time (for a small GPU); the same "
+                           "results")
     pred.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     pred.add_argument("--cache-dir", default="work/cache",
                       help="where converted model checkpoints (e.g. the demo Whisper) are kept")
@@ -284,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     subm.add_argument("--device", default="auto")
     subm.add_argument("--cache-dir", default="work/cache", help="converted model checkpoints (e.g. the demo Whisper)")
     subm.add_argument("--allow-version-mismatch", action="store_true")
+    subm.add_argument("--resident", choices=("all", "one"), default="all",
+                      help="keep every model in memory (all) or one at a time (for a small GPU); the same results")
     subm.set_defaults(func=_submission)
     ev = sub.add_parser("evaluate", help="score a bundle on another corpus's labelled rows (cross-corpus)")
     ev.add_argument("bundle", help="a bundle folder (e.g. work/bundle)")
@@ -295,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write the metrics to this JSON file (and the confusion matrix beside it)")
     ev.add_argument("--figure", help="write the confusion matrix to this PNG (default: beside --out)")
     ev.add_argument("--predictions", help="write every row's prediction to this .csv, .json or .parquet file")
-    ev.add_argument("--skip-bad-audio", action="store_true", help="list and skip unusable audio instead of stopping")
-    ev.add_argument("--audio-cache", default="work/cache/audio", help="where audio converted to 16 kHz mono is kept")
+    ev.add_argument("--skip-bad-audio", action="store_true", help="score the other files when some cannot be "
+                    "(unreadable, too short, ...) and list those in the metrics' skipped_audio, instead of stopping")
+    ev.add_argument("--batch-size", type=int, metavar="N",
+                    help="windows encoded and scored together (speed and memory only; default 64)")
     ev.add_argument("--cache-dir", default="work/cache", help="converted model checkpoints (e.g. the demo Whisper)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples behind the interval")

@@ -23,7 +23,7 @@ from medusa.io import sha256_file
 from medusa.labels import CODES
 from medusa.model.linear_probe import LinearProbe
 from medusa.serving.bundle import MEMBER_CONFIG_KEYS, BundleError, save_bundle
-from medusa.serving.inference import Bundle, ClipError, load_bundle
+from medusa.serving.inference import ClipError, load_bundle
 
 HUBERT = {"family": "hubert", "model": "/models/hubert", "layers": [-1], "batch_size": 8, "batch_seconds": 30.0}
 ASR = {"model": "demo:base", "language": "en", "batch_size": 4, "pad_seconds": 0.0, "beam_size": 1,
@@ -151,16 +151,18 @@ def test_non_finite_output_names_the_clip(built):
 def test_non_finite_output_is_the_rows_error_in_predict(built, tmp_path, capsys, monkeypatch):
     """Through `medusa predict`: the clip whose outputs are not finite gets an error row naming it (exit 1); the
     other is scored; no probability in the written file is NaN or inf."""
-    encode = Bundle.encode
+    from medusa.serving.featurizer import Featurizer
 
-    def nan_for_noise(self, audios, texts=None, cache_dir="work/cache", device=None, names=None):
-        features = encode(self, audios, texts, cache_dir, device, names)
+    encode = Featurizer.encode
+
+    def nan_for_noise(self, audios, texts=None, names=None):
+        features = encode(self, audios, texts, names)
         for i, name in enumerate(names):
             if "noise" in name:
                 features["egemaps"][i] = np.full_like(features["egemaps"][i], np.nan)
         return features
 
-    monkeypatch.setattr(Bundle, "encode", nan_for_noise)
+    monkeypatch.setattr(Featurizer, "encode", nan_for_noise)
     out = tmp_path / "predictions.csv"
     argv = ["predict", str(built["egemaps"]), *map(str, built["wavs"]), "--device", "cpu", "--out", str(out)]
     refused(cli.main, argv, capsys, "noise.wav", "not finite")
@@ -249,6 +251,14 @@ def test_manifest_not_json(built, tmp_path):
                  ("asr.json", "temperature", "unknown key"), id="asr_unknown_key"),
     pytest.param("members/e_deep/probe.json", lambda p: {**p, "penalty": "l2"},
                  ("members/e_deep/probe.json", "penalty", "unknown key"), id="probe_unknown_key"),
+    pytest.param("meta.json", lambda m: {**m, "train_durations": {"n": 5, "min": 1, "p05": 1, "p50": 2, "p95": 3}},
+                 ("meta.json", "train_durations.max", "missing"), id="meta_durations_missing_key"),
+    pytest.param("meta.json", lambda m: {**m, "train_durations": {"n": 5, "min": 1, "p05": 1, "p50": 2, "p95": 9,
+                                                                   "max": 3}},
+                 ("meta.json", "train_durations", "min <= p05 <= p50 <= p95 <= max"), id="meta_durations_unordered"),
+    pytest.param("meta.json", lambda m: {**m, "train_durations": {"n": 5, "min": 0, "p05": 1, "p50": 2, "p95": 3,
+                                                                   "max": 3}},
+                 ("meta.json", "train_durations", "finite positive"), id="meta_durations_zero"),
 ])
 def test_unknown_key(built, tmp_path, rel, change, names):
     """Before the fix: a TypeError from a dataclass's constructor (meta.json's config, probe.json) or a key
@@ -338,8 +348,10 @@ def test_encoder_weights_missing_are_blamed_on_the_bundle_cli(built, tmp_path, c
 def test_whisper_asr_weights_missing_are_blamed_on_the_bundle(built, tmp_path):
     bundle = copy_of(built, tmp_path)
     edit_json(bundle, "asr.json", lambda a: {**ASR, "model": str(tmp_path / "no" / "large-v3.pt")})
-    loaded = load_bundle(bundle)
-    message = user_error(loaded.transcribe, [np.zeros(8000, np.float32)], tmp_path / "cache",
+    from medusa.serving.featurizer import Featurizer
+
+    featurizer = Featurizer(load_bundle(bundle), torch.device("cpu"), tmp_path / "cache")
+    message = user_error(featurizer.transcribe, [np.zeros(8000, np.float32)],
                          names=("asr.json", "large-v3.pt", "rebuild the bundle"))
     assert "params.yaml" not in message
 

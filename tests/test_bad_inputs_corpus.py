@@ -406,8 +406,8 @@ def bundle(tmp_path_factory):
 
 
 def evaluate_args(bundle, corpus, tmp_path, *extra) -> list[str]:
-    return ["evaluate", str(bundle), str(corpus), "--out", str(tmp_path / "out" / "metrics.json"), "--audio-cache",
-            str(tmp_path / "audio"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", *extra]
+    return ["evaluate", str(bundle), str(corpus), "--out", str(tmp_path / "out" / "metrics.json"), "--cache-dir",
+            str(tmp_path / "cache"), "--device", "cpu", *extra]
 
 
 def test_cli_evaluate_unmapped_label_names_the_option(bundle, tmp_path, capsys):
@@ -432,6 +432,95 @@ def test_cli_evaluate_splits_in_another_case(bundle, tmp_path, capsys):
     assert medusa.cli.main(evaluate_args(bundle, path, tmp_path, "--splits", "Test", "--bootstrap", "20")) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["n"] + sum(v["utterances"] for v in metrics["not_scored"].values()) == 2
+
+
+def test_cli_evaluate_names_every_file_it_cannot_score_unless_skipped(bundle, tmp_path, capsys):
+    """A corrupt file and one too short to score: every file is scored first, then the run stops with one line
+    per bad file (naming it and its CSV line) and writes nothing; --skip-bad-audio scores the others and lists
+    the bad ones in skipped_audio, each with its error in its prediction row."""
+    clips(tmp_path, "a.wav", "b.wav", "c.wav")
+    wav(tmp_path / "short.wav", seconds=0.05)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(64)))
+    path = manifest(tmp_path, ["path,label,speaker", "a.wav,angry,s1", "bad.wav,sad,s2", "b.wav,sad,s3",
+                               "short.wav,angry,s4", "c.wav,neutral,s5"])
+    err = refused(medusa.cli.main, evaluate_args(bundle, path, tmp_path), capsys, "2 of 5 audio files",
+                  "--skip-bad-audio")
+    listed = [line for line in err.splitlines() if line.startswith("  ")]
+    assert len(listed) == 2, err
+    assert str(tmp_path / "bad.wav") in listed[0] and f"{path}:3" in listed[0]
+    assert str(tmp_path / "short.wav") in listed[1] and "too short" in listed[1] and f"{path}:5" in listed[1]
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+    out = tmp_path / "out"
+    assert medusa.cli.main(evaluate_args(bundle, path, tmp_path, "--skip-bad-audio", "--bootstrap", "20",
+                                         "--predictions", str(out / "predictions.csv"))) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and not metrics["not_scored"]
+    skipped = metrics["skipped_audio"]
+    assert [(s["source"], s["listed_at"]) for s in skipped] == [(str(tmp_path / "bad.wav"), f"{path}:3"),
+                                                               (str(tmp_path / "short.wav"), f"{path}:5")]
+    assert "too short" in skipped[1]["error"]
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns[:4]) == ["utt_id", "path", "label", "predicted"]
+    assert predictions.columns[-1] == "error"
+    bad = predictions["error"].notna()
+    assert list(predictions.loc[bad, "utt_id"]) == ["bad", "short"] and predictions.loc[bad, "predicted"].isna().all()
+    probabilities = predictions.filter(like="p_")
+    assert probabilities[~bad].notna().all().all() and probabilities[bad].isna().all().all()
+
+
+def test_evaluate_bad_audio_message_lists_twenty_then_counts():
+    from medusa.serving.evaluate import SHOWN_BAD, bad_audio_message
+
+    skipped = [{"source": f"/c/f{i}.wav", "listed_at": f"/c/x.csv:{i + 2}", "error": f"/c/f{i}.wav: too short:\n0 s"}
+               for i in range(25)]
+    lines = bad_audio_message("/c/x.csv", skipped, 30).splitlines()
+    assert lines[0] == "/c/x.csv: 25 of 30 audio files could not be scored:" and "--skip-bad-audio" in lines[-1]
+    assert lines[1] == "  /c/f0.wav: too short: 0 s (listed at /c/x.csv:2)"
+    assert len(lines) == 1 + SHOWN_BAD + 2 and lines[-2] == "  ... (25 in all)"
+
+def test_evaluate_reads_any_rate_and_channels_as_predict_does(bundle, tmp_path):
+    """A 44.1 kHz stereo file and its own 16 kHz mono conversion (to_mono_16k, written as PCM16) get the same
+    probabilities; nothing is written beside the corpus (no audio cache)."""
+    from medusa.data.audio import to_mono_16k
+    from medusa.serving.evaluate import evaluate
+    from medusa.serving.predict import Predictor
+
+    rate, t = 44100, np.arange(int(2.5 * 44100)) / 44100
+    left = 0.3 * np.sin(2 * np.pi * 190 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    right = 0.2 * np.sin(2 * np.pi * 310 * t) + 0.05 * np.sin(2 * np.pi * 5000 * t)
+    (tmp_path / "wav").mkdir()
+    sf.write(tmp_path / "wav" / "hi.wav", np.stack([left, right], 1), rate, subtype="PCM_16")
+    frames, _ = sf.read(tmp_path / "wav" / "hi.wav", dtype="float32", always_2d=True)
+    sf.write(tmp_path / "wav" / "lo.wav", to_mono_16k(frames, rate), 16000, subtype="PCM_16")
+    path = manifest(tmp_path, ["path,label,speaker", "wav/hi.wav,angry,s1", "wav/lo.wav,angry,s2"])
+    before = sorted(tmp_path.rglob("*"))
+    predictor = Predictor.from_bundle(bundle, "cpu", tmp_path / "cache")
+    result = evaluate(predictor, path, skip_bad_audio=False, seed=0, bootstrap=20, batch_size=1)
+    p = result.predictions.filter(like="p_").to_numpy()
+    assert np.isfinite(p).all() and np.abs(p[0] - p[1]).max() < 1e-5
+    assert result.predictions["error"].isna().all() and result.metrics["skipped_audio"] == []
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_evaluate_scores_a_file_longer_than_30_s_as_its_windows(bundle, tmp_path):
+    """A 35 s file is scored (cut into windows, its row their mean, as medusa predict gives it) instead of
+    refused."""
+    from medusa.serving.evaluate import evaluate
+    from medusa.serving.predict import Predictor
+
+    wav(tmp_path / "long.wav", seconds=35.0)
+    clips(tmp_path, "a.wav")
+    path = manifest(tmp_path, ["path,label,speaker", "long.wav,angry,s1", "a.wav,sad,s2"])
+    predictor = Predictor.from_bundle(bundle, "cpu", tmp_path / "cache")
+    result = evaluate(predictor, path, skip_bad_audio=False, seed=0, bootstrap=20)
+    assert result.metrics["n"] == 2 and result.metrics["skipped_audio"] == []
+    assert list(result.predictions["utt_id"]) == ["long", "a"]
+    rows = predictor.predict_files([tmp_path / "long.wav"], progress=False)
+    assert rows["level"].iloc[0] == "file" and (rows["level"] == "segment").sum() >= 2
+    columns = list(result.predictions.filter(like="p_").columns)
+    np.testing.assert_allclose(result.predictions[columns].iloc[0].to_numpy(float),
+                               rows[columns].iloc[0].to_numpy(float), atol=1e-6)
 
 
 def test_prepare_stops_on_a_class_without_train_rows_unless_allowed(tmp_path, caplog):

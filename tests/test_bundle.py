@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from tiny_bundles import EGEMAPS, EGEMAPS_STORE, make_meta, write_member
+from tiny_bundles import EGEMAPS, EGEMAPS_STORE, make_meta, score_files, write_member
 
 from medusa import cli
-from medusa.data.audio import AudioError, load_audio
+from medusa.data.audio import load_audio
 from medusa.ensemble.meta import Stacked, meta_predict
 from medusa.features.encoders.opensmile_lld import OpenSmileEncoder
 from medusa.labels import CODES, SOFT_TARGET_COLUMNS
@@ -170,14 +170,15 @@ def egemaps_bundle(tmp_path_factory):
     return out, wavs
 
 
-def test_predict_audio_matches_predict_features(egemaps_bundle):
+def test_predicted_files_match_predict_features(egemaps_bundle):
     path, wavs = egemaps_bundle
     assert json.loads((path / "asr.json").read_text()) is None  # no member reads text
     bundle = load_bundle(path)
     assert not bundle.needs_asr
-    frame = bundle.predict_audio(wavs)
+    frame = score_files(bundle, wavs)
     assert list(frame["utt_id"]) == ["tone", "noise"] and "text" not in frame
-    assert list(frame.columns) == ["utt_id", "path", *SOFT_TARGET_COLUMNS, "predicted"]
+    assert list(frame.columns) == ["file", "utt_id", "level", "start_s", "end_s", "duration_s", *SOFT_TARGET_COLUMNS,
+                                   "predicted", "warning", "error"]
     probs = frame[list(SOFT_TARGET_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert set(frame["predicted"]) <= set(CODES)
@@ -216,15 +217,12 @@ def test_other_library_versions_are_refused_unless_allowed(egemaps_bundle, tmp_p
     assert cli.main(["predict", str(other), str(wavs[0]), "--device", "cpu", "--allow-version-mismatch"]) == 0
 
 
-def test_predict_audio_names_a_bad_file(egemaps_bundle, tmp_path):
+def test_a_bad_file_gets_its_own_row(egemaps_bundle, tmp_path):
     path, wavs = egemaps_bundle
-    bad = tmp_path / "8k.wav"
-    sf.write(bad, np.zeros(800), 8000, subtype="PCM_16")
-    bundle = load_bundle(path)
-    with pytest.raises(AudioError, match="8k.wav: sample rate 8000"):
-        bundle.predict_audio([wavs[0], bad])
-    with pytest.raises(AudioError, match="missing.wav"):
-        bundle.predict_audio([tmp_path / "missing.wav"])
+    frame = score_files(load_bundle(path), [wavs[0], tmp_path / "missing.wav"])
+    assert frame["error"].isna().tolist() == [True, False]
+    assert frame["error"].iloc[1] == f"{tmp_path / 'missing.wav'}: no such file or folder"
+    assert frame.loc[1, list(SOFT_TARGET_COLUMNS)].isna().all()
 
 
 def test_cli_predict_writes_a_csv(egemaps_bundle, tmp_path, capsys):

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from tiny_bundles import EGEMAPS, make_meta, write_member
+from tiny_bundles import EGEMAPS, make_meta, score_files, write_member
 
 from medusa.data.audio import load_audio
 from medusa.labels import CODES, SOFT_TARGET_COLUMNS
 from medusa.serving.bundle import BundleError, save_bundle
+from medusa.serving.featurizer import Featurizer
 from medusa.serving.inference import load_bundle
 
 
@@ -59,18 +60,19 @@ def test_predict_in_one_call_in_any_order_gives_the_stores_features(grid_bundle)
     float16 steps), and the probabilities of those stored features (to 1e-3)."""
     items, stores = grid_bundle["items"], grid_bundle["stores"]
     bundle = load_bundle(grid_bundle["bundle"])
+    featurizer = Featurizer(bundle, torch.device("cpu"), grid_bundle["cache"])
     encoders = json.loads((grid_bundle["bundle"] / "encoders.json").read_text())
     assert "whole seconds" in encoders["whisper"]["padding"] and encoders["hubert"]["versions"]["transformers"]
     audios = [load_audio(p) for p in items["path"]]
     for order in ([8, 1, 0, 4, 2, 7, 5, 3, 6], [3, 0, 6]):
-        feats = bundle.encode([audios[i] for i in order], cache_dir=grid_bundle["cache"])
+        feats = featurizer.encode([audios[i] for i in order])
         for key, store in stores.items():
             for j, i in enumerate(order):
                 stored = np.asarray(store[items.at[i, "utt_id"]], np.float32)
                 np.testing.assert_allclose(feats[key][j].astype(np.float32), stored, rtol=2e-3, atol=1e-4,
                                            err_msg=f"{key} {items.at[i, 'utt_id']} at position {j}")
     order = [5, 1, 7, 0, 2]
-    frame = bundle.predict_audio([items.at[i, "path"] for i in order], cache_dir=grid_bundle["cache"])
+    frame = score_files(bundle, [items.at[i, "path"] for i in order], grid_bundle["cache"])
     stored = {k: [np.asarray(st[items.at[i, "utt_id"]]) for i in order] for k, st in stores.items()}
     expected, _ = bundle.predict_features(stored)
     np.testing.assert_allclose(frame[list(SOFT_TARGET_COLUMNS)].to_numpy(), expected, rtol=0, atol=1e-3)
@@ -84,4 +86,5 @@ def test_a_bundle_refuses_features_padded_by_other_code(grid_bundle, tmp_path):
     bundle.encoders["whisper"]["padding"] = "batches padded to their longest clip"
     with pytest.raises(BundleError, match=r"encoder 'whisper': the members were trained on features padded as "
                                           r"'batches padded to their longest clip'"):
-        bundle.encode([load_audio(grid_bundle["items"].at[0, "path"])], cache_dir=grid_bundle["cache"])
+        Featurizer(bundle, torch.device("cpu"), grid_bundle["cache"]).encode(
+            [load_audio(grid_bundle["items"].at[0, "path"])])

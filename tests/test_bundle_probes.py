@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from meta_config import meta_config
-from tiny_bundles import EGEMAPS, EGEMAPS_STORE, write_member
+from tiny_bundles import EGEMAPS, EGEMAPS_STORE, score_files, write_member
 
 from medusa.data.audio import load_audio
 from medusa.ensemble.subsets import ensemble_posteriors, run_subset
@@ -181,8 +181,9 @@ def test_a_four_class_bundle_predicts_its_classes_only(four_class_bundle):
     assert bundle.meta.cfg.n_inputs == 2 * (4 + 4)               # each member's posteriors and its probe's
     assert bundle.meta.cfg.stage3 == four_class_bundle["soup"].cfg.stage3 != "paper"   # the anchor travels
     test = list(rows.index[rows["split"] == "test"])
-    frame = bundle.predict_audio([four_class_bundle["wavs"][i] for i in test])
-    assert list(frame.columns) == ["utt_id", "path", "p_A", "p_S", "p_H", "p_N", "predicted", *ATTRIBUTES]
+    frame = score_files(bundle, [four_class_bundle["wavs"][i] for i in test])
+    assert list(frame.columns) == ["file", "utt_id", "level", "start_s", "end_s", "duration_s", "p_A", "p_S", "p_H",
+                                   "p_N", "predicted", *ATTRIBUTES, "warning", "error"]
     assert set(frame["predicted"]) <= set(four)
     probs, member_probs = bundle.predict_features({"egemaps": [features[i] for i in test]})
     assert probs.shape == (len(test), 4) and member_probs.shape == (len(test), 2, 4)

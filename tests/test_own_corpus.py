@@ -31,6 +31,7 @@ from medusa.model import members
 from medusa.serving.bundle import save_bundle
 from medusa.serving.evaluate import evaluate
 from medusa.serving.inference import load_bundle
+from medusa.serving.predict import Predictor
 
 CPU = torch.device("cpu")
 RATING = {"A": (6, 2, 6), "S": (2, 2, 2), "H": (5, 6, 5), "N": (4, 4, 4), "F": (6, 2, 2), "D": (4, 2, 5)}
@@ -226,8 +227,8 @@ def test_a_corpus_without_transcripts_ratings_or_splits(runs):
 def test_medusa_evaluate_scores_a_bundle_on_its_corpus(runs, name, tmp_path):
     run, classes = runs[name], CORPORA[name][1]
     out = tmp_path / "metrics.json"
-    args = ["evaluate", str(run["bundle"]), str(run["csv"]), "--out", str(out), "--audio-cache",
-            str(tmp_path / "audio"), "--cache-dir", str(run["work"] / "cache"), "--device", "cpu", "--bootstrap", "200"]
+    args = ["evaluate", str(run["bundle"]), str(run["csv"]), "--out", str(out), "--cache-dir",
+            str(run["work"] / "cache"), "--device", "cpu", "--bootstrap", "200"]
     for word, code in run["prepare"].get("label_map", {}).items():
         args += ["--label-map", f"{word}={code}"]
     assert cli.main(args) == 0
@@ -244,18 +245,16 @@ def test_medusa_evaluate_scores_a_bundle_on_its_corpus(runs, name, tmp_path):
 def test_cross_corpus_rows_outside_the_bundle_classes_are_reported(runs, tmp_path):
     """The 3-class bundle (A S N) on the IEMOCAP-like corpus: its H and O (frustrated) rows are counted, not
     scored and not dropped silently."""
-    bundle = load_bundle(runs["bare"]["bundle"])
-    result = evaluate(bundle, runs["iemocap_like"]["csv"], runs["iemocap_like"]["prepare"]["label_map"],
-                      splits=["test"], audio_cache=tmp_path / "audio", cache_dir=runs["bare"]["work"] / "cache",
-                      skip_bad_audio=False, seed=0, bootstrap=200)
+    predictor = Predictor.from_bundle(runs["bare"]["bundle"], "cpu", runs["bare"]["work"] / "cache")
+    result = evaluate(predictor, runs["iemocap_like"]["csv"], runs["iemocap_like"]["prepare"]["label_map"],
+                      splits=["test"], skip_bad_audio=False, seed=0, bootstrap=200)
     assert result.metrics["classes"] == ["A", "S", "N"] and result.metrics["n"] == 18
     assert {k: v["utterances"] for k, v in result.metrics["not_scored"].items()} == {"H": 6, "O": 2}
     assert set(result.predictions["predicted"]) <= {"A", "S", "N"}
 
 
-def test_evaluate_names_an_unmapped_label(runs, tmp_path, capsys):
+def test_evaluate_names_an_unmapped_label(runs, capsys):
     run = runs["emodb_like"]
-    code = cli.main(["evaluate", str(run["bundle"]), str(run["csv"]), "--audio-cache", str(tmp_path),
-                     "--device", "cpu"])
+    code = cli.main(["evaluate", str(run["bundle"]), str(run["csv"]), "--device", "cpu"])
     assert code == 1
     assert "'boredom' (10 rows, first on line" in capsys.readouterr().err

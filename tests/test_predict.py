@@ -359,13 +359,13 @@ def test_import_medusa_is_light_and_exports_the_predictor():
 def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monkeypatch, caplog):
     """A batch that fails on one clip's values is scored again clip by clip: only that clip (or window) gets the
     error; a bundle problem still stops the run."""
-    from medusa.serving.inference import Bundle
+    from medusa.serving.featurizer import Featurizer
 
     long = tmp_path / "long.wav"
     sf.write(long, voice(25.0, seed=22), SR, subtype="PCM_16")
     files = [clips["c0"], clips["c1"], long, clips["c2"]]
     clean = predictor.predict_files(files, window=10, progress=False)
-    original = Bundle.predict_clips
+    original = Featurizer.features
 
     def refusing(self, audios, names=None, *args, **kwargs):
         bad = [n for n in names if n.endswith("c1.wav") or n.endswith("long.wav [10.00-20.00 s]")]
@@ -373,13 +373,13 @@ def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monk
             raise ValueError(f"{bad[0]}: encoder 'egemaps' gives values float16 cannot hold")
         return original(self, audios, names, *args, **kwargs)
 
-    monkeypatch.setattr(Bundle, "predict_clips", refusing)
+    monkeypatch.setattr(Featurizer, "features", refusing)
     with caplog.at_level("WARNING", logger="medusa.serving.predict"):
         frame = predictor.predict_files(files, window=10, progress=False)
     assert "scoring them one at a time" in caplog.text
     assert frame["error"].notna().tolist() == [False, True, True, False, True, False, False]
     assert frame["error"].iloc[1] == f"{clips['c1']}: encoder 'egemaps' gives values float16 cannot hold"
-    assert frame["error"].iloc[2] == (f"{long}: 1 of 3 windows could not be scored (the first: {long} [10.00-20.00 s]: "
+    assert frame["error"].iloc[2] == (f"{long}: 1 of 3 pieces could not be scored (the first: {long} [10.00-20.00 s]: "
                                       "encoder 'egemaps' gives values float16 cannot hold)")
     good = frame["error"].isna().to_numpy()
     np.testing.assert_allclose(frame.loc[good, VALUES].to_numpy(), clean.loc[good, VALUES].to_numpy(), rtol=RTOL,
@@ -389,7 +389,7 @@ def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monk
     def broken(self, *args, **kwargs):
         raise BundleError("encoder 'egemaps': the members were trained on features padded otherwise")
 
-    monkeypatch.setattr(Bundle, "predict_clips", broken)
+    monkeypatch.setattr(Featurizer, "features", broken)
     with pytest.raises(BundleError, match="padded otherwise"):
         predictor.predict_files(files, progress=False)
 
@@ -412,3 +412,35 @@ def test_cli_submission(bundle_path, tmp_path, capsys):
                          "--device", "cpu"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err and not (tmp_path / "s2.csv").exists()
+
+
+def test_vad_gives_a_timeline_of_speech_segments(predictor, tmp_path):
+    """A recording of three utterances with pauses between them, scored with segment="vad": one segment row per
+    utterance, its boundaries within 0.3 s of the speech's, silence not scored, the file row the mean of the
+    segments weighted by their seconds; with fixed windows the same file is cut blindly."""
+    from test_segments import PAUSES_S, SENTENCES, TOLERANCE_S, with_pauses
+
+    from medusa.data.audio import to_mono_16k
+    from medusa.data.corpora.espeak import ESPEAK_RATE_HZ, SynthRequest, synthesize_batch
+
+    audio = synthesize_batch([SynthRequest(t, "en+m3", 160, 100, 50, 50, 0) for t in SENTENCES])
+    clips = [to_mono_16k(a.astype(np.float32)[:, None] / 32768, ESPEAK_RATE_HZ) for a in audio]
+    x, truth = with_pauses(clips, PAUSES_S)
+    recording = tmp_path / "call.wav"
+    sf.write(recording, x, SR, subtype="FLOAT")
+    frame = predictor.predict_files([recording], window=5.0, segment="vad", progress=False)
+    segments, whole = frame[frame["level"] == "segment"], frame[frame["level"] == "file"].iloc[0]
+    assert list(frame["level"]) == ["file", "segment", "segment", "segment"]
+    for (start, end), (b, e) in zip(segments[["start_s", "end_s"]].to_numpy(), truth):
+        assert abs(start - b / SR) <= TOLERANCE_S and abs(end - e / SR) <= TOLERANCE_S, (start, end, b / SR, e / SR)
+    seconds = (segments["end_s"] - segments["start_s"]).to_numpy()
+    assert seconds.sum() < 0.75 * whole["duration_s"]  # the pauses are not scored
+    np.testing.assert_allclose(whole[VALUES].to_numpy(float), seconds @ segments[VALUES].to_numpy() / seconds.sum(),
+                               rtol=0, atol=1e-12)
+    assert segments["error"].isna().all() and pd.isna(whole["error"])
+    windows = predictor.predict_files([recording], window=5.0, progress=False)
+    assert windows.loc[windows["level"] == "segment", "start_s"].tolist() == [0, 5, 10, x.size / SR - 5]
+    # a short file is scored whole either way
+    short = tmp_path / "short.wav"
+    sf.write(short, clips[0], SR, subtype="FLOAT")
+    assert list(predictor.predict_files([short], window=5.0, segment="vad", progress=False)["level"]) == ["file"]

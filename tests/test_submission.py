@@ -10,6 +10,7 @@ import torch
 from meta_config import meta_config
 from test_bundle import EGEMAPS, EGEMAPS_STORE, egemaps_bundle, write_member  # noqa: F401  (the eGeMAPS-only bundle fixture)
 from test_msp_podcast import BLIND, build, params, write_corpus
+from tiny_bundles import score_files
 
 from medusa.ensemble.meta import MetaClassifier
 from medusa.labels import CODES, target_columns
@@ -213,7 +214,7 @@ def check_bundle_submission(bundle, corpus, cache):
     sub = submission_from_bundle(bundle, corpus, cache_dir=cache)
     assert list(sub["FileName"]) == ALL_BLIND                        # every blind file, once, sorted
     validate_submission(sub, blind_files(corpus))
-    frame = bundle.predict_audio([corpus / "Audios" / n for n in ALL_BLIND], cache_dir=cache)
+    frame = score_files(bundle, [corpus / "Audios" / n for n in ALL_BLIND], cache)
     pd.testing.assert_frame_equal(sub, submission_from_posteriors(frame.assign(split="blind")))
     assert set(sub["EmoClass"]) <= set(bundle.classes)
     return sub

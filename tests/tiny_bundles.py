@@ -46,3 +46,15 @@ def make_meta(n_models: int, use_attributes: bool, hidden: int = 0, seed: int = 
         for p in meta.parameters():
             p.mul_(5)
     return meta
+
+
+def score_files(bundle, paths, cache_dir="work/cache"):
+    """The file rows of a loaded bundle's predictions for `paths`, each file scored whole as the ensemble stage's
+    bundle check scores clips (medusa.serving.predict.Predictor, window = utterance_window)."""
+    from pathlib import Path
+
+    from medusa.serving.predict import Predictor
+
+    with Predictor(bundle, Path(cache_dir)) as predictor:
+        frame = predictor.predict_files(list(paths), predictor.utterance_window, progress=False)
+    return frame[frame["level"] == "file"].reset_index(drop=True)

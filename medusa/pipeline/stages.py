@@ -52,7 +52,7 @@ def write_ensemble(run: EnsembleRun, ensemble_dir: str | Path, bundle_dir: str |
     write_parquet(run.medusa, Path(ensemble_dir) / "posteriors.parquet")
     write_parquet(run.table, Path(ensemble_dir) / "table3.parquet")
     save_bundle(bundle_dir, all_members.soup, [Path(run.models_root) / n for n in all_members.members],
-                encoders, transcribe)
+                encoders, transcribe, run.manifest.query("split == 'train'")["duration_s"])
 
 
 def write_ensemble_metrics(run: EnsembleRun, check: dict[str, Any] | None, out: str | Path) -> None:

@@ -79,7 +79,12 @@ ASR_KEYS = tuple(name for name in TranscribeParams.model_fields if name not in A
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
 #: The keys a bundle's files may hold, and those it reads without a fallback: anything else is refused at load
 #: (a key this version does not know may change what the bundle computes; a typo'd key would silently be ignored).
-META_JSON_KEYS = ("config", "members")
+META_JSON_KEYS = ("config", "members", "train_durations")
+META_JSON_REQUIRED = ("config", "members")
+#: meta.json `train_durations`: the training clips' durations (seconds) in a few numbers. Predict cuts long files
+#: into pieces of the range the members were trained on (medusa.serving.predict: the default window is p95, VAD
+#: segments are shaped to p05..p95); bundles written before it lack it and keep the former 30 s window.
+DURATION_KEYS = ("n", "min", "p05", "p50", "p95", "max")
 #: encoders.json entries: the carried settings, the padding and spec keys recorded from the feature store
 ENCODER_ENTRY_KEYS = (*ENCODER_KEYS, "pad_seconds", *STORE_SPEC_KEYS)
 ENCODER_ENTRY_REQUIRED = ("family", "model", "layers", "batch_size", "batch_seconds")
@@ -203,12 +208,41 @@ def _encoder_entries(configs: dict[str, dict[str, Any]], encoders: Mapping[str, 
     return entries
 
 
+def duration_summary(durations: Iterable[float]) -> dict[str, float]:
+    """meta.json's `train_durations` (DURATION_KEYS) of the training clips' durations in seconds."""
+    import numpy as np
+
+    d = np.asarray([float(x) for x in durations], dtype=np.float64)
+    if not len(d) or not np.isfinite(d).all() or (d <= 0).any():
+        raise BundleError(f"train_durations: {len(d)} durations, which must be finite and positive")
+    p05, p50, p95 = np.percentile(d, [5, 50, 95])
+    return {"n": int(len(d)), "min": round(float(d.min()), 3), "p05": round(float(p05), 3),
+            "p50": round(float(p50), 3), "p95": round(float(p95), 3), "max": round(float(d.max()), 3)}
+
+
+def check_durations(file: Path, value: Any) -> dict[str, float] | None:
+    """meta.json's `train_durations` as read (None when absent); BundleError naming the file and key unless it
+    holds every DURATION_KEYS number, finite and positive, in order min <= p05 <= p50 <= p95 <= max."""
+    if value is None:
+        return None
+    check_keys(file, value, DURATION_KEYS, DURATION_KEYS, "train_durations")
+    numbers = [value[k] for k in DURATION_KEYS]
+    if not (all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in numbers) and numbers[1:] == sorted(numbers[1:])):
+        raise BundleError(f"{file}: train_durations is {value!r}: finite positive numbers with min <= p05 <= p50 "
+                          f"<= p95 <= max are expected; {COPY_AGAIN}")
+    return {k: float(v) for k, v in value.items()}
+
+
 def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str | Path] | list[Path],
-                encoders: Mapping[str, Any], asr: Mapping[str, Any] | None) -> Path:
+                encoders: Mapping[str, Any], asr: Mapping[str, Any] | None,
+                train_durations: Iterable[float] | None = None) -> Path:
     """Write the bundle of `meta` over the members in `member_dirs` (in the meta-classifier's input order) to
     `out_dir`, atomically (built in `<out_dir>.partial`, then renamed). `encoders` maps encoder keys to their
     params entries (family, model, layers, batch_size, batch_seconds; pydantic sections are accepted); `asr`
-    holds the transcribe params, needed only when a member reads a text encoder. Returns `out_dir`."""
+    holds the transcribe params, needed only when a member reads a text encoder; `train_durations`: the
+    durations (s) of the clips the members were trained on, recorded as duration_summary (predict's windows).
+    Returns `out_dir`."""
     out_dir = Path(out_dir)
     member_dirs = [Path(d) for d in member_dirs]
     n_models = meta.cfg.n_models
@@ -247,7 +281,9 @@ def save_bundle(out_dir: str | Path, meta: MetaClassifier, member_dirs: list[str
     partial.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in meta.state_dict().items()},
               str(partial / "meta.safetensors"))
-    write_json({"config": asdict(meta.cfg), "members": list(configs)}, partial / "meta.json")
+    durations = None if train_durations is None else duration_summary(train_durations)
+    write_json({"config": asdict(meta.cfg), "members": list(configs),
+                **({"train_durations": durations} if durations else {})}, partial / "meta.json")
     for name, folder in sources.items():
         (partial / "members" / name).mkdir(parents=True)
         for f in MODEL_FILES + ((PROBE_FILE,) if name in probes else ()):

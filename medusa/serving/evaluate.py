@@ -3,9 +3,16 @@
     medusa evaluate BUNDLE CORPUS [--label-map WORD=CODE ...] [--splits test ...] [--out metrics.json]
 
 CORPUS is a CSV manifest (medusa.data.corpora.csv_manifest) or an MSP-Podcast-layout folder, read with the same
-readers (and the same audio checks and 16 kHz conversion) as prepare. Scored: the rows whose consensus is one of
-the bundle's classes, with the scores every report uses (medusa.scoring.metrics.classification_scores: balanced
-macro-F1 with its interval, macro-F1, accuracy, per-class F1). Rows labelled with anything else (a class the
+readers as prepare. Its audio is read and scored as `medusa predict` reads and scores files (medusa.serving.predict:
+any format, rate and channel count, converted by medusa.data.audio.read_any), each utterance whole as the pipeline
+scores its test clips (Predictor.utterance_window: a file over 30 s is cut into windows and scored as their mean),
+a batch at a time: nothing is converted to disk, and memory is bounded by the batch. A file that
+cannot be scored stops the run once every file was scored, with each bad file named (--skip-bad-audio scores the
+rest and lists them in the metrics' skipped_audio).
+
+Scored: the rows whose consensus is one of the bundle's classes, with the scores every report uses
+(medusa.scoring.metrics.classification_scores: balanced macro-F1 with its interval, macro-F1, accuracy, per-class
+F1). Rows labelled with anything else (a class the
 bundle does not know, O, X) are counted per label in `not_scored`, with what the bundle predicted for them:
 reported, never dropped silently. --splits values match a CSV's `split` or an MSP Split_Set ignoring case; one
 that matches no labelled row is an error listing the splits there are. A label word the CSV reader cannot map is
@@ -16,7 +23,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from medusa.data.corpora.csv_manifest import LABEL_MAP_OPTION, read_csv_manifest
@@ -24,13 +33,19 @@ from medusa.data.corpora.msp_podcast import CONSENSUS_NAMES, CorpusError, audio_
 from medusa.labels import target_columns
 from medusa.scoring.metrics import classification_scores
 
+if TYPE_CHECKING:
+    from medusa.serving.predict import Predictor
+
 log = logging.getLogger(__name__)
+
+#: How many files that could not be scored the error lists with their reasons, one a line (then a count).
+SHOWN_BAD = 20
 
 
 @dataclass
 class Evaluation:
-    metrics: dict            # scores over the bundle's classes, plus not_scored and skipped_audio
-    predictions: pd.DataFrame  # utt_id, path, label, predicted, p_<code>...
+    metrics: dict            # scores over the bundle's classes, plus not_scored, skipped_audio and corpus
+    predictions: pd.DataFrame  # utt_id, path (the source file), label, predicted, p_<code>..., error
 
 
 def corpus_rows(corpus: str | Path, label_map: dict[str, str], splits: list[str] | None = None) -> pd.DataFrame:
@@ -79,36 +94,82 @@ def _in_splits(values: pd.Series, splits: list[str], corpus: Path, column: str) 
     return key.isin(set(wanted)).to_numpy()
 
 
-def evaluate(bundle, corpus: str | Path, label_map: dict[str, str] | None = None, splits: list[str] | None = None,
-             audio_cache: str | Path = "work/cache/audio", cache_dir: str | Path = "work/cache",
-             *, skip_bad_audio: bool, seed: int, bootstrap: int) -> Evaluation:
-    """Predict every labelled row of `corpus` with `bundle` (a medusa.serving.inference.Bundle) and score it."""
-    from medusa.data.audio import AudioError, prepare_audio
+def evaluate(predictor: Predictor, corpus: str | Path, label_map: dict[str, str] | None = None,
+             splits: list[str] | None = None, *, skip_bad_audio: bool, seed: int, bootstrap: int,
+             batch_size: int | None = None, progress: bool = False) -> Evaluation:
+    """Predict every labelled row of `corpus` with `predictor` (a medusa.serving.predict.Predictor) and score it.
+
+    Each row's source file is read and scored as `medusa predict` does (Predictor.predict_sources: any format, rate
+    and channel count; each utterance whole, a file over Predictor.utterance_window cut into windows and scored as
+    their mean), `batch_size` pieces at a time,
+    so memory is bounded by a batch, not by the corpus; nothing is written to disk. A file that cannot be scored
+    (unreadable, empty, too short, non-finite output) gets its reason in its prediction row's `error`. Every file
+    is scored first; then, without `skip_bad_audio`, AudioError naming each bad file with its reason, one a line;
+    with it, they are left out of the scores and listed in metrics["skipped_audio"] (source, listed_at where the
+    corpus is a CSV, error). PredictError for a batch_size below 1."""
+    from medusa.data.audio import AudioError
+    from medusa.serving.predict import Source
 
     rows = corpus_rows(corpus, label_map or {}, splits)
-    try:
-        audio, skipped = prepare_audio(list(rows["source"]), audio_cache, long_audio="reject",
-                                       skip_bad=skip_bad_audio,
-                                       listed_at=list(rows["listed_at"]) if "listed_at" in rows else None)
-    except AudioError as e:  # its hints name prepare's params; say what evaluate takes
-        raise AudioError(f"{e}\n(medusa evaluate: --skip-bad-audio lists and skips such files; files over 30 s "
-                         "must be cut first)") from None
-    rows = rows.merge(audio[["source", "path"]], on="source", how="inner")
+    listed_at = list(rows["listed_at"]) if "listed_at" in rows else [None] * len(rows)
+    sources = [Source(str(s), w) for s, w in zip(rows["source"], listed_at)]
+    classes = tuple(predictor.classes)
     log.info("scoring %d utterances of %s with the bundle's %d members", len(rows), corpus,
-             len(bundle.member_names))
-    frame = bundle.predict_audio(list(rows["path"]), cache_dir=cache_dir)
-    frame = frame.drop(columns=["utt_id"]).assign(utt_id=rows["utt_id"].to_numpy(), label=rows["label"].to_numpy())
-    classes = tuple(bundle.classes)
-    scored = frame["label"].isin(classes)
-    metrics = classification_scores(frame["label"], frame["predicted"], classes, seed, bootstrap) if scored.any() \
-        else {"n": 0, "classes": list(classes)}
-    outside = frame[~scored]
+             len(predictor.bundle.member_names))
+    frame = predictor.predict_sources(sources, predictor.utterance_window, batch_size=batch_size, progress=progress)
+    files = frame[frame["level"] == "file"].reset_index(drop=True)  # a long file's windows are left out
+    assert len(files) == len(rows), f"{len(rows)} files gave {len(files)} file rows"  # one file row a source
+    probabilities = list(target_columns(classes))
+    finite = np.isfinite(files[probabilities].to_numpy(np.float64)).all(axis=1)
+    errors = [e if pd.notna(e) else None if ok else f"{s}: the bundle gave non-finite probabilities"
+              for s, e, ok in zip(rows["source"], files["error"], finite)]
+    predictions = pd.DataFrame({"utt_id": rows["utt_id"].to_numpy(), "path": rows["source"].astype(str).to_numpy(),
+                                "label": rows["label"].to_numpy(),
+                                "predicted": files["predicted"].where(finite, None).to_numpy()})
+    for column in probabilities:
+        predictions[column] = files[column].where(finite).to_numpy(np.float64)
+    predictions["error"] = pd.Series(errors, dtype=object)
+    bad = predictions["error"].notna().to_numpy()
+    skipped = [{"source": s, **({"listed_at": w} if w else {}), "error": e}
+               for s, w, e, b in zip(predictions["path"], listed_at, errors, bad) if b]
+    if skipped and not skip_bad_audio:
+        raise AudioError(bad_audio_message(corpus, skipped, len(rows)))
+    if skipped:
+        log.warning("%d of %d audio files of %s could not be scored and are left out of the scores "
+                    "(--skip-bad-audio; listed in skipped_audio), e.g. %s", len(skipped), len(rows), corpus,
+                    _one_line(skipped[0]))
+    kept = predictions[~bad]
+    scored = kept["label"].isin(classes)
+    metrics = classification_scores(kept["label"], kept["predicted"], classes, seed, bootstrap) \
+        if scored.any() else {"n": 0, "classes": list(classes)}
+    outside = kept[~scored]
     metrics["not_scored"] = {label: {"utterances": int(len(g)),
                                      "predicted": {k: int(v) for k, v in g["predicted"].value_counts().items()}}
                              for label, g in outside.groupby("label")}
-    metrics["skipped_audio"] = skipped.to_dict(orient="records")
+    metrics["skipped_audio"] = skipped
     metrics["corpus"] = str(corpus)
     if not scored.any():
-        log.warning("no row of %s is labelled with one of the bundle's classes (%s)", corpus, " ".join(classes))
-    columns = ["utt_id", "path", "label", "predicted", *target_columns(classes)]
-    return Evaluation(metrics, frame[columns])
+        log.warning("no scored row of %s is labelled with one of the bundle's classes (%s)", corpus,
+                    " ".join(classes))
+    return Evaluation(metrics, predictions)
+
+
+def _one_line(skipped: dict) -> str:
+    """A bad file's reason, naming the file and where the corpus lists it (prefixed where the reason does not)."""
+    text = skipped["error"].replace("\n", " ")  # one line a file, whatever the reason's text
+    if skipped["source"] not in text:
+        text = f"{skipped['source']}: {text}"
+    where = skipped.get("listed_at")
+    return f"{text} (listed at {where})" if where and where not in text else text
+
+
+def bad_audio_message(corpus: str | Path, skipped: list[dict], total: int) -> str:
+    """The error for files that could not be scored: one line each (the first SHOWN_BAD, then a count), and how
+    to go on."""
+    shown = [_one_line(s) for s in skipped[:SHOWN_BAD]]
+    if len(skipped) > SHOWN_BAD:
+        shown.append(f"... ({len(skipped)} in all)")
+    return (f"{corpus}: {len(skipped)} of {total} audio files could not be scored:\n"
+            + "".join(f"  {line}\n" for line in shown)
+            + "fix or remove them, or pass --skip-bad-audio (skip_bad_audio=True) to score the rest and list these "
+              "in the metrics' skipped_audio")

@@ -1,10 +1,9 @@
-"""A loaded predict bundle and its inference: load_bundle verifies and loads a bundle (medusa.serving.bundle, its
-format), Bundle goes from audio to features to emotion probabilities, stored_agreement checks it against the
-pipeline's stored posteriors.
+"""A loaded predict bundle: load_bundle verifies and loads a bundle (medusa.serving.bundle, its format), Bundle goes
+from features to emotion probabilities, stored_agreement checks prediction against the pipeline's stored posteriors.
 
-Audio goes through the same steps as in training: Whisper transcripts (if a member reads text), each encoder
-on batches planned as the extract stage plans them (medusa.features.extract.plan_batches), frames rounded to
-float16 as the feature stores hold them, the same pooling and padding (medusa.model.dataset.batch_from_arrays), the
+Audio goes through the same steps as in training: Whisper transcripts (if a member reads text) and each encoder's
+features, made by medusa.serving.featurizer.Featurizer as the transcribe and extract stages made them (batches
+planned as there, frames rounded to float16 as the feature stores hold them); then here, the same pooling and padding (medusa.model.dataset.batch_from_arrays), the
 members' posteriors and attributes, with include_probes each member's linear probe on the mean of the same raw
 (unpooled) frames, as it was fitted from the feature stores (medusa.model.linear_probe.pooled_means), then the
 meta-classifier, whose inputs are assembled by the ensemble stage's own code (medusa.ensemble.meta.meta_inputs). A
@@ -28,11 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medusa.data.audio import AudioError, audio_info, load_audio
 from medusa.ensemble.meta import MetaClassifier, MetaConfig, Stacked, meta_predict
 from medusa.errors import UserError
-from medusa.features.encoders import build_encoder, kind_of
-from medusa.features.encoders.base import weights_error
+from medusa.features.encoders import kind_of
 from medusa.labels import ATTRIBUTES, target_columns
 from medusa.model.dataset import batch_from_arrays, unscale_attributes
 from medusa.model.deepser import DeepSER
@@ -46,8 +43,10 @@ from medusa.serving.bundle import (
     ENCODER_ENTRY_KEYS,
     ENCODER_ENTRY_REQUIRED,
     META_JSON_KEYS,
+    META_JSON_REQUIRED,
     BundleError,
     check_classes,
+    check_durations,
     check_keys,
     check_member_config,
     installed_version,
@@ -108,12 +107,18 @@ class Bundle:
     manifest: dict[str, Any]
     device: torch.device
     batch_size: int = 32                # utterances per member forward pass
+    train_durations: dict[str, float] | None = None  # meta.json's (medusa.serving.bundle.DURATION_KEYS), if recorded
     _dims: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for m in self.members:
             for key, dim in zip(m.encoders, m.input_dims):
                 self._dims.setdefault(key, dim)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The width of each encoder key's frames, as the members read them."""
+        return dict(self._dims)
 
     @property
     def member_names(self) -> list[str]:
@@ -231,136 +236,6 @@ class Bundle:
         probs, member_probs, _ = self.predict_all(features, names)
         return probs, member_probs
 
-    # ---- audio -> features
-
-    def transcribe(self, audios: list[np.ndarray], cache_dir: str | Path = "work/cache",
-                   device: torch.device | str | None = None) -> list[str]:
-        """Whisper transcripts of float32 16 kHz clips with the bundle's ASR settings, batched as the transcribe
-        stage batches (clips of one padding window together): each transcript depends on its clip alone."""
-        from medusa.features.asr import asr_batches, transcribe_clips
-        from medusa.features.encoders.whisper import load_whisper
-
-        if self.asr is None:
-            raise BundleError(f"{self.path}: the bundle has no ASR settings (asr.json is null)")
-        device = self._device(device)
-        try:
-            model = load_whisper(self.asr["model"], cache_dir, device)
-        except FileNotFoundError as e:  # the message would send the user to params.yaml: the bundle names it
-            cause = e.__context__ or e
-            raise BundleError(f"{self.path / 'asr.json'}: model: cannot load the Whisper ASR weights "
-                              f"{self.asr['model']!r} ({type(cause).__name__}: {str(cause).splitlines()[0][:200]}); "
-                              "the bundle was built where they are: copy the checkpoint to that path here, or "
-                              "rebuild the bundle with transcribe.model naming a checkpoint this machine has "
-                              "(dvc repro ensemble)") from None
-        pad_seconds = float(self.asr["pad_seconds"])
-        texts = [""] * len(audios)
-        batches = asr_batches([f"{i:09d}" for i in range(len(audios))], [len(a) / 16000 for a in audios],
-                              int(self.asr["batch_size"]), pad_seconds)
-        for idx in batches:
-            out = transcribe_clips(model, [audios[i] for i in idx], self.asr["language"], pad_seconds,
-                                   int(self.asr.get("beam_size", 1)))
-            for i, text in zip(idx, out):
-                texts[i] = text
-        del model
-        return texts
-
-    def encode(self, audios: list[np.ndarray], texts: list[str] | None = None, cache_dir: str | Path = "work/cache",
-               device: torch.device | str | None = None, names: list[str] | None = None
-               ) -> dict[str, list[np.ndarray]]:
-        """Features per encoder key, made as the extract stage made the members' training features: batches
-        planned as there (medusa.features.extract.plan_batches), then rounded to float16 as the feature stores hold them.
-        `texts` (the transcripts) are needed when a member reads a text encoder; `names` label clips in error
-        messages. A BundleError if this code pads clips otherwise than the code that made the members' stores."""
-        from medusa.features.extract import plan_batches
-
-        device = self._device(device)
-        names = names or [f"clip {i}" for i in range(len(audios))]
-        items = pd.DataFrame({"utt_id": [f"{i:09d}" for i in range(len(audios))],
-                              "duration_s": [len(a) / 16000 for a in audios],
-                              "text": texts if texts is not None else [""] * len(audios)})
-        features: dict[str, list[np.ndarray]] = {}
-        for key in self.encoder_keys:
-            e = self.encoders[key]
-            encoder = self._build_encoder(key, device, cache_dir)
-            if encoder.dim != self._dims[key]:
-                raise BundleError(f"encoder {key!r} ({e['family']} {e['model']!r}) gives {encoder.dim}-d frames, "
-                                  f"the members were trained on {self._dims[key]}-d ones")
-            if encoder.kind == "text" and texts is None:
-                raise ValueError(f"encoder {key!r} reads transcripts; pass texts")
-            padding = encoder.spec().get("padding")
-            if "padding" in e and e["padding"] != padding:
-                raise BundleError(f"encoder {key!r}: the members were trained on features padded as "
-                                  f"{e['padding']!r}, this version of medusa pads as {padding!r}; rebuild the "
-                                  "features and the bundle with this version (dvc repro)")
-            inputs = audios if encoder.kind == "audio" else list(items["text"])
-            # No batch-mate changes a clip's frames (medusa.features.encoders.base), so the extract stage's batching is
-            # used as is; it groups clips by padded length, which the encoder would otherwise split itself.
-            batches = plan_batches(encoder, items, int(e["batch_size"]), float(e["batch_seconds"]))
-            out: list[np.ndarray | None] = [None] * len(audios)
-            for idx in batches:
-                for i, frames in zip(idx, encoder.encode([inputs[i] for i in idx])):
-                    out[i] = _as_stored(frames, key, names[i])
-            features[key] = out  # type: ignore[assignment]
-            del encoder
-            if device.type == "cuda":
-                torch.cuda.empty_cache()  # the next encoder may be as large
-        return features
-
-    def _build_encoder(self, key: str, device: torch.device, cache_dir: str | Path):
-        """The encoder of encoders.json's entry `key`. Weights that are not on this machine are blamed on the
-        bundle's file and key, not on params.yaml (which the encoder's own message names)."""
-        e = self.encoders[key]
-        try:
-            return build_encoder(key, e["family"], e["model"], e["layers"], device, cache_dir,
-                                 float(e.get("pad_seconds", 0.0)))
-        except FileNotFoundError as error:  # EncoderWeightsError; Whisper's load_whisper: a FileNotFoundError
-            # the library's own exception (load_whisper's and weights_error's are raised `from None`)
-            cause = getattr(error, "cause", None) or error.__context__ or error
-            raise weights_error(e["family"], e["model"], key, cause, source=str(self.path / "encoders.json")
-                                ) from None
-
-    def predict_clips(self, audios: list[np.ndarray], names: list[str] | None = None,
-                      cache_dir: str | Path = "work/cache", device: torch.device | str | None = None
-                      ) -> tuple[list[str] | None, np.ndarray, np.ndarray | None]:
-        """From clips already in memory (float32 mono 16 kHz, e.g. medusa.data.audio.read_any's): the transcripts (None
-        when no member reads text), the ensemble's class probabilities (N, C) over the bundle's classes, and its
-        attributes (N, 3; 1..7 scale) when the meta-classifier predicts them (else None). Each clip's outputs
-        depend on that clip alone (up to float noise), whatever else is in the call. `names` label clips in error
-        messages; AudioError naming the clip if one is longer than the Whisper encoder takes, ClipError if its
-        features or outputs are not finite."""
-        names = names or [f"clip {i}" for i in range(len(audios))]
-        whisper_keys = self.whisper_keys
-        if whisper_keys:
-            for name, a in zip(names, audios):
-                if len(a) > WHISPER_MAX_SECONDS * 16000:
-                    raise AudioError(f"{name}: {len(a) / 16000:.1f} s long; the Whisper encoder "
-                                     f"({', '.join(whisper_keys)}) takes at most {WHISPER_MAX_SECONDS:g} s clips "
-                                     "(cut it into shorter segments)")
-        texts = self.transcribe(audios, cache_dir, device) if self.needs_asr else None
-        features = self.encode(audios, texts, cache_dir, device, names=names)
-        probs, _, attrs = self.predict_all(features, names)
-        return texts, probs, attrs
-
-    def predict_audio(self, paths: list[str | Path], cache_dir: str | Path = "work/cache",
-                      device: torch.device | str | None = None) -> pd.DataFrame:
-        """Predictions for audio files (16 kHz; several channels are averaged): one row per file with utt_id
-        (the file's stem), path, text (when a member reads transcripts), p_<code> of each of the bundle's classes,
-        `predicted` (the argmax class code among them) and, when the meta-classifier predicts them,
-        arousal/valence/dominance (1..7 scale).
-        `device` runs the encoders and ASR (default: the bundle's). Files of any format, rate or length, each
-        error in its own row: medusa.serving.predict.Predictor."""
-        paths = [Path(p) for p in paths]
-        audios = [_read_clip(p) for p in paths]
-        texts, probs, attrs = self.predict_clips(audios, [str(p) for p in paths], cache_dir, device)
-        frame = pd.DataFrame({"utt_id": [p.stem for p in paths], "path": [str(p) for p in paths]})
-        if texts is not None:
-            frame["text"] = texts
-        frame[list(target_columns(self.classes))] = probs
-        frame["predicted"] = np.asarray(self.classes)[probs.argmax(1)] if len(probs) else np.asarray([], dtype=object)
-        if attrs is not None:
-            frame[list(ATTRIBUTES)] = attrs
-        return frame
-
     def _device(self, device: torch.device | str | None) -> torch.device:
         from medusa.features.batches import pick_device
 
@@ -371,26 +246,26 @@ class Bundle:
 
 def stored_agreement(bundle: Bundle, files: list[str | Path], stored: pd.DataFrame, cache_dir: str | Path = "work/cache"
                      ) -> dict[str, Any]:
-    """Score `files` with the bundle in one call and compare with the pipeline's stored posteriors for the same
-    clips (`stored`: utt_id = the file's stem, p_<code> of the bundle's classes), e.g. the ensemble stage's soup
-    posteriors. Batch invariance makes them agree up to float noise; a gap means prediction and pipeline compute
-    features differently."""
-    predicted = bundle.predict_audio(list(files), cache_dir)
+    """Score `files` with the bundle as `medusa predict` does (medusa.serving.predict.Predictor) and compare with
+    the pipeline's stored posteriors for the same clips (`stored`: utt_id = the file's stem, p_<code> of the
+    bundle's classes), e.g. the ensemble stage's soup posteriors. Batch invariance makes them agree up to float
+    noise; a gap means prediction and pipeline compute features differently."""
+    from medusa.serving.predict import Predictor
+
+    with Predictor(bundle, Path(cache_dir)) as predictor:
+        frame = predictor.predict_files(list(files), predictor.utterance_window, progress=False)
+    files_rows = frame[frame["level"] == "file"]
+    errors = files_rows["error"].dropna()
+    if len(errors):
+        raise ClipError(f"{len(errors)} of {len(files_rows)} clips could not be scored: {errors.iloc[0]}")
     columns = list(target_columns(bundle.classes))
-    reference = stored.set_index("utt_id").loc[predicted["utt_id"], columns].to_numpy(dtype=np.float64)
-    ours = predicted[columns].to_numpy(dtype=np.float64)
-    return {"clips": len(predicted), "max_abs_diff": float(np.abs(ours - reference).max()),
+    reference = stored.set_index("utt_id").loc[files_rows["utt_id"], columns].to_numpy(dtype=np.float64)
+    ours = files_rows[columns].to_numpy(dtype=np.float64)
+    return {"clips": len(files_rows), "max_abs_diff": float(np.abs(ours - reference).max()),
             "argmax_agree": int((ours.argmax(1) == reference.argmax(1)).sum())}
 
 
-def _read_clip(path: Path) -> np.ndarray:
-    info = audio_info(path)  # AudioError naming the file if it is missing or unreadable
-    if info.duration_s <= 0:
-        raise AudioError(f"{path}: empty audio")
-    return load_audio(path)  # rejects sample rates other than 16 kHz, averages channels
-
-
-def _as_stored(frames: np.ndarray, key: str, name: str) -> np.ndarray:
+def as_stored(frames: np.ndarray, key: str, name: str) -> np.ndarray:
     """Frames as a feature store would give them back (float16): the members never saw more precision."""
     x = np.asarray(frames, dtype=np.float32).astype(np.float16)
     if not np.isfinite(x).all():
@@ -454,7 +329,7 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
     if "meta.json" not in manifest["files"]:
         raise BundleError(f"{path / 'meta.json'}: not listed in the bundle's manifest")
     meta_file = path / "meta.json"
-    meta_info = check_keys(meta_file, read_bundle_json(meta_file), META_JSON_KEYS, META_JSON_KEYS)
+    meta_info = check_keys(meta_file, read_bundle_json(meta_file), META_JSON_KEYS, META_JSON_REQUIRED)
     names = meta_info["members"]
     if not (isinstance(names, list) and names and all(isinstance(n, str) and n and n == Path(n).name
                                                       and n not in (".", "..") for n in names)
@@ -507,7 +382,8 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu", *,
     missing = sorted({k for m in members for k in m.encoders} - set(encoders))
     if missing:
         raise BundleError(f"{encoders_file}: no entry for encoder(s) {', '.join(missing)}")
-    bundle = Bundle(path, meta.eval(), members, encoders, asr, manifest, device)
+    bundle = Bundle(path, meta.eval(), members, encoders, asr, manifest, device,
+                    train_durations=check_durations(meta_file, meta_info.get("train_durations")))
     if bundle.needs_asr and asr is None:
         raise BundleError(f"{asr_file}: a member reads transcripts but the bundle has no ASR settings")
     problems = version_mismatches(bundle)

@@ -19,25 +19,36 @@ pipeline converts a corpus, so a file and its own 16 kHz mono conversion get the
 Rows (columns in COLUMNS order; `text` only when the bundle reads transcripts, p_<code> for the bundle's classes,
 arousal/valence/dominance only when it predicts them):
     file, utt_id        the file as given or found (path), and its stem (the pipeline's utterance id)
-    level               "file": the whole file; "segment": one window of a file longer than `window`
+    level               "file": the whole file; "segment": one piece (window or speech segment) of a longer file
     start_s, end_s      the row's span in the file, seconds
     duration_s          the whole file's duration
-    text                the Whisper transcript (a file row of a cut file: its windows' texts, joined)
+    text                the Whisper transcript (a file row of a cut file: its pieces' texts, joined)
     p_<code>, predicted the ensemble's class probabilities and their argmax
     warning             scored, but the result deserves suspicion (silence, a very short clip)
     error               not scored (missing, unreadable, empty, too short): probabilities NaN, `predicted` empty
 
-Long files. A file longer than `window` seconds is cut into windows of `window` s, one every `hop` s (default: the
-window, no overlap); the last window ends at the file's end, shifted back so that it is a full window (it may
-overlap the one before). Each window gets a "segment" row; the file's row holds the duration-weighted mean of the
-windows' probabilities (and attributes), and `predicted` is its argmax. Whisper (encoder or ASR) reads at most 30 s,
-so a bundle with Whisper refuses a longer window.
+Long files. A file longer than the window (by default: than the longest training clip, recorded in the bundle)
+is scored in pieces, each with a "segment" row, and its "file" row holds
+the mean of their probabilities (and attributes) in which each second of audio counts once (overlapping pieces
+share the seconds they both cover: medusa.serving.segments.coverage_weights); `predicted` is its argmax.
+* segment="window" (the default): windows of `window` s, one every `hop` s (default: the window, no overlap); the
+  last ends at the file's end, shifted back so that it is a full window. The default window is the 95th percentile
+  of the durations of the clips the members were trained on (recorded in the bundle; 30 s for bundles that did not
+  record them): the models see pieces as long as what they learned from. Whisper (encoder or ASR) reads at most 30 s,
+  so a bundle with Whisper refuses a longer window.
+* segment="vad": the file is cut at speech boundaries found by a voice-activity detector (silero-vad, whose package
+  ships its model), pieces merged across short pauses and split to stay within the trained range (at most the
+  window); silence is not scored. A podcast or a call comes back as a timeline of speech segments: start_s, end_s,
+  text and emotion per segment. Where no speech is found, the windows are scored, with a warning.
 
-Batches. Windows are read, encoded and scored `batch_size` at a time (each batch loads the encoders once); a clip's
-features and transcript depend on that clip alone (medusa.features.encoders.base), and the members' masks make padding
-harmless, so a row does not depend on the other files of the call nor on `batch_size` (up to float32 rounding:
-a few 1e-6 at most, measured on attributes). A batch that fails on one clip's values (e.g. features float16 cannot hold) is scored again clip by clip,
-so that only that clip's row gets the error.
+Models and batches. A Predictor builds each encoder and the Whisper ASR once, on first use, and keeps them for
+the next calls (medusa.serving.featurizer.Featurizer; close() or a `with` block frees them; resident="one" keeps
+one at a time for a small GPU), so one file per call costs about what a batched call costs per file. Pieces are
+read, encoded and scored `batch_size` at a time; a clip's features and transcript depend on that clip alone
+(medusa.features.encoders.base), and the members' masks make padding harmless, so a row does not depend on the
+other files of the call nor on `batch_size` (up to float32 rounding: a few 1e-6 at most, measured on attributes).
+A batch that fails on one clip's values (e.g. features float16 cannot hold) is scored again clip by clip, so that
+only that clip's row gets the error. Memory is bounded by a batch, whatever the number of files.
 """
 from __future__ import annotations
 
@@ -55,8 +66,10 @@ import pandas as pd
 from medusa.data.audio import MIN_SECONDS, SAMPLE_RATE, AudioError, check_min_duration, read_any, to_mono_16k
 from medusa.errors import UserError
 from medusa.labels import ATTRIBUTES, target_columns
+from medusa.serving.segments import coverage_weights
 
 if TYPE_CHECKING:
+    from medusa.serving.featurizer import Featurizer
     from medusa.serving.inference import Bundle
 
 log = logging.getLogger(__name__)
@@ -72,10 +85,14 @@ SILENCE_DBFS = -50.0
 #: (MSP-Podcast's are 2.75-11 s), and under a second there is hardly a word, let alone its prosody. Clips under
 #: medusa.data.audio.MIN_SECONDS (0.1 s; the shortest clip every encoder gives a frame for) are errors.
 SHORT_SECONDS = 1.0
-#: Windows read, encoded and scored together when batch_size is not given. Each batch loads the encoders once (the
-#: bundle loads one at a time, so that a GPU holds only the largest), so larger is faster; 64 windows of 30 s are
-#: 123 MB of audio and, for a 1024-d encoder, ~0.2 GB of float16 frames per layer average.
+#: Pieces (clips, windows or speech segments) read, encoded and scored together when batch_size is not given; 64
+#: pieces of 30 s are 123 MB of audio and, for a 1024-d encoder, ~0.2 GB of float16 frames per layer average.
 DEFAULT_BATCH_SIZE = 64
+#: The window of long files for bundles that do not record their training clips' durations (written before they
+#: did): Whisper's longest input, the former default.
+LEGACY_WINDOW_SECONDS = 30.0
+#: How a file longer than the window is cut: fixed windows, or speech segments found by a voice-activity detector.
+SEGMENTATIONS = ("window", "vad")
 #: What write_predictions writes, by the output's suffix.
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
 
@@ -279,18 +296,45 @@ Loader = Callable[[], np.ndarray]  # 16 kHz mono samples, or AudioError with the
 
 @dataclass
 class Predictor:
-    """A loaded predict bundle and where its encoders' converted checkpoints are kept (Predictor.from_bundle)."""
+    """A loaded predict bundle, and its models: each encoder and the Whisper ASR is built on first use and kept
+    for the next calls (medusa.serving.featurizer.Featurizer), until close() or the end of a `with` block.
+
+        with Predictor.from_bundle("work/bundle") as predictor:
+            predictor.predict_files(["a.wav", "b.flac"])
+
+    `resident="one"` keeps at most one model in memory at a time (a GPU too small for all of them): the same
+    results, more time."""
     bundle: Bundle
     cache_dir: Path = Path("work/cache")
+    resident: str = "all"
+    featurizer: Featurizer = field(init=False, repr=False)
+    _vad: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from medusa.serving.featurizer import Featurizer
+
+        self.cache_dir = Path(self.cache_dir)
+        self.featurizer = Featurizer(self.bundle, self.bundle.device, self.cache_dir, self.resident)
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "auto", cache_dir: str | Path = "work/cache",
-                    allow_version_mismatch: bool = False) -> Predictor:
+                    allow_version_mismatch: bool = False, resident: str = "all") -> Predictor:
         """Load (and verify) the bundle at `path` (medusa.serving.inference.load_bundle: BundleError names what is wrong);
         its encoders, members and ASR run on `device` (auto: cuda if there is one)."""
         from medusa.serving.inference import load_bundle
 
-        return cls(load_bundle(path, device, allow_version_mismatch=allow_version_mismatch), Path(cache_dir))
+        return cls(load_bundle(path, device, allow_version_mismatch=allow_version_mismatch), Path(cache_dir), resident)
+
+    def close(self) -> None:
+        """Free the encoders and the ASR model (a later call builds them again)."""
+        self.featurizer.close()
+        self._vad = None
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -304,9 +348,34 @@ class Predictor:
         return ["file", "utt_id", "level", "start_s", "end_s", "duration_s", *text,
                 *target_columns(self.classes), "predicted", *attributes, "warning", "error"]
 
-    def check_window(self, window: float, hop: float | None) -> tuple[int, int]:
-        """(window, hop) in samples; PredictError unless MIN_SECONDS <= window (<= 30 s with Whisper) and
-        0 < hop <= window."""
+    @property
+    def default_window(self) -> float:
+        """The window of long files when none is given: the 95th percentile of the durations of the clips the
+        members were trained on (the bundle's meta.json `train_durations`), at most what Whisper reads; bundles
+        that did not record them: LEGACY_WINDOW_SECONDS."""
+        durations = self.bundle.train_durations
+        window = max(MIN_SECONDS, durations["p95"]) if durations else LEGACY_WINDOW_SECONDS
+        limit = self.bundle.max_clip_seconds
+        return min(window, limit) if limit is not None else window
+
+    @property
+    def utterance_window(self) -> float:
+        """The window for corpora of utterances (medusa evaluate, medusa submission, the ensemble stage's bundle
+        check): the longest clip the bundle reads whole (Whisper's 30 s), so that each utterance is scored whole,
+        as the pipeline scored its test clips, whatever the training clips' durations."""
+        return self.bundle.max_clip_seconds or LEGACY_WINDOW_SECONDS
+
+    @property
+    def shortest_segment(self) -> float:
+        """VAD segments shorter than this are merged with a neighbour where the pause allows: the 5th percentile
+        of the training clips' durations (SHORT_SECONDS for bundles that did not record them)."""
+        durations = self.bundle.train_durations
+        return min(durations["p05"], self.default_window) if durations else SHORT_SECONDS
+
+    def check_window(self, window: float | None, hop: float | None) -> tuple[int, int]:
+        """(window, hop) in samples (window None: default_window); PredictError unless MIN_SECONDS <= window
+        (<= 30 s with Whisper) and 0 < hop <= window."""
+        window = self.default_window if window is None else window
         limit = self.bundle.max_clip_seconds
         if not (isinstance(window, (int, float)) and math.isfinite(window) and window >= MIN_SECONDS):
             raise PredictError(f"window must be at least {MIN_SECONDS:g} s, got {window!r}")
@@ -320,37 +389,79 @@ class Predictor:
             raise PredictError(f"hop must be more than 0 and at most the window ({window:g} s), got {hop!r}")
         return round(window * SAMPLE_RATE), max(1, round(hop * SAMPLE_RATE))
 
-    def predict_files(self, paths: Iterable[str | Path] | str | Path, window: float = 30.0, hop: float | None = None,
-                      batch_size: int | None = None, *, progress: bool = True) -> pd.DataFrame:
+    def predict_files(self, paths: Iterable[str | Path] | str | Path, window: float | None = None,
+                      hop: float | None = None, batch_size: int | None = None, *, segment: str = "window",
+                      progress: bool = True) -> pd.DataFrame:
         """Predictions for audio files, folders and @list files (see the module's doc for the rows and columns).
         A bad file gets a row with its `error` and NaN probabilities; nothing is raised for one. PredictError for
-        a window, hop or batch size out of range."""
+        a window, hop, segmentation or batch size out of range."""
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        sources = expand_inputs(paths)
+        return self.predict_sources(expand_inputs(paths), window, hop, batch_size, segment=segment, progress=progress)
+
+    def predict_sources(self, sources: Iterable[Source], window: float | None = None, hop: float | None = None,
+                        batch_size: int | None = None, *, segment: str = "window", progress: bool = True
+                        ) -> pd.DataFrame:
+        """predict_files for inputs already found (expand_inputs' Sources, or a caller's own: a Source's `where`,
+        e.g. a CSV's file:line, is named in its file's error). One file row per source, in order."""
         inputs = [(s.file, Path(s.file).stem, _file_loader(s)) for s in sources]
-        return self._predict(inputs, window, hop, batch_size, progress)
+        return self._predict(inputs, window, hop, batch_size, segment, progress)
 
     def predict_array(self, samples: np.ndarray, sample_rate: int | float, *, name: str = "<array>",
-                      window: float = 30.0, hop: float | None = None) -> pd.Series:
+                      window: float | None = None, hop: float | None = None, segment: str = "window") -> pd.Series:
         """The prediction of one clip held in memory: `samples` (n,) or (n, channels), float in [-1, 1] or signed
         integers (scaled as libsndfile reads PCM), at any `sample_rate`; averaged and resampled as a file's samples
         are (medusa.data.audio.to_mono_16k). Its file row, as predict_files gives it (file = `name`); an empty,
         too short or non-finite clip gets its `error` there. ValueError for an array that is no clip."""
         frames = _as_frames(samples, sample_rate)
-        frame = self._predict([(name, name, lambda: _array_samples(frames, sample_rate, name))], window, hop, 1,
-                              progress=False)
+        frame = self._predict([(name, name, lambda: _array_samples(frames, sample_rate, name))], window, hop, None,
+                              segment, progress=False)
         row = frame[frame["level"] == "file"].iloc[0]
         row.name = name
         return row
 
     # ---- internals
 
-    def _predict(self, inputs: list[tuple[str, str, Loader]], window: float, hop: float | None,
-                 batch_size: int | None, progress: bool) -> pd.DataFrame:
+    @property
+    def longest_whole(self) -> float:
+        """With the default window, files up to this long are scored whole: the longest training clip (at most
+        what Whisper reads), so a clip like those the members learned from is never cut; a longer file is cut
+        into pieces of default_window. Bundles that did not record durations: the default window."""
+        durations = self.bundle.train_durations
+        limit = self.bundle.max_clip_seconds
+        longest = max(durations["max"], self.default_window) if durations else self.default_window
+        return min(longest, limit) if limit is not None else longest
+
+    def _spans(self, samples: np.ndarray, w: int, h: int, whole: int, segment: str
+               ) -> tuple[list[tuple[int, int]], str | None]:
+        """The spans of a clip that get rows, and a note for the file's warning. A clip of at most `whole` samples
+        is one span; a longer one is cut into windows (segment="window") or at speech boundaries (segment="vad":
+        medusa.serving.segments, shaped to the trained durations; silence is not scored)."""
+        n = len(samples)
+        if n <= whole:
+            return [(0, n)], None
+        if segment == "window":
+            return [(s, s + w) for s in window_starts(n, w, h)], None
+        from medusa.serving.segments import load_vad, vad_segments
+
+        if self._vad is None:
+            self._vad = load_vad()
+        spans = [(a, b) for a, b in vad_segments(samples, self._vad, min_s=self.shortest_segment, max_s=w / SAMPLE_RATE)
+                 if b - a >= MIN_SECONDS * SAMPLE_RATE]
+        if not spans:  # no speech found: the windows are scored, and the row says so
+            return ([(s, s + w) for s in window_starts(n, w, h)],
+                    "no speech found by the voice-activity detector: scored in fixed windows")
+        return spans, None
+
+    def _predict(self, inputs: list[tuple[str, str, Loader]], window: float | None, hop: float | None,
+                 batch_size: int | None, segment: str, progress: bool) -> pd.DataFrame:
         from tqdm import tqdm
 
         w, h = self.check_window(window, hop)
+        # a window given is also the longest file scored whole; by default, the longest training clip is
+        whole = w if window is not None else max(w, round(self.longest_whole * SAMPLE_RATE))
+        if segment not in SEGMENTATIONS:
+            raise PredictError(f"segment must be one of {', '.join(SEGMENTATIONS)}, got {segment!r}")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise PredictError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
@@ -372,13 +483,14 @@ class Predictor:
                 clip.error = str(e)
                 continue
             clip.warning = clip_warning(samples)
-            starts = window_starts(n, w, h)
-            for j, start in enumerate(starts):
-                span = samples[start:start + w]
-                clip.spans.append((start, start + len(span)))
-                clip.warnings.append(clip.warning if len(starts) == 1 else clip_warning(span))
+            spans, note = self._spans(samples, w, h, whole, segment)
+            if note:
+                clip.warning = "; ".join(filter(None, [clip.warning, note]))
+            for j, (a, b) in enumerate(spans):
+                clip.spans.append((a, b))
+                clip.warnings.append(clip.warning if len(spans) == 1 else clip_warning(samples[a:b]))
                 clip.results.append(None)
-                pending.append((clip, j, span))
+                pending.append((clip, j, samples[a:b]))
                 if len(pending) >= batch_size:
                     self._score(pending)
                     pending = []
@@ -391,7 +503,7 @@ class Predictor:
         return frame.astype({c: "float64" for c in floats})
 
     def _score(self, pending: list[tuple[_Clip, int, np.ndarray]]) -> None:
-        """Score a batch of windows into their clips' results: (text, probabilities, attributes) or an error."""
+        """Score a batch of spans into their clips' results: (text, probabilities, attributes) or an error."""
         for (clip, j, _), result in zip(pending, self._score_clips([s for _, _, s in pending],
                                                                    [_span_name(c, j) for c, j, _ in pending])):
             clip.results[j] = result
@@ -400,12 +512,14 @@ class Predictor:
         from medusa.serving.bundle import BundleError
 
         try:
-            texts, probs, attrs = self.bundle.predict_clips(audios, names, self.cache_dir)
+            texts, features = self.featurizer.features(audios, names)
+            probs, _, attrs = self.bundle.predict_all(features, names)
         except BundleError:
             raise  # the bundle, not the clip
         except (AudioError, ValueError) as e:  # a clip's values (e.g. frames float16 cannot hold), named in e
             if len(audios) == 1:
                 return [str(e)]
+            # the models are kept (Featurizer), so scoring the batch again clip by clip rebuilds nothing
             log.warning("a batch of %d clips failed (%s); scoring them one at a time", len(audios), e)
             return [self._score_clips([a], [n])[0] for a, n in zip(audios, names)]
         return [(None if texts is None else texts[i], probs[i], None if attrs is None else attrs[i])
@@ -417,15 +531,16 @@ class Predictor:
             return [{**base, "level": "file", "start_s": 0.0, "end_s": clip.duration_s, "error": clip.error}]
         segments = [self._row(base, "segment", span, result, warning)
                     for span, result, warning in zip(clip.spans, clip.results, clip.warnings)]
-        if len(segments) == 1:
+        if len(segments) == 1 and clip.spans[0] == (0, round(clip.duration_s * SAMPLE_RATE)):
             return [{**segments[0], "level": "file"}]
         whole = {**base, "level": "file", "start_s": 0.0, "end_s": clip.duration_s, "warning": clip.warning}
         failed = [r for r in clip.results if isinstance(r, str)]
         if failed:
-            whole["error"] = (f"{clip.file}: {len(failed)} of {len(segments)} windows could not be scored "
+            whole["error"] = (f"{clip.file}: {len(failed)} of {len(segments)} pieces could not be scored "
                               f"(the first: {failed[0]})")
             return [whole, *segments]
-        weights = np.asarray([b - a for a, b in clip.spans], dtype=np.float64)
+        # each second of audio counts once: overlapping windows share the seconds they both cover
+        weights = coverage_weights(clip.spans)
         weights /= weights.sum()
         probs = weights @ np.stack([np.asarray(r[1], np.float64) for r in clip.results])
         whole.update(self._values(probs))

@@ -135,7 +135,8 @@ def submission_from_bundle(bundle, corpus: str | Path, cache_dir: str | Path = "
     on_disk = audio_files(audio_dir) if audio_dir.is_dir() else {}
     paths = [on_disk.get(n, audio_dir / n) for n in names]  # a name not on disk gets its "no such file" row
     predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, Path(cache_dir))
-    frame = predictor.predict_files(paths, progress=progress)
+    # utterances, scored whole as the pipeline scores its test clips (not cut at the training clips' p95)
+    frame = predictor.predict_files(paths, predictor.utterance_window, progress=progress)
     files = frame[frame["level"] == "file"].reset_index(drop=True)
     assert len(files) == len(paths), f"{len(paths)} blind files gave {len(files)} file rows"  # one row a file
     columns = list(target_columns(predictor.classes))

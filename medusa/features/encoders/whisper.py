@@ -112,8 +112,9 @@ class WhisperEncoder(Encoder):
     libraries = ("openai-whisper",)
 
     def __init__(self, model: str, layers: list[int], device: torch.device, cache_dir: str | Path,
-                 pad_seconds: float = 0.0) -> None:
-        self.whisper = load_whisper(model, cache_dir, device).eval()
+                 pad_seconds: float = 0.0, whisper=None) -> None:
+        # `whisper`: the model `model` already loaded on `device` (a predict bundle's ASR shares it); read-only here
+        self.whisper = (load_whisper(model, cache_dir, device) if whisper is None else whisper).eval()
         self.model_name, self.layers, self.device, self.pad_seconds = model, layers, device, pad_seconds
         self.dim = int(self.whisper.dims.n_audio_state)
         self.padding_rule = (f"each clip zero-padded to whole seconds (at least its length and {pad_seconds:g} s, "
