@@ -117,3 +117,18 @@ def busy(load: str) -> str:
     if first >= 0.5:
         return "other jobs were running: CPU figures are noisy"
     return "the machine was otherwise idle"
+
+
+def scoring_device(name: str, threads: int | None) -> tuple[torch.device, int | None]:
+    """The device a prediction benchmark runs on (pick_device: auto, cpu, cuda...) and its torch threads: `threads`,
+    else 1 on CPU (a busy machine gives steadier numbers on one); set here, with library warnings silenced."""
+    import warnings
+
+    from medusa.features.batches import pick_device
+
+    device = pick_device(name)
+    threads = threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    return device, threads

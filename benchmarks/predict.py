@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +51,8 @@ import pandas as pd  # noqa: E402
 import report  # noqa: E402  benchmarks/report.py: the Markdown
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
-from _common import busy, cpu_memory_method, device_name, load_average, measure  # noqa: E402
+from _common import busy, cpu_memory_method, device_name, load_average, measure, scoring_device  # noqa: E402
 
-from medusa.features.batches import pick_device  # noqa: E402
 from medusa.labels import target_columns  # noqa: E402
 from medusa.serving.predict import DEFAULT_BATCH_SIZE, Predictor, expand_inputs  # noqa: E402
 
@@ -323,11 +321,7 @@ def main(argv: list[str] | None = None) -> Result:
     """Run the benchmark, print the table, write the report section; returns what was measured."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    device = pick_device(args.device)
-    threads = args.threads or (1 if device.type == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore")
+    device, threads = scoring_device(args.device, args.threads)
     load = load_average()
     files = list_files(args.audio, args.files)
     print(f"device {device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "

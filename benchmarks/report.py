@@ -34,7 +34,8 @@ HEADER = "# Benchmarks\n"
 # The sections' order in the report (file stems under reports/benchmarks/); any other section follows, by name,
 # so a new benchmark shows up before anyone places it.
 ORDER = ("extract", "train", "batch_invariance", "learning", "learning_few_frames_seeds", "learning_small_corpus",
-         "learning_width_dropout", "learning_one_annotator_preset", "predict", "gpu", "scale", "stacking")
+         "learning_width_dropout", "learning_one_annotator_preset", "predict", "long_files", "gpu", "scale",
+         "stacking")
 
 Doc = dict[str, Any]
 
