@@ -1,4 +1,4 @@
-"""Long recordings: fixed windows vs the default windows vs voice-activity segments, scored clip by clip.
+"""Long recordings: fixed windows vs training-length windows vs voice-activity segments, scored clip by clip.
 
     python benchmarks/long_files.py [--bundle work/bundle] [--manifest work/manifest.parquet] [--split test]
                                     [--file-seconds 60] [--seed 0] [--device cpu] [--threads T] [--limit N]
@@ -16,8 +16,9 @@ known, and measures how well each way of cutting a long file gets each clip's em
   file, start_s, end_s, label and utt_id, and after the run each way's prediction.
 * Three ways, one Predictor (the models are built once, by a warm-up call on the longest file, with segment="vad"
   so that it loads the voice-activity detector too): (a) fixed 30 s windows (`window=30`, the former default);
-  (b) the default (`window=None`: windows of the training clips' p95 duration; a file up to the longest training
-  clip is scored whole); (c) speech segments (`segment="vad"`). Each is one timed `predict_files` call over all
+  (b) training-length windows (`window=None, segment="window"`: windows of the training clips' p95 duration; a
+  file up to the longest training clip is scored whole); (c) speech segments (`segment="vad"`, the default since
+  this benchmark found it best). Each is one timed `predict_files` call over all
   files (wall seconds).
 * Clip-level scores. A clip's probabilities are the mean of those of the scored pieces that overlap it (segment
   rows; the file row where a file was not cut), weighted by the seconds each overlaps the clip's [start, end];
@@ -86,7 +87,7 @@ class Way:
     segment: str
 
 
-WAYS = (Way("fixed", FIXED_WINDOW_S, "window"), Way("default", None, "window"), Way("vad", None, "vad"))
+WAYS = (Way("fixed", FIXED_WINDOW_S, "window"), Way("p95", None, "window"), Way("vad", None, "vad"))
 
 
 # ------------------------------------------------------------------------------------------- joined files
@@ -321,9 +322,9 @@ class Result:
 
 def way_name(way: Way, predictor: Predictor) -> str:
     if way.segment == "vad":
-        return "VAD segments"
+        return "VAD segments (the default)"
     if way.window is None:
-        return f"default windows ({predictor.default_window:.2f} s)"
+        return f"training-length windows ({predictor.default_window:.2f} s)"
     return f"fixed {way.window:g} s windows"
 
 
@@ -400,7 +401,7 @@ def describe_windows(predictor: Predictor) -> str:
         source, longest = "the former 30 s: this bundle records no training durations", "the default window"
     whole, shortest = predictor.longest_whole, predictor.shortest_segment
     same = predictor.default_window == FIXED_WINDOW_S and whole == FIXED_WINDOW_S
-    return (f"Windows: default window {predictor.default_window:.2f} s ({source}); by default a file up to "
+    return (f"Windows: training-length window {predictor.default_window:.2f} s ({source}); by default a file up to "
             f"{whole:.2f} s ({longest}) is scored whole, a longer one is cut. VAD segments: silero-vad's speech, "
             f"merged across short pauses to at least {shortest:.2f} s where the pauses allow and split to at most "
             f"the default window; a file up to {whole:.2f} s is scored whole. Fixed windows: {FIXED_WINDOW_S:g} s; a "

@@ -274,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "file scored as their mean with each second counted once (at most 30 with Whisper; "
                            "default: the 95th percentile of the bundle's training clips' durations)")
     pred.add_argument("--hop", type=float, metavar="S", help="seconds between windows' starts (default: the window)")
-    pred.add_argument("--segment", choices=("window", "vad"), default="window",
-                      help="how long files are cut: fixed windows, or speech segments found by a voice-activity "
-                           "detector (silero-vad; silence is not scored; a timeline of speech)")
+    pred.add_argument("--segment", choices=("vad", "window"), default="vad",
+                      help="how files longer than the training clips are cut: speech segments found by a "
+                           "voice-activity detector (vad, the default: silero-vad; silence is not scored; a timeline "
+                           "of speech), or fixed windows (window)")
     pred.add_argument("--batch-size", type=int, metavar="N",
                       help="pieces encoded and scored together (speed and memory only; default 64)")
     pred.add_argument("--resident", choices=("all", "one"), default="all",

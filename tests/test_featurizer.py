@@ -62,9 +62,9 @@ def test_each_model_is_built_once_over_many_calls(setup, monkeypatch):
     monkeypatch.setattr(whisper_encoder, "load_whisper", counting)
     predictor = Predictor.from_bundle(setup["bundle"], "cpu", setup["cache"])
     files = setup["files"]
-    together = predictor.predict_files(files, progress=False)
-    alone = [predictor.predict_files([f], batch_size=1, progress=False) for f in files]
-    array = predictor.predict_array(sf.read(files[3], dtype="float32")[0], SR, name=str(files[3]))
+    together = predictor.predict_files(files, segment="window", progress=False)
+    alone = [predictor.predict_files([f], batch_size=1, segment="window", progress=False) for f in files]
+    array = predictor.predict_array(sf.read(files[3], dtype="float32")[0], SR, name=str(files[3]), segment="window")
     # every model once: the ASR and the Whisper encoder share one Whisper (loaded once), after 8 calls
     assert dict(predictor.featurizer.builds) == {ASR: 1, "whisper": 1, "egemaps": 1, "text": 1}
     assert len(loads) == 1
@@ -79,7 +79,7 @@ def test_each_model_is_built_once_over_many_calls(setup, monkeypatch):
 
     predictor.close()
     assert predictor.featurizer.loaded == []
-    again = predictor.predict_files(files[:2], progress=False)
+    again = predictor.predict_files(files[:2], segment="window", progress=False)
     assert dict(predictor.featurizer.builds) == {ASR: 2, "whisper": 2, "egemaps": 2, "text": 2}
     np.testing.assert_allclose(file_values(again)[0], values[:2], rtol=0, atol=1e-5)
 
@@ -87,10 +87,10 @@ def test_each_model_is_built_once_over_many_calls(setup, monkeypatch):
 def test_one_resident_model_gives_the_same_rows(setup):
     files = setup["files"]
     with Predictor.from_bundle(setup["bundle"], "cpu", setup["cache"]) as every:
-        expected = file_values(every.predict_files(files, batch_size=3, progress=False))
+        expected = file_values(every.predict_files(files, batch_size=3, segment="window", progress=False))
     assert every.featurizer.loaded == []  # the `with` block freed them
     one = Predictor.from_bundle(setup["bundle"], "cpu", setup["cache"], resident="one")
-    frame = one.predict_files(files, batch_size=3, progress=False)
+    frame = one.predict_files(files, batch_size=3, segment="window", progress=False)
     got = file_values(frame)
     np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-6)
     assert got[1] == expected[1]
@@ -113,13 +113,13 @@ def test_the_default_window_comes_from_the_training_durations(setup):
     predictor = Predictor.from_bundle(setup["bundle"], "cpu", setup["cache"])
     assert predictor.bundle.train_durations == {"n": 5, "min": 1.0, "p05": 1.1, "p50": 2.0, "p95": 2.9, "max": 3.0}
     assert (predictor.default_window, predictor.longest_whole, predictor.utterance_window) == (2.9, 3.0, 30.0)
-    frame = predictor.predict_files(setup["files"][2:4], progress=False)   # 1.3 s and 3.1 s
+    frame = predictor.predict_files(setup["files"][2:4], segment="window", progress=False)   # 1.3 s and 3.1 s
     assert frame["level"].tolist() == ["file", "file", "segment", "segment"]
     pieces = frame[frame["level"] == "segment"]
     assert pieces[["start_s", "end_s"]].to_numpy().round(3).tolist() == [[0, 2.9], [0.2, 3.1]]
     weights = np.array([0.2 + 2.7 / 2, 2.7 / 2 + 0.2])   # the 2.7 s both cover count half for each
     np.testing.assert_allclose(frame.iloc[1][VALUES].to_numpy(float),
                                weights @ pieces[VALUES].to_numpy(float) / weights.sum(), rtol=0, atol=1e-12)
-    whole = predictor.predict_files(setup["files"][3:4], predictor.utterance_window, progress=False)
+    whole = predictor.predict_files(setup["files"][3:4], predictor.utterance_window, segment="window", progress=False)
     assert whole["level"].tolist() == ["file"]
     predictor.close()

@@ -112,7 +112,7 @@ def test_a_run_scores_every_clip_three_ways_and_writes_the_section(bench, tmp_pa
 
     fixed, default, vad = res.ways
     files_s = sum(res.joined.durations_s)
-    # files under 30 s are scored whole by the fixed windows; the default windows (~3 s) cut them
+    # files under 30 s are scored whole by the fixed windows; the training-length windows (~3 s) cut them
     assert fixed.pieces == len(res.joined.files) and fixed.scored_s == pytest.approx(files_s, abs=1e-3)
     assert default.pieces > 3 * len(res.joined.files) and default.missed == 0 and fixed.missed == 0
     assert res.reference.pieces == 12 and res.reference.audio_s == pytest.approx(sum(durations), abs=0.01)
@@ -126,5 +126,5 @@ def test_a_run_scores_every_clip_three_ways_and_writes_the_section(bench, tmp_pa
     section = json.loads((tmp_path / "reports" / "benchmarks" / "long_files.json").read_text())
     assert section["title"] == bench.REPORT_SECTION[3:]
     text = report.read_text(encoding="utf-8")
-    assert bench.REPORT_SECTION in text and "| VAD segments |" in text and "Best on this data:" in text
+    assert bench.REPORT_SECTION in text and "| VAD segments (the default) |" in text and "Best on this data:" in text
     assert "| fixed 30 s windows |" in text and "each clip on its own (reference)" in text

@@ -154,7 +154,7 @@ def test_a_long_file_is_cut_into_windows(predictor, tmp_path):
     long = tmp_path / "long.wav"
     x = voice(90.0, seed=11)
     sf.write(long, x, SR, subtype="FLOAT")
-    frame = predictor.predict_files([long], batch_size=2, progress=False)   # windows span two batches
+    frame = predictor.predict_files([long], batch_size=2, segment="window", progress=False)   # windows span two batches
     assert list(frame["level"]) == ["file", "segment", "segment", "segment"]
     segments, whole = frame[frame["level"] == "segment"], frame[frame["level"] == "file"].iloc[0]
     assert segments[["start_s", "end_s"]].to_numpy().tolist() == [[0, 30], [30, 60], [60, 90]]
@@ -171,10 +171,10 @@ def test_a_long_file_is_cut_into_windows(predictor, tmp_path):
     assert np.abs(np.diff(segments[PROBS].to_numpy(), axis=0)).max() > 1e-4  # the windows are scored apart
 
     # a window that does not divide the file: the last one is shifted back to end at the file's end
-    frame = predictor.predict_files([long], window=40, progress=False)
+    frame = predictor.predict_files([long], window=40, segment="window", progress=False)
     assert frame.loc[frame["level"] == "segment", ["start_s", "end_s"]].to_numpy().tolist() == \
         [[0, 40], [40, 80], [50, 90]]
-    frame = predictor.predict_files([long], window=40, hop=25, progress=False)
+    frame = predictor.predict_files([long], window=40, segment="window", hop=25, progress=False)
     assert frame.loc[frame["level"] == "segment", ["start_s", "end_s"]].to_numpy().tolist() == \
         [[0, 40], [25, 65], [50, 90]]
     assert window_starts(100, 100, 10) == [0] and window_starts(101, 100, 100) == [0, 1]
@@ -334,11 +334,11 @@ def test_a_files_row_does_not_depend_on_the_others(predictor, clips, tmp_path):
     long = tmp_path / "long.wav"
     sf.write(long, voice(25.0, seed=21), SR, subtype="PCM_16")
     target = clips["c2"]
-    reference = values(predictor.predict_files([target], window=10, progress=False), target)
+    reference = values(predictor.predict_files([target], window=10, segment="window", progress=False), target)
     long_rows = []
     for batch_size in (1, 8, None):
         for files in ([target], [clips["c0"], long, target, clips["c3"]], [clips["c3"], target, clips["c1"], long]):
-            frame = predictor.predict_files(files, window=10, batch_size=batch_size, progress=False)
+            frame = predictor.predict_files(files, window=10, segment="window", batch_size=batch_size, progress=False)
             np.testing.assert_allclose(values(frame, target), reference, rtol=RTOL, atol=ATOL,
                                        err_msg=f"batch_size {batch_size}, files {files}")
             if long in files:
@@ -364,7 +364,7 @@ def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monk
     long = tmp_path / "long.wav"
     sf.write(long, voice(25.0, seed=22), SR, subtype="PCM_16")
     files = [clips["c0"], clips["c1"], long, clips["c2"]]
-    clean = predictor.predict_files(files, window=10, progress=False)
+    clean = predictor.predict_files(files, window=10, segment="window", progress=False)
     original = Featurizer.features
 
     def refusing(self, audios, names=None, *args, **kwargs):
@@ -375,7 +375,7 @@ def test_a_clip_the_encoders_refuse_fails_alone(predictor, clips, tmp_path, monk
 
     monkeypatch.setattr(Featurizer, "features", refusing)
     with caplog.at_level("WARNING", logger="medusa.serving.predict"):
-        frame = predictor.predict_files(files, window=10, progress=False)
+        frame = predictor.predict_files(files, window=10, segment="window", progress=False)
     assert "scoring them one at a time" in caplog.text
     assert frame["error"].notna().tolist() == [False, True, True, False, True, False, False]
     assert frame["error"].iloc[1] == f"{clips['c1']}: encoder 'egemaps' gives values float16 cannot hold"
@@ -438,7 +438,7 @@ def test_vad_gives_a_timeline_of_speech_segments(predictor, tmp_path):
     np.testing.assert_allclose(whole[VALUES].to_numpy(float), seconds @ segments[VALUES].to_numpy() / seconds.sum(),
                                rtol=0, atol=1e-12)
     assert segments["error"].isna().all() and pd.isna(whole["error"])
-    windows = predictor.predict_files([recording], window=5.0, progress=False)
+    windows = predictor.predict_files([recording], window=5.0, segment="window", progress=False)
     assert windows.loc[windows["level"] == "segment", "start_s"].tolist() == [0, 5, 10, x.size / SR - 5]
     # a short file is scored whole either way
     short = tmp_path / "short.wav"

@@ -31,15 +31,17 @@ Long files. A file longer than the window (by default: than the longest training
 is scored in pieces, each with a "segment" row, and its "file" row holds
 the mean of their probabilities (and attributes) in which each second of audio counts once (overlapping pieces
 share the seconds they both cover: medusa.serving.segments.coverage_weights); `predicted` is its argmax.
-* segment="window" (the default): windows of `window` s, one every `hop` s (default: the window, no overlap); the
-  last ends at the file's end, shifted back so that it is a full window. The default window is the 95th percentile
-  of the durations of the clips the members were trained on (recorded in the bundle; 30 s for bundles that did not
-  record them): the models see pieces as long as what they learned from. Whisper (encoder or ASR) reads at most 30 s,
-  so a bundle with Whisper refuses a longer window.
-* segment="vad": the file is cut at speech boundaries found by a voice-activity detector (silero-vad, whose package
-  ships its model), pieces merged across short pauses and split to stay within the trained range (at most the
-  window); silence is not scored. A podcast or a call comes back as a timeline of speech segments: start_s, end_s,
-  text and emotion per segment. Where no speech is found, the windows are scored, with a warning.
+* segment="vad" (the default): the file is cut at speech boundaries found by a voice-activity detector (silero-vad,
+  whose package ships its model), pieces merged across pauses under 0.5 s and split to at most the window; silence
+  is not scored. A podcast or a call comes back as a timeline of speech segments: start_s, end_s, text and emotion
+  per segment. Where no speech is found, windows are scored, with a warning. It is the default because it got
+  long recordings' emotions right best (benchmarks/long_files.py: the demo's test clips joined into minute-long
+  recordings; reports/benchmarks.md).
+* segment="window": windows of `window` s, one every `hop` s (default: the window, no overlap); the last ends at
+  the file's end, shifted back so that it is a full window.
+The default window is the 95th percentile of the durations of the clips the members were trained on (recorded in
+the bundle; 30 s for bundles that did not record them): the models see pieces as long as what they learned from.
+Whisper (encoder or ASR) reads at most 30 s, so a bundle with Whisper refuses a longer window.
 
 Models and batches. A Predictor builds each encoder and the Whisper ASR once, on first use, and keeps them for
 the next calls (medusa.serving.featurizer.Featurizer; close() or a `with` block frees them; resident="one" keeps
@@ -92,7 +94,9 @@ DEFAULT_BATCH_SIZE = 64
 #: did): Whisper's longest input, the former default.
 LEGACY_WINDOW_SECONDS = 30.0
 #: How a file longer than the window is cut: fixed windows, or speech segments found by a voice-activity detector.
-SEGMENTATIONS = ("window", "vad")
+SEGMENTATIONS = ("vad", "window")
+#: The default: speech segments (benchmarks/long_files.py measured them best on long recordings)
+DEFAULT_SEGMENT = "vad"
 #: What write_predictions writes, by the output's suffix.
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
 
@@ -390,7 +394,7 @@ class Predictor:
         return round(window * SAMPLE_RATE), max(1, round(hop * SAMPLE_RATE))
 
     def predict_files(self, paths: Iterable[str | Path] | str | Path, window: float | None = None,
-                      hop: float | None = None, batch_size: int | None = None, *, segment: str = "window",
+                      hop: float | None = None, batch_size: int | None = None, *, segment: str = DEFAULT_SEGMENT,
                       progress: bool = True) -> pd.DataFrame:
         """Predictions for audio files, folders and @list files (see the module's doc for the rows and columns).
         A bad file gets a row with its `error` and NaN probabilities; nothing is raised for one. PredictError for
@@ -400,7 +404,7 @@ class Predictor:
         return self.predict_sources(expand_inputs(paths), window, hop, batch_size, segment=segment, progress=progress)
 
     def predict_sources(self, sources: Iterable[Source], window: float | None = None, hop: float | None = None,
-                        batch_size: int | None = None, *, segment: str = "window", progress: bool = True
+                        batch_size: int | None = None, *, segment: str = DEFAULT_SEGMENT, progress: bool = True
                         ) -> pd.DataFrame:
         """predict_files for inputs already found (expand_inputs' Sources, or a caller's own: a Source's `where`,
         e.g. a CSV's file:line, is named in its file's error). One file row per source, in order."""
@@ -408,7 +412,7 @@ class Predictor:
         return self._predict(inputs, window, hop, batch_size, segment, progress)
 
     def predict_array(self, samples: np.ndarray, sample_rate: int | float, *, name: str = "<array>",
-                      window: float | None = None, hop: float | None = None, segment: str = "window") -> pd.Series:
+                      window: float | None = None, hop: float | None = None, segment: str = DEFAULT_SEGMENT) -> pd.Series:
         """The prediction of one clip held in memory: `samples` (n,) or (n, channels), float in [-1, 1] or signed
         integers (scaled as libsndfile reads PCM), at any `sample_rate`; averaged and resampled as a file's samples
         are (medusa.data.audio.to_mono_16k). Its file row, as predict_files gives it (file = `name`); an empty,
@@ -435,8 +439,8 @@ class Predictor:
     def _spans(self, samples: np.ndarray, w: int, h: int, whole: int, segment: str
                ) -> tuple[list[tuple[int, int]], str | None]:
         """The spans of a clip that get rows, and a note for the file's warning. A clip of at most `whole` samples
-        is one span; a longer one is cut into windows (segment="window") or at speech boundaries (segment="vad":
-        medusa.serving.segments, shaped to the trained durations; silence is not scored)."""
+        is one span; a longer one is cut at speech boundaries (segment="vad": medusa.serving.segments, shaped to the
+        trained durations; silence is not scored) or into windows (segment="window")."""
         n = len(samples)
         if n <= whole:
             return [(0, n)], None
