@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,11 @@ import torch
 from medusa.errors import UserError
 from medusa.features.encoders import build_encoder
 from medusa.features.encoders.base import weights_error
+from medusa.serving.bundle import BundleError
+from medusa.serving.inference import ClipError
+
+if TYPE_CHECKING:
+    from medusa.serving.inference import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ class FeaturizerError(UserError, ValueError):
 class Featurizer:
     """Transcripts and features for a bundle's members (medusa.serving.inference.Bundle: its encoders.json entries,
     asr.json, the members' input widths), with models built once on `device`."""
-    bundle: Any                      # medusa.serving.inference.Bundle (typed loosely: inference imports this module)
+    bundle: Bundle
     device: torch.device
     cache_dir: Path = Path("work/cache")
     resident: str = "all"
@@ -90,8 +95,6 @@ class Featurizer:
 
     def asr_model(self):
         """The bundle's Whisper ASR model (asr.json), built on first use."""
-        from medusa.serving.bundle import BundleError
-
         b = self.bundle
         if b.asr is None:
             raise BundleError(f"{b.path}: the bundle has no ASR settings (asr.json is null)")
@@ -112,8 +115,6 @@ class Featurizer:
     def encoder(self, key: str):
         """The encoder of encoders.json's entry `key`, built on first use. Weights that are not on this machine are
         blamed on the bundle's file and key, not on params.yaml (which the encoder's own message names)."""
-        from medusa.serving.bundle import BundleError
-
         self._make_room(key)
         if key in self._models:
             return self._models[key]
@@ -169,7 +170,6 @@ class Featurizer:
         them. `texts` (the transcripts) are needed when a member reads a text encoder; `names` label clips in error
         messages. A BundleError if this code pads clips otherwise than the code that made the members' stores."""
         from medusa.features.extract import plan_batches
-        from medusa.serving.inference import as_stored
 
         names = names or [f"clip {i}" for i in range(len(audios))]
         items = pd.DataFrame({"utt_id": [f"{i:09d}" for i in range(len(audios))],
@@ -198,4 +198,14 @@ class Featurizer:
         return texts, self.encode(audios, texts, names)
 
 
-__all__ = ["ASR", "RESIDENT", "Featurizer", "FeaturizerError"]
+def as_stored(frames: np.ndarray, key: str, name: str) -> np.ndarray:
+    """Frames as a feature store would give them back (float16): the members never saw more precision. ClipError
+    naming the clip where float16 cannot hold them (the extract stage refuses such frames too)."""
+    x = np.asarray(frames, dtype=np.float32).astype(np.float16)
+    if not np.isfinite(x).all():
+        raise ClipError(f"{name}: encoder {key!r} gives values float16 cannot hold (NaN, inf or |x| > 65504); "
+                        "the extract stage would have refused them too (check the audio)")
+    return x
+
+
+__all__ = ["ASR", "RESIDENT", "Featurizer", "FeaturizerError", "as_stored"]

@@ -236,12 +236,6 @@ class Bundle:
         probs, member_probs, _ = self.predict_all(features, names)
         return probs, member_probs
 
-    def _device(self, device: torch.device | str | None) -> torch.device:
-        from medusa.features.batches import pick_device
-
-        if device is None:
-            return self.device
-        return device if isinstance(device, torch.device) else pick_device(device)
 
 
 def stored_agreement(bundle: Bundle, files: list[str | Path], stored: pd.DataFrame, cache_dir: str | Path = "work/cache"
@@ -263,15 +257,6 @@ def stored_agreement(bundle: Bundle, files: list[str | Path], stored: pd.DataFra
     ours = files_rows[columns].to_numpy(dtype=np.float64)
     return {"clips": len(files_rows), "max_abs_diff": float(np.abs(ours - reference).max()),
             "argmax_agree": int((ours.argmax(1) == reference.argmax(1)).sum())}
-
-
-def as_stored(frames: np.ndarray, key: str, name: str) -> np.ndarray:
-    """Frames as a feature store would give them back (float16): the members never saw more precision."""
-    x = np.asarray(frames, dtype=np.float32).astype(np.float16)
-    if not np.isfinite(x).all():
-        raise ClipError(f"{name}: encoder {key!r} gives values float16 cannot hold (NaN, inf or |x| > 65504); "
-                        "the extract stage would have refused them too (check the audio)")
-    return x
 
 
 def version_mismatches(bundle: Bundle) -> list[str]:

@@ -358,9 +358,12 @@ class Predictor:
         members were trained on (the bundle's meta.json `train_durations`), at most what Whisper reads; bundles
         that did not record them: LEGACY_WINDOW_SECONDS."""
         durations = self.bundle.train_durations
-        window = max(MIN_SECONDS, durations["p95"]) if durations else LEGACY_WINDOW_SECONDS
+        return self._readable(max(MIN_SECONDS, durations["p95"]) if durations else LEGACY_WINDOW_SECONDS)
+
+    def _readable(self, seconds: float) -> float:
+        """`seconds`, at most the longest clip the bundle reads (Whisper's 30 s; no limit without Whisper)."""
         limit = self.bundle.max_clip_seconds
-        return min(window, limit) if limit is not None else window
+        return min(seconds, limit) if limit is not None else seconds
 
     @property
     def utterance_window(self) -> float:
@@ -432,9 +435,7 @@ class Predictor:
         what Whisper reads), so a clip like those the members learned from is never cut; a longer file is cut
         into pieces of default_window. Bundles that did not record durations: the default window."""
         durations = self.bundle.train_durations
-        limit = self.bundle.max_clip_seconds
-        longest = max(durations["max"], self.default_window) if durations else self.default_window
-        return min(longest, limit) if limit is not None else longest
+        return self._readable(max(durations["max"], self.default_window)) if durations else self.default_window
 
     def _spans(self, samples: np.ndarray, w: int, h: int, whole: int, segment: str
                ) -> tuple[list[tuple[int, int]], str | None]:
