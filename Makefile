@@ -30,8 +30,9 @@ data/Labels/labels_consensus.csv: | $(VENV)/.installed
 
 demo-corpus: data/Labels/labels_consensus.csv
 
+# `dvc repro` with the members and Table 2's runs parallel.jobs at a time (medusa/pipeline/repro.py); the same outputs.
 repro: $(VENV)/.installed demo-corpus
-	$(BIN)/dvc repro
+	$(BIN)/medusa repro
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

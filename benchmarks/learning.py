@@ -126,6 +126,8 @@ class Job:
     features_root: Path
     result_path: Path
     run_dir: Path
+    bootstrap: int                 # report.bootstrap and report.seed: the resamples of the member's intervals
+    bootstrap_seed: int
     steps_per_utterance: float = 0.0  # time steps the model sees per utterance (all modalities, pooled): its cost
 
 
@@ -174,7 +176,8 @@ def run_job(job: Job) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         metrics = members.train_member(job.spec, job.manifest, job.features_root, job.run_dir / "member",
-                                       job.run_dir / "checkpoint.pt")
+                                       job.run_dir / "checkpoint.pt", bootstrap=job.bootstrap,
+                                       bootstrap_seed=job.bootstrap_seed)
         result["train_s"] = time.perf_counter() - start
         history = json.loads((job.run_dir / "member" / "history.json").read_text())
         result.update(
@@ -240,11 +243,12 @@ def plan_jobs(args: argparse.Namespace, params: Any, manifest: pd.DataFrame, src
                                               extra_overrides=overrides, probe=params.probe)
                         h = digest({"spec": spec.to_dict(), "train_ids": train_ids, "data": data.fingerprint,
                                     "code": code, "version": RESULT_VERSION,
+                                    "intervals": [params.report.bootstrap, params.report.seed],
                                     "manifest": digest(sub.to_json())})
                         key = f"{v}__n{size}__{member}__{change}__s{seed}__{h}"
                         jobs.append(Job(key, v, size, size, member, change, seed, overrides, spec, sub,
                                         data.features_root, work / "results" / f"{key}.json",
-                                        work / "runs" / key,
+                                        work / "runs" / key, params.report.bootstrap, params.report.seed,
                                         sum(mean_frames[e] / p for e, p in zip(spec.encoders, spec.pools))))
     return jobs, variants, all_changes
 

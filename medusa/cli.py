@@ -3,9 +3,14 @@
     medusa demo-corpus OUT_DIR [--params params.yaml]   write the synthetic demo corpus (MSP-Podcast layout;
           [--manifest]                                  --manifest: also as a CSV manifest, OUT_DIR/manifest.csv)
     medusa run NOTEBOOK --section NAME [--key KEY]      execute a stage notebook (see medusa.pipeline.run)
-    medusa extract ENCODER --shard I/N                  extract one shard of an encoder's features (one machine
-                                                        or GPU per shard), then
+    medusa extract ENCODER                              an encoder's features into work/features/ENCODER; under
+                                                        `torchrun --nproc-per-node N -m medusa extract ENCODER`
+                                                        each rank extracts its shard and rank 0 merges
+    medusa extract ENCODER --shard I/N                  one shard of N (one machine, GPU or array job each), then
     medusa extract ENCODER --merge N                    join the N shards into work/features/ENCODER
+    medusa transcribe [--shard I/N | --merge N]         the same for the Whisper transcripts (work/transcripts.parquet)
+    medusa repro [--jobs N] [--dry]                     `dvc repro` with the training stages N at a time (one per
+                                                        device; medusa.pipeline.repro)
     medusa predict BUNDLE PATH... [--out F]             emotion probabilities of audio files, folders or @lists
           [--window S] [--hop S] [--batch-size N]       (any format, rate, length; medusa.serving.predict) from a predict
           [--device D] [--cache-dir D]                  bundle; --out .csv/.json/.parquet; exit status 1 when a
@@ -122,36 +127,76 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    shard, _, n_shards = text.partition("/")
+    if not (shard.isdigit() and n_shards.isdigit() and int(shard) < int(n_shards)):
+        raise ParamsError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return int(shard), int(n_shards)
+
+
 def _extract(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from medusa.config import paths
-    from medusa.features.batches import pick_device
-    from medusa.features.encoders import build_encoder
-    from medusa.features.extract import extract_to_store, extraction_items, merge_shards
+    from medusa.features.extract import extract_rank, extract_to_store, extraction_items, merge_shards
+    from medusa.features.ranks import Rank, set_threads
 
     params = load_params(args.params)
     if args.encoder not in params.encoders:
         raise ParamsError(f"{args.params}: encoders.{args.encoder}: no such encoder "
                           f"(encoders: {', '.join(params.encoders)})")
-    root = paths.feature_store(args.encoder)
+    root, spec, settings = paths.feature_store(args.encoder), params.encoders[args.encoder], params.extract
     if args.merge:
         store = merge_shards(root, args.merge, list(pd.read_parquet(paths.MANIFEST)["utt_id"]))
         print(f"merged {args.merge} shards into {root}: {len(store)} utterances, {store.n_frames} frames")
         return 0
-    shard, _, n_shards = args.shard.partition("/")
-    if not (shard.isdigit() and n_shards.isdigit() and int(shard) < int(n_shards)):
-        raise ParamsError(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
-    spec, device = params.encoders[args.encoder], pick_device(params.extract.device)
+    if not args.shard:  # one process, or one rank of a torchrun (its shard from RANK/WORLD_SIZE; rank 0 merges)
+        stats = extract_rank(args.encoder, spec, settings, paths.MANIFEST, paths.TRANSCRIPTS, root, paths.CACHE)
+        print(f"rank {Rank.from_env().rank} of {args.encoder}: {stats.as_dict()}")
+        return 0
+    from medusa.features.batches import pick_device
+    from medusa.features.encoders import build_encoder
+
+    shard, n_shards = _shard(args.shard)
+    set_threads(settings.threads)
+    device = pick_device(settings.device)
     encoder = build_encoder(args.encoder, spec.family, spec.model, spec.layers, device, paths.CACHE,
-                            params.extract.whisper_pad_seconds)
+                            settings.whisper_pad_seconds)
     transcripts = (pd.read_parquet(paths.TRANSCRIPTS) if paths.TRANSCRIPTS.exists()
                    else pd.DataFrame(columns=["utt_id", "text"]))
     items = extraction_items(pd.read_parquet(paths.MANIFEST), transcripts, encoder.kind)
     stats = extract_to_store(encoder, items, root, batch_size=spec.batch_size, batch_seconds=spec.batch_seconds,
-                             num_workers=params.extract.num_workers, device=device, shard=int(shard),
-                             n_shards=int(n_shards))
+                             num_workers=settings.num_workers, device=device, shard=shard, n_shards=n_shards)
     print(f"shard {args.shard} of {args.encoder}: {stats.as_dict()}")
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from medusa.config import paths
+    from medusa.features.asr import merge_transcripts, transcribe_rank, transcribe_shard
+    from medusa.features.batches import pick_device
+    from medusa.features.encoders.whisper import load_whisper
+    from medusa.features.ranks import set_threads
+
+    t = load_params(args.params).transcribe
+    if not (args.shard or args.merge):  # one process, or one rank of a torchrun (rank 0 merges)
+        stats = transcribe_rank(t, paths.MANIFEST, paths.TRANSCRIPTS, paths.CACHE)
+        print(f"rank {stats['rank']}: transcribed {stats['utterances']} utterances in {stats['compute_seconds']:.0f} s")
+        return 0
+    set_threads(t.threads)
+    model = load_whisper(t.model, paths.CACHE, pick_device(t.device))
+    manifest = pd.read_parquet(paths.MANIFEST)
+    if args.merge:
+        merge_transcripts(model, manifest, paths.TRANSCRIPTS, t.language, t.pad_seconds, t.batch_size, t.beam_size,
+                          args.merge)
+        print(f"merged {args.merge} shards into {paths.TRANSCRIPTS}")
+        return 0
+    shard, n_shards = _shard(args.shard)
+    stats = transcribe_shard(model, manifest, paths.TRANSCRIPTS, t.language, t.pad_seconds, t.batch_size,
+                             t.num_workers, t.beam_size, shard, n_shards)
+    print(f"shard {args.shard}: transcribed {stats['utterances']} utterances in {stats['compute_seconds']:.0f} s")
     return 0
 
 
@@ -255,13 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--manifest", action="store_true", help="also write OUT_DIR/manifest.csv (the CSV form)")
     demo.set_defaults(func=_demo_corpus)
     sub.add_parser("run", help="execute a stage notebook (medusa run --help)")
-    ext = sub.add_parser("extract", help="extract one shard of an encoder's features, or merge the shards")
-    ext.add_argument("encoder", help="a key of `encoders` in params.yaml")
-    how = ext.add_mutually_exclusive_group(required=True)
-    how.add_argument("--shard", help="I/N: this process's shard (0-based) of N")
-    how.add_argument("--merge", type=int, metavar="N", help="join the N finished shards")
-    ext.add_argument("--params", default=str(PARAMS_FILE))
-    ext.set_defaults(func=_extract)
+    sub.add_parser("repro", help="dvc repro with the training stages side by side (medusa repro --help)")
+    for name, what in (("extract", "an encoder's features"), ("transcribe", "the Whisper transcripts")):
+        cmd = sub.add_parser(name, help=f"{what}: in this process, as one rank of a torchrun (its shard; rank 0 "
+                             "merges), one shard of N (e.g. a SLURM array job), or the merge of N shards")
+        if name == "extract":
+            cmd.add_argument("encoder", help="a key of `encoders` in params.yaml")
+        how = cmd.add_mutually_exclusive_group()
+        how.add_argument("--shard", help="I/N: this process's shard (0-based) of N; then --merge N")
+        how.add_argument("--merge", type=int, metavar="N", help="join the N finished shards")
+        cmd.add_argument("--params", default=str(PARAMS_FILE))
+        cmd.set_defaults(func=_extract if name == "extract" else _transcribe)
     pred = sub.add_parser("predict", help="emotion probabilities of audio files, folders or @lists (any format, "
                           "rate, length) from a predict bundle")
     pred.add_argument("bundle", help="a bundle folder (written by the bundle stage, e.g. work/bundle)")
@@ -329,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         from medusa.pipeline.run import main as run_main
         return run_main(argv[1:])
+    if argv[:1] == ["repro"]:
+        from medusa.pipeline.repro import main as repro_main
+        return repro_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -1,6 +1,5 @@
 """Table 2 and the report's tables: ablation runs (resolution, parallel training), the long table and its
 relative changes on hand-made predictions, and the three table formats."""
-import json
 import re
 import shutil
 
@@ -161,8 +160,8 @@ def test_runs_apply_the_switch_on_top_of_the_model(repo_root):
         ablation.ablation_runs(params, "nope", dims)
 
 
-def test_parallel_runs_equal_sequential_runs(corpus, tmp_path):  # noqa: F811
-    """Two workers (spawned processes) give exactly the results of one: a run does not depend on its neighbour."""
+def test_runs_train_and_report_their_training_rows(corpus, tmp_path):  # noqa: F811
+    """A stage's runs train one after another; each records its training rows, which Table 2's notes read."""
     manifest, root = corpus
     manifest_path = tmp_path / "manifest.parquet"
     manifest.to_parquet(manifest_path)
@@ -171,19 +170,15 @@ def test_parallel_runs_equal_sequential_runs(corpus, tmp_path):  # noqa: F811
     runs = [ablation.AblationRun("no_mixup", name, members.resolve_member(
         name, {"encoders": encoders, "seed": seed}, train, dims, extra_overrides={"mixup_p": 0.0}, probe={"c": 1.0}))
         for name, encoders, seed in (("ab", ["a", "b"], 0), ("a", ["a"], 1))]
-    sequential = ablation.train_runs(runs, manifest_path, root, tmp_path / "one", workers=1)
-    parallel = ablation.train_runs(runs, manifest_path, root, tmp_path / "two", workers=2)
-    # compared as JSON: a per-class F1 of a class absent from test is NaN, and NaN != NaN in a dict comparison
-    assert json.dumps(sequential, sort_keys=True) == json.dumps(parallel, sort_keys=True)
+    sequential = ablation.train_runs(runs, manifest_path, root, tmp_path / "one", bootstrap=200, bootstrap_seed=3)
+    assert sorted(sequential) == ["a", "ab"]
     # a run's metrics.json (train_member's) records its training rows, and load_runs hands them to Table 2's notes
     n_train = int((manifest["split"] == "train").sum())
     assert sequential["ab"]["train_rows"] == {"stage1": n_train, "stage2_pool": n_train}
     shutil.copytree(tmp_path / "one" / "no_mixup" / "ab", tmp_path / "models" / "ab")  # stands in for the member
     loaded = ablation.load_runs(["no_mixup"], ["ab"], {"ab": "ab"}, tmp_path / "one", tmp_path / "models")
     assert loaded[["train_rows_stage1", "train_rows_stage2_pool"]].values.tolist() == [[n_train, n_train]] * 2
-    post = [pd.read_parquet(tmp_path / d / "no_mixup" / "ab" / "posteriors.parquet") for d in ("one", "two")]
-    pd.testing.assert_frame_equal(*post)
-    assert not list((tmp_path / "two").glob("*.checkpoint.pt"))  # checkpoints are removed once a run is done
+    assert not list((tmp_path / "one").glob("*.checkpoint.pt"))  # checkpoints are removed once a run is done
 
 
 def test_ensemble_findings_use_the_paired_interval():

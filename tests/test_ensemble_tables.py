@@ -51,6 +51,10 @@ def test_technique_table_leads_with_balanced_macro_f1_over_the_run_classes():
     expected = percentile_interval(bootstrap_macro_f1(t, noisy[2][scored], classes=classes, indices=indices,
                                                       balanced=True))
     assert (soup["balanced_macro_f1_ci95_low"], soup["balanced_macro_f1_ci95_high"]) == pytest.approx(expected)
+    # the interval follows the seed it is given (report.seed): another seed draws other resamples
+    other = technique_table({"all": _subset_result(truth, preds, [idx(noisy[1]), idx(noisy[0])], classes)},
+                            bootstrap=300, seed=3).set_index("technique").loc["meta-classifier (soup)"]
+    assert (other["balanced_macro_f1_ci95_low"], other["balanced_macro_f1_ci95_high"]) != pytest.approx(expected)
     single = table.loc["meta-classifier (single)"]
     seeds = [balanced_macro_f1(t, noisy[k][scored], classes) for k in (1, 0)]
     assert single["balanced_macro_f1"] == pytest.approx(np.mean(seeds))

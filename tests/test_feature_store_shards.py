@@ -25,7 +25,7 @@ def test_shards_are_contiguous_blocks_of_about_equal_weight():
     for shard, n in [(4, 4), (-1, 4), (0, 0)]:
         with pytest.raises(ValueError, match="shard"):
             shard_items(items, shard, n)
-    assert shard_dir("feat", 2, 4).as_posix() == "feat/shard-2-of-4"
+    assert shard_dir("work/feat", 2, 4).as_posix() == "work/feat.shard-2-of-4"   # beside the store: DVC empties it
     with pytest.raises(ValueError):
         shard_dir("feat", 4, 4)
 
@@ -50,7 +50,7 @@ def test_merged_shards_equal_a_single_pass_store(tmp_path):
         np.testing.assert_array_equal(merged[u], single[u])
 
 
-def test_merge_into_the_folder_of_the_shards_replaces_them(tmp_path):
+def test_merge_of_a_stores_own_shards_consumes_them(tmp_path):
     utts = make_utterances(n=12)
     ids = sorted(u for u, _ in utts)
     by_id = dict(utts)
@@ -60,18 +60,19 @@ def test_merge_into_the_folder_of_the_shards_replaces_them(tmp_path):
     first_frames = os.stat(shard_dir(root, 0, 2) / FRAMES_FILE).st_ino
     merged = merge_stores([shard_dir(root, i, 2) for i in range(2)], root)
     assert merged.utt_ids == ids and sorted(os.listdir(root)) == sorted(STORE_FILES)
-    assert sorted(os.listdir(tmp_path)) == ["feat"]
+    assert sorted(os.listdir(tmp_path)) == ["feat"]                # the emptied shards are gone
     assert os.stat(root / FRAMES_FILE).st_ino == first_frames   # the first shard's frames were moved, not copied
-    # A folder holding anything besides the shards being merged is not replaced.
+    # A folder holding anything but a store is not replaced.
     for i in range(2):
         write_store(shard_dir(tmp_path / "other", i, 2), [(u, by_id[u]) for u in shard_items(ids, i, 2)])
+    (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not a feature store"):
         merge_stores([shard_dir(tmp_path / "other", 0, 2)], tmp_path / "other")
 
 
 def test_an_interrupted_merge_resumes_from_the_shards_it_has_not_consumed(tmp_path, monkeypatch):
-    """In the shards' own folder the merge deletes each shard's frames once appended (at most one shard's size of
+    """Merging a store's own shards deletes each shard's frames once appended (at most one shard's size of
     extra disk); a merge that dies midway resumes with what is left and gives the bytes of an uninterrupted one."""
     import medusa.features.store.shards as fs
 
@@ -102,7 +103,7 @@ def test_an_interrupted_merge_resumes_from_the_shards_it_has_not_consumed(tmp_pa
     merged = merge_stores(roots, tmp_path / "resumed")
     assert store_bytes(tmp_path / "resumed") == store_bytes(tmp_path / "straight")
     assert merged.utt_ids == ids and sorted(os.listdir(tmp_path / "resumed")) == sorted(STORE_FILES)
-    assert not partial_dir(tmp_path / "resumed").exists()
+    assert not partial_dir(tmp_path / "resumed").exists() and not any(r.exists() for r in roots)
 
 
 def test_merge_refuses_duplicates_and_mismatched_stores(tmp_path):

@@ -62,7 +62,7 @@ def run_job(mode: str, args: dict) -> None:
         spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0}, args["train"],
                                       members.store_dims(["a", "b"], args["features"]), probe={"c": 1.0})
         members.train_member(spec, pd.read_parquet(args["manifest"]), args["features"], args["out"],
-                             args["checkpoint"])
+                             args["checkpoint"], bootstrap=200, bootstrap_seed=0)
     else:
         raise ValueError(mode)
 

@@ -22,6 +22,9 @@ TRAIN = {"device": "cpu", "amp": True, "hidden": 16, "layers": 2, "heads": 2, "d
          "mixup_alpha": 0.4, "ce_weight": 1.5, "mse_weight": 0.4, "class_weighted": True,
          "standardise": True, "epoch_steps": 24}
 PROBE = {"c": 1.0}
+#: The resampling the fixture member is scored with (report.bootstrap, report.seed): another seed than the
+#: member's own (0), so that an interval drawn with the member's seed would show.
+BOOTSTRAP, BOOTSTRAP_SEED = 300, 5
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,8 @@ def trained(corpus, tmp_path_factory):
     spec = members.resolve_member("m", {"encoders": ["a", "b"], "seed": 0}, TRAIN, members.store_dims(["a", "b"], root),
                                   probe=PROBE)
     out = tmp_path_factory.mktemp("models") / "m"
-    metrics = members.train_member(spec, manifest, root, out, out.with_name("m.checkpoint.pt"))
+    metrics = members.train_member(spec, manifest, root, out, out.with_name("m.checkpoint.pt"), bootstrap=BOOTSTRAP,
+                                   bootstrap_seed=BOOTSTRAP_SEED)
     return spec, out, metrics
 
 
@@ -132,7 +136,7 @@ def test_training_rows_of_soft_and_one_hot_members(corpus, tmp_path):
                               ("one_hot", {"stage1": n - 17, "stage2_pool": n - 17})):
         spec = members.resolve_member("m", {"encoders": ["a"], "seed": 0}, {**train, "targets": targets},
                                       members.store_dims(["a"], root), probe=PROBE)
-        metrics = members.train_member(spec, manifest, root, tmp_path / targets)
+        metrics = members.train_member(spec, manifest, root, tmp_path / targets, bootstrap=200, bootstrap_seed=0)
         assert metrics["train_rows"] == expected, targets
         assert json.loads((tmp_path / targets / "metrics.json").read_text())["train_rows"] == expected
         history = members.history_frame(tmp_path / targets)
@@ -140,7 +144,8 @@ def test_training_rows_of_soft_and_one_hot_members(corpus, tmp_path):
         assert np.isfinite(history["train_loss"]).all()
     spec = members.resolve_member("m", {"encoders": ["a"], "seed": 0}, {**train, "stage2_epochs": 0},
                                   members.store_dims(["a"], root), probe=PROBE)
-    assert members.train_member(spec, manifest, root, tmp_path / "no_stage2")["train_rows"] == \
+    assert members.train_member(spec, manifest, root, tmp_path / "no_stage2", bootstrap=200,
+                                bootstrap_seed=0)["train_rows"] == \
         {"stage1": n - 3, "stage2_pool": None}
 
 
@@ -232,7 +237,7 @@ def test_a_four_class_run_trains_a_member_over_its_classes(corpus, tmp_path):
     train = {**TRAIN, "stage1_epochs": 2, "stage2_epochs": 1, "epoch_steps": 6}
     spec = members.resolve_member("m4", {"encoders": ["a", "b"], "seed": 0}, train,
                                   members.store_dims(["a", "b"], root), probe=PROBE)
-    metrics = members.train_member(spec, four, root, tmp_path / "m4")
+    metrics = members.train_member(spec, four, root, tmp_path / "m4", bootstrap=200, bootstrap_seed=0)
     model, config = members.load_member(tmp_path / "m4")
     assert model.class_head.out_features == 4 and config["deepser"]["n_classes"] == 4
     assert config["classes"] == ["A", "S", "H", "N"] and members.member_classes(config) == ("A", "S", "H", "N")
@@ -311,7 +316,7 @@ def test_a_run_without_attribute_ratings_trains_and_reports_null_ccc(corpus, tmp
     train = {**TRAIN, "stage1_epochs": 2, "stage2_epochs": 1, "epoch_steps": 6}
     spec = members.resolve_member("u", {"encoders": ["a"], "seed": 0}, train, members.store_dims(["a"], root),
                                   probe=PROBE)
-    metrics = members.train_member(spec, unrated, root, tmp_path / "u")
+    metrics = members.train_member(spec, unrated, root, tmp_path / "u", bootstrap=200, bootstrap_seed=0)
     assert all(np.isnan(v) for v in metrics["test"]["ccc"].values())
     assert json.loads((tmp_path / "u" / "metrics.json").read_text())["test"]["ccc"] == dict.fromkeys(ATTRIBUTES)
     assert np.isfinite(members.history_frame(tmp_path / "u")["train_loss"]).all()
@@ -322,9 +327,9 @@ def test_a_run_without_attribute_ratings_trains_and_reports_null_ccc(corpus, tmp
 def test_score_table_rows_match_the_scores(corpus, trained):
     _, out, metrics = trained
     post = pd.read_parquet(out / "posteriors.parquet")
-    scores = {"DeepSER": members.classification_scores_of(post, "test", CODES, 0, 1000)}
+    scores = {"DeepSER": members.classification_scores_of(post, "test", CODES, BOOTSTRAP_SEED, BOOTSTRAP)}
     table = members.score_table(scores)
-    # the same seed and classes give exactly the figures train_member wrote
+    # the same resamples and classes give exactly the figures train_member wrote
     for key in ("balanced_macro_f1", "macro_f1", "accuracy"):
         assert table.loc["DeepSER", key] == metrics["test"][key]
     assert [table.loc["DeepSER", "ci95_low"], table.loc["DeepSER", "ci95_high"]] == \
@@ -391,3 +396,38 @@ def test_history_records_test_scores_and_the_selection_note_reads_them(trained):
     assert "stage 1 epoch 2" in note and "test balanced macro-F1 0.310" in note
     assert "best test balanced macro-F1 of any epoch was 0.420 (stage 2 epoch 1)" in note
     assert "3 epoch(s) within 0.02" in note and "0.310-0.420" in note
+
+
+def test_the_members_intervals_are_drawn_with_the_report_settings(corpus, tmp_path):
+    """Table 1's per-model intervals (a member's metrics.json, test and probe) are the report's: `bootstrap`
+    class-stratified resamples of its scored test utterances drawn with report.seed, not with the member's seed."""
+    from medusa.scoring.metrics import bootstrap_macro_f1, percentile_interval, stratified_bootstrap_indices
+
+    manifest, root = corpus
+    # on the noise store alone the member is near chance: its intervals are wide and move with the resamples
+    train = {**TRAIN, "stage1_epochs": 1, "stage2_epochs": 0, "epoch_steps": 4}
+    spec = members.resolve_member("n", {"encoders": ["b"], "seed": 0}, train, members.store_dims(["b"], root),
+                                  probe=PROBE)
+    metrics = members.train_member(spec, manifest, root, tmp_path / "n", bootstrap=BOOTSTRAP,
+                                   bootstrap_seed=BOOTSTRAP_SEED)
+    assert metrics["intervals"] == {"bootstrap": BOOTSTRAP, "seed": BOOTSTRAP_SEED}
+    for key, file in (("test", "posteriors.parquet"), ("probe_test", members.PROBE_POSTERIORS)):
+        test = pd.read_parquet(tmp_path / "n" / file).query("split == 'test' and label in @CODES")
+        truth, predicted = test["label"].to_numpy(), members.predicted_labels(test)
+
+        def interval(n, seed):
+            indices = stratified_bootstrap_indices(truth, n, seed)
+            return list(percentile_interval(bootstrap_macro_f1(truth, predicted, indices, CODES, balanced=True)))
+
+        assert metrics[key]["balanced_macro_f1_ci95"] == interval(BOOTSTRAP, BOOTSTRAP_SEED), key
+        # and not what another seed (the member's own, 0, or the next) or another count would give
+        for other in (interval(BOOTSTRAP, 0), interval(BOOTSTRAP, BOOTSTRAP_SEED + 1),
+                      interval(BOOTSTRAP + 100, BOOTSTRAP_SEED)):
+            assert other != metrics[key]["balanced_macro_f1_ci95"], (key, other)
+    # a table that reads the folder under other settings (or from before they were recorded) is refused
+    members.check_intervals(metrics, tmp_path / "n", BOOTSTRAP, BOOTSTRAP_SEED)
+    with pytest.raises(ValueError, match=r"drawn from 300 resamples with seed 5, but report.bootstrap is 300 and "
+                                         r"report.seed 6; rerun `dvc repro train@n`"):
+        members.check_intervals(metrics, tmp_path / "n", BOOTSTRAP, BOOTSTRAP_SEED + 1)
+    with pytest.raises(ValueError, match=r"record no resampling settings .*rerun `dvc repro ablate@x`"):
+        members.check_intervals({"test": metrics["test"]}, tmp_path / "n", BOOTSTRAP, BOOTSTRAP_SEED, "ablate@x")

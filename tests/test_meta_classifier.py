@@ -1,6 +1,6 @@
 """The ensemble's combiners: voting, the meta-classifier (what it reads and predicts, its saved config) and the soup."""
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import torch
 from ensemble_data import _complementary_members, _stacked_with_attributes
 from meta_config import meta_config
 
-from medusa.ensemble.meta import MetaClassifier, MetaConfig, meta_predict, soup, train_meta
+from medusa.ensemble.meta import MetaClassifier, MetaConfig, meta_predict, soup, soup_runs, train_meta
 from medusa.ensemble.tables import member_class_weights
 from medusa.ensemble.voting import majority_vote, soft_vote
 from medusa.labels import CODES
@@ -112,3 +112,29 @@ def test_a_bundle_config_saved_before_the_split_loads_with_its_shapes():
     assert MetaConfig.from_saved(json.loads(json.dumps(asdict(anchored)))) == anchored
     with pytest.raises(ValueError, match="stage3 'vote': one of paper, anchored, voting"):
         meta_config(n_models=2, stage3="vote")
+
+
+def _same_weights(a: MetaClassifier, b: MetaClassifier) -> bool:
+    return all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_a_hidden_layer_soup_starts_every_seed_from_the_first_seeds_weights():
+    """Stage 4 averages weights unit by unit: with a hidden layer the runs must start alike (the first seed's
+    initial weights) and differ only by their seeds' class-balanced draws; the linear layer keeps a start per
+    seed (the committed demo's behaviour)."""
+    train, y = _complementary_members(200, 0)
+    targets, unrated = np.eye(8, dtype=np.float32)[y], np.full((len(y), 3), np.nan, np.float32)
+    cfg = meta_config(n_models=2, hidden=8, epochs=0, mse_weight=0.0)   # 0 epochs: the runs as they start
+    start = soup_runs(train, targets, unrated, cfg, [3, 7])
+    assert _same_weights(*start) and [r.cfg.seed for r in start] == [3, 7]
+    assert _same_weights(start[0], train_meta(train, targets, unrated, replace(cfg, seed=3)))
+    assert not _same_weights(start[0], train_meta(train, targets, unrated, replace(cfg, seed=7)))
+    trained = soup_runs(train, targets, unrated, replace(cfg, epochs=3), [3, 7])
+    assert not _same_weights(*trained)                     # the seeds' draws made them differ
+    probs, _ = meta_predict(soup(trained), train)
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
+    # linear: each seed its own start, as before (sharing it would move the committed demo soup's weights)
+    linear = soup_runs(train, targets, unrated, replace(cfg, hidden=0), [3, 7])
+    assert not _same_weights(*linear)
+    with pytest.raises(ValueError, match="at least one seed"):
+        soup_runs(train, targets, unrated, cfg, [])

@@ -140,7 +140,8 @@ def run_pipeline(work: Path, csv_path: Path, prepare: dict, tiny: dict) -> dict:
     for name, keys in names.items():
         dims = members.store_dims(keys, work / "features")
         spec = members.resolve_member(name, {"encoders": keys, "seed": 0}, train, dims, probe={"c": 0.1})
-        members.train_member(spec, manifest, work / "features", work / "models" / name)
+        members.train_member(spec, manifest, work / "features", work / "models" / name, bootstrap=200,
+                             bootstrap_seed=0)
     posteriors = {n: pd.read_parquet(work / "models" / n / "posteriors.parquet") for n in names}
     probe_posteriors = voting.read_probe_posteriors(list(names), work / "models")
     cfg = meta_config(len(names), epochs=20, lr=1e-2)

@@ -88,10 +88,17 @@ def _scores(bal, low, high, plain, acc):
             "macro_f1_ci95": [0.0, 1.0], "accuracy": acc, "per_class_f1": {}, "classes": ["A", "S", "N"]}
 
 
-def _member(folder, bal, low, high, plain, acc, dev, probe=(0.30, 0.20, 0.40)):
-    """A member's metrics.json: its test scores, its dev selection score and its probe's test scores."""
+#: The report's resampling (report.bootstrap, report.seed) that the members' intervals were drawn with.
+BOOTSTRAP, SEED = 1000, 0
+
+
+def _member(folder, bal, low, high, plain, acc, dev, probe=(0.30, 0.20, 0.40), intervals=(BOOTSTRAP, SEED)):
+    """A member's metrics.json: its test scores, its dev selection score, its probe's test scores and the
+    resampling their intervals were drawn with (None: not recorded, as before it was)."""
     folder.mkdir(parents=True)
     metrics = {"test": _scores(bal, low, high, plain, acc), "dev_balanced_macro_f1": dev}
+    if intervals is not None:
+        metrics["intervals"] = dict(zip(("bootstrap", "seed"), intervals))
     if probe is not None:
         metrics["probe_test"] = _scores(*probe, probe[0] + 0.1, probe[0] + 0.2)
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -112,7 +119,7 @@ def test_table1_and_report_json_lead_with_balanced_macro_f1(tmp_path):
     _member(tmp_path / "a", 0.50, 0.40, 0.60, 0.62, 0.70, 0.30)     # best balanced
     _member(tmp_path / "b", 0.45, 0.35, 0.55, 0.66, 0.75, 0.35, probe=(0.52, 0.41, 0.63))   # below its probe
     models = {"a": {"encoders": ["w", "t"], "seed": 0}, "b": {"encoders": ["e"], "seed": 1}}
-    rows = reports.member_rows(["a", "b"], models, tmp_path)
+    rows = reports.member_rows(["a", "b"], models, BOOTSTRAP, SEED, tmp_path)
     table3 = _table3()
     t1 = reports.table1(rows, (0.41, 0.55), table3.iloc[3])
     assert list(t1.index) == ["a (top)", "b", "AVG", "MEDUSA"]
@@ -217,14 +224,45 @@ def test_table1_names_the_member_to_retrain_when_its_probe_scores_are_missing(tm
     models = {"old": {"encoders": ["w"], "seed": 0}}
     with pytest.raises(ValueError, match=rf"{tmp_path / 'old' / 'metrics.json'}: no probe_test scores .*"
                                          r"rerun `dvc repro train@old`"):
-        reports.member_rows(["old"], models, tmp_path)
+        reports.member_rows(["old"], models, BOOTSTRAP, SEED, tmp_path)
+
+
+def test_the_reports_own_intervals_follow_bootstrap_and_seed():
+    """Table 1's AVG interval and the findings' paired change are drawn from `bootstrap` resamples seeded by
+    `seed` (report.bootstrap, report.seed): equal to the direct computation, and moved by another seed."""
+    rng = np.random.default_rng(4)
+    classes = ("A", "S", "N")
+    truth = rng.choice(list(classes), 90)
+    a, b = (np.where(rng.random(90) < 0.6, truth, rng.choice(list(classes), 90)) for _ in range(2))
+    curve = lambda pred, seed: bootstrap_macro_f1(  # noqa: E731
+        truth, pred, stratified_bootstrap_indices(truth, 250, seed), classes, balanced=True)
+    average = reports.mean_interval(truth, [a, b], 250, 7, classes)
+    assert average == pytest.approx(percentile_interval(np.mean([curve(a, 7), curve(b, 7)], axis=0)))
+    assert average != pytest.approx(reports.mean_interval(truth, [a, b], 250, 8, classes))
+    change = reports.paired_change(truth, a, b, 250, 7, classes)
+    assert change == pytest.approx(percentile_interval(relative_change(curve(a, 7), curve(b, 7))))
+    assert change != pytest.approx(reports.paired_change(truth, a, b, 250, 8, classes))
+
+
+def test_table1_refuses_member_intervals_drawn_under_other_report_settings(tmp_path):
+    """Every interval uses report.bootstrap and report.seed: a member scored with other settings (its stage did
+    not read the report section, or the section changed since) is refused, naming the stage to rerun."""
+    _member(tmp_path / "a", 0.50, 0.40, 0.60, 0.62, 0.70, 0.30, intervals=(BOOTSTRAP, SEED + 1))
+    _member(tmp_path / "b", 0.45, 0.35, 0.55, 0.66, 0.75, 0.35, intervals=None)
+    models = {"a": {"encoders": ["w"], "seed": 0}, "b": {"encoders": ["e"], "seed": 1}}
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'a' / 'metrics.json'}: its intervals were drawn from 1000 "
+                                         r"resamples with seed 1, .*rerun `dvc repro train@a`"):
+        reports.member_rows(["a"], models, BOOTSTRAP, SEED, tmp_path)
+    assert len(reports.member_rows(["a"], models, BOOTSTRAP, SEED + 1, tmp_path)) == 1
+    with pytest.raises(ValueError, match=r"record no resampling settings .*rerun `dvc repro train@b`"):
+        reports.member_rows(["b"], models, BOOTSTRAP, SEED, tmp_path)
 
 
 def test_table1_and_report_json_carry_the_calibration_against_the_votes(tmp_path):
     _member(tmp_path / "a", 0.50, 0.40, 0.60, 0.62, 0.70, 0.30)
     _member(tmp_path / "b", 0.45, 0.35, 0.55, 0.66, 0.75, 0.35)
     rows = reports.member_rows(["a", "b"], {"a": {"encoders": ["w"], "seed": 0}, "b": {"encoders": ["e"], "seed": 1}},
-                               tmp_path)
+                               BOOTSTRAP, SEED, tmp_path)
     # medusa.scoring.calibration.calibration_table's columns, with a system Table 1 does not show
     scores = pd.DataFrame({"n": 60, "n_votes": 40, "jsd_votes": [0.20, 0.30, 0.10, 0.50],
                            "brier_votes": [0.3, 0.4, 0.2, 0.6], "ece": [0.10, 0.04, 0.02, 0.30],

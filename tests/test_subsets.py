@@ -115,3 +115,31 @@ def test_members_over_other_classes_are_refused_by_name():
     with pytest.raises(ValueError, match=r"reads posteriors over the classes A S H U F D C N, the members' are over "
                                          r"A S N"):
         meta_predict(meta, stack({"a": posteriors["a"]}, "test"))
+
+
+def test_a_hidden_layer_soup_trains_and_predicts_from_one_shared_start(monkeypatch):
+    """run_subset with ensemble.hidden > 0: every soup run is initialised with the first of the seeds (the seeds
+    vary only the draws), and the soup predicts test."""
+    import medusa.ensemble.meta as meta
+
+    starts = []
+    real = meta.MetaClassifier
+
+    def recorded(cfg):
+        model = real(cfg)
+        starts.append((cfg.seed, {k: v.clone() for k, v in model.state_dict().items()}))
+        return model
+
+    monkeypatch.setattr(meta, "MetaClassifier", recorded)
+    rng = np.random.default_rng(1)
+    manifest = _manifest(rng)
+    posteriors = {m: _posteriors(manifest, rng) for m in ("a", "b")}
+    result = run_subset(posteriors, manifest, ["a", "b"], meta_config(n_models=0, epochs=3, hidden=6), [4, 9],
+                        anchor_grid=(), cv_folds=5)
+    main = starts[:2]                                  # the main soup's two runs come first
+    assert [seed for seed, _ in main] == [4, 9]
+    assert all(torch.equal(main[0][1][k], main[1][1][k]) for k in main[0][1])
+    assert not all(torch.equal(result.runs[0].state_dict()[k], result.runs[1].state_dict()[k])
+                   for k in main[0][1])
+    probs, _ = meta_predict(result.soup, result.test)
+    assert np.isfinite(probs).all() and len(probs) == (manifest["split"] == "test").sum()

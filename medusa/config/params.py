@@ -231,6 +231,9 @@ class TranscribeParams(Section):
     beam_size: int = Field(ge=1)
     num_workers: int = Field(ge=0)
     device: str
+    #: torch CPU threads of each process (0 = torch's default). CPU transcripts can change with the thread count,
+    #: so it is fixed: the same for one process and for every rank of `parallel.ranks`.
+    threads: int = Field(ge=0)
     #: Utterances on which the notebook also runs 30 s padding, to compare speed and WER.
     compare_subset: int = Field(ge=0)
 
@@ -249,6 +252,8 @@ class ExtractParams(Section):
     """Settings shared by every extract@ENCODER stage (medusa.features.extract)."""
     device: str
     num_workers: int = Field(ge=0)
+    #: torch CPU threads of each process (0 = torch's default), fixed as transcribe.threads is.
+    threads: int = Field(ge=0)
     #: Whisper encoder: pad each clip to whole seconds, at least its length and this many seconds.
     whisper_pad_seconds: float = Field(ge=0, le=30)
 
@@ -376,10 +381,36 @@ class AblateParams(Section):
     #: Entries of `models` (paper: m02, m08, m09, m13), each run with its own seed. Models that differ only by
     #: seed (same encoders and overrides) are one configuration of Table 2: mean +- std over their seeds.
     models: list[str] = Field(min_length=1)
-    #: Runs trained side by side (processes); with train.threads they share the machine's cores.
-    workers: int = Field(ge=1)
     #: name -> keys of `train` to change, e.g. no_mixup: {mixup_p: 0.0}. The reference is the member itself.
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+class SlurmParams(Section):
+    """What each SLURM job asks for (parallel.engine slurm or submitit-local; submitit's executor parameters)."""
+    partition: str                      # "" = the cluster's default partition
+    account: str                        # "" = the user's default account
+    gpus_per_node: int = Field(ge=0)    # GPUs of a node the ranks of one job share (one per rank); 0 = CPU jobs
+    cpus_per_task: int = Field(ge=1)
+    mem_gb: int = Field(ge=1)           # memory per node
+    time_min: int = Field(ge=1)         # a job's time limit; a job stopped by it (or preempted) is requeued
+    folder: str                         # submitit's job files and logs, e.g. work/slurm
+
+
+class ParallelParams(Section):
+    """How the work spreads over devices and machines. No output depends on it (tests/test_ranks.py,
+    tests/test_repro.py, tests/test_slurm.py), so no stage lists it among its params in dvc.yaml: changing it reruns
+    nothing."""
+    #: transcription and extraction: processes (ranks, medusa.features.ranks), each a contiguous block of the batch
+    #: plan on its own device (GPU i of its node, or the CPU with the stage's `threads`); rank 0 merges
+    ranks: int = Field(ge=1)
+    #: `medusa repro`: training stages (train@, ablate@) run side by side, one per device (GPU, or CPU thread)
+    jobs: int = Field(ge=1)
+    #: torchrun: the ranks are processes of this machine (torch's elastic launcher) and the training stages
+    #: `medusa repro`'s processes; slurm: the ranks are the tasks of one SLURM job and the training stages a job
+    #: array, submitted through submitit with `slurm`'s resources; submitit-local: the same jobs on this machine
+    #: (submitit's local executor: the SLURM path without a cluster, for tests)
+    engine: Literal["torchrun", "slurm", "submitit-local"]
+    slurm: SlurmParams
 
 
 class ReportParams(Section):
@@ -399,6 +430,7 @@ class Params(Section):
     models: dict[str, ModelParams] = Field(min_length=1)
     ensemble: EnsembleParams
     ablate: AblateParams
+    parallel: ParallelParams
     report: ReportParams
 
     @model_validator(mode="after")

@@ -16,7 +16,8 @@ through the same `meta_inputs`. Output:
 C class logits and, when mse_weight > 0 (`attributes_out`), 3 attributes; loss = ce_weight * soft-target CE +
 mse_weight * attribute MSE (the paper's eq. (1)). The two attribute switches are independent. Each epoch draws a
 class-balanced subset of dev (stage 2's sampling, uniform class weights); AdamW; no MixUp. A fixed number of
-epochs, as no split is left for selection. The soup averages the weights of `seeds` runs.
+epochs, as no split is left for selection. The soup averages the weights of `seeds` runs; with a hidden layer
+they all start from the first seed's initial weights and differ by their draws only (meta.soup_runs).
 
 Scores: balanced macro-F1 on test over the run's classes with its 95 % class-stratified bootstrap interval (the
 headline), plain macro-F1 and accuracy beside it (medusa.scoring.metrics); the same resamples for every technique.

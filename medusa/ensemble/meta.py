@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import InitVar, dataclass, fields
+from dataclasses import InitVar, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -177,19 +177,24 @@ def meta_inputs(stacked: Stacked, cfg: MetaConfig) -> np.ndarray:
 
 
 
-def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig) -> MetaClassifier:
+def train_meta(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
+               init_seed: int | None = None) -> MetaClassifier:
     """Stage 3 on `stacked` (dev): soft `targets` (N, C) over cfg.classes (the run's), `attributes` (N, 3) on the
     1..7 scale (NaN = unrated: the MSE term reads rated rows only, and none when no row is rated). Only utterances
     whose consensus is one of the run's classes and that have a target (class votes) are drawn, class-balanced,
     afresh every epoch: a row without votes has NaN targets, and one NaN in a batch would turn every weight of
-    the soup into NaN. A loss that is not finite stops with the batch's utterances named."""
+    the soup into NaN. A loss that is not finite stops with the batch's utterances named.
+
+    The initial weights are drawn with `init_seed` (None: cfg.seed), the class-balanced draws with cfg.seed; a
+    soup's runs share their start through it (soup_runs)."""
     classes = cfg.classes
     if np.shape(targets) != (len(stacked.probs), len(classes)):
         raise ValueError(f"targets of shape {np.shape(targets)}, expected ({len(stacked.probs)}, {len(classes)}): "
                          f"one column per class of the run ({' '.join(classes)})")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed if init_seed is None else init_seed)
     model = MetaClassifier(cfg)
+    torch.manual_seed(cfg.seed)  # anything drawn from torch after the initial weights follows the run's own seed
+    rng = np.random.default_rng(cfg.seed)
     x = torch.from_numpy(meta_inputs(stacked, cfg))
     t = torch.from_numpy(np.array(targets, np.float32))
     a = torch.from_numpy(scale_attributes(attributes))
@@ -237,6 +242,24 @@ def take(stacked: Stacked, rows: np.ndarray) -> Stacked:
     pick = lambda a: None if a is None else a[rows]  # noqa: E731
     return Stacked(stacked.utt_ids[rows], stacked.probs[rows], stacked.attributes[rows], stacked.labels[rows],
                    pick(stacked.probe_probs), stacked.classes)
+
+
+
+def soup_runs(stacked: Stacked, targets: np.ndarray, attributes: np.ndarray, cfg: MetaConfig,
+              seeds: list[int]) -> list[MetaClassifier]:
+    """Stage 4's ingredients: one train_meta run on `stacked` per seed of `seeds` (ensemble.seeds).
+
+    With a hidden layer (cfg.hidden > 0) every run starts from the same initial weights, drawn with the first of
+    `seeds`, and its own seed varies only its class-balanced draws (the order and make-up of its batches): the
+    soup averages weights unit by unit, which means something only for networks that start alike (the hidden
+    units of independently initialised networks need not correspond, so their mean is no model of either).
+    The linear layer (hidden 0, the paper's and the demo's) keeps a start per seed, as it always had: a mean of
+    linear layers is the mean of their logits whatever their start, and a shared start would move the committed
+    results for no gain in meaning."""
+    if not seeds:
+        raise ValueError("a soup needs at least one seed (ensemble.seeds)")
+    init_seed = seeds[0] if cfg.hidden else None
+    return [train_meta(stacked, targets, attributes, replace(cfg, seed=s), init_seed=init_seed) for s in seeds]
 
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medusa.ensemble.meta import MetaClassifier, MetaConfig, meta_predict, soup, train_meta
+from medusa.ensemble.meta import MetaClassifier, MetaConfig, meta_predict, soup, soup_runs
 from medusa.ensemble.stage3 import Stage3Choice, choose_stage3
 from medusa.ensemble.voting import Stacked, majority_vote, posteriors_frame, soft_vote, stack
 from medusa.labels import ATTRIBUTES, CODES, target_columns
@@ -110,7 +110,7 @@ def run_subset(posteriors: dict[str, pd.DataFrame], manifest: pd.DataFrame, memb
         """The form (cross-validated for "anchored", with the first seed), then one run per seed on all of dev."""
         c, choice = choose_stage3(dev, targets, attributes, replace(c, seed=seeds[0]),
                                   anchor_grid, cv_folds)
-        return [train_meta(dev, targets, attributes, replace(c, seed=s)) for s in seeds], choice
+        return soup_runs(dev, targets, attributes, c, seeds), choice
 
     runs, choice = seeded_runs(cfg)
     if choice.warning:

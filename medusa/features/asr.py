@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from medusa.errors import UserError
 from medusa.features.batches import audio_batches, length_batches
 from medusa.features.encoders.base import encode_by_padded_length, library_versions
 from medusa.features.encoders.whisper import (
@@ -31,6 +33,7 @@ from medusa.features.encoders.whisper import (
     whisper_samples,
 )
 from medusa.features.fingerprint import audio_work_rows, inputs_fingerprint, weights_sample
+from medusa.features.store.shards import shard_items
 from medusa.io import atomic_path, remove_stale_temps, write_parquet
 
 log = logging.getLogger(__name__)
@@ -123,65 +126,184 @@ def transcribe_clips(model, audios: list, language: str, pad_seconds: float, bea
 def _read_journal(journal: Path, fingerprint: str) -> dict[str, str]:
     """Transcripts of an interrupted run, if its journal was made from the same inputs (its first line holds
     their fingerprint); otherwise the journal is deleted, with a log line, and the run starts afresh."""
+    header, done = _journal_rows(journal)
     if not journal.exists():
         return {}
+    if header.get("inputs") != fingerprint:
+        log.warning("discarding the transcription journal %s: it was made from other inputs (manifest rows, audio "
+                    "files, model or ASR settings, library versions, shard) than this run's; starting afresh", journal)
+        journal.unlink()
+        return {}
+    with atomic_path(journal) as tmp:  # drop the torn tail before appending to it (a kill here keeps the old one)
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in
+                               [header, *({"utt_id": u, "text": t} for u, t in done.items())]))
+    return done
+
+
+class ShardError(UserError, ValueError):
+    """A shard's journal cannot be merged: missing, unfinished, or made from other inputs or settings."""
+
+
+def shard_journal(out_path: str | Path, shard: int, n_shards: int) -> Path:
+    """The journal of one shard's transcripts beside out_path (one process: `<out>.journal.jsonl`)."""
+    out_path = Path(out_path)
+    if n_shards == 1:
+        return out_path.with_suffix(".journal.jsonl")
+    return out_path.with_suffix(f".shard-{shard}-of-{n_shards}.journal.jsonl")
+
+
+@dataclass(frozen=True)
+class TranscriptionPlan:
+    """Every shard's batches: the batch plan of the whole manifest (by padded length, then id), cut into
+    `n_shards` contiguous blocks of about equal audio seconds. A shard's batches are those one process would
+    decode, so its transcripts are the one-process run's, bytes included."""
+    manifest: pd.DataFrame          # sorted by utt_id, index 0..n-1
+    shards: list[list[list[int]]]   # shard -> batches -> row indices of `manifest`
+    fingerprints: list[str]         # shard -> its journal's fingerprint (inputs, settings and its clips)
+
+    @classmethod
+    def build(cls, model, manifest: pd.DataFrame, language: str, pad_seconds: float, batch_size: int,
+              beam_size: int, n_shards: int) -> "TranscriptionPlan":
+        rows = manifest.sort_values("utt_id").reset_index(drop=True)
+        inputs = inputs_fingerprint(audio_work_rows(rows), asr_spec(model, language, pad_seconds, beam_size))
+        batches = asr_batches(list(rows["utt_id"]), list(rows["duration_s"]), batch_size, pad_seconds)
+        if n_shards == 1:
+            return cls(rows, [batches], [inputs])
+        weights = [float(rows["duration_s"].iloc[b].sum()) for b in batches]
+        shards = [shard_items(batches, i, n_shards, weights) for i in range(n_shards)]
+        # which clips a shard holds follows the batch plan: a journal begun under another plan holds other clips
+        prints = [inputs_fingerprint([{"shard": i, "n_shards": n_shards,
+                                       "utt_ids": sorted(rows.at[k, "utt_id"] for b in s for k in b)}],
+                                     {"inputs": inputs}) for i, s in enumerate(shards)]
+        return cls(rows, shards, prints)
+
+
+def transcribe_manifest(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
+                        batch_size: int, num_workers: int, beam_size: int) -> pd.DataFrame:
+    """Transcribe every manifest row into out_path (parquet: utt_id, text, in manifest order) in this process;
+    resumable (transcribe_shard). attrs["seconds_per_audio_hour"]: the decoding's compute per hour of audio."""
+    stats = transcribe_shard(model, manifest, out_path, language, pad_seconds, batch_size, num_workers, beam_size)
+    result = merge_transcripts(model, manifest, out_path, language, pad_seconds, batch_size, beam_size, 1)
+    hours = stats["audio_seconds"] / 3600
+    result.attrs["seconds_per_audio_hour"] = stats["compute_seconds"] / hours if hours else float("nan")
+    return result
+
+
+def transcribe_shard(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
+                     batch_size: int, num_workers: int, beam_size: int, shard: int = 0, n_shards: int = 1) -> dict:
+    """Transcribe shard `shard` of `n_shards` of the manifest's batch plan into its journal beside out_path
+    (resumable: kept only if it was made from the same rows, audio files, model, settings and shard);
+    `merge_transcripts` turns the finished journals into out_path. Returns the speed figures of this call:
+    utterances, audio_seconds and compute_seconds. Temporary files that killed runs left beside out_path are
+    deleted first (medusa.io.remove_stale_temps)."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_path.parent, recursive=False)  # e.g. half a transcripts file of a killed run
+    plan = TranscriptionPlan.build(model, manifest, language, pad_seconds, batch_size, beam_size, n_shards)
+    rows, batches, journal = plan.manifest, plan.shards[shard], shard_journal(out_path, shard, n_shards)
+    done = _read_journal(journal, plan.fingerprints[shard])
+    mine = sum(len(b) for b in batches)
+    if done:
+        log.info("resuming: %d of %d utterances already transcribed", len(done), mine)
+    else:
+        journal.write_text(json.dumps({"inputs": plan.fingerprints[shard]}) + "\n")
+    # whole batches, as planned: a batch cut off by a kill is decoded again whole (its batch-mates unchanged)
+    todo = [b for b in batches if not all(rows.at[i, "utt_id"] in done for i in b)]
+    start, audio_s, decoded = time.perf_counter(), 0.0, 0
+    with journal.open("a") as j, tqdm(total=mine, initial=mine - sum(map(len, todo)), unit="utt",
+                                      desc="transcribing" + (f" (shard {shard} of {n_shards})" if n_shards > 1 else "")
+                                      ) as bar:
+        for idx, audios in audio_batches(list(rows["path"]), todo, num_workers):
+            for i, text in zip(idx, transcribe_clips(model, audios, language, pad_seconds, beam_size)):
+                if rows.at[i, "utt_id"] not in done:
+                    j.write(json.dumps({"utt_id": rows.at[i, "utt_id"], "text": text}) + "\n")
+                    done[rows.at[i, "utt_id"]] = text
+            j.flush()
+            audio_s += sum(len(a) for a in audios) / 16000
+            decoded += len(idx)
+            bar.update(len(idx))
+    return {"utterances": decoded, "audio_seconds": audio_s, "compute_seconds": time.perf_counter() - start}
+
+
+def merge_transcripts(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
+                      batch_size: int, beam_size: int, n_shards: int) -> pd.DataFrame:
+    """Join the `n_shards` finished journals into out_path (utt_id, text in manifest order) and delete them.
+    Each journal must have been made from this plan (its fingerprint) and hold every clip of its shard; the
+    error names the shard that does not."""
+    out_path = Path(out_path)
+    plan = TranscriptionPlan.build(model, manifest, language, pad_seconds, batch_size, beam_size, n_shards)
+    texts: dict[str, str] = {}
+    journals = [shard_journal(out_path, i, n_shards) for i in range(n_shards)]
+    for i, journal in enumerate(journals):
+        header, rows = _journal_rows(journal)
+        wanted = {plan.manifest.at[k, "utt_id"] for b in plan.shards[i] for k in b}
+        if header.get("inputs") != plan.fingerprints[i] or not wanted <= rows.keys():
+            what = ("is missing" if not journal.exists() else "was made from other inputs or settings"
+                    if header.get("inputs") != plan.fingerprints[i] else
+                    f"holds {len(wanted & rows.keys())} of its {len(wanted)} clips")
+            raise ShardError(f"cannot merge the transcripts: shard {i} of {n_shards} ({journal}) {what}; run that "
+                               f"shard again (medusa transcribe --shard {i}/{n_shards}) with the current params")
+        texts.update({u: rows[u] for u in wanted})
+    result = pd.DataFrame({"utt_id": manifest["utt_id"], "text": manifest["utt_id"].map(texts)})
+    write_parquet(result, out_path)
+    for journal in journals:
+        journal.unlink()
+    return result
+
+
+def _journal_rows(journal: Path) -> tuple[dict, dict[str, str]]:
+    """A journal's header and its rows {utt_id: text} (a torn last line is ignored); ({}, {}) if it is missing."""
+    if not journal.exists():
+        return {}, {}
     lines = journal.read_text().splitlines()
     try:
         header = json.loads(lines[0]) if lines else {}
     except json.JSONDecodeError:
         header = {}
-    if not isinstance(header, dict) or header.get("inputs") != fingerprint:
-        log.warning("discarding the transcription journal %s: it was made from other inputs (manifest rows, audio "
-                    "files, model or ASR settings, library versions) than this run's; starting afresh", journal)
-        journal.unlink()
-        return {}
-    done: dict[str, str] = {}
-    good = [lines[0] + "\n"]
+    rows = {}
     for line in lines[1:]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            break  # a half-written last line from an interrupted run
-        done[row["utt_id"]] = row["text"]
-        good.append(line + "\n")
-    with atomic_path(journal) as tmp:  # drop the torn tail before appending to it (a kill here keeps the old one)
-        tmp.write_text("".join(good))
-    return done
+            break
+        rows[row["utt_id"]] = row["text"]
+    return (header if isinstance(header, dict) else {}), rows
 
 
-def transcribe_manifest(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
-                        batch_size: int, num_workers: int, beam_size: int) -> pd.DataFrame:
-    """Transcribe every manifest row into out_path (parquet: utt_id, text); resumable through a journal that is
-    kept only if it was made from the same manifest rows, audio files, model and settings. Temporary files that
-    killed runs left beside out_path are deleted first (medusa.io.remove_stale_temps)."""
-    out_path = Path(out_path)
-    journal = out_path.with_suffix(".journal.jsonl")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_path.parent, recursive=False)  # e.g. half a transcripts file of a killed run
-    fingerprint = inputs_fingerprint(audio_work_rows(manifest.sort_values("utt_id")),
-                                     asr_spec(model, language, pad_seconds, beam_size))
-    done = _read_journal(journal, fingerprint)
-    if done:
-        log.info("resuming: %d of %d utterances already transcribed", len(done), len(manifest))
-    else:
-        journal.write_text(json.dumps({"inputs": fingerprint}) + "\n")
-    todo = manifest[~manifest["utt_id"].isin(done)].reset_index(drop=True)
-    batches = asr_batches(list(todo["utt_id"]), list(todo["duration_s"]), batch_size, pad_seconds)
-    start, audio_s = time.perf_counter(), 0.0
-    with journal.open("a") as j, tqdm(total=len(todo), desc="transcribing", unit="utt") as bar:
-        for idx, audios in audio_batches(list(todo["path"]), batches, num_workers):
-            for i, text in zip(idx, transcribe_clips(model, audios, language, pad_seconds, beam_size)):
-                j.write(json.dumps({"utt_id": todo.at[i, "utt_id"], "text": text}) + "\n")
-                done[todo.at[i, "utt_id"]] = text
-            j.flush()
-            audio_s += sum(len(a) for a in audios) / 16000
-            bar.update(len(idx))
-    elapsed = time.perf_counter() - start
-    result = pd.DataFrame({"utt_id": manifest["utt_id"], "text": manifest["utt_id"].map(done)})
-    write_parquet(result, out_path)
-    journal.unlink()
-    result.attrs["seconds_per_audio_hour"] = elapsed / (audio_s / 3600) if audio_s else float("nan")
-    return result
+def transcribe_rank(settings, manifest_path: str | Path, out_path: str | Path, cache_dir: str | Path) -> dict:
+    """One rank's part of the transcribe stage (medusa.features.ranks): its shard of the batch plan on its device
+    with `settings.threads` CPU threads; rank 0 merges once every rank is done. `settings` is the validated
+    `transcribe` section. Returns this rank's speed figures."""
+    from medusa.features.encoders.whisper import load_whisper
+    from medusa.features.ranks import Barrier, Rank, set_threads
+
+    rank = Rank.from_env()
+    set_threads(settings.threads)
+    with Barrier(rank) as barrier:
+        model = load_whisper(settings.model, cache_dir, rank.device(settings.device))
+        manifest = pd.read_parquet(manifest_path)
+        args = (settings.language, settings.pad_seconds)
+        stats = transcribe_shard(model, manifest, out_path, *args, settings.batch_size, settings.num_workers,
+                                 settings.beam_size, shard=rank.rank, n_shards=rank.world)
+        barrier.wait()
+        if rank.lead:
+            merge_transcripts(model, manifest, out_path, *args, settings.batch_size, settings.beam_size, rank.world)
+        barrier.wait()  # no rank leaves before the merge: a caller reading out_path after any rank ends sees it
+    return {"rank": rank.rank, **stats}
+
+
+def transcribe_ranks(settings, parallel, manifest_path: str | Path, out_path: str | Path,
+                     cache_dir: str | Path) -> dict:
+    """The transcribe stage over `parallel.ranks` ranks (medusa.features.ranks: this machine's processes, or the
+    tasks of a SLURM job). Returns the speed figures summed over ranks: utterances, audio_seconds,
+    compute_seconds (each rank's decoding time), and seconds_per_audio_hour of compute."""
+    from medusa.features.ranks import run_ranks
+
+    per_rank = run_ranks(transcribe_rank, parallel, settings, str(manifest_path), str(out_path), str(cache_dir))
+    total = {k: sum(r[k] for r in per_rank) for k in ("utterances", "audio_seconds", "compute_seconds")}
+    hours = total["audio_seconds"] / 3600
+    return {**total, "ranks": parallel.ranks,
+            "seconds_per_audio_hour": total["compute_seconds"] / hours if hours else float("nan")}
 
 
 def _normaliser():

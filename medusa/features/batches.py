@@ -72,11 +72,17 @@ def _die_with_parent(parent: int, worker_id: int) -> None:
         os._exit(1)
 
 
+def _as_is(batch):
+    """The DataLoader's collate_fn: a batch stays (indices, arrays). A module-level function, not a lambda: the
+    ranks of medusa.features.ranks are spawned, and spawned DataLoader workers get their collate_fn by pickle."""
+    return batch
+
+
 def audio_batches(paths: Sequence[str], batches: list[list[int]], num_workers: int
                   ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
     """Yield (indices, float32 16 kHz arrays) per batch, decoding files in `num_workers` processes."""
     loader = DataLoader(_AudioFiles(paths, batches), batch_size=None, shuffle=False, num_workers=num_workers,
-                        collate_fn=lambda x: x, persistent_workers=False,
+                        collate_fn=_as_is, persistent_workers=False,
                         worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if num_workers else None,
                         prefetch_factor=4 if num_workers > 0 else None)
     yield from loader

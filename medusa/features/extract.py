@@ -53,6 +53,13 @@ class ExtractionStats:
     def as_dict(self) -> dict:
         return {**asdict(self), "audio_seconds_per_second": self.audio_seconds_per_second}
 
+    @classmethod
+    def of_ranks(cls, ranks: Sequence["ExtractionStats"]) -> "ExtractionStats":
+        """The figures of ranks that ran side by side: counts summed, wall time and peak memory their maximum."""
+        return cls(sum(r.utterances for r in ranks), sum(r.frames for r in ranks),
+                   sum(r.audio_seconds for r in ranks), max(r.wall_seconds for r in ranks),
+                   max(r.peak_memory_mb for r in ranks))
+
 
 def plan_batches(encoder: Encoder, items: pd.DataFrame, batch_size: int, batch_seconds: float) -> list[list[int]]:
     """Row indices per batch: audio by duration (at most batch_seconds of padded audio), text by length. An
@@ -162,6 +169,43 @@ def merge_shards(root: str | Path, n_shards: int, expected: Sequence[str] | None
                              "Rerun the shards named by the missing utterances with the current params.")
     merge_stores(shards, root)
     return FeatureStore(root)
+
+
+def extract_rank(name: str, spec, settings, manifest_path: str | Path, transcripts_path: str | Path,
+                 root: str | Path, cache_dir: str | Path) -> ExtractionStats:
+    """One rank's part of an extract@ENCODER stage (medusa.features.ranks): shard RANK of WORLD_SIZE of the batch
+    plan on its device with `settings.threads` CPU threads; rank 0 merges the shards once every rank is done.
+    `spec` is the `encoders` entry, `settings` the `extract` section. One rank writes the store directly."""
+    from medusa.features.encoders import build_encoder
+    from medusa.features.ranks import Barrier, Rank, set_threads
+
+    rank = Rank.from_env()
+    set_threads(settings.threads)
+    with Barrier(rank) as barrier:
+        device = rank.device(settings.device)
+        encoder = build_encoder(name, spec.family, spec.model, spec.layers, device, cache_dir,
+                                settings.whisper_pad_seconds)
+        transcripts = (pd.read_parquet(transcripts_path) if Path(transcripts_path).exists()
+                       else pd.DataFrame(columns=["utt_id", "text"]))
+        items = extraction_items(pd.read_parquet(manifest_path), transcripts, encoder.kind)
+        stats = extract_to_store(encoder, items, root, batch_size=spec.batch_size, batch_seconds=spec.batch_seconds,
+                                 num_workers=settings.num_workers, device=device, shard=rank.rank,
+                                 n_shards=rank.world)
+        barrier.wait()
+        if rank.lead and rank.world > 1:
+            merge_shards(root, rank.world, list(items["utt_id"]))
+        barrier.wait()  # no rank leaves before the merge: whoever reads the store after any rank ends sees it whole
+    return stats
+
+
+def extract_ranks(name: str, spec, settings, parallel, manifest_path: str | Path, transcripts_path: str | Path,
+                  root: str | Path, cache_dir: str | Path) -> ExtractionStats:
+    """An extract@ENCODER stage over `parallel.ranks` ranks (medusa.features.ranks: this machine's processes, or
+    the tasks of a SLURM job)."""
+    from medusa.features.ranks import run_ranks
+
+    return ExtractionStats.of_ranks(run_ranks(extract_rank, parallel, name, spec, settings, str(manifest_path),
+                                              str(transcripts_path), str(root), str(cache_dir)))
 
 
 def extraction_items(manifest: pd.DataFrame, transcripts: pd.DataFrame, kind: str) -> pd.DataFrame:

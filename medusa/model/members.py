@@ -18,7 +18,9 @@ load without pickle:
     metrics.json          test-split scores (medusa.scoring.metrics.classification_scores), attribute CCC, the dev
                           selection score and where it was reached, and `train_rows`: how many training
                           utterances stage 1 trained on (`stage1`) and stage 2's balanced draw could pick from
-                          (`stage2_pool`, null without stage 2); `probe_test`: the linear probe's test scores
+                          (`stage2_pool`, null without stage 2); `probe_test`: the linear probe's test scores;
+                          `intervals`: the resampling behind both blocks' 95 % intervals ({bootstrap, seed}: the
+                          run's report.bootstrap and report.seed, as for every interval of the run)
     probe.json            the member's linear probe (medusa.model.linear_probe.LinearProbe) on the same feature stores
     probe_posteriors.parquet  its posteriors, same columns (attributes NaN), dev, test and blind
 
@@ -54,10 +56,6 @@ log = logging.getLogger(__name__)
 #: Splits a member scores (it trains on `train` and selects on `dev`; `test` is never seen in training).
 SCORED_SPLITS = ("dev", "test", "blind")
 PROBE_POSTERIORS = "probe_posteriors.parquet"
-#: Resamples of the intervals in a member's own metrics.json (its test and its probe's, seeded by the member's seed),
-#: which Table 1 shows. Fixed, not report.bootstrap: a member's stage does not read the report section, so that
-#: changing how the report resamples never retrains a member (the report's own intervals use report.bootstrap).
-MEMBER_BOOTSTRAP = 1000
 FILES = ("model.safetensors", "config.json", "history.json", "posteriors.parquet", "metrics.json", PROBE_FILE,
          PROBE_POSTERIORS)
 
@@ -164,8 +162,10 @@ def score_test_split(manifest: pd.DataFrame, posteriors: pd.DataFrame, seed: int
 
 
 def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | Path, out_dir: str | Path,
-                 checkpoint: str | Path | None = None) -> dict[str, Any]:
+                 checkpoint: str | Path | None = None, *, bootstrap: int, bootstrap_seed: int) -> dict[str, Any]:
     """Train one member (stages 1-2, resumable through `checkpoint`), score dev/test/blind, write its folder.
+    The 95 % intervals of its test scores and its probe's are drawn from `bootstrap` resamples seeded by
+    `bootstrap_seed`: the run's report.bootstrap and report.seed (not the member's own seed, which trains it).
     Returns the contents of metrics.json."""
     out_dir = Path(out_dir)
     if spec.train.threads:
@@ -200,11 +200,10 @@ def train_member(spec: MemberSpec, manifest: pd.DataFrame, features_root: str | 
     # the member's linear probe: the same stores, mean-pooled, logistic regression (Table 1 shows both)
     probe = fit_probe(manifest, stores, spec.probe.c, spec.train.seed)
     probe_frame = probe_posteriors(probe, manifest[manifest["split"].isin(SCORED_SPLITS)], stores)
-    metrics = {"test": score_test_split(manifest, posteriors, spec.train.seed, MEMBER_BOOTSTRAP)
+    metrics = {"test": score_test_split(manifest, posteriors, bootstrap_seed, bootstrap) if "test" in data else None,
+               "probe_test": classification_scores_of(probe_frame, "test", classes, bootstrap_seed, bootstrap)
                if "test" in data else None,
-               "probe_test": classification_scores_of(probe_frame, "test", classes, spec.train.seed,
-                                                     MEMBER_BOOTSTRAP)
-               if "test" in data else None,
+               "intervals": {"bootstrap": bootstrap, "seed": bootstrap_seed},
                "dev_balanced_macro_f1": best["score"], "best_stage": best["stage"], "best_epoch": best["epoch"],
                "parameters": count_parameters(model),
                # which rows trained: one-hot runs leave out X/O rows, every run rows without class votes
@@ -294,6 +293,21 @@ def read_metrics(folder: str | Path, stage: str | None = None) -> dict[str, Any]
         raise ValueError(f"{path}: its test scores have no balanced_macro_f1_ci95 (written by an older version "
                          f"of medusa); rerun `dvc repro {stage}`")
     return metrics
+
+
+def check_intervals(metrics: Mapping[str, Any], folder: str | Path, bootstrap: int, seed: int,
+                    stage: str | None = None) -> None:
+    """ValueError, naming the DVC `stage` to rerun (default train@<folder name>), unless the intervals of a
+    metrics.json were drawn from `bootstrap` resamples seeded by `seed` (report.bootstrap, report.seed): a table
+    must not show a member's interval drawn under other settings beside intervals drawn under the run's."""
+    used = metrics.get("intervals")
+    if used != {"bootstrap": bootstrap, "seed": seed}:
+        drawn = ("record no resampling settings (written by an older version of medusa)" if used is None else
+                 f"were drawn from {used.get('bootstrap')} resamples with seed {used.get('seed')}")
+        stage = stage or f"train@{Path(folder).name}"
+        raise ValueError(f"{Path(folder) / 'metrics.json'}: its intervals {drawn}, but report.bootstrap is "
+                         f"{bootstrap} and report.seed {seed}; rerun `dvc repro {stage}` (its stage reads the "
+                         "report section)")
 
 
 def score_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -12,7 +12,8 @@ with 128 mel bins, RoBERTa, ModernBERT) and the Whisper ASR. What it changes is 
 The dry run lives in its own DVC workspace (`--dir`, git-ignored under build/): the preset merged with the override
 as its params.yaml, this checkout's dvc.yaml, notebooks/ and medusa/ copied in (so DVC hashes the code it runs),
 a synthetic corpus (medusa.data.corpora.demo, sized by the override) in data/, and tiny stand-ins of the five
-encoders (medusa.pipeline.standins) in standins/. It then runs `dvc repro` there and checks that the reports a real run
+encoders (medusa.pipeline.standins) in standins/. It then runs `medusa repro` there (the parallel path: two ranks, two
+training stages at a time) and checks that the reports a real run
 writes are there and complete: Tables 1-3 with a row per member, per ablation variant and per ensemble, the
 figures, the submission and a predict bundle that loads. Rerunning continues where DVC left off (stages whose
 inputs are unchanged are skipped); `--fresh` starts from an empty workspace. A summary goes to
@@ -131,14 +132,16 @@ def _dvc() -> str:
 
 
 def run_pipeline(workspace: Path) -> float:
-    """`dvc repro` in the workspace, with this environment first on PATH; returns its wall seconds."""
+    """`medusa repro` in the workspace (the parallel path: `dvc repro` with the training stages parallel.jobs at a
+    time, transcription and extraction over parallel.ranks), with this environment first on PATH; returns its wall
+    seconds."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0"}
     start = time.perf_counter()
-    result = subprocess.run([_dvc(), "repro"], cwd=workspace, env=env)
+    result = subprocess.run([sys.executable, "-m", "medusa", "repro"], cwd=workspace, env=env)
     seconds = time.perf_counter() - start
     if result.returncode:
-        raise DryRunError(f"`dvc repro` in {workspace} failed (exit {result.returncode}) after {seconds:.0f} s; the "
+        raise DryRunError(f"`medusa repro` in {workspace} failed (exit {result.returncode}) after {seconds:.0f} s; the "
                           f"failing stage's notebook is under {workspace}/work/notebooks/. Fix it and rerun: finished "
                           "stages are kept")
     return seconds

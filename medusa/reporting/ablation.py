@@ -8,8 +8,9 @@ own settings, through the ensemble's own code path (members.resolve_member with 
     work/ablations/<variant>/<model>/    a member folder (weights, config, history, posteriors, metrics)
 
 The reference (Table 2's "DeepSER" row) is the trained member itself, work/models/<model>: same code, same seed,
-same thread count, one switch apart. Runs are independent, so a stage trains `workers` of them side by side in
-separate processes, each with `train.threads` torch threads: a run's result does not depend on its neighbours.
+same thread count, one switch apart. A stage trains its runs one after another; `medusa repro` runs the stages
+side by side (parallel.jobs), each process with `train.threads` torch threads: a run's result does not depend on
+its neighbours (tests/test_repro.py).
 
 Models that differ only by seed (same encoders and overrides) form one configuration: Table 2 shows their mean
 and std over seeds. The comparison is on the test split: balanced macro-F1 (the headline; medusa.scoring.metrics), with
@@ -21,16 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from medusa.config import paths
 from medusa.config.params import REFERENCE_VARIANT, Params
@@ -104,38 +101,26 @@ def configurations(ablation_models: list[str], models: dict[str, Any]) -> dict[s
     return out
 
 
-def _train_one(run: AblationRun, manifest_path: str, features_root: str, root: str) -> dict[str, Any]:
+def _train_one(run: AblationRun, manifest_path: str, features_root: str, root: str, bootstrap: int,
+               bootstrap_seed: int) -> dict[str, Any]:
     """One run (in a worker process): train, write its folder, return its metrics."""
     logging.basicConfig(level=logging.INFO, format=f"[{run.variant}/{run.name}] %(name)s: %(message)s", force=True)
     manifest = pd.read_parquet(manifest_path)
     return members.train_member(run.spec, manifest, features_root, run_dir(run.variant, run.model, root),
-                                run_checkpoint(root, run.variant, run.model))
+                                run_checkpoint(root, run.variant, run.model), bootstrap=bootstrap,
+                                bootstrap_seed=bootstrap_seed)
 
 
 def train_runs(runs: list[AblationRun], manifest_path: str | Path, features_root: str | Path, root: str | Path,
-               workers: int) -> dict[str, dict[str, Any]]:
-    """Train every run (resumable: each has its per-epoch checkpoint), `workers` at a time; {run name: metrics}.
-
-    Workers are fresh (spawned) processes: forking a process that has started torch's thread pools can hang."""
-    args = [(r, str(manifest_path), str(features_root), str(root)) for r in runs]
-    if workers == 1 or len(runs) == 1:
-        return {r.name: _train_one(*a) for r, a in zip(runs, args)}
-    # Progress bars of parallel runs would overwrite each other: the workers (which copy this environment when
-    # they start) run without, and a line is logged per finished run.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {r.name: pool.submit(_train_one, *a) for r, a in zip(runs, args)}
-            out = {}
-            for name, future in tqdm(futures.items(), desc=f"{runs[0].variant}: runs", unit="run"):
-                out[name] = future.result()
-                log.info("%s: test balanced macro-F1 %.3f", name, out[name]["test"]["balanced_macro_f1"])
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+               *, bootstrap: int, bootstrap_seed: int) -> dict[str, dict[str, Any]]:
+    """Train every run, one after another (resumable: each has its per-epoch checkpoint); {run name: metrics},
+    each run's intervals from `bootstrap` resamples seeded by `bootstrap_seed` (report.bootstrap, report.seed;
+    members.train_member). Table 2's stages run side by side under `medusa repro` (parallel.jobs), not its runs
+    inside a stage: one mechanism spreads all training over the devices."""
+    out = {}
+    for run in runs:
+        out[run.name] = _train_one(run, str(manifest_path), str(features_root), str(root), bootstrap, bootstrap_seed)
+        log.info("%s: test balanced macro-F1 %.3f", run.name, out[run.name]["test"]["balanced_macro_f1"])
     return out
 
 

@@ -71,15 +71,18 @@ def write_table(table: pd.DataFrame, stem: str, caption: str, root: str | Path =
 
 
 # ---------------------------------------------------------------- Table 1: every model, the average, MEDUSA
-def member_rows(names: list[str], models: dict, models_root: str | Path = paths.MODELS) -> pd.DataFrame:
+def member_rows(names: list[str], models: dict, bootstrap: int, seed: int, models_root: str | Path = paths.MODELS
+                ) -> pd.DataFrame:
     """Each member's encoders, seed and test scores (from its metrics.json): balanced macro-F1 with its interval,
     macro-F1, accuracy, n, the dev balanced macro-F1 it was selected by, and its linear probe's test balanced
-    macro-F1 with its interval (`probe_test`; `probe_*` columns)."""
-    from medusa.model.members import read_metrics
+    macro-F1 with its interval (`probe_test`; `probe_*` columns). Both intervals must have been drawn from
+    `bootstrap` resamples seeded by `seed` (report.bootstrap, report.seed; members.check_intervals)."""
+    from medusa.model.members import check_intervals, read_metrics
 
     rows = []
     for name in names:
         m = read_metrics(Path(models_root) / name, f"train@{name}")
+        check_intervals(m, Path(models_root) / name, bootstrap, seed, f"train@{name}")
         test = m["test"]
         probe = m.get("probe_test") or {}
         if "balanced_macro_f1_ci95" not in probe:

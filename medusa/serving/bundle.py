@@ -67,6 +67,7 @@ ASR_EXCLUDED = frozenset({
     "num_workers",     # processes that read the audio: how fast, not what is transcribed
     "device",          # where Whisper runs: the bundle's user picks their own (medusa predict --device)
     "compare_subset",  # utterances the notebook also decodes with 30 s padding, only to compare speed and WER
+    "threads",         # the stage's CPU threads, fixed so that its runs agree; a bundle's user sets their own
 })
 #: The keys of an encoders.json entry taken from the encoder's params (all required when a bundle is written; a
 #: bundle is read by these names, so bundles written before a key was added still load).

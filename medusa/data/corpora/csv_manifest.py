@@ -6,6 +6,9 @@ Columns (a header row; any order; UTF-8, a BOM is fine):
                 sad, happy, surprise, fear, disgust, contempt, neutral; any case) or a word mapped by
                 prepare.label_map. Empty: a blind row (audio without a label, kept for prediction).
     speaker     required. Splits never share a speaker; an empty cell is a speaker of its own.
+    group       optional. Rows with the same value stay in one split, with every row of their speakers (a session,
+                a recording, a podcast whose voices are not all identified); empty: no group. A placeholder such
+                as `unknown`, `none` or `NA` is refused (it would tie all its rows into one group).
     utt_id      optional. The utterance's name (default: the file's name without its extension).
     split       optional. train, dev, test or blind; an empty cell (or no column): derived by prepare.
     gender      optional.
@@ -28,13 +31,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from medusa.data.corpora.msp_podcast import CorpusError
+from medusa.data.corpora.msp_podcast import UNKNOWN_SPEAKER, CorpusError
 from medusa.labels import ATTRIBUTES, CODES, CONSENSUS_CODES, NO_AGREEMENT, plurality, primary_code
 
 REQUIRED = ("path", "label", "speaker")
-OPTIONAL = ("utt_id", "split", "gender", "transcript", *ATTRIBUTES, "votes")
+OPTIONAL = ("utt_id", "split", "group", "gender", "transcript", *ATTRIBUTES, "votes")
 SPLIT_VALUES = ("train", "dev", "test", "blind")
-UNKNOWN = "Unknown"
+UNKNOWN = UNKNOWN_SPEAKER
+#: `group` cells that mean "no group" in a spreadsheet but would be one group of all their rows (compared ignoring
+#: case): refused, so that a column of placeholders cannot force half a corpus into one split.
+NO_GROUP_WORDS = ("unknown", "none", "na", "n/a", "nan", "null", "-", "?")
 #: Where a label map comes from (read_csv_manifest's label_map_from): prepare's setting, or evaluate's option.
 LABEL_MAP_PARAMS, LABEL_MAP_OPTION = "prepare.label_map", "--label-map"
 
@@ -64,6 +70,20 @@ def _rating(text: str, where: str, column: str) -> float:
     return value
 
 
+def _group(text: str, where: str) -> str | None:
+    """A `group` cell: the value (stripped), None where empty; a placeholder for "no group" or a control character
+    (a line break inside a quoted cell) is an error naming the value."""
+    value = text.strip()
+    if not value:
+        return None
+    if value.lower() in NO_GROUP_WORDS:
+        raise CorpusError(f"{where}: group {text!r} would put every row with it in one group (and one split); "
+                          "leave the cell empty for a row without a group")
+    if any(ord(c) < 32 for c in value):
+        raise CorpusError(f"{where}: group {text!r} holds a line break or control character (a quote left open?)")
+    return value
+
+
 def _votes(text: str, where: str, label_map: dict[str, str], unmapped: dict[str, list[int]], line: int
            ) -> list[str]:
     """`angry:3;neutral:1` -> ["A", "A", "A", "N"]; unknown words are collected in `unmapped`. Entries are
@@ -90,10 +110,10 @@ def _votes(text: str, where: str, label_map: dict[str, str], unmapped: dict[str,
 
 
 def read_csv_manifest(path: str | Path, label_map: dict[str, str], *, label_map_from: str) -> pd.DataFrame:
-    """The corpus's rows in the form medusa.data.corpora.manifest assembles: utt_id, source, speaker, gender, split
-    ("" = derive), label (code, O, X or None), votes (list of codes; None = no votes column), attributes,
-    ref_text. Checks columns, labels, ratings, duplicates (the same recording under two spellings included: paths
-    are compared resolved) and that every audio file exists. `label_map_from`: where `label_map` was given,
+    """The corpus's rows in the form medusa.data.corpora.manifest assembles: utt_id, source, speaker, group (None =
+    none), gender, split ("" = derive), label (code, O, X or None), votes (list of codes; None = no votes column),
+    attributes, ref_text. Checks columns, labels, ratings, group values, duplicates (the same recording under two
+    spellings included: paths are compared resolved) and that every audio file exists. `label_map_from`: where `label_map` was given,
     LABEL_MAP_PARAMS (prepare.label_map in params.yaml) or LABEL_MAP_OPTION (`medusa evaluate --label-map`): the
     message on an unmapped label word says how to map it there."""
     if label_map_from not in (LABEL_MAP_PARAMS, LABEL_MAP_OPTION):
@@ -250,6 +270,7 @@ def _row(values: dict[str, str], where: str, folder: Path, label_map: dict[str, 
         "source": str(source_path),
         "path_cell": source,
         "speaker": values["speaker"].strip() or UNKNOWN,
+        "group": _group(values.get("group", ""), where),
         "gender": values.get("gender", "").strip() or UNKNOWN,
         "split": "blind" if not word else split,
         "label": label,
@@ -282,11 +303,14 @@ def consensus_votes(label: str | None, votes: list[str] | None) -> tuple[list[st
 def write_manifest_csv(corpus_dir: str | Path, out: str | Path) -> Path:
     """An MSP-Podcast-layout folder written as a CSV manifest (paths relative to `out`'s folder): the same corpus
     in the form a researcher writes for theirs. Train/Development rows keep their split (train/dev; test is cut
-    from train by prepare, as for the folder), other labelled Split_Sets are left out, blind audio is kept."""
+    from train by prepare, as for the folder), other labelled Split_Sets are left out, blind audio is kept. The
+    `group` column holds the podcast of every row of a podcast with unknown speakers (msp_podcast.podcast_groups),
+    so that the CSV splits as the folder does."""
     from medusa.data.corpora.msp_podcast import (
         CONSENSUS_NAMES,
         DETAILED_NAMES,
         find_label_file,
+        podcast_groups,
         read_consensus,
         read_detailed,
     )
@@ -299,6 +323,7 @@ def write_manifest_csv(corpus_dir: str | Path, out: str | Path) -> Path:
                                                                             Counter(v).items()))
     split_of = {"Train": "train", "Development": "dev"}
     labelled = consensus[consensus["split_set"].isin(split_of)]
+    groups = podcast_groups(labelled["file_name"], labelled["speaker"])[0].fillna("").to_numpy()
     audio = sorted(p.name for p in (corpus / "Audios").glob("*.wav"))
     blind = sorted(set(audio) - set(consensus["file_name"]))
 
@@ -311,11 +336,11 @@ def write_manifest_csv(corpus_dir: str | Path, out: str | Path) -> Path:
 
     with atomic_path(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "label", "speaker", "split", "gender", "transcript", *ATTRIBUTES, "votes"])
-        for r in labelled.itertuples():
-            w.writerow([relative(r.file_name), r.label, r.speaker, split_of[r.split_set], r.gender,
+        w.writerow(["path", "label", "speaker", "group", "split", "gender", "transcript", *ATTRIBUTES, "votes"])
+        for r, group in zip(labelled.itertuples(), groups):
+            w.writerow([relative(r.file_name), r.label, r.speaker, group, split_of[r.split_set], r.gender,
                         transcript(r.file_name), repr(r.arousal), repr(r.valence), repr(r.dominance),
                         votes.get(r.file_name, "")])
         for name in blind:
-            w.writerow([relative(name), "", "", "blind", "", transcript(name), "", "", "", ""])
+            w.writerow([relative(name), "", "", "", "blind", "", transcript(name), "", "", "", ""])
     return out

@@ -12,8 +12,13 @@ Splits:
     test   given, or cut from train: `test_fraction` of it, speaker-disjoint, seeded (the paper's in-house cut);
     dev    given (MSP layout: prepare.dev_sets), used for model selection;
     blind  audio without a label (like the challenge's Test3), kept for prediction.
-A CSV's rows without a split, and the test cut of a training pool, are whole speakers chosen by a seeded search
-that puts every class in every split where the speakers allow (medusa.data.corpora.splits).
+A CSV's rows without a split, and the test cut of a training pool, are whole split units chosen by a seeded search
+that puts every class in every split where the speakers allow (medusa.data.corpora.splits). A unit is a speaker,
+joined with the groups its rows belong to and every other speaker of those groups (splits.split_units): MSP layout,
+the podcast of rows whose SpkrID is Unknown (msp_podcast.podcast_groups: the podcast number of
+`MSP-PODCAST_<podcast>_<segment>.wav`); CSV, its optional `group` column. An unknown speaker outside any group is a
+speaker of its own per audio file. The units are not a manifest column: PreparedCorpus.split_units has them, and
+speaker_group_summary counts them for the prepare notebook and prepare.json.
 Rows of other MSP Split_Set values (e.g. Test1/Test2 of older releases) are left out, with a log line.
 Soft targets: the normalised primary votes over the run's classes. `Other-...` votes name no class, so they are
 dropped before normalising (an utterance with 2 Sad, 1 Neutral and 1 Other vote gets p_S = 2/3, p_N = 1/3);
@@ -37,6 +42,7 @@ from medusa.data.corpora.msp_podcast import (
     CorpusError,
     audio_files,
     find_label_file,
+    podcast_groups,
     read_consensus,
     read_detailed,
 )
@@ -47,6 +53,7 @@ from medusa.data.corpora.splits import (  # noqa: F401
     classes_without_train,
     search_splits,
     speaker_disjoint_cut,
+    split_units,
     stratified_speaker_split,
 )
 from medusa.io import atomic_path
@@ -66,6 +73,9 @@ class PreparedCorpus:
     #: How derived splits were found (splits.search_splits' record): under "derived" for a CSV's rows without a
     #: split, "test_cut" for the test cut of a training pool; empty where every split was given.
     split_search: dict = field(default_factory=dict)
+    #: Per manifest row (same order): utt_id, group (the podcast of an MSP corpus's unknown-speaker rows, a CSV's
+    #: `group` cell; None: none) and unit, the split unit the searches kept whole (splits.split_units).
+    split_units: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["utt_id", "group", "unit"]))
 
 
 def build_manifest(p: PrepareParams, cache_dir: str | Path, check_audio: bool = True) -> pd.DataFrame:
@@ -91,9 +101,12 @@ def prepare_corpus(p: PrepareParams, cache_dir: str | Path, check_audio: bool = 
     label = rows["label"].astype(object)
     rows["label"] = label.where(label.notna(), None)  # None on blind rows, whichever reader made the table
     rows = rows.sort_values(["split", "utt_id"], key=lambda s: s.map(SPLITS.index) if s.name == "split" else s)
+    group = rows["group"].astype(object)
+    units = pd.DataFrame({"utt_id": rows["utt_id"], "group": group.where(group.notna(), None),
+                          "unit": _split_units(rows)}).reset_index(drop=True)
     columns = ["utt_id", "path", "duration_s", "audio_sha256", "speaker", "gender", "split", "label", *target_columns(classes),
                *ATTRIBUTES, "agreement", "n_votes", "ref_text"]
-    return PreparedCorpus(rows.loc[:, columns].reset_index(drop=True), classes, skipped, outside, split_search)
+    return PreparedCorpus(rows.loc[:, columns].reset_index(drop=True), classes, skipped, outside, split_search, units)
 
 
 def _read_msp_layout(corpus: Path, p: PrepareParams) -> pd.DataFrame:
@@ -116,6 +129,18 @@ def _read_msp_layout(corpus: Path, p: PrepareParams) -> pd.DataFrame:
         raise CorpusError(f"{corpus}: no row has a Split_Set in {sorted(set_to_split)}; "
                           f"found {sorted(consensus['split_set'].unique())}")
     labelled["split"] = labelled["split_set"].map(set_to_split)
+    groups, unnamed = podcast_groups(labelled["file_name"], labelled["speaker"])
+    labelled["group"] = groups.to_numpy()
+    unknown = labelled["speaker"] == UNKNOWN_SPEAKER
+    if unknown.any():
+        log.info("%d of %d labelled rows have SpkrID %s: their podcasts (%d) are split groups, each kept in one split "
+                 "with every row of the known speakers who speak in it", int(unknown.sum()), len(labelled),
+                 UNKNOWN_SPEAKER, groups.nunique())
+    if unnamed:
+        log.warning("%d rows with SpkrID %s have a file name not of the form MSP-PODCAST_<podcast>_<segment>.wav "
+                    "(e.g. %s): each is a speaker of its own per file, which the splits cannot keep with its "
+                    "podcast", unnamed, UNKNOWN_SPEAKER,
+                    labelled.loc[unknown & labelled["group"].isna(), "file_name"].iloc[0])
     votes = detailed.groupby("file_name")["primary"].agg(list)
     labelled["votes"] = labelled["file_name"].map(votes)
     no_votes = labelled["votes"].isna()
@@ -130,7 +155,7 @@ def _read_msp_layout(corpus: Path, p: PrepareParams) -> pd.DataFrame:
         raise CorpusError(f"{audio_dir}: {len(missing)} labelled files are missing, e.g. {missing[:3]}")
     blind = pd.DataFrame({"file_name": sorted(set(on_disk) - set(consensus["file_name"]))})
     blind["split"], blind["label"], blind["votes"] = "blind", None, None
-    blind["speaker"], blind["gender"] = UNKNOWN_SPEAKER, "Unknown"
+    blind["speaker"], blind["gender"], blind["group"] = UNKNOWN_SPEAKER, "Unknown", None
     table = pd.concat([labelled, blind], ignore_index=True)
     table["utt_id"] = table["file_name"].str.removesuffix(".wav")
     table["source"] = [str(on_disk[f]) for f in table["file_name"]]
@@ -177,17 +202,19 @@ def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> tuple[pd.DataFrame, 
     """Splits as given; rows without one: their speaker's given split if it has one, otherwise speaker-disjoint
     train/dev/test holding every class (splits.search_splits). A training pool with no test row anywhere
     (MSP-Podcast's Train set, or a CSV that names train and dev only) gets its test cut by the same search over
-    train/test, as the paper's in-house split. An unknown speaker is a speaker of its own per audio file (so the
-    pieces of a segmented file stay together). Returns the rows and the searches' records."""
+    train/test, as the paper's in-house split. The searches place split units (_split_units: speakers joined by
+    their groups); an unknown speaker outside a group is a speaker of its own per audio file (so the pieces of a
+    segmented file stay together). Returns the rows and the searches' records."""
     rows = rows.copy()
-    speakers = _speaker_groups(rows)
+    speakers = _split_units(rows)
     derive = (rows["split"] == "").to_numpy().copy()
     if derive.any():
         given = rows[~derive & rows["split"].isin(["train", "dev", "test"])].groupby(speakers)["split"].agg(set)
         mixed = [s for s in speakers[derive].unique() if len(given.get(s, ())) > 1]
         if mixed:
-            raise CorpusError(f"{p.corpus}: speaker {mixed[0]!r} has rows in {' and '.join(sorted(given[mixed[0]]))} "
-                              "and rows without a split; give those a split too (a speaker's rows in one split)")
+            raise CorpusError(f"{p.corpus}: {_unit_words(rows, speakers, mixed[0])} has rows in "
+                              f"{' and '.join(sorted(given[mixed[0]]))} and rows without a split; give those a split "
+                              "too (a speaker's rows, and a group's, in one split)")
         inherit = derive & speakers.map(lambda s: len(given.get(s, ())) == 1).to_numpy(dtype=bool)
         rows.loc[inherit, "split"] = [next(iter(given[s])) for s in speakers[inherit]]
         derive &= ~inherit
@@ -210,18 +237,36 @@ def _assign_splits(rows: pd.DataFrame, p: PrepareParams) -> tuple[pd.DataFrame, 
             raise CorpusError(f"{p.corpus}: no {split} rows (give `split` values or leave them empty to derive)")
     shared = _shared_speakers(rows.assign(speaker=speakers))
     if shared:
-        log.warning("the given splits share speakers (%s): scores on them are not speaker-independent", shared)
+        log.warning("the given splits share speakers or speaker groups (%s): scores on them are not "
+                    "speaker-independent", shared)
     return rows, search
 
 
-def _speaker_groups(rows: pd.DataFrame) -> pd.Series:
-    """Each row's speaker for the splits: an unknown speaker is a speaker of its own per audio file (so the pieces
-    of a segmented file stay together)."""
-    return rows["speaker"].where(rows["speaker"] != UNKNOWN_SPEAKER, UNKNOWN_SPEAKER + ":" + rows["source"])
+def _split_units(rows: pd.DataFrame) -> pd.Series:
+    """Each row's split unit (splits.split_units), indexed like `rows`: its speaker, an unknown speaker being one
+    of its own per audio file (so the pieces of a segmented file stay together), joined through the rows' `group`
+    (MSP layout: the podcast of unknown speakers; CSV: the `group` column) with the other speakers and groups
+    sharing rows with it."""
+    keys = rows["speaker"].where(rows["speaker"] != UNKNOWN_SPEAKER, UNKNOWN_SPEAKER + ":" + rows["source"])
+    units = split_units(keys, rows["group"] if "group" in rows else None)
+    return pd.Series(units.to_numpy(), index=rows.index, name="unit")
+
+
+def _unit_words(rows: pd.DataFrame, units: pd.Series, unit: str) -> str:
+    """A split unit in a message: `speaker 's1'`, or, where groups joined it, `group 'g' (joined with speaker(s)
+    s1, s2 by the `group` column)`."""
+    mine = rows[(units == unit).to_numpy()]
+    if "group" not in rows or not mine["group"].notna().any():
+        return f"speaker {unit!r}"
+    known = sorted(set(mine["speaker"]) - {UNKNOWN_SPEAKER})
+    listed = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
+    return (f"group {unit!r} (joined with " + (f"speaker(s) {listed}" if known else "no known speaker")
+            + " by the `group` column)")
 
 
 def _shared_speakers(rows: pd.DataFrame) -> str:
-    """'train/test: 3 speakers, e.g. ...' for each pair of labelled splits sharing speakers ('' if none)."""
+    """'train/test: 3 speakers, e.g. ...' for each pair of labelled splits sharing speakers ('' if none); called with
+    the split units as `speaker`, a shared group counts as a shared speaker."""
     by_split = rows[rows["split"].isin(["train", "dev", "test"])].groupby("split")["speaker"].agg(set)
     pairs = [(a, b) for a, b in (("train", "dev"), ("train", "test"), ("dev", "test"))
              if a in by_split and b in by_split and by_split[a] & by_split[b]]
@@ -237,7 +282,7 @@ def _classes(rows: pd.DataFrame, p: PrepareParams, given: np.ndarray) -> tuple[s
     was given (not derived)."""
     corpus, wanted = Path(p.corpus), p.classes
     present = set(rows.loc[rows["split"] == "train", "label"].dropna())
-    uncovered = classes_without_train(rows["label"], _speaker_groups(rows), rows["split"], str(corpus), wanted, given)
+    uncovered = classes_without_train(rows["label"], _split_units(rows), rows["split"], str(corpus), wanted, given)
     if uncovered and (wanted != "auto" or not p.allow_uncovered_classes):
         raise CorpusError(uncovered)
     if uncovered:
@@ -333,3 +378,62 @@ def speaker_overlap(manifest: pd.DataFrame) -> pd.DataFrame:
     by_split = known.groupby("split")["speaker"].agg(set)
     names = [s for s in SPLITS if s in by_split.index]
     return pd.DataFrame([[len(by_split[a] & by_split[b]) for b in names] for a in names], index=names, columns=names)
+
+
+@dataclass
+class SpeakerGroups:
+    """speaker_group_summary's answer."""
+    table: pd.DataFrame  # per split (train, dev, test, all): utterances, unknown-speaker ones, groups, units
+    counts: dict         # JSON-ready, for prepare.json
+    check: str           # one line: how many groups and units two splits share
+
+
+def speaker_group_summary(manifest: pd.DataFrame, units: pd.DataFrame) -> SpeakerGroups:
+    """How the splits grouped the labelled rows (`units`: PreparedCorpus.split_units). Per split and over all:
+    utterances, those with an unknown speaker, those of them in a group, groups (MSP layout: podcasts with unknown
+    voices; CSV: `group` values), known speakers tied to a group, and split units. The counts add the largest
+    unit's share of the labelled rows (a unit over a split's share cannot go to it) and, per pair of splits, the
+    groups and units in both: derived splits share none; a pair of given splits (MSP-Podcast's Train and
+    Development) can, and is reported as it is."""
+    rows = manifest[["utt_id", "split", "speaker"]].merge(units[["utt_id", "group", "unit"]], on="utt_id",
+                                                          how="left", validate="one_to_one")
+    rows = rows[rows["split"].isin(["train", "dev", "test"])]
+    names = [s for s in ("train", "dev", "test") if s in set(rows["split"])]
+    unknown = rows["speaker"] == UNKNOWN_SPEAKER
+    grouped = rows["group"].notna()
+
+    def column(part: pd.DataFrame) -> dict:
+        known = part["speaker"] != UNKNOWN_SPEAKER
+        return {"utterances": len(part), "unknown_speaker": int((~known).sum()),
+                "unknown_in_a_group": int((~known & part["group"].notna()).sum()),
+                "groups": int(part["group"].nunique()),
+                "known_speakers_in_groups": int(part.loc[known & part["group"].notna(), "speaker"].nunique()),
+                "split_units": int(part["unit"].nunique())}
+
+    table = pd.DataFrame({**{s: column(rows[rows["split"] == s]) for s in names}, "all": column(rows)}).T
+    word = "podcasts" if grouped.any() and rows.loc[grouped, "group"].astype(str).str.startswith("podcast:").all() \
+        else "groups"
+    pairs = [(a, b) for a, b in (("train", "test"), ("train", "dev"), ("dev", "test")) if a in names and b in names]
+
+    def shared(col: str) -> dict:
+        by_split = rows[rows[col].notna()].groupby("split")[col].agg(set)
+        return {f"{a}/{b}": len(by_split.get(a, set()) & by_split.get(b, set())) for a, b in pairs}
+
+    groups_shared, units_shared = shared("group"), shared("unit")
+    sizes = rows["unit"].value_counts()
+    counts = {"unknown_speaker_utterances": int(unknown.sum()),
+              "unknown_without_group": int((unknown & ~grouped).sum()),
+              "groups": int(rows["group"].nunique()),
+              "groups_per_split": {s: int(table.loc[s, "groups"]) for s in names},
+              "known_speakers_in_groups": int(table.loc["all", "known_speakers_in_groups"]),
+              "split_units": int(len(sizes)),
+              "largest_unit_share": round(float(sizes.iloc[0] / len(rows)), 4) if len(rows) else 0.0,
+              "groups_in_two_splits": groups_shared, "units_in_two_splits": units_shared}
+
+    def line(what: str, shared_: dict) -> str:
+        return what + " " + "; ".join(f"in both {a.replace('/', ' and ')}: {n}" for a, n in shared_.items()) + "."
+
+    check = f"{line(word, groups_shared)} {line('Split units (speakers joined by their groups)', units_shared)}"
+    if not grouped.any():
+        check = f"No row is in a group: every split unit is a speaker (an unknown one per file). {check}"
+    return SpeakerGroups(table.rename_axis("split"), counts, check)

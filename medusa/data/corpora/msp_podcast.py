@@ -6,12 +6,16 @@ Accepted files under `<corpus>/Labels/`, first match wins:
 Malformed rows raise CorpusError naming the file and the line (CSV) or the entry (JSON), and so do duplicates:
 a FileName twice in the consensus, or the same (FileName, worker) twice in the detailed labels (its vote would
 count twice).
+
+File names are `MSP-PODCAST_<podcast>_<segment>.wav`: podcast_groups ties the rows of a podcast that has
+unidentified voices (SpkrID Unknown) into one group, which the splits keep whole (medusa.data.corpora.splits).
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,11 @@ CONSENSUS_HEADER = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrI
 #: Columns of the tables the readers return.
 CONSENSUS_COLUMNS = ("file_name", "label", "arousal", "valence", "dominance", "speaker", "gender", "split_set")
 DETAILED_COLUMNS = ("file_name", "worker", "primary", "secondary", "arousal", "valence", "dominance")
+#: The SpkrID of a voice the corpus did not identify (a CSV manifest's empty speaker cell becomes it too).
+UNKNOWN_SPEAKER = "Unknown"
+#: MSP-Podcast's file names: the podcast (the recording the segment was cut from), then the segment's number.
+#: The blind set's `MSP-PODCAST_test3_0001.wav` does not match: it names no podcast.
+PODCAST_FILE = re.compile(r"MSP-PODCAST_(\d+)_(\d+)\.wav", re.IGNORECASE)
 
 
 class CorpusError(UserError, ValueError):
@@ -49,6 +58,33 @@ def audio_files(audio_dir: str | Path) -> dict[str, Path]:
                               "extension's case aside): keep one")
         found[name] = path
     return found
+
+
+def podcast_of(file_name: str) -> str | None:
+    """`MSP-PODCAST_0001_0008.wav` -> "podcast:0001" (the number zero-padded to 4 digits, so that `1` and `0001`
+    are one podcast); None for a name not of that form."""
+    match = PODCAST_FILE.fullmatch(file_name.strip())
+    return f"podcast:{int(match.group(1)):04d}" if match else None
+
+
+def podcast_groups(file_names: pd.Series, speakers: pd.Series) -> tuple[pd.Series, int]:
+    """The split group of each labelled row (None: none) and how many Unknown-speaker rows have a file name that
+    names no podcast (each stays a speaker of its own, as before there were groups).
+
+    A podcast with at least one Unknown row gets the group `podcast:<number>` on ALL its rows, the known speakers'
+    included. Why the known ones too: the unidentified voices of a podcast are most likely its host and guests,
+    some of whom the corpus identified in other segments of the same podcast; grouping only the Unknown rows would
+    let a known host's clips go to test while the same host's unidentified clips train. Speakers join groups
+    transitively (splits.split_units): the group of a podcast also holds every other row of the known speakers
+    who speak in it, and through them other such podcasts. A podcast without Unknown rows gets no group: its
+    known speakers are told apart by their ids, and the demo corpus (no Unknown speaker) splits as before."""
+    file_names = pd.Series(file_names, dtype=object).reset_index(drop=True)
+    speakers = pd.Series(speakers, dtype=object).reset_index(drop=True)
+    podcasts = file_names.map(podcast_of)
+    unknown = (speakers == UNKNOWN_SPEAKER).to_numpy()
+    with_unknown = set(podcasts[unknown].dropna())
+    groups = pd.Series([g if g in with_unknown else None for g in podcasts], dtype=object)
+    return groups, int((unknown & podcasts.isna().to_numpy()).sum())
 
 
 def find_label_file(label_dir: Path, names: tuple[str, ...]) -> Path:

@@ -28,6 +28,9 @@ assignment, unless prepare.allow_uncovered_classes keeps the best one with a war
 settings (prepare.dev_fraction, prepare.test_fraction, prepare.classes, ...), never a share derived from them.
 classes_without_train names a class that labels rows but no train row once the splits are set (given splits can
 do that): which speakers hold it, and why no seed can help.
+The "speakers" prepare hands to the search are split units (split_units): a speaker joined, through the groups its
+rows carry (an MSP-Podcast podcast with unidentified voices, a CSV's `group` column), with every speaker sharing
+them; without groups a unit is its speaker, and the search sees what it saw before groups existed.
 """
 from __future__ import annotations
 
@@ -39,11 +42,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from medusa.data.corpora.msp_podcast import CorpusError
+from medusa.data.corpora.msp_podcast import UNKNOWN_SPEAKER, CorpusError
 from medusa.labels import CODES, EMOTION_OF
 
 log = logging.getLogger(__name__)
-UNKNOWN_SPEAKER = "Unknown"
 #: StratifiedGroupKFold evaluates a fold-count of standard deviations per speaker (~0.6 s a cut at 1,500
 #: speakers, 30x a greedy draw) and seldom wins: it takes at most SGKF_DRAWS even draws (0, 2, ...), fewer where
 #: speakers x its draws would pass SGKF_BUDGET (2 at 1,500 speakers, none above 3,000); the greedy one the rest.
@@ -283,6 +285,44 @@ def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
         folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         _, held_out = next(folds.split(np.zeros(len(labels)), labels, groups))
     return held_out
+
+
+def split_units(speakers: pd.Series, groups: pd.Series | None = None) -> pd.Series:
+    """The unit the searches place whole, per row: connected groups of speakers and groups (union-find). A row
+    joins its speaker and its group (None or "": no group); speakers and groups that share a row, directly or
+    through others, are one unit (speaker s1 and group g share a row, g and speaker s2 another: s1, g and s2 land
+    in one split). Why a group: the rows of one podcast whose voices the corpus did not identify, or any rows a
+    CSV's `group` column says belong together (a session, a recording) -- keeping the speakers apart alone would
+    let one voice be in train and in test. A unit without a group keeps its speaker's name, so a corpus without
+    groups splits exactly as before; a unit with groups is named after its first group (sorted; `group <k>:
+    <name>` where that name is also a lone speaker's). `speakers`: a key per row, an unknown speaker already made
+    unique (manifest._split_units: a speaker of its own per audio file)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    speakers = pd.Series(speakers).astype(str).reset_index(drop=True)
+    spk_code, spk_names = pd.factorize(speakers)
+    if groups is None:
+        return pd.Series(speakers.to_numpy(), name="unit")
+    groups = pd.Series(groups, dtype=object).reset_index(drop=True)
+    has = groups.notna().to_numpy() & (groups.fillna("").astype(str).str.strip() != "").to_numpy()
+    if not has.any():
+        return pd.Series(speakers.to_numpy(), name="unit")
+    grp_code, grp_names = pd.factorize(groups[has].astype(str))
+    n_spk, n = len(spk_names), len(spk_names) + len(grp_names)
+    # speaker nodes 0..n_spk-1, group nodes after them; one edge per grouped row
+    edges = coo_matrix((np.ones(int(has.sum())), (spk_code[has], n_spk + grp_code)), shape=(n, n))
+    _, component = connected_components(edges, directed=False)
+    # a component's name: its first group (sorted), or, without a group, its only speaker
+    grp_component = component[n_spk:]
+    order = np.argsort(np.asarray(grp_names, dtype=str), kind="stable")
+    first_group = {}
+    for g in order:
+        first_group.setdefault(int(grp_component[g]), str(grp_names[g]))
+    lone = {str(spk_names[i]) for i in range(n_spk) if int(component[i]) not in first_group}
+    names = {c: (f"group {c}: {g}" if g in lone else g) for c, g in first_group.items()}
+    unit = np.array([names.get(int(c), str(spk)) for spk, c in zip(spk_names, component[:n_spk])], dtype=object)
+    return pd.Series(unit[spk_code], name="unit")
 
 
 def _speaker_groups(speakers: pd.Series) -> np.ndarray:

@@ -79,9 +79,17 @@ def shard_items(items: Sequence[Any], shard: int, n_shards: int, weights: Sequen
 
 
 def shard_dir(root: str | Path, shard: int, n_shards: int) -> Path:
-    """The store folder of one shard: `root/shard-<shard>-of-<n_shards>`."""
+    """The store folder of one shard: `<root>.shard-<shard>-of-<n_shards>` beside the store. Beside it, not in it:
+    DVC deletes a stage's output folder before running the stage, and the stage must find shards extracted before
+    it (SLURM array jobs, an interrupted run) to merge or resume them."""
     _check_shard(shard, n_shards)
-    return Path(root) / f"shard-{shard}-of-{n_shards}"
+    root = Path(root)
+    return root.with_name(f"{root.name}.shard-{shard}-of-{n_shards}")
+
+
+def is_shard_of(path: str | Path, root: str | Path) -> bool:
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path.parent == root.parent and path.name.startswith(root.name + ".shard-")
 
 
 def _append_file(src: Path, dst: Any, desc: str) -> None:
@@ -113,11 +121,10 @@ def merge_stores(shard_roots: Sequence[str | Path], out_root: str | Path) -> Fea
     The shards must agree on dim and meta and share no utt_id. The merged store appears atomically, and an
     interrupted merge resumes when called again with the same shards.
 
-    Disk: when `out_root` is the folder that holds the shard stores (the `shard_dir(root, i, n)` layout) and
-    nothing else, the shards are consumed: the first shard's frames are moved, each further shard's appended and
-    then deleted, so the merge needs at most one shard's size of extra space; the emptied shards go when the
-    merged store replaces the folder. Shards elsewhere are read and kept (the merged store then needs its full
-    size besides them).
+    Disk: when the shards are `out_root`'s own (the `shard_dir(out_root, i, n)` layout), they are consumed: the
+    first shard's frames are moved, each further shard's appended and then deleted, so the merge needs at most
+    one shard's size of extra space; the emptied shards are deleted once the merged store is in place. Shards
+    elsewhere are read and kept (the merged store then needs its full size besides them).
     """
     if not shard_roots:
         raise ValueError("merge_stores needs at least one store to merge")
@@ -127,8 +134,11 @@ def merge_stores(shard_roots: Sequence[str | Path], out_root: str | Path) -> Fea
         raise ValueError(f"the merged store {out_root} cannot also be one of the stores being merged")
     if is_store(out_root) and (out_root / MERGE_FILE).is_file():
         (out_root / MERGE_FILE).unlink()  # a merge that died after moving its store into place
+        for root in roots:
+            if is_shard_of(root, out_root):
+                shutil.rmtree(root, ignore_errors=True)
         return FeatureStore(out_root)
-    consume = out_root.is_dir() and all(r.resolve().parent == out_root.resolve() for r in roots)
+    consume = all(is_shard_of(r, out_root) for r in roots)
     wd = partial_dir(out_root)
     plan = _resumable_merge_plan(wd, roots)
     if plan is None:
@@ -168,6 +178,9 @@ def merge_stores(shard_roots: Sequence[str | Path], out_root: str | Path) -> Fea
     # merge.json goes last, after the rename: until then a rerun knows what this folder is
     move_into_place(wd, out_root, roots)
     (out_root / MERGE_FILE).unlink()
+    if plan["consume"]:
+        for root in roots:  # emptied: only their index and meta are left
+            shutil.rmtree(root, ignore_errors=True)
     return FeatureStore(out_root)
 
 
