@@ -2,7 +2,8 @@
 the same code, on this machine instead of a cluster.
 
 - Transcription as one job of two tasks (the ranks) gives the bytes of one process; a job killed midway and
-  submitted again resumes from its shards' journals and still gives those bytes.
+  submitted again resumes from its shards' journals and still gives those bytes; extraction as one such job gives
+  the store of one process.
 - `medusa repro` submits the training stages as a job array (at most parallel.jobs at once); the members equal
   those of a serial `dvc repro`, and DVC records them in dvc.lock."""
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _one_rank_reference(tmp_path, models) -> bytes:
 def test_a_killed_transcription_job_resubmitted_gives_one_process_s_bytes(tmp_path, models, monkeypatch):
     from medusa.config import paths
     from medusa.features.asr import transcribe_rank, transcribe_ranks
+    from medusa.features.extract import extract_ranks
     from medusa.features.ranks import _Task, executor
 
     (tmp_path / "one").mkdir()
@@ -67,6 +69,15 @@ def test_a_killed_transcription_job_resubmitted_gives_one_process_s_bytes(tmp_pa
     assert paths.TRANSCRIPTS.read_bytes() == expected
     assert not journals()
 
+    # extraction as one job of two tasks: the store one process writes
+    extract_ranks("whisper", params.encoders["whisper"], params.extract, parallel, paths.MANIFEST, paths.TRANSCRIPTS,
+                  paths.feature_store("whisper"), paths.CACHE)
+    reference = tmp_path / "one"
+    _medusa(reference, "extract", "whisper")
+    store = lambda root: {p.name: p.read_bytes() for p in sorted(root.iterdir())}  # noqa: E731
+    assert store(paths.feature_store("whisper")) == store(reference / "work" / "features" / "whisper")
+    assert not list((project / "work" / "features").glob("whisper.shard-*"))
+
 
 def test_training_stages_as_a_submitit_job_array_equal_the_serial_run(tmp_path_factory):
     side, serial = (test_repro._project(tmp_path_factory.mktemp(name)) for name in ("array", "serial"))
@@ -91,14 +102,14 @@ def test_a_slurm_job_asks_for_one_gpu_per_rank_packed_by_node_and_is_requeued_on
     """The sbatch script submitit writes for 16 ranks with 8 GPUs a node (a stand-in `srun` on PATH: SlurmExecutor
     only checks that it exists): 2 nodes x 8 tasks x 8 GPUs, the partition, and the USR2 signal before the time
     limit that makes submitit checkpoint and requeue the job. Without SLURM, engine slurm is one clear error."""
-    from medusa.features.ranks import SlurmError, executor
+    from medusa.features.ranks import RankError, executor
 
     repo = test_repro.REPO
     parallel = load_params(repo / "configs" / "paper.yaml").parallel
     parallel = parallel.model_copy(update={"engine": "slurm", "ranks": 16, "slurm": parallel.slurm.model_copy(
         update={"partition": "gpu", "folder": str(tmp_path)})})
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))
-    with pytest.raises(SlurmError, match="no SLURM"):
+    with pytest.raises(RankError, match="no SLURM"):
         executor(parallel, "transcribe_rank", 16)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
@@ -108,5 +119,5 @@ def test_a_slurm_job_asks_for_one_gpu_per_rank_packed_by_node_and_is_requeued_on
     for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--signal=USR2@",
                  "--cpus-per-task=8", "--mem=64GB", "--time=720"):
         assert line in script, (line, script)
-    with pytest.raises(ValueError, match="does not fill whole nodes"):
+    with pytest.raises(RankError, match="does not fill whole nodes"):
         executor(parallel, "transcribe_rank", 12)

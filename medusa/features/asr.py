@@ -155,7 +155,7 @@ def shard_journal(out_path: str | Path, shard: int, n_shards: int) -> Path:
 @dataclass(frozen=True)
 class TranscriptionPlan:
     """Every shard's batches: the batch plan of the whole manifest (by padded length, then id), cut into
-    `n_shards` contiguous blocks of about equal audio seconds. A shard's batches are those one process would
+    `n_shards` contiguous blocks of about equal padded audio. A shard's batches are those one process would
     decode, so its transcripts are the one-process run's, bytes included."""
     manifest: pd.DataFrame          # sorted by utt_id, index 0..n-1
     shards: list[list[list[int]]]   # shard -> batches -> row indices of `manifest`
@@ -169,7 +169,10 @@ class TranscriptionPlan:
         batches = asr_batches(list(rows["utt_id"]), list(rows["duration_s"]), batch_size, pad_seconds)
         if n_shards == 1:
             return cls(rows, [batches], [inputs])
-        weights = [float(rows["duration_s"].iloc[b].sum()) for b in batches]
+        # a batch's cost is its padded audio, not its speech: the encoder runs each clip's whole window and the token
+        # budget follows it (on the demo, blocks of equal speech seconds took 256 and 200 s; of equal windows, ~230)
+        windows = [asr_window(round(d * 16000), pad_seconds)[0] for d in rows["duration_s"]]
+        weights = [float(sum(windows[i] for i in b)) for b in batches]
         shards = [shard_items(batches, i, n_shards, weights) for i in range(n_shards)]
         # which clips a shard holds follows the batch plan: a journal begun under another plan holds other clips
         prints = [inputs_fingerprint([{"shard": i, "n_shards": n_shards,
@@ -297,8 +300,9 @@ def transcribe_ranks(settings, parallel, manifest_path: str | Path, out_path: st
     """The transcribe stage over `parallel.ranks` ranks (medusa.features.ranks: this machine's processes, or the
     tasks of a SLURM job). Returns the speed figures summed over ranks: utterances, audio_seconds,
     compute_seconds (each rank's decoding time), and seconds_per_audio_hour of compute."""
-    from medusa.features.ranks import run_ranks
+    from medusa.features.ranks import check_devices, run_ranks
 
+    check_devices(parallel, settings.device)
     per_rank = run_ranks(transcribe_rank, parallel, settings, str(manifest_path), str(out_path), str(cache_dir))
     total = {k: sum(r[k] for r in per_rank) for k in ("utterances", "audio_seconds", "compute_seconds")}
     hours = total["audio_seconds"] / 3600

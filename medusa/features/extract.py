@@ -202,8 +202,9 @@ def extract_ranks(name: str, spec, settings, parallel, manifest_path: str | Path
                   root: str | Path, cache_dir: str | Path) -> ExtractionStats:
     """An extract@ENCODER stage over `parallel.ranks` ranks (medusa.features.ranks: this machine's processes, or
     the tasks of a SLURM job)."""
-    from medusa.features.ranks import run_ranks
+    from medusa.features.ranks import check_devices, run_ranks
 
+    check_devices(parallel, settings.device)
     return ExtractionStats.of_ranks(run_ranks(extract_rank, parallel, name, spec, settings, str(manifest_path),
                                               str(transcripts_path), str(root), str(cache_dir)))
 

@@ -60,16 +60,29 @@ class Rank:
         if device.type != "cuda" or self.world == 1:
             return device
         if setting not in ("auto", "cuda"):
-            raise ValueError(f"device {setting!r} with {self.world} ranks: every rank would use that one GPU; "
+            raise RankError(f"device {setting!r} with {self.world} ranks: every rank would use that one GPU; "
                              "use auto or cuda (rank i of a node takes GPU i)")
         if self.local >= torch.cuda.device_count():
-            raise ValueError(f"rank {self.rank} is local rank {self.local} but this node has "
+            raise RankError(f"rank {self.rank} is local rank {self.local} but this node has "
                              f"{torch.cuda.device_count()} GPUs: start at most one rank per GPU")
         return torch.device("cuda", self.local)
 
 
-class SlurmError(UserError, RuntimeError):
-    """parallel.engine asks for SLURM where there is none."""
+class RankError(UserError, ValueError):
+    """The `parallel` section asks for what this machine or cluster cannot give (GPUs per rank, SLURM)."""
+
+
+def check_devices(parallel, setting: str) -> None:
+    """Before any rank starts (a rank's own error would come back as a launcher's traceback): on this machine,
+    `parallel.ranks` GPU ranks need as many GPUs, and a device setting that each rank can make its own."""
+    if parallel.engine != "torchrun" or parallel.ranks == 1 or not torch.cuda.is_available() or setting == "cpu":
+        return
+    if setting not in ("auto", "cuda"):
+        raise RankError(f"device {setting!r} with parallel.ranks {parallel.ranks}: every rank would use that one "
+                        "GPU; use auto or cuda (rank i of a node takes GPU i)")
+    if parallel.ranks > torch.cuda.device_count():
+        raise RankError(f"parallel.ranks {parallel.ranks} on a machine with {torch.cuda.device_count()} GPUs: at "
+                        "most one rank per GPU")
 
 
 def set_threads(threads: int) -> None:
@@ -148,11 +161,11 @@ def executor(parallel, name: str, tasks: int, array_parallelism: int | None = No
     per_node = min(tasks, s.gpus_per_node) if s.gpus_per_node else tasks
     nodes = -(-tasks // per_node)
     if nodes * per_node != tasks:
-        raise ValueError(f"parallel.ranks {tasks} does not fill whole nodes of {per_node} GPUs "
+        raise RankError(f"parallel.ranks {tasks} does not fill whole nodes of {per_node} GPUs "
                          f"(slurm.gpus_per_node): use a multiple of {per_node}")
     local = parallel.engine == "submitit-local"
     if not local and shutil.which("srun") is None:
-        raise SlurmError("parallel.engine: slurm, but this machine has no SLURM (`srun` is not on PATH): run from a "
+        raise RankError("parallel.engine: slurm, but this machine has no SLURM (`srun` is not on PATH): run from a "
                          "cluster's login node, or use engine torchrun (this machine) or submitit-local")
     ex = submitit.AutoExecutor(folder=Path(s.folder) / name, cluster="local" if local else "slurm")
     options: dict[str, Any] = {"nodes": nodes, "tasks_per_node": per_node, "cpus_per_task": s.cpus_per_task,

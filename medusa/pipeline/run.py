@@ -42,7 +42,8 @@ def _user_error_names() -> set[str]:
     modules that define them are imported here (only when a cell has failed)."""
     import importlib
 
-    for module in ("medusa.data.audio", "medusa.data.corpora.msp_podcast", "medusa.features.encoders.base",
+    for module in ("medusa.data.audio", "medusa.data.corpora.msp_podcast", "medusa.features.asr",
+                   "medusa.features.encoders.base", "medusa.features.ranks",
                    "medusa.features.store.reader", "medusa.features.whisper_ct2", "medusa.pipeline.inputs",
                    "medusa.serving.bundle", "medusa.serving.predict", "medusa.serving.submission"):
         importlib.import_module(module)
