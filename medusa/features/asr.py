@@ -9,7 +9,9 @@ token budget comes from the padded length too: a clip's transcript is the same a
 transcribe notebook measures this against 30 s windows for speed and WER. Clips over 30 s go through
 openai-whisper's long-form `transcribe`, one at a time. Progress is journaled per batch; the journal's first line
 fingerprints the inputs (medusa.features.fingerprint), so an interrupted run resumes where it stopped, and a journal made
-from other inputs or settings is discarded."""
+from other inputs or settings is discarded. The batch plan of the whole manifest can be cut into contiguous shards
+(the ranks of medusa.features.ranks, or `medusa transcribe --shard I/N`), each journaled on its own;
+`merge_transcripts` joins the finished journals into the bytes one process writes."""
 from __future__ import annotations
 
 import json

@@ -106,7 +106,8 @@ def extract_to_store(encoder: Encoder, items: pd.DataFrame, root: str | Path, *,
                      shard: int = 0, n_shards: int = 1) -> ExtractionStats:
     """Encode `items` (columns utt_id, duration_s, and path or text) into the store at `root`.
 
-    With n_shards > 1 this call writes shard `shard` to `root/shard-<i>-of-<n>`; `merge_shards` joins them.
+    With n_shards > 1 this call writes shard `shard` to `<root>.shard-<i>-of-<n>`, beside the store
+    (shards.shard_dir); `merge_shards` joins them.
     Temporary files that killed runs left in the stores' folder (root's parent) are deleted first
     (medusa.io.remove_stale_temps)."""
     remove_stale_temps(Path(root).parent)
