@@ -8,7 +8,6 @@ contiguous block of the batch plan, rank 0 merging), and the stage's path (`tran
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,18 +115,23 @@ def test_the_stages_launcher_gives_the_same_bytes(projects, tmp_path, models, mo
     assert _files(paths.feature_store("wavlm")) == _files(one / "work" / "features" / "wavlm")
 
 
-def test_a_shard_made_from_other_settings_is_not_merged(projects, tmp_path, models, monkeypatch):
-    """`medusa transcribe --shard`/`--merge` (SLURM's path): a shard journal made under another decoding setting
-    (the padding) is named and refused at the merge, not mixed in."""
+def test_a_shard_made_from_other_settings_is_not_merged(tmp_path, models, monkeypatch):
+    """`medusa transcribe --merge` (SLURM's and the by-hand path): a shard journal made under another decoding
+    setting (the padding) is named and refused at the merge, in one line, not mixed in. The shards are made in this
+    process (the CLI's --shard calls the same transcribe_shard)."""
+    import torch
+
+    from medusa.features.asr import transcribe_shard
+    from medusa.features.encoders.whisper import load_whisper
+
     project = _project(tmp_path, models)
-    _medusa(project, "transcribe", "--shard", "0/2")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["transcribe"]["pad_seconds"] = 8.0
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    _medusa(project, "transcribe", "--shard", "1/2")
+    monkeypatch.chdir(project)
+    model = load_whisper(models["whisper"], project / "work" / "cache", torch.device("cpu"))
+    manifest = pd.read_parquet("work/manifest.parquet")
+    for shard, pad in ((0, 8.0), (1, 5.0)):   # params.yaml says 5.0: shard 0 was made under other settings
+        transcribe_shard(model, manifest, "work/transcripts.parquet", "en", pad, 2, 0, 1, shard, 2)
     proc = subprocess.run([sys.executable, "-m", "medusa", "transcribe", "--merge", "2"], cwd=project,
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1
     assert "shard 0 of 2" in proc.stderr and "other inputs or settings" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-    shutil.rmtree(project)
+    assert "Traceback" not in proc.stderr and not (project / "work" / "transcripts.parquet").exists()
