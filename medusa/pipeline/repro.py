@@ -30,6 +30,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +81,16 @@ def _gpus() -> list[str]:
         return []
 
 
+_PRINT = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One whole line to stdout: the stages' threads print side by side, and print() may split a line."""
+    with _PRINT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def _stream(proc: subprocess.Popen, name: str) -> None:
     """Copy a stage's output to ours, each line prefixed with the stage's name (carriage-return progress bars
     become lines)."""
@@ -87,7 +98,7 @@ def _stream(proc: subprocess.Popen, name: str) -> None:
     for line in iter(proc.stdout.readline, ""):
         for part in line.replace("\r", "\n").splitlines():
             if part.strip():
-                print(f"[{name}] {part}", flush=True)
+                _say(f"[{name}] {part}")
 
 
 def _run(cmd: list[str], name: str, env: dict[str, str] | None = None) -> int:
@@ -117,7 +128,7 @@ def run_side_by_side(stages: list[str], jobs: int, root: str | Path = ".") -> li
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
             where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else f"CPU slot {slot}"
-            print(f"[{stage}] starting on {where}", flush=True)
+            _say(f"[{stage}] starting on {where}")
             start = time.perf_counter()
             code = _run(_stage_command(stage), stage, env)
             return stage, code, time.perf_counter() - start
@@ -127,7 +138,7 @@ def run_side_by_side(stages: list[str], jobs: int, root: str | Path = ".") -> li
     failed = []
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
         for stage, code, seconds in pool.map(one, stages):
-            print(f"[{stage}] {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s", flush=True)
+            _say(f"[{stage}] {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
             if code:
                 failed.append(stage)
     return failed
@@ -171,7 +182,7 @@ def submit_side_by_side(stages: list[str], parallel, root: str | Path = ".") -> 
                 code, why = 1, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             else:
                 why = f"exit {code}"
-            print(f"[{stage}] {'done' if code == 0 else f'FAILED ({why}); log: {job.paths.stdout}'}", flush=True)
+            _say(f"[{stage}] {'done' if code == 0 else f'FAILED ({why}); log: {job.paths.stdout}'}")
             if code:
                 failed.append(stage)
     return failed
