@@ -175,7 +175,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from medusa.config import paths
-    from medusa.features.asr import merge_transcripts, transcribe_rank, transcribe_shard
+    from medusa.features.asr import TranscriptionPlan, merge_transcripts, transcribe_rank, transcribe_shard
     from medusa.features.batches import pick_device
     from medusa.features.encoders.whisper import load_whisper
     from medusa.features.ranks import set_threads
@@ -185,17 +185,17 @@ def _transcribe(args: argparse.Namespace) -> int:
         stats = transcribe_rank(t, paths.MANIFEST, paths.TRANSCRIPTS, paths.CACHE)
         print(f"rank {stats['rank']}: transcribed {stats['utterances']} utterances in {stats['compute_seconds']:.0f} s")
         return 0
+    shard, n_shards = _shard(args.shard) if args.shard else (0, args.merge)
     set_threads(t.threads)
     model = load_whisper(t.model, paths.CACHE, pick_device(t.device))
     manifest = pd.read_parquet(paths.MANIFEST)
+    plan = TranscriptionPlan.build(model, manifest, t.language, t.pad_seconds, t.batch_size, t.beam_size, n_shards)
     if args.merge:
-        merge_transcripts(model, manifest, paths.TRANSCRIPTS, t.language, t.pad_seconds, t.batch_size, t.beam_size,
-                          args.merge)
+        merge_transcripts(plan, manifest, paths.TRANSCRIPTS)
         print(f"merged {args.merge} shards into {paths.TRANSCRIPTS}")
         return 0
-    shard, n_shards = _shard(args.shard)
-    stats = transcribe_shard(model, manifest, paths.TRANSCRIPTS, t.language, t.pad_seconds, t.batch_size,
-                             t.num_workers, t.beam_size, shard, n_shards)
+    stats = transcribe_shard(model, plan, paths.TRANSCRIPTS, t.language, t.pad_seconds, t.num_workers, t.beam_size,
+                             shard)
     print(f"shard {args.shard}: transcribed {stats['utterances']} utterances in {stats['compute_seconds']:.0f} s")
     return 0
 

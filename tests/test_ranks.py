@@ -121,7 +121,7 @@ def test_a_shard_made_from_other_settings_is_not_merged(tmp_path, models, monkey
     process (the CLI's --shard calls the same transcribe_shard)."""
     import torch
 
-    from medusa.features.asr import transcribe_shard
+    from medusa.features.asr import TranscriptionPlan, transcribe_shard
     from medusa.features.encoders.whisper import load_whisper
 
     project = _project(tmp_path, models)
@@ -129,7 +129,8 @@ def test_a_shard_made_from_other_settings_is_not_merged(tmp_path, models, monkey
     model = load_whisper(models["whisper"], project / "work" / "cache", torch.device("cpu"))
     manifest = pd.read_parquet("work/manifest.parquet")
     for shard, pad in ((0, 8.0), (1, 5.0)):   # params.yaml says 5.0: shard 0 was made under other settings
-        transcribe_shard(model, manifest, "work/transcripts.parquet", "en", pad, 2, 0, 1, shard, 2)
+        plan = TranscriptionPlan.build(model, manifest, "en", pad, 2, 1, 2)
+        transcribe_shard(model, plan, "work/transcripts.parquet", "en", pad, 0, 1, shard)
     proc = subprocess.run([sys.executable, "-m", "medusa", "transcribe", "--merge", "2"], cwd=project,
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1

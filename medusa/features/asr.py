@@ -187,16 +187,17 @@ def transcribe_manifest(model, manifest: pd.DataFrame, out_path: str | Path, lan
                         batch_size: int, num_workers: int, beam_size: int) -> pd.DataFrame:
     """Transcribe every manifest row into out_path (parquet: utt_id, text, in manifest order) in this process;
     resumable (transcribe_shard). attrs["seconds_per_audio_hour"]: the decoding's compute per hour of audio."""
-    stats = transcribe_shard(model, manifest, out_path, language, pad_seconds, batch_size, num_workers, beam_size)
-    result = merge_transcripts(model, manifest, out_path, language, pad_seconds, batch_size, beam_size, 1)
+    plan = TranscriptionPlan.build(model, manifest, language, pad_seconds, batch_size, beam_size, 1)
+    stats = transcribe_shard(model, plan, out_path, language, pad_seconds, num_workers, beam_size)
+    result = merge_transcripts(plan, manifest, out_path)
     hours = stats["audio_seconds"] / 3600
     result.attrs["seconds_per_audio_hour"] = stats["compute_seconds"] / hours if hours else float("nan")
     return result
 
 
-def transcribe_shard(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
-                     batch_size: int, num_workers: int, beam_size: int, shard: int = 0, n_shards: int = 1) -> dict:
-    """Transcribe shard `shard` of `n_shards` of the manifest's batch plan into its journal beside out_path
+def transcribe_shard(model, plan: TranscriptionPlan, out_path: str | Path, language: str, pad_seconds: float,
+                     num_workers: int, beam_size: int, shard: int = 0) -> dict:
+    """Transcribe shard `shard` of `plan` (built with the same model and settings) into its journal beside out_path
     (resumable: kept only if it was made from the same rows, audio files, model, settings and shard);
     `merge_transcripts` turns the finished journals into out_path. Returns the speed figures of this call:
     utterances, audio_seconds and compute_seconds. Temporary files that killed runs left beside out_path are
@@ -204,7 +205,7 @@ def transcribe_shard(model, manifest: pd.DataFrame, out_path: str | Path, langua
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_path.parent, recursive=False)  # e.g. half a transcripts file of a killed run
-    plan = TranscriptionPlan.build(model, manifest, language, pad_seconds, batch_size, beam_size, n_shards)
+    n_shards = len(plan.shards)
     rows, batches, journal = plan.manifest, plan.shards[shard], shard_journal(out_path, shard, n_shards)
     done = _read_journal(journal, plan.fingerprints[shard])
     mine = sum(len(b) for b in batches)
@@ -230,13 +231,11 @@ def transcribe_shard(model, manifest: pd.DataFrame, out_path: str | Path, langua
     return {"utterances": decoded, "audio_seconds": audio_s, "compute_seconds": time.perf_counter() - start}
 
 
-def merge_transcripts(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
-                      batch_size: int, beam_size: int, n_shards: int) -> pd.DataFrame:
-    """Join the `n_shards` finished journals into out_path (utt_id, text in manifest order) and delete them.
-    Each journal must have been made from this plan (its fingerprint) and hold every clip of its shard; the
+def merge_transcripts(plan: TranscriptionPlan, manifest: pd.DataFrame, out_path: str | Path) -> pd.DataFrame:
+    """Join the finished journals of `plan`'s shards into out_path (utt_id, text in manifest order) and delete
+    them. Each journal must have been made from this plan (its fingerprint) and hold every clip of its shard; the
     error names the shard that does not."""
-    out_path = Path(out_path)
-    plan = TranscriptionPlan.build(model, manifest, language, pad_seconds, batch_size, beam_size, n_shards)
+    out_path, n_shards = Path(out_path), len(plan.shards)
     texts: dict[str, str] = {}
     journals = [shard_journal(out_path, i, n_shards) for i in range(n_shards)]
     for i, journal in enumerate(journals):
@@ -247,7 +246,7 @@ def merge_transcripts(model, manifest: pd.DataFrame, out_path: str | Path, langu
                     if header.get("inputs") != plan.fingerprints[i] else
                     f"holds {len(wanted & rows.keys())} of its {len(wanted)} clips")
             raise ShardError(f"cannot merge the transcripts: shard {i} of {n_shards} ({journal}) {what}; run that "
-                               f"shard again (medusa transcribe --shard {i}/{n_shards}) with the current params")
+                             f"shard again (medusa transcribe --shard {i}/{n_shards}) with the current params")
         texts.update({u: rows[u] for u in wanted})
     result = pd.DataFrame({"utt_id": manifest["utt_id"], "text": manifest["utt_id"].map(texts)})
     write_parquet(result, out_path)
@@ -287,12 +286,13 @@ def transcribe_rank(settings, manifest_path: str | Path, out_path: str | Path, c
     with Barrier(rank) as barrier:
         model = load_whisper(settings.model, cache_dir, rank.device(settings.device))
         manifest = pd.read_parquet(manifest_path)
-        args = (settings.language, settings.pad_seconds)
-        stats = transcribe_shard(model, manifest, out_path, *args, settings.batch_size, settings.num_workers,
-                                 settings.beam_size, shard=rank.rank, n_shards=rank.world)
+        plan = TranscriptionPlan.build(model, manifest, settings.language, settings.pad_seconds, settings.batch_size,
+                                       settings.beam_size, rank.world)  # once: it checks every audio file
+        stats = transcribe_shard(model, plan, out_path, settings.language, settings.pad_seconds,
+                                 settings.num_workers, settings.beam_size, shard=rank.rank)
         barrier.wait()
         if rank.lead:
-            merge_transcripts(model, manifest, out_path, *args, settings.batch_size, settings.beam_size, rank.world)
+            merge_transcripts(plan, manifest, out_path)
         barrier.wait()  # no rank leaves before the merge: a caller reading out_path after any rank ends sees it
     return {"rank": rank.rank, **stats}
 

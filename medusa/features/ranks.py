@@ -59,12 +59,7 @@ class Rank:
         device = pick_device(setting)
         if device.type != "cuda" or self.world == 1:
             return device
-        if setting not in ("auto", "cuda"):
-            raise RankError(f"device {setting!r} with {self.world} ranks: every rank would use that one GPU; "
-                             "use auto or cuda (rank i of a node takes GPU i)")
-        if self.local >= torch.cuda.device_count():
-            raise RankError(f"rank {self.rank} is local rank {self.local} but this node has "
-                             f"{torch.cuda.device_count()} GPUs: start at most one rank per GPU")
+        _check_gpus(setting, self.world, self.local + 1)
         return torch.device("cuda", self.local)
 
 
@@ -77,12 +72,17 @@ def check_devices(parallel, setting: str) -> None:
     `parallel.ranks` GPU ranks need as many GPUs, and a device setting that each rank can make its own."""
     if parallel.engine != "torchrun" or parallel.ranks == 1 or not torch.cuda.is_available() or setting == "cpu":
         return
+    _check_gpus(setting, parallel.ranks, parallel.ranks)
+
+
+def _check_gpus(setting: str, ranks: int, needed: int) -> None:
+    """`ranks` ranks each on a GPU of their own: a device setting each can make its own, and `needed` GPUs here."""
     if setting not in ("auto", "cuda"):
-        raise RankError(f"device {setting!r} with parallel.ranks {parallel.ranks}: every rank would use that one "
-                        "GPU; use auto or cuda (rank i of a node takes GPU i)")
-    if parallel.ranks > torch.cuda.device_count():
-        raise RankError(f"parallel.ranks {parallel.ranks} on a machine with {torch.cuda.device_count()} GPUs: at "
-                        "most one rank per GPU")
+        raise RankError(f"device {setting!r} with {ranks} ranks: every rank would use that one GPU; use auto or "
+                        "cuda (rank i of a node takes GPU i)")
+    if needed > torch.cuda.device_count():
+        raise RankError(f"{ranks} ranks need {needed} GPUs on this node, which has {torch.cuda.device_count()}: "
+                        "at most one rank per GPU")
 
 
 def set_threads(threads: int) -> None:
