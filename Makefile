@@ -14,10 +14,12 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: repro test install demo-corpus clean-work paper-dry-run
 
+# --no-compile: pip would byte-compile every module of every package (~1 min of the install on 2 cores, most of it
+# torch's); Python compiles the modules a run imports on first import instead, and caches them.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_QUIET) torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-compile torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-compile -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import medusa, torch, papermill, dvc, opensmile, espeakng_loader, whisper, transformers" # fail here if an install failed
 	touch $@
 

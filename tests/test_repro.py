@@ -117,3 +117,66 @@ def test_dvc_lock_records_the_stages_as_dvc_repro_does(runs):
     # nothing is left to run
     status = _run(["dvc", "status"], side)
     assert "up to date" in status.lower() or not status.strip(), status
+
+
+# ---- the slot pool over DVC's graph: a stage waits for the stages it reads from; a failure stops only its dependants
+
+_STAGE = ("import json, sys, time; t = time.time(); time.sleep(1.5); "
+          "json.dump({'start': t, 'end': time.time()}, open(sys.argv[1], 'w')); sys.exit(int(sys.argv[2]))")
+
+
+def _stage(name: str, code: int = 0, deps: tuple[str, ...] = ()) -> dict:
+    return {"cmd": f'python -c "{_STAGE}" {name}.json {code}', "deps": [f"{d}.json" for d in deps],
+            "outs": [f"{name}.json"]}
+
+
+@pytest.fixture()
+def dag(tmp_path):
+    """A DVC project of stages that sleep 1.5 s and write their start and end times: c reads a's output, b is
+    independent; f fails, g reads f's output, h is independent."""
+    stages = {"a": _stage("a"), "b": _stage("b"), "c": _stage("c", deps=("a",)),
+              "f": _stage("f", code=1), "g": _stage("g", deps=("f",)), "h": _stage("h")}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    _run(["dvc", "init", "--no-scm", "-q"], tmp_path)
+    return tmp_path
+
+
+def _in(root: Path, fn, *args):
+    """fn(*args) with `root` as the working directory and this environment's dvc first on PATH."""
+    old, path = Path.cwd(), os.environ.get("PATH", "")
+    os.chdir(root)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
+    try:
+        return fn(*args)
+    finally:
+        os.chdir(old)
+        os.environ["PATH"] = path
+
+
+def test_a_stage_starts_after_the_stages_it_reads_from_and_beside_the_others(dag):
+    from medusa.pipeline.repro import run_side_by_side
+
+    # c is offered first, but a has not run: the two slots take a and b, and c waits for a
+    assert _in(dag, run_side_by_side, ["c", "a", "b"], 2, {"c": {"a"}}) == []
+    t = {n: json.loads((dag / f"{n}.json").read_text()) for n in "abc"}
+    assert t["c"]["start"] >= t["a"]["end"]
+    assert t["b"]["start"] < t["a"]["end"] and t["a"]["start"] < t["b"]["end"]   # a and b side by side
+    lock = yaml.safe_load((dag / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {"a", "b", "c"}                                            # recorded as dvc repro would
+    assert "up to date" in _run(["dvc", "status", "a", "b", "c"], dag).lower()
+
+
+def test_a_failed_stage_stops_its_dependants_only(dag):
+    from medusa.pipeline.repro import run_side_by_side
+
+    assert _in(dag, run_side_by_side, ["f", "g", "h"], 2, {"g": {"f"}}) == ["f", "g"]
+    assert (dag / "h.json").exists() and not (dag / "g.json").exists()
+
+
+def test_the_stages_others_wait_for_go_first():
+    from medusa.pipeline.repro import Plan
+
+    needs = {"report": {"train@b", "train@a", "ablate@x", "ensemble"}, "ensemble": {"train@a", "train@b"},
+             "ablate@x": set(), "train@b": set(), "train@a": set()}
+    plan = Plan([], ["train@b", "ablate@x", "train@a"], ["ensemble", "report"], needs)
+    assert plan.side_by_side == ["train@a", "train@b", "ablate@x", "ensemble", "report"]

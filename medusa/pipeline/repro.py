@@ -9,14 +9,19 @@ DVC runs the stages of one `dvc repro` one after another, but it releases its re
 command runs, and `dvc --wait-for-lock` waits for that lock instead of failing; so independent stages can run as
 separate `dvc repro --single-item STAGE` processes, each recording its own entry of dvc.lock exactly as `dvc repro`
 would (DVC takes the lock to hash outputs and write dvc.lock). This command does that for the training stages
-(train@MODEL and ablate@VARIANT), which depend on nothing but the features and on no other training stage:
+(train@MODEL and ablate@VARIANT, which depend on nothing but the features and on no other training stage) and for
+every stage after them:
 
-1. `dvc repro` of every stage they depend on (prepare .. inputs, ablation_inputs), one after another; the
-   transcription and extraction stages spread their own work over `parallel.ranks` processes;
-2. the training stages through `dvc --wait-for-lock repro --single-item STAGE`, `jobs` at a time, each on its own
-   device: GPU i of the visible ones (CUDA_VISIBLE_DEVICES) on a GPU machine, or a CPU process with
-   `train.threads` threads; a stage that is up to date returns at once;
-3. `dvc repro` of the rest (ensemble, report), which finds the training stages up to date.
+1. `dvc repro` of every stage the training stages depend on (prepare .. inputs, ablation_inputs), one after
+   another; the transcription and extraction stages spread their own work over `parallel.ranks` processes;
+2. the training stages and the stages after them (ensemble, report) through `dvc --wait-for-lock repro
+   --single-item STAGE`, `jobs` at a time, each on its own device (GPU i of the visible ones, CUDA_VISIBLE_DEVICES,
+   on a GPU machine; a CPU process otherwise). A stage starts once every stage it reads from has finished (DVC's
+   graph), so the ensemble trains its meta-classifier beside Table 2's runs; the stages that others wait for
+   go first, then the longest (Table 2's: each trains several runs). A stage that is up to date returns at once;
+3. `dvc repro`, which finds everything up to date and checks that dvc.lock is complete.
+
+With `parallel.engine: slurm`, step 2 submits the training stages as a job array, and step 3 runs the rest here.
 
 A run is seeded and single-threaded per process, so its weights and metrics do not depend on its neighbours or
 on N (tests/test_repro.py trains members two at a time and one at a time and compares them; tests/test_slurm.py
@@ -27,12 +32,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import queue
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from medusa.config.params import PARAMS_FILE, load_params
@@ -53,20 +58,39 @@ def dvc_command() -> list[str]:
     return [str(local) if local.exists() else "dvc"]
 
 
-def plan(root: str | Path = ".") -> tuple[list[str], list[str]]:
-    """(the stages the training stages depend on, the training stages), as named in dvc.yaml (e.g. train@m02),
-    from DVC's own graph of the pipeline."""
+@dataclass(frozen=True)
+class Plan:
+    """The pipeline's stages (dvc.yaml names, e.g. train@m02) in the order `medusa repro` runs them."""
+    upstream: list[str]                 # what training + after depend on, in an order DVC would run them
+    training: list[str]                 # train@ and ablate@ stages
+    after: list[str]                    # every stage downstream of those (ensemble, report)
+    needs: dict[str, set[str]]          # stage of training + after -> the stages of training + after it reads from
+
+    @property
+    def side_by_side(self) -> list[str]:
+        """training + after in the order free slots take the stages that are ready: the stages more stages wait
+        for first (`needs` is transitive), then Table 2's (each trains several runs, the longest), then by name."""
+        waiting = {s: sum(s in n for n in self.needs.values()) for s in self.needs}
+        return sorted(self.needs, key=lambda s: (-waiting[s], not s.startswith("ablate@"), s))
+
+
+def plan(root: str | Path = ".") -> Plan:
+    """The stages of the pipeline at `root`, from DVC's own graph of it."""
     import networkx as nx
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph   # edges run from a stage to the stages whose outputs it reads
-        training = [s for s in graph.nodes if s.addressing.split("@")[0] in TRAINING_GROUPS and s.cmd]
-        upstream = {u for s in training for u in nx.descendants(graph, s)} - set(training)
-        ordered = [s.addressing for s in nx.topological_sort(graph.reverse(copy=False)) if s in upstream and s.cmd]
-        # Table 2's stages first: each trains several runs one after another, so they are the longest
-        names = sorted((s.addressing for s in training), key=lambda n: (not n.startswith("ablate@"), n))
-    return ordered, names
+        order = [s for s in nx.topological_sort(graph.reverse(copy=False)) if s.cmd]
+        training = [s for s in order if s.addressing.split("@")[0] in TRAINING_GROUPS]
+        later = {a for s in training for a in nx.ancestors(graph, s)} - set(training)   # reads from training
+        side = set(training) | later
+        upstream = {u for s in side for u in nx.descendants(graph, s)} - side
+        rest = [s for s in order if s in later]
+        needs = {s.addressing: {d.addressing for d in nx.descendants(graph, s) if d in side} for s in order
+                 if s in side}
+        return Plan([s.addressing for s in order if s in upstream], [s.addressing for s in training],
+                    [s.addressing for s in rest], needs)
 
 
 def _gpus() -> list[str]:
@@ -111,36 +135,53 @@ def _stage_command(stage: str) -> list[str]:
     return [*dvc_command(), "--wait-for-lock", "repro", "--single-item", stage]
 
 
-def run_side_by_side(stages: list[str], jobs: int, root: str | Path = ".") -> list[str]:
+def _run_stage(stage: str, slot: int, gpus: list[str]) -> tuple[int, float]:
+    """`dvc --wait-for-lock repro --single-item STAGE` on device slot `slot`; (exit code, seconds)."""
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else f"CPU slot {slot}"
+    _say(f"[{stage}] starting on {where}")
+    start = time.perf_counter()
+    code = _run(_stage_command(stage), stage, env)
+    return code, time.perf_counter() - start
+
+
+def run_side_by_side(stages: list[str], jobs: int, needs: dict[str, set[str]] | None = None) -> list[str]:
     """Each stage through `dvc --wait-for-lock repro --single-item`, `jobs` at a time on this machine, each holding
-    one device slot while it runs; the stages that failed (the others still run)."""
+    one device slot while it runs. A stage starts when a slot is free and the stages of `needs[stage]` among
+    `stages` have finished (the others are taken as done); free slots take the ready stages in the order given.
+    Returns the stages that failed, and those not run because a stage they read from failed (the others still run).
+
+    Written here rather than taken from a library: DVC runs one stage at a time (its `--jobs` for repro was
+    removed), and this is a slot pool over DVC's own graph, not a scheduler of its own."""
+    needs = {s: set(needs.get(s, ())) & set(stages) for s in stages} if needs else {s: set() for s in stages}
     gpus = _gpus()
-    slots: queue.Queue[int] = queue.Queue()
-    for i in range(jobs):
-        slots.put(i)
     if gpus and jobs > len(gpus):
         log.warning("%d jobs on %d GPUs: some GPUs train two runs at once", jobs, len(gpus))
-
-    def one(stage: str) -> tuple[str, int, float]:
-        slot = slots.get()
-        try:
-            env = dict(os.environ)
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-            where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else f"CPU slot {slot}"
-            _say(f"[{stage}] starting on {where}")
-            start = time.perf_counter()
-            code = _run(_stage_command(stage), stage, env)
-            return stage, code, time.perf_counter() - start
-        finally:
-            slots.put(slot)
-
-    failed = []
+    pending, free = list(stages), list(range(jobs))
+    done: set[str] = set()
+    failed: list[str] = []
+    running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
-        for stage, code, seconds in pool.map(one, stages):
-            _say(f"[{stage}] {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
-            if code:
+        while pending or running:
+            for stage in [s for s in pending if needs[s] & set(failed)]:
+                pending.remove(stage)
                 failed.append(stage)
+                _say(f"[{stage}] not run: it reads from {', '.join(sorted(needs[stage] & set(failed)))}, which failed")
+            while free and (ready := next((s for s in pending if needs[s] <= done), None)):
+                pending.remove(ready)
+                slot = free.pop(0)
+                running[pool.submit(_run_stage, ready, slot, gpus)] = (ready, slot)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage, slot = running.pop(future)
+                free.append(slot)
+                code, seconds = future.result()
+                _say(f"[{stage}] {'done' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+                (failed.append if code else done.add)(stage)
     return failed
 
 
@@ -189,18 +230,21 @@ def submit_side_by_side(stages: list[str], parallel, root: str | Path = ".") -> 
 
 
 def repro(parallel, root: str | Path = ".") -> None:
-    """The whole pipeline as `dvc repro` would run it, with the training stages `parallel.jobs` at a time (this
-    machine's processes, or a submitit job array: parallel.engine)."""
-    upstream, training = plan(root)
-    log.info("%d stages before training, %d training stages %d at a time (%s), then the rest", len(upstream),
-             len(training), parallel.jobs, parallel.engine)
-    if upstream and _run([*dvc_command(), "repro", *upstream], "dvc repro"):
+    """The whole pipeline as `dvc repro` would run it, with the training stages (and, on this machine, the stages
+    after them) `parallel.jobs` at a time (this machine's processes, or a submitit job array: parallel.engine)."""
+    stages = plan(root)
+    here = parallel.engine == "torchrun"
+    log.info("%d stages before training, then %d %s %d at a time (%s)%s", len(stages.upstream),
+             len(stages.needs) if here else len(stages.training),
+             "training stages and the stages after them" if here else "training stages", parallel.jobs,
+             parallel.engine, "" if here else ", then the rest")
+    if stages.upstream and _run([*dvc_command(), "repro", *stages.upstream], "dvc repro"):
         raise ReproError("`dvc repro` of the stages the training depends on failed (above)")
-    failed = (run_side_by_side(training, parallel.jobs, root) if parallel.engine == "torchrun"
-              else submit_side_by_side(training, parallel, root))
+    failed = (run_side_by_side(stages.side_by_side, parallel.jobs, stages.needs) if here
+              else submit_side_by_side([s for s in stages.side_by_side if s in stages.training], parallel, root))
     if failed:
-        raise ReproError(f"{len(failed)} training stage(s) failed: {', '.join(failed)} (their output is above, "
-                         "prefixed with their names); fix and rerun: finished stages are kept")
+        raise ReproError(f"{len(failed)} stage(s) failed or did not run: {', '.join(failed)} (their output is "
+                         "above, prefixed with their names); fix and rerun: finished stages are kept")
     if _run([*dvc_command(), "repro"], "dvc repro"):
         raise ReproError("`dvc repro` of the stages after training failed (above)")
 
