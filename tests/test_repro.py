@@ -173,10 +173,19 @@ def test_a_failed_stage_stops_its_dependants_only(dag):
     assert (dag / "h.json").exists() and not (dag / "g.json").exists()
 
 
-def test_the_stages_others_wait_for_go_first():
+def test_ranked_stages_first_then_the_stages_others_wait_for():
     from medusa.pipeline.repro import Plan
 
-    needs = {"report": {"train@b", "train@a", "ablate@x", "ensemble"}, "ensemble": {"train@a", "train@b"},
-             "ablate@x": set(), "train@b": set(), "train@a": set()}
-    plan = Plan([], ["train@b", "ablate@x", "train@a"], ["ensemble", "report"], needs)
-    assert plan.side_by_side == ["train@a", "train@b", "ablate@x", "ensemble", "report"]
+    train = {"prepare", "transcribe", "extract@w", "inputs@a", "inputs@b"}
+    needs = {"prepare": set(), "transcribe": {"prepare"}, "extract@w": {"prepare", "transcribe"},
+             "inputs@a": {"prepare", "transcribe", "extract@w"}, "inputs@b": {"prepare", "transcribe", "extract@w"},
+             "train@a": train - {"inputs@b"}, "train@b": train - {"inputs@a"}, "ablate@x": train,
+             "ensemble": train | {"train@a", "train@b"}, "report": train | {"train@a", "train@b", "ablate@x", "ensemble"}}
+    order = ["prepare", "transcribe", "extract@w", "inputs@a", "inputs@b", "ablate@x", "train@b", "train@a",
+             "ensemble", "report"]
+    plan = Plan(order, needs)
+    assert plan.first == ["prepare", "transcribe", "extract@w"]
+    # the ensemble (waited for by the report, after the members) goes before Table 2's stage
+    assert plan.side_by_side == ["inputs@a", "inputs@b", "train@a", "train@b", "ensemble", "ablate@x", "report"]
+    assert plan.training == ["ablate@x", "train@b", "train@a"]
+    assert plan.before_training == ["prepare", "transcribe", "extract@w", "inputs@a", "inputs@b"]

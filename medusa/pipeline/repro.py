@@ -1,4 +1,4 @@
-"""`medusa repro`: `dvc repro` with the training stages side by side, one per device.
+"""`medusa repro`: `dvc repro` with the stages after extraction side by side, one per device.
 
     medusa repro [--jobs N] [--params params.yaml]      (N: parallel.jobs of params.yaml by default)
 
@@ -8,20 +8,22 @@ job whose tasks are the ranks, the training stages as a job array, the other sta
 DVC runs the stages of one `dvc repro` one after another, but it releases its repository lock while a stage's
 command runs, and `dvc --wait-for-lock` waits for that lock instead of failing; so independent stages can run as
 separate `dvc repro --single-item STAGE` processes, each recording its own entry of dvc.lock exactly as `dvc repro`
-would (DVC takes the lock to hash outputs and write dvc.lock). This command does that for the training stages
-(train@MODEL and ablate@VARIANT, which depend on nothing but the features and on no other training stage) and for
-every stage after them:
+would (DVC takes the lock to hash outputs and write dvc.lock). This command does that:
 
-1. `dvc repro` of every stage the training stages depend on (prepare .. inputs, ablation_inputs), one after
-   another; the transcription and extraction stages spread their own work over `parallel.ranks` processes;
-2. the training stages and the stages after them (ensemble, report) through `dvc --wait-for-lock repro
-   --single-item STAGE`, `jobs` at a time, each on its own device (GPU i of the visible ones, CUDA_VISIBLE_DEVICES,
-   on a GPU machine; a CPU process otherwise). A stage starts once every stage it reads from has finished (DVC's
-   graph), so the ensemble trains its meta-classifier beside Table 2's runs; the stages that others wait for
-   go first, then the longest (Table 2's: each trains several runs). A stage that is up to date returns at once;
+1. `dvc repro` of the stages that spread their own work over `parallel.ranks` processes (transcribe, extract@ENC)
+   and of what they read from (prepare), one after another: each of them keeps every device busy;
+2. every other stage (inputs, the members train@MODEL, Table 2's ablate@VARIANT, ensemble, report) through
+   `dvc --wait-for-lock repro --single-item STAGE`, `jobs` at a time, each on its own device (GPU i of the
+   visible ones, CUDA_VISIBLE_DEVICES, on a GPU machine; a CPU process otherwise). A stage starts once every
+   stage it reads from has finished (DVC's graph); free slots take the ready stages that more stages wait for
+   first, and among equals Table 2's last: nothing but the report waits for them, while the ensemble (the
+   headline) waits for the members. A stage that is up to date returns at once; one that fails stops only the
+   stages that read from it;
 3. `dvc repro`, which finds everything up to date and checks that dvc.lock is complete.
 
-With `parallel.engine: slurm`, step 2 submits the training stages as a job array, and step 3 runs the rest here.
+With `parallel.engine: slurm`: transcription and extraction run as SLURM jobs whose tasks are the ranks, step 1
+also runs the per-model inputs, step 2 submits the training stages (train@, ablate@) as a job array, and step 3
+runs the rest (ensemble, report) here.
 
 A run is seeded and single-threaded per process, so its weights and metrics do not depend on its neighbours or
 on N (tests/test_repro.py trains members two at a time and one at a time and compares them; tests/test_slurm.py
@@ -46,6 +48,8 @@ log = logging.getLogger("medusa.pipeline.repro")
 
 #: foreach groups of dvc.yaml whose stages train independently of each other (members, Table 2's variants)
 TRAINING_GROUPS = ("train", "ablate")
+#: stages that spread their own work over parallel.ranks processes (medusa.features.ranks): one at a time
+RANKED_GROUPS = ("transcribe", "extract")
 
 
 class ReproError(RuntimeError):
@@ -60,18 +64,37 @@ def dvc_command() -> list[str]:
 
 @dataclass(frozen=True)
 class Plan:
-    """The pipeline's stages (dvc.yaml names, e.g. train@m02) in the order `medusa repro` runs them."""
-    upstream: list[str]                 # what training + after depend on, in an order DVC would run them
-    training: list[str]                 # train@ and ablate@ stages
-    after: list[str]                    # every stage downstream of those (ensemble, report)
-    needs: dict[str, set[str]]          # stage of training + after -> the stages of training + after it reads from
+    """The pipeline's stages (dvc.yaml names, e.g. train@m02), from DVC's graph."""
+    order: list[str]                # every stage with a command, in an order `dvc repro` could run them
+    needs: dict[str, set[str]]      # stage -> every stage it reads from, directly or not
+
+    def _in_order(self, stages: set[str]) -> list[str]:
+        return [s for s in self.order if s in stages]
+
+    def _with_inputs(self, stages: list[str]) -> list[str]:
+        return self._in_order(set(stages).union(*(self.needs[s] for s in stages)))
+
+    @property
+    def training(self) -> list[str]:
+        return [s for s in self.order if s.split("@")[0] in TRAINING_GROUPS]
+
+    @property
+    def before_training(self) -> list[str]:
+        """What the training stages read from (SLURM's step 1)."""
+        return [s for s in self._with_inputs(self.training) if s not in self.training]
+
+    @property
+    def first(self) -> list[str]:
+        """The stages that spread their own work over ranks, and what they read from (step 1)."""
+        return self._with_inputs([s for s in self.order if s.split("@")[0] in RANKED_GROUPS])
 
     @property
     def side_by_side(self) -> list[str]:
-        """training + after in the order free slots take the stages that are ready: the stages more stages wait
-        for first (`needs` is transitive), then Table 2's (each trains several runs, the longest), then by name."""
-        waiting = {s: sum(s in n for n in self.needs.values()) for s in self.needs}
-        return sorted(self.needs, key=lambda s: (-waiting[s], not s.startswith("ablate@"), s))
+        """The other stages (step 2), in the order free slots take those that are ready: the stages more of them
+        wait for (directly or not) first; among equals, Table 2's last; then by name."""
+        pool = [s for s in self.order if s not in self.first]
+        waiting = {s: sum(s in self.needs[t] for t in pool) for s in pool}
+        return sorted(pool, key=lambda s: (-waiting[s], s.startswith("ablate@"), s))
 
 
 def plan(root: str | Path = ".") -> Plan:
@@ -82,15 +105,8 @@ def plan(root: str | Path = ".") -> Plan:
     with Repo(str(root)) as repo:
         graph = repo.index.graph   # edges run from a stage to the stages whose outputs it reads
         order = [s for s in nx.topological_sort(graph.reverse(copy=False)) if s.cmd]
-        training = [s for s in order if s.addressing.split("@")[0] in TRAINING_GROUPS]
-        later = {a for s in training for a in nx.ancestors(graph, s)} - set(training)   # reads from training
-        side = set(training) | later
-        upstream = {u for s in side for u in nx.descendants(graph, s)} - side
-        rest = [s for s in order if s in later]
-        needs = {s.addressing: {d.addressing for d in nx.descendants(graph, s) if d in side} for s in order
-                 if s in side}
-        return Plan([s.addressing for s in order if s in upstream], [s.addressing for s in training],
-                    [s.addressing for s in rest], needs)
+        return Plan([s.addressing for s in order],
+                    {s.addressing: {d.addressing for d in nx.descendants(graph, s) if d.cmd} for s in order})
 
 
 def _gpus() -> list[str]:
@@ -230,23 +246,23 @@ def submit_side_by_side(stages: list[str], parallel, root: str | Path = ".") -> 
 
 
 def repro(parallel, root: str | Path = ".") -> None:
-    """The whole pipeline as `dvc repro` would run it, with the training stages (and, on this machine, the stages
-    after them) `parallel.jobs` at a time (this machine's processes, or a submitit job array: parallel.engine)."""
+    """The whole pipeline as `dvc repro` would run it, with the stages after transcription and extraction
+    `parallel.jobs` at a time on this machine, or the training stages as a submitit job array (parallel.engine)."""
     stages = plan(root)
     here = parallel.engine == "torchrun"
-    log.info("%d stages before training, then %d %s %d at a time (%s)%s", len(stages.upstream),
-             len(stages.needs) if here else len(stages.training),
-             "training stages and the stages after them" if here else "training stages", parallel.jobs,
-             parallel.engine, "" if here else ", then the rest")
-    if stages.upstream and _run([*dvc_command(), "repro", *stages.upstream], "dvc repro"):
-        raise ReproError("`dvc repro` of the stages the training depends on failed (above)")
-    failed = (run_side_by_side(stages.side_by_side, parallel.jobs, stages.needs) if here
-              else submit_side_by_side([s for s in stages.side_by_side if s in stages.training], parallel, root))
+    first, pool = (stages.first, stages.side_by_side) if here else (stages.before_training, stages.training)
+    log.info("%d stages one after another, then %d %s %d at a time (%s)%s", len(first), len(pool),
+             "stages" if here else "training stages", parallel.jobs, parallel.engine, "" if here else ", then the rest")
+    if first and _run([*dvc_command(), "repro", *first], "dvc repro"):
+        raise ReproError("`dvc repro` of the stages before training failed (above)")
+    failed = (run_side_by_side(pool, parallel.jobs, stages.needs) if here
+              # Table 2's first in the array: each trains several runs, the longest jobs
+              else submit_side_by_side(sorted(pool, key=lambda s: (not s.startswith("ablate@"), s)), parallel, root))
     if failed:
         raise ReproError(f"{len(failed)} stage(s) failed or did not run: {', '.join(failed)} (their output is "
                          "above, prefixed with their names); fix and rerun: finished stages are kept")
     if _run([*dvc_command(), "repro"], "dvc repro"):
-        raise ReproError("`dvc repro` of the stages after training failed (above)")
+        raise ReproError("`dvc repro` of the remaining stages failed (above)")
 
 
 def main(argv: list[str] | None = None) -> int:
