@@ -370,6 +370,10 @@ class EnsembleParams(Section):
     mse_weight: float = Field(ge=0)  # > 0: attribute outputs, trained by eq. (1)'s MSE term; 0: class outputs only
     #: One meta-classifier per seed; the soup averages their weights (paper: 6 seeds).
     seeds: list[int] = Field(min_length=1)
+    #: torch CPU threads of the stage (0 = torch's default, the machine's cores). The meta-classifiers' bits change
+    #: with the thread count, so it is fixed, as train.threads is; one thread also lets the stage run beside a
+    #: training stage without the two fighting over the cores (medusa repro runs them side by side).
+    threads: int = Field(default=1, ge=0)
 
 
 #: Table 2's first row: the full DeepSER (the ensemble member itself), which every variant is compared with.
