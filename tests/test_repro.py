@@ -185,7 +185,8 @@ def test_ranked_stages_first_then_the_stages_others_wait_for():
              "ensemble", "report"]
     plan = Plan(order, needs)
     assert plan.first == ["prepare", "transcribe", "extract@w"]
-    # the ensemble (waited for by the report, after the members) goes before Table 2's stage
-    assert plan.side_by_side == ["inputs@a", "inputs@b", "train@a", "train@b", "ensemble", "ablate@x", "report"]
+    # the ensemble (waited for by the report, after the members) goes before Table 2's stage; equals keep the
+    # pipeline's order (train@b before train@a)
+    assert plan.side_by_side == ["inputs@a", "inputs@b", "train@b", "train@a", "ensemble", "ablate@x", "report"]
     assert plan.training == ["ablate@x", "train@b", "train@a"]
     assert plan.before_training == ["prepare", "transcribe", "extract@w", "inputs@a", "inputs@b"]

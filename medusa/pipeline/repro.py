@@ -18,12 +18,11 @@ would (DVC takes the lock to hash outputs and write dvc.lock). This command does
    stage it reads from has finished (DVC's graph); free slots take the ready stages that more stages wait for
    first, and among equals Table 2's last: nothing but the report waits for them, while the ensemble (the
    headline) waits for the members. A stage that is up to date returns at once; one that fails stops only the
-   stages that read from it;
-3. `dvc repro`, which finds everything up to date and checks that dvc.lock is complete.
+   stages that read from it. Steps 1 and 2 cover every stage: `dvc status` then says the pipeline is up to date.
 
 With `parallel.engine: slurm`: transcription and extraction run as SLURM jobs whose tasks are the ranks, step 1
-also runs the per-model inputs, step 2 submits the training stages (train@, ablate@) as a job array, and step 3
-runs the rest (ensemble, report) here.
+also runs the per-model inputs, step 2 submits the training stages (train@, ablate@) as a job array, and a final
+`dvc repro` runs the rest (ensemble, report) here.
 
 A run is seeded and single-threaded per process, so its weights and metrics do not depend on its neighbours or
 on N (tests/test_repro.py trains members two at a time and one at a time and compares them; tests/test_slurm.py
@@ -91,10 +90,11 @@ class Plan:
     @property
     def side_by_side(self) -> list[str]:
         """The other stages (step 2), in the order free slots take those that are ready: the stages more of them
-        wait for (directly or not) first; among equals, Table 2's last; then by name."""
+        wait for (directly or not) first; among equals, Table 2's last; then in the pipeline's order (params.yaml's
+        order of `models` and `ablate.variants`: the demo lists its shortest variant, w/o stage 2, last)."""
         pool = [s for s in self.order if s not in self.first]
         waiting = {s: sum(s in self.needs[t] for t in pool) for s in pool}
-        return sorted(pool, key=lambda s: (-waiting[s], s.startswith("ablate@"), s))
+        return sorted(pool, key=lambda s: (-waiting[s], s.startswith("ablate@"), self.order.index(s)))
 
 
 def plan(root: str | Path = ".") -> Plan:
@@ -261,8 +261,9 @@ def repro(parallel, root: str | Path = ".") -> None:
     if failed:
         raise ReproError(f"{len(failed)} stage(s) failed or did not run: {', '.join(failed)} (their output is "
                          "above, prefixed with their names); fix and rerun: finished stages are kept")
-    if _run([*dvc_command(), "repro"], "dvc repro"):
-        raise ReproError("`dvc repro` of the remaining stages failed (above)")
+    # on this machine every stage ran in step 1 or 2; after a job array, the stages after training remain
+    if not here and _run([*dvc_command(), "repro"], "dvc repro"):
+        raise ReproError("`dvc repro` of the stages after training failed (above)")
 
 
 def main(argv: list[str] | None = None) -> int:
