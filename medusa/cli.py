@@ -194,8 +194,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         merge_transcripts(plan, manifest, paths.TRANSCRIPTS)
         print(f"merged {args.merge} shards into {paths.TRANSCRIPTS}")
         return 0
-    stats = transcribe_shard(model, plan, paths.TRANSCRIPTS, t.language, t.pad_seconds, t.num_workers, t.beam_size,
-                             shard)
+    stats = transcribe_shard(model, plan, paths.TRANSCRIPTS, t.num_workers, shard)
     print(f"shard {args.shard}: transcribed {stats['utterances']} utterances in {stats['compute_seconds']:.0f} s")
     return 0
 

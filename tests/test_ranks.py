@@ -130,7 +130,7 @@ def test_a_shard_made_from_other_settings_is_not_merged(tmp_path, models, monkey
     manifest = pd.read_parquet("work/manifest.parquet")
     for shard, pad in ((0, 8.0), (1, 5.0)):   # params.yaml says 5.0: shard 0 was made under other settings
         plan = TranscriptionPlan.build(model, manifest, "en", pad, 2, 1, 2)
-        transcribe_shard(model, plan, "work/transcripts.parquet", "en", pad, 0, 1, shard)
+        transcribe_shard(model, plan, "work/transcripts.parquet", 0, shard)
     proc = subprocess.run([sys.executable, "-m", "medusa", "transcribe", "--merge", "2"], cwd=project,
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1

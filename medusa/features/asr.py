@@ -162,6 +162,9 @@ class TranscriptionPlan:
     manifest: pd.DataFrame          # sorted by utt_id, index 0..n-1
     shards: list[list[list[int]]]   # shard -> batches -> row indices of `manifest`
     fingerprints: list[str]         # shard -> its journal's fingerprint (inputs, settings and its clips)
+    language: str                   # the decoding settings the fingerprints cover, which transcribe_shard uses
+    pad_seconds: float
+    beam_size: int
 
     @classmethod
     def build(cls, model, manifest: pd.DataFrame, language: str, pad_seconds: float, batch_size: int,
@@ -170,7 +173,7 @@ class TranscriptionPlan:
         inputs = inputs_fingerprint(audio_work_rows(rows), asr_spec(model, language, pad_seconds, beam_size))
         batches = asr_batches(list(rows["utt_id"]), list(rows["duration_s"]), batch_size, pad_seconds)
         if n_shards == 1:
-            return cls(rows, [batches], [inputs])
+            return cls(rows, [batches], [inputs], language, pad_seconds, beam_size)
         # a batch's cost is its padded audio, not its speech: the encoder runs each clip's whole window and the token
         # budget follows it (on the demo, blocks of equal speech seconds took 256 and 200 s; of equal windows, ~230)
         windows = [asr_window(round(d * 16000), pad_seconds)[0] for d in rows["duration_s"]]
@@ -180,7 +183,7 @@ class TranscriptionPlan:
         prints = [inputs_fingerprint([{"shard": i, "n_shards": n_shards,
                                        "utt_ids": sorted(rows.at[k, "utt_id"] for b in s for k in b)}],
                                      {"inputs": inputs}) for i, s in enumerate(shards)]
-        return cls(rows, shards, prints)
+        return cls(rows, shards, prints, language, pad_seconds, beam_size)
 
 
 def transcribe_manifest(model, manifest: pd.DataFrame, out_path: str | Path, language: str, pad_seconds: float,
@@ -188,16 +191,16 @@ def transcribe_manifest(model, manifest: pd.DataFrame, out_path: str | Path, lan
     """Transcribe every manifest row into out_path (parquet: utt_id, text, in manifest order) in this process;
     resumable (transcribe_shard). attrs["seconds_per_audio_hour"]: the decoding's compute per hour of audio."""
     plan = TranscriptionPlan.build(model, manifest, language, pad_seconds, batch_size, beam_size, 1)
-    stats = transcribe_shard(model, plan, out_path, language, pad_seconds, num_workers, beam_size)
+    stats = transcribe_shard(model, plan, out_path, num_workers)
     result = merge_transcripts(plan, manifest, out_path)
     hours = stats["audio_seconds"] / 3600
     result.attrs["seconds_per_audio_hour"] = stats["compute_seconds"] / hours if hours else float("nan")
     return result
 
 
-def transcribe_shard(model, plan: TranscriptionPlan, out_path: str | Path, language: str, pad_seconds: float,
-                     num_workers: int, beam_size: int, shard: int = 0) -> dict:
-    """Transcribe shard `shard` of `plan` (built with the same model and settings) into its journal beside out_path
+def transcribe_shard(model, plan: TranscriptionPlan, out_path: str | Path, num_workers: int, shard: int = 0) -> dict:
+    """Transcribe shard `shard` of `plan` (built with the same model; it holds the decoding settings) into its
+    journal beside out_path
     (resumable: kept only if it was made from the same rows, audio files, model, settings and shard);
     `merge_transcripts` turns the finished journals into out_path. Returns the speed figures of this call:
     utterances, audio_seconds and compute_seconds. Temporary files that killed runs left beside out_path are
@@ -220,7 +223,8 @@ def transcribe_shard(model, plan: TranscriptionPlan, out_path: str | Path, langu
                                       desc="transcribing" + (f" (shard {shard} of {n_shards})" if n_shards > 1 else "")
                                       ) as bar:
         for idx, audios in audio_batches(list(rows["path"]), todo, num_workers):
-            for i, text in zip(idx, transcribe_clips(model, audios, language, pad_seconds, beam_size)):
+            for i, text in zip(idx, transcribe_clips(model, audios, plan.language, plan.pad_seconds,
+                                                         plan.beam_size)):
                 if rows.at[i, "utt_id"] not in done:
                     j.write(json.dumps({"utt_id": rows.at[i, "utt_id"], "text": text}) + "\n")
                     done[rows.at[i, "utt_id"]] = text
@@ -288,8 +292,7 @@ def transcribe_rank(settings, manifest_path: str | Path, out_path: str | Path, c
         manifest = pd.read_parquet(manifest_path)
         plan = TranscriptionPlan.build(model, manifest, settings.language, settings.pad_seconds, settings.batch_size,
                                        settings.beam_size, rank.world)  # once: it checks every audio file
-        stats = transcribe_shard(model, plan, out_path, settings.language, settings.pad_seconds,
-                                 settings.num_workers, settings.beam_size, shard=rank.rank)
+        stats = transcribe_shard(model, plan, out_path, settings.num_workers, shard=rank.rank)
         barrier.wait()
         if rank.lead:
             merge_transcripts(plan, manifest, out_path)

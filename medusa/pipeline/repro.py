@@ -92,9 +92,11 @@ class Plan:
         """The other stages (step 2), in the order free slots take those that are ready: the stages more of them
         wait for (directly or not) first; among equals, Table 2's last; then in the pipeline's order (params.yaml's
         order of `models` and `ablate.variants`: the demo lists its shortest variant, w/o stage 2, last)."""
-        pool = [s for s in self.order if s not in self.first]
+        first = set(self.first)
+        pool = [s for s in self.order if s not in first]
         waiting = {s: sum(s in self.needs[t] for t in pool) for s in pool}
-        return sorted(pool, key=lambda s: (-waiting[s], s.startswith("ablate@"), self.order.index(s)))
+        place = {s: i for i, s in enumerate(self.order)}
+        return sorted(pool, key=lambda s: (-waiting[s], s.startswith("ablate@"), place[s]))
 
 
 def plan(root: str | Path = ".") -> Plan:
